@@ -1,0 +1,159 @@
+//! Stable error codes. A code's number and name never change once released;
+//! new codes are appended. `docs/protocol.md` lists them all.
+
+/// Why a request failed or a connection is being closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// The frame could not be decoded as the expected protobuf message.
+    MalformedFrame = 1,
+    /// The frame's length prefix exceeds the maximum frame size.
+    FrameTooLarge = 2,
+    /// A frame other than `Handshake` arrived first, or a second handshake.
+    HandshakeRequired = 3,
+    /// No handshake arrived within the handshake deadline.
+    HandshakeTimeout = 4,
+    /// The handshake asked for a protocol version the broker does not speak.
+    UnsupportedVersion = 5,
+    /// A namespace, room, event or subscription name is invalid.
+    InvalidName = 6,
+    /// A request is well-formed protobuf but its fields make no sense.
+    InvalidRequest = 7,
+    /// Ack, nack or leave for a membership this session does not hold.
+    NotJoined = 8,
+    /// Ack or nack of a seq that is not delivered and unacknowledged.
+    UnknownSeq = 9,
+    /// Join of a membership this session already holds.
+    AlreadyJoined = 10,
+    /// Nothing was received for longer than the idle timeout.
+    IdleTimeout = 11,
+    /// The client did not read its frames in time (write deadline) or let
+    /// too many outgoing frames pile up.
+    SlowConsumer = 12,
+    /// Another session joined the same durable membership; this session no
+    /// longer receives its deliveries.
+    MembershipTakenOver = 13,
+    /// The broker is shutting down.
+    ShuttingDown = 14,
+    /// The broker could not store the message; nothing was confirmed.
+    StorageFailure = 15,
+    /// The broker is at its connection limit.
+    TooManyConnections = 16,
+    /// The credentials were missing or wrong.
+    Unauthenticated = 17,
+    /// The credentials do not allow this operation.
+    PermissionDenied = 18,
+    /// A quota of the namespace is exhausted.
+    QuotaExceeded = 19,
+    /// The client has too many requests awaiting a reply.
+    TooManyPendingRequests = 20,
+    /// Stored data failed its checksum; it is not delivered.
+    CorruptData = 21,
+    /// An unexpected broker-side failure.
+    Internal = 22,
+}
+
+impl ErrorCode {
+    /// Every code, in numeric order.
+    pub const ALL: [ErrorCode; 22] = [
+        ErrorCode::MalformedFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::HandshakeRequired,
+        ErrorCode::HandshakeTimeout,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidRequest,
+        ErrorCode::NotJoined,
+        ErrorCode::UnknownSeq,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::IdleTimeout,
+        ErrorCode::SlowConsumer,
+        ErrorCode::MembershipTakenOver,
+        ErrorCode::ShuttingDown,
+        ErrorCode::StorageFailure,
+        ErrorCode::TooManyConnections,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::TooManyPendingRequests,
+        ErrorCode::CorruptData,
+        ErrorCode::Internal,
+    ];
+
+    /// The code for a number, if it is one.
+    pub fn from_u32(n: u32) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| *c as u32 == n)
+    }
+
+    /// The stable short name, e.g. `FRAME_TOO_LARGE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedFrame => "MALFORMED_FRAME",
+            ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
+            ErrorCode::HandshakeRequired => "HANDSHAKE_REQUIRED",
+            ErrorCode::HandshakeTimeout => "HANDSHAKE_TIMEOUT",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::InvalidName => "INVALID_NAME",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::NotJoined => "NOT_JOINED",
+            ErrorCode::UnknownSeq => "UNKNOWN_SEQ",
+            ErrorCode::AlreadyJoined => "ALREADY_JOINED",
+            ErrorCode::IdleTimeout => "IDLE_TIMEOUT",
+            ErrorCode::SlowConsumer => "SLOW_CONSUMER",
+            ErrorCode::MembershipTakenOver => "MEMBERSHIP_TAKEN_OVER",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::StorageFailure => "STORAGE_FAILURE",
+            ErrorCode::TooManyConnections => "TOO_MANY_CONNECTIONS",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::TooManyPendingRequests => "TOO_MANY_PENDING_REQUESTS",
+            ErrorCode::CorruptData => "CORRUPT_DATA",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    /// Whether the broker closes the connection after sending this code.
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::MalformedFrame
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::HandshakeRequired
+                | ErrorCode::HandshakeTimeout
+                | ErrorCode::UnsupportedVersion
+                | ErrorCode::IdleTimeout
+                | ErrorCode::SlowConsumer
+                | ErrorCode::ShuttingDown
+                | ErrorCode::StorageFailure
+                | ErrorCode::TooManyConnections
+                | ErrorCode::Unauthenticated
+                | ErrorCode::TooManyPendingRequests
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), *self as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_dense_unique_and_round_trip() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as u32, i as u32 + 1);
+            assert_eq!(ErrorCode::from_u32(*code as u32), Some(*code));
+        }
+        assert_eq!(ErrorCode::from_u32(0), None);
+        assert_eq!(ErrorCode::from_u32(10_000), None);
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
+}

@@ -1,0 +1,323 @@
+//! The frame codec: a 4-byte big-endian length, then that many bytes of one
+//! protobuf message.
+//!
+//! Decoding is two steps, as in mini-redis: [`FrameCodec`] first checks the
+//! length prefix against the limit *before* reserving any memory and yields
+//! the raw frame bytes; the caller then decodes them with [`decode_client`] or
+//! [`decode_server`]. Payloads decoded from the frame share its buffer
+//! (`bytes::Bytes`), so no payload is copied.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::Message as _;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::pb;
+use crate::LENGTH_PREFIX;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame is not a valid protobuf message: {0}")]
+    Malformed(#[from] prost::DecodeError),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Length-prefixed framing with a maximum frame size.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    max_frame: usize,
+}
+
+impl FrameCodec {
+    /// A codec that refuses frames longer than `max_frame` bytes (prefix
+    /// excluded), in both directions.
+    pub fn new(max_frame: usize) -> Self {
+        FrameCodec { max_frame }
+    }
+
+    /// The maximum frame size.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        let Some(prefix) = src.get(..LENGTH_PREFIX) else {
+            return Ok(None);
+        };
+        let mut prefix_bytes = [0u8; LENGTH_PREFIX];
+        prefix_bytes.copy_from_slice(prefix);
+        // u32 always fits in usize on the 32- and 64-bit targets we build for.
+        let len = u32::from_be_bytes(prefix_bytes) as usize;
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        // Cannot overflow: len <= max_frame, which is far below usize::MAX.
+        let total = LENGTH_PREFIX + len;
+        if src.len() < total {
+            // Safe to reserve: the length was checked against the limit above.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(LENGTH_PREFIX);
+        Ok(Some(src.split_to(len).freeze()))
+    }
+}
+
+impl<M: prost::Message> Encoder<&M> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: &M, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode_frame(item, self.max_frame, dst)
+    }
+}
+
+/// Appends `msg` as one frame to `dst`, refusing it if it exceeds `max_frame`.
+pub fn encode_frame<M: prost::Message>(
+    msg: &M,
+    max_frame: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let len = msg.encoded_len();
+    if len > max_frame {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    dst.reserve(LENGTH_PREFIX + len);
+    dst.put_u32(frame_len_u32(len));
+    msg.encode_raw(dst);
+    Ok(())
+}
+
+fn frame_len_u32(len: usize) -> u32 {
+    // Every caller has checked `len` against a max_frame that is a u32.
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// Decodes a client frame's bytes.
+pub fn decode_client(frame: Bytes) -> Result<pb::ClientFrame, FrameError> {
+    Ok(pb::ClientFrame::decode(frame)?)
+}
+
+/// Decodes a server frame's bytes.
+pub fn decode_server(frame: Bytes) -> Result<pb::ServerFrame, FrameError> {
+    Ok(pb::ServerFrame::decode(frame)?)
+}
+
+/// The fields of a [`pb::Delivery`] other than the message itself.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryHead<'a> {
+    pub room: &'a str,
+    pub subscription: &'a str,
+    pub attempt: u32,
+    pub redelivered: bool,
+}
+
+/// Appends a `ServerFrame { delivery }` frame to `dst`, splicing in a
+/// [`pb::Message`] that was encoded once when it was stored. The result is
+/// byte-for-byte a valid `ServerFrame`: protobuf allows a message's fields in
+/// any order, so the pre-encoded `message` field simply follows the others.
+/// Broadcasting one message to many members therefore never re-encodes it.
+pub fn encode_delivery_frame(
+    head: DeliveryHead<'_>,
+    message: &[u8],
+    max_frame: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    const DELIVERY_FIELD: u32 = 9; // ServerFrame.delivery
+    const MESSAGE_FIELD: u32 = 5; // Delivery.message
+    let head_msg = pb::Delivery {
+        room: head.room.to_string(),
+        subscription: head.subscription.to_string(),
+        attempt: head.attempt,
+        redelivered: head.redelivered,
+        message: None,
+    };
+    let delivery_len = head_msg.encoded_len()
+        + key_len(MESSAGE_FIELD)
+        + encoded_len_varint(message.len() as u64)
+        + message.len();
+    let frame_len =
+        key_len(DELIVERY_FIELD) + encoded_len_varint(delivery_len as u64) + delivery_len;
+    if frame_len > max_frame {
+        return Err(FrameError::TooLarge {
+            len: frame_len,
+            max: max_frame,
+        });
+    }
+    dst.reserve(LENGTH_PREFIX + frame_len);
+    dst.put_u32(frame_len_u32(frame_len));
+    encode_key(DELIVERY_FIELD, WireType::LengthDelimited, dst);
+    encode_varint(delivery_len as u64, dst);
+    head_msg.encode_raw(dst);
+    encode_key(MESSAGE_FIELD, WireType::LengthDelimited, dst);
+    encode_varint(message.len() as u64, dst);
+    dst.put_slice(message);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn sample_message() -> pb::Message {
+        let mut headers = BTreeMap::new();
+        headers.insert("k".to_string(), "v".to_string());
+        pb::Message {
+            seq: 42,
+            event: "chat message".into(),
+            payload: Bytes::from_static(b"hello"),
+            headers,
+            publisher_session: Bytes::from_static(&[7; 16]),
+            timestamp_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn round_trip_every_client_frame() {
+        use pb::client_frame::Body;
+        let bodies = vec![
+            Body::Handshake(pb::Handshake {
+                protocol_version: 1,
+                namespace: "/orders".into(),
+                token: "t".into(),
+                client_id: "c".into(),
+                client_name: "n".into(),
+            }),
+            Body::Join(pb::Join {
+                room: "r".into(),
+                subscription: "s".into(),
+                mode: pb::MemberMode::Durable as i32,
+                start: pb::StartPosition::Seq as i32,
+                start_seq: 9,
+                max_in_flight: 3,
+                ack_timeout_ms: 100,
+            }),
+            Body::Leave(pb::Leave {
+                room: "r".into(),
+                subscription: String::new(),
+                forget: true,
+            }),
+            Body::Publish(pb::Publish {
+                rooms: vec!["a".into(), "b".into()],
+                event: "e".into(),
+                payload: Bytes::from_static(b"xyz"),
+                headers: BTreeMap::new(),
+                dedup_id: Bytes::from_static(&[1; 16]),
+                except_self: true,
+            }),
+            Body::Ack(pb::Ack {
+                room: "r".into(),
+                subscription: String::new(),
+                seqs: vec![1, 2],
+                up_to: 5,
+            }),
+            Body::Nack(pb::Nack {
+                room: "r".into(),
+                subscription: String::new(),
+                seqs: vec![3],
+                delay_ms: 10,
+            }),
+            Body::Ping(pb::Ping { nonce: 77 }),
+        ];
+        let mut codec = FrameCodec::new(1024);
+        for (i, body) in bodies.into_iter().enumerate() {
+            let frame = pb::ClientFrame {
+                request_id: i as u64 + 1,
+                body: Some(body),
+            };
+            let mut buf = BytesMut::new();
+            codec.encode(&frame, &mut buf).unwrap();
+            let raw = codec.decode(&mut buf).unwrap().unwrap();
+            assert!(buf.is_empty());
+            assert_eq!(decode_client(raw).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let mut codec = FrameCodec::new(1024);
+        let frame = pb::ClientFrame {
+            request_id: 5,
+            body: Some(pb::client_frame::Body::Ping(pb::Ping { nonce: 1 })),
+        };
+        let mut whole = BytesMut::new();
+        codec.encode(&frame, &mut whole).unwrap();
+        let mut buf = BytesMut::new();
+        for (i, b) in whole.iter().enumerate() {
+            buf.put_u8(*b);
+            let out = codec.decode(&mut buf).unwrap();
+            assert_eq!(out.is_some(), i + 1 == whole.len());
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reserving() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&[0xFF, 0xFF, 0xFF, 0xFF][..]);
+        let cap_before = buf.capacity();
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { len: 0xFFFF_FFFF, max: 1024 })
+        ));
+        assert_eq!(buf.capacity(), cap_before);
+        let mut buf = BytesMut::from(&1025u32.to_be_bytes()[..]);
+        assert!(codec.decode(&mut buf).is_err());
+        let mut buf = BytesMut::from(&1024u32.to_be_bytes()[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let garbage = Bytes::from_static(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x02]);
+        assert!(matches!(
+            decode_client(garbage),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn spliced_delivery_decodes_as_a_normal_frame() {
+        let msg = sample_message();
+        let encoded = msg.encode_to_vec();
+        let mut buf = BytesMut::new();
+        let head = DeliveryHead {
+            room: "general",
+            subscription: "alice",
+            attempt: 2,
+            redelivered: true,
+        };
+        encode_delivery_frame(head, &encoded, 1 << 20, &mut buf).unwrap();
+        let mut codec = FrameCodec::new(1 << 20);
+        let raw = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        let frame = decode_server(raw).unwrap();
+        let expected = pb::ServerFrame {
+            request_id: 0,
+            body: Some(pb::server_frame::Body::Delivery(pb::Delivery {
+                room: "general".into(),
+                subscription: "alice".into(),
+                attempt: 2,
+                redelivered: true,
+                message: Some(msg),
+            })),
+        };
+        assert_eq!(frame, expected);
+        let mut small = BytesMut::new();
+        assert!(encode_delivery_frame(head, &encoded, 10, &mut small).is_err());
+    }
+}
