@@ -1,1 +1,128 @@
-fn main(){}
+//! `roomqd`, the roomq broker daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use roomq::config::{Config, DEFAULT_TOML};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Exit code for an invalid configuration or command line.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a broker that stopped on an error (e.g. storage failure).
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "roomqd", version, about = "roomq broker: durable pub/sub rooms")]
+struct Cli {
+    /// Address to listen on [default: 127.0.0.1:7420].
+    #[arg(long, env = "ROOMQ_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./roomq-data].
+    #[arg(long, env = "ROOMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file (see `roomqd print-config`).
+    #[arg(long, env = "ROOMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// More logging: -v debug, -vv trace. RUST_LOG overrides.
+    #[arg(short, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the default configuration file, with comments, and exit.
+    PrintConfig,
+    /// Check a configuration (file, environment, flags) and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::PrintConfig) = cli.command {
+        print!("{DEFAULT_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    let mut config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("roomqd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(Cmd::CheckConfig) = cli.command {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("roomqd: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(listen = %config.listen, error = %e, "cannot listen");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    match roomq::server::run(listener, config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "roomqd stopped");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn watch_signals(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            error!("cannot install signal handlers; stop with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => info!("SIGINT received"),
+            _ = term.recv() => info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("Ctrl-C received");
+    }
+    shutdown.cancel();
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}

@@ -51,11 +51,14 @@ pub enum ErrorCode {
     CorruptData = 21,
     /// An unexpected broker-side failure.
     Internal = 22,
+    /// The message is larger than the broker can deliver within its frame
+    /// limit.
+    MessageTooLarge = 23,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::HandshakeRequired,
@@ -78,6 +81,7 @@ impl ErrorCode {
         ErrorCode::TooManyPendingRequests,
         ErrorCode::CorruptData,
         ErrorCode::Internal,
+        ErrorCode::MessageTooLarge,
     ];
 
     /// The code for a number, if it is one.
@@ -110,6 +114,7 @@ impl ErrorCode {
             ErrorCode::TooManyPendingRequests => "TOO_MANY_PENDING_REQUESTS",
             ErrorCode::CorruptData => "CORRUPT_DATA",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
         }
     }
 

@@ -127,12 +127,14 @@ pub struct DeliveryHead<'a> {
 }
 
 /// Appends a `ServerFrame { delivery }` frame to `dst`, splicing in a
-/// [`pb::Message`] that was encoded once when it was stored. The result is
-/// byte-for-byte a valid `ServerFrame`: protobuf allows a message's fields in
-/// any order, so the pre-encoded `message` field simply follows the others.
-/// Broadcasting one message to many members therefore never re-encodes it.
+/// [`pb::Message`] that was encoded once, *without* its `seq`, when it was
+/// published. The result is byte-for-byte a valid `ServerFrame`: protobuf
+/// allows a message's fields in any order, so `seq` is written first and the
+/// pre-encoded fields follow. Broadcasting one message to many members (or
+/// storing it in several rooms) therefore never re-encodes it.
 pub fn encode_delivery_frame(
     head: DeliveryHead<'_>,
+    seq: u64,
     message: &[u8],
     max_frame: usize,
     dst: &mut BytesMut,
@@ -146,10 +148,17 @@ pub fn encode_delivery_frame(
         redelivered: head.redelivered,
         message: None,
     };
+    const SEQ_FIELD: u32 = 1; // Message.seq
+    let seq_len = if seq == 0 {
+        0
+    } else {
+        key_len(SEQ_FIELD) + encoded_len_varint(seq)
+    };
+    let message_len = seq_len + message.len();
     let delivery_len = head_msg.encoded_len()
         + key_len(MESSAGE_FIELD)
-        + encoded_len_varint(message.len() as u64)
-        + message.len();
+        + encoded_len_varint(message_len as u64)
+        + message_len;
     let frame_len =
         key_len(DELIVERY_FIELD) + encoded_len_varint(delivery_len as u64) + delivery_len;
     if frame_len > max_frame {
@@ -164,7 +173,11 @@ pub fn encode_delivery_frame(
     encode_varint(delivery_len as u64, dst);
     head_msg.encode_raw(dst);
     encode_key(MESSAGE_FIELD, WireType::LengthDelimited, dst);
-    encode_varint(message.len() as u64, dst);
+    encode_varint(message_len as u64, dst);
+    if seq != 0 {
+        encode_key(SEQ_FIELD, WireType::Varint, dst);
+        encode_varint(seq, dst);
+    }
     dst.put_slice(message);
     Ok(())
 }
@@ -293,7 +306,11 @@ mod tests {
     #[test]
     fn spliced_delivery_decodes_as_a_normal_frame() {
         let msg = sample_message();
-        let encoded = msg.encode_to_vec();
+        let without_seq = pb::Message {
+            seq: 0,
+            ..msg.clone()
+        };
+        let encoded = without_seq.encode_to_vec();
         let mut buf = BytesMut::new();
         let head = DeliveryHead {
             room: "general",
@@ -301,7 +318,7 @@ mod tests {
             attempt: 2,
             redelivered: true,
         };
-        encode_delivery_frame(head, &encoded, 1 << 20, &mut buf).unwrap();
+        encode_delivery_frame(head, 42, &encoded, 1 << 20, &mut buf).unwrap();
         let mut codec = FrameCodec::new(1 << 20);
         let raw = codec.decode(&mut buf).unwrap().unwrap();
         assert!(buf.is_empty());
@@ -318,6 +335,6 @@ mod tests {
         };
         assert_eq!(frame, expected);
         let mut small = BytesMut::new();
-        assert!(encode_delivery_frame(head, &encoded, 10, &mut small).is_err());
+        assert!(encode_delivery_frame(head, 42, &encoded, 10, &mut small).is_err());
     }
 }

@@ -29,6 +29,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Default maximum frame size (length prefix excluded): 1 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 
+/// Room for the delivery fields around a stored message: a publish whose
+/// message would leave less than this below the frame limit is refused, so
+/// every stored message can be delivered within the limit.
+pub const DELIVERY_OVERHEAD: usize = 1024;
+
 /// Length of the frame's big-endian length prefix.
 pub const LENGTH_PREFIX: usize = 4;
 

@@ -1,0 +1,851 @@
+//! The broker core: one actor task that owns every room, member, session
+//! entry, timer and dedup record. Sessions talk to it through a bounded
+//! command channel; it answers through each session's bounded outbound
+//! channel, never awaiting a session (it uses `try_send` and a documented
+//! back-off when a session's queue is full). Storage writes go to the
+//! committer thread ([`commit`]). No locks guard the broker's tables: the
+//! actor is their only owner.
+//!
+//! Layout:
+//! - [`room`]: rooms and members, the delivery rules (no I/O).
+//! - [`commit`]: the committer thread (group commit).
+//! - one file per operation: [`join`], [`leave`], [`publish`], [`ack`],
+//!   [`nack`], each holding the request's checks (run by the session) and
+//!   the actor's handling.
+
+pub mod ack;
+pub mod commit;
+pub mod join;
+pub mod leave;
+pub mod nack;
+pub mod publish;
+pub mod room;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use roomq_wire::{pb, ErrorCode};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::storage::{RoomId, Store, StoreError, StoredMessage, WriteBatch};
+use commit::{CommitOutcome, Committer};
+use room::{MemberKey, Outlet, Room};
+
+/// A frame on its way to one session's socket.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A reply (or push). The permit, if any, is the request's slot in the
+    /// session's pending-request budget, released once the frame is written.
+    Reply {
+        frame: pb::ServerFrame,
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    /// A delivery; encoded by the session's writer.
+    Delivery {
+        room: Arc<str>,
+        label: Arc<str>,
+        attempt: u32,
+        redelivered: bool,
+        msg: Arc<StoredMessage>,
+    },
+}
+
+/// What a session tells the broker about itself when its handshake is done.
+#[derive(Debug)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    pub namespace: Arc<str>,
+    pub client_id: Option<Arc<str>>,
+    pub client_name: String,
+    pub peer: String,
+}
+
+/// A request that has passed the session's checks.
+#[derive(Debug)]
+pub enum Request {
+    Join(join::JoinReq),
+    Leave(leave::LeaveReq),
+    Publish(publish::PublishReq),
+    Ack(ack::AckReq),
+    Nack(nack::NackReq),
+}
+
+/// Messages to the broker actor.
+#[derive(Debug)]
+pub enum Command {
+    /// A session finished its handshake. The reply says whether it resumes
+    /// durable memberships.
+    Register {
+        info: Arc<SessionInfo>,
+        tx: mpsc::Sender<Outbound>,
+        blocked: Arc<AtomicBool>,
+        kill: CancellationToken,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The session's connection is gone.
+    Unregister { session: Uuid },
+    /// A session's request.
+    Request {
+        session: Uuid,
+        request_id: u64,
+        permit: OwnedSemaphorePermit,
+        request: Request,
+    },
+    /// A session whose queue was full has drained.
+    Writable { session: Uuid },
+}
+
+/// A cheap, cloneable way to reach the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl BrokerHandle {
+    /// A handle over the broker's command queue.
+    pub fn new(tx: mpsc::Sender<Command>) -> Self {
+        BrokerHandle { tx }
+    }
+
+    /// Sends a command, waiting for room in the broker's queue. Fails only
+    /// when the broker has stopped.
+    pub async fn send(&self, cmd: Command) -> Result<(), ()> {
+        self.tx.send(cmd).await.map_err(|_| ())
+    }
+}
+
+/// The broker's view of a connected session.
+struct SessionEntry {
+    info: Arc<SessionInfo>,
+    tx: mpsc::Sender<Outbound>,
+    /// Set by the broker when the queue is full; the writer clears it and
+    /// sends [`Command::Writable`] once it has drained.
+    blocked: Arc<AtomicBool>,
+    kill: CancellationToken,
+    /// Memberships by (room, label).
+    memberships: HashMap<(Arc<str>, Arc<str>), (RoomId, MemberKey)>,
+}
+
+/// An armed ack (or nack-delay) timer.
+#[derive(Debug, PartialEq, Eq)]
+struct Timer {
+    deadline: Instant,
+    gen: u64,
+    room: RoomId,
+    member: MemberKey,
+    seq: u64,
+}
+
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.deadline, self.gen).cmp(&(other.deadline, other.gen))
+    }
+}
+
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A publish waiting for its batch to reach disk.
+#[derive(Debug)]
+struct PendingConfirm {
+    session: Uuid,
+    request_id: u64,
+    permit: OwnedSemaphorePermit,
+    seqs: Vec<(Arc<str>, u64)>,
+}
+
+/// Where a dedup id stands.
+#[derive(Debug)]
+enum DedupState {
+    /// Its batch is being written; retries wait for it.
+    Pending {
+        seqs: Vec<(Arc<str>, u64)>,
+        waiters: Vec<(Uuid, u64, OwnedSemaphorePermit)>,
+    },
+    /// Stored; retries get these seqs back.
+    Stored { seqs: Vec<(Arc<str>, u64)> },
+}
+
+type DedupKey = (Arc<str>, [u8; 16]);
+
+/// The writes gathered while the committer is busy.
+#[derive(Debug, Default)]
+struct OpenBatch {
+    write: WriteBatch,
+    /// Index into `write.appends` per room.
+    rooms: HashMap<RoomId, usize>,
+    confirms: Vec<PendingConfirm>,
+    dedup: Vec<DedupKey>,
+}
+
+/// What the batch being written will confirm.
+#[derive(Debug, Default)]
+struct InFlightBatch {
+    confirms: Vec<PendingConfirm>,
+    dedup: Vec<DedupKey>,
+}
+
+/// The actor.
+pub struct Broker {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    rooms: HashMap<RoomId, Room>,
+    /// namespace → room name → id.
+    namespaces: HashMap<Arc<str>, HashMap<Arc<str>, RoomId>>,
+    next_room_id: RoomId,
+    sessions: HashMap<Uuid, SessionEntry>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    timer_gen: u64,
+    dedup: HashMap<DedupKey, DedupState>,
+    dedup_expiry: VecDeque<(Instant, DedupKey)>,
+    open: OpenBatch,
+    committing: Option<InFlightBatch>,
+    committer: Committer,
+    commit_rx: mpsc::UnboundedReceiver<CommitOutcome>,
+    /// Durable members whose stored cursor is behind.
+    dirty: HashSet<(RoomId, MemberKey)>,
+    last_cursor_sync: Instant,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// An error frame answering `request_id`.
+pub fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>) -> pb::ServerFrame {
+    pb::ServerFrame {
+        request_id,
+        body: Some(pb::server_frame::Body::Error(pb::Error::new(code, message))),
+    }
+}
+
+impl Broker {
+    /// Opens the broker on `store`: recovers rooms, cursors and dedup
+    /// records, and starts the committer thread.
+    pub fn open(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Broker, StoreError> {
+        let recovered = store.recover()?;
+        let (committer, commit_rx) = Committer::start(store.clone()).map_err(|e| {
+            StoreError::Sled(sled::Error::Io(e))
+        })?;
+        let mut broker = Broker {
+            config: config.clone(),
+            store,
+            rooms: HashMap::new(),
+            namespaces: HashMap::new(),
+            next_room_id: 1,
+            sessions: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_gen: 0,
+            dedup: HashMap::new(),
+            dedup_expiry: VecDeque::new(),
+            open: OpenBatch::default(),
+            committing: None,
+            committer,
+            commit_rx,
+            dirty: HashSet::new(),
+            last_cursor_sync: Instant::now(),
+        };
+        for r in recovered.rooms {
+            broker.next_room_id = broker.next_room_id.max(r.id + 1);
+            broker
+                .namespaces
+                .entry(r.namespace.clone())
+                .or_default()
+                .insert(r.name.clone(), r.id);
+            broker
+                .rooms
+                .insert(r.id, Room::new(r.id, r.namespace, r.name, r.last_seq));
+        }
+        let limits = &config.limits;
+        for (room_id, name, rec) in recovered.cursors {
+            match broker.rooms.get_mut(&room_id) {
+                Some(room) => {
+                    let mut m = room::Member::from_record(&rec, limits.max_in_flight, limits.ack_timeout());
+                    // A cursor never moves past the log.
+                    if m.next_seq > room.committed_seq + 1 {
+                        warn!(room = %room.name, member = %name, "cursor past the end of the log; clamped");
+                        m.next_seq = room.committed_seq + 1;
+                    }
+                    room.members.insert(MemberKey::Durable(name), m);
+                }
+                None => warn!(room_id, member = %name, "cursor of an unknown room ignored"),
+            }
+        }
+        let window = limits.dedup_window_ms;
+        let wall = now_ms();
+        let mut dedup_records = recovered.dedup;
+        dedup_records.sort_by_key(|(_, _, rec)| rec.timestamp_ms);
+        for (ns, id, rec) in dedup_records {
+            let age = wall.saturating_sub(rec.timestamp_ms);
+            if age >= window {
+                broker.open.write.dedup_delete.push((ns, id));
+                continue;
+            }
+            let mut seqs = Vec::with_capacity(rec.seqs.len());
+            for (room_id, seq) in rec.seqs {
+                if let Some(room) = broker.rooms.get(&room_id) {
+                    seqs.push((room.name.clone(), seq));
+                }
+            }
+            let key = (ns, id);
+            let expires = Instant::now() + Duration::from_millis(window - age);
+            broker.dedup_expiry.push_back((expires, key.clone()));
+            broker.dedup.insert(key, DedupState::Stored { seqs });
+        }
+        info!(
+            rooms = broker.rooms.len(),
+            dedup_ids = broker.dedup.len(),
+            "storage recovered"
+        );
+        Ok(broker)
+    }
+
+    /// Runs the actor until `shutdown` is cancelled (then drains: writes
+    /// and confirms what was accepted, syncs cursors) or the store fails.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let result = self.serve(&mut rx, &shutdown).await;
+        if let Err(e) = &result {
+            error!(error = %e, "storage failed; stopping the broker (fail-stop)");
+            shutdown.cancel();
+            self.kill_all();
+            self.committer.stop();
+            return result;
+        }
+        // Drain: take what sessions already queued, then write everything.
+        rx.close();
+        while let Some(cmd) = rx.recv().await {
+            self.handle(cmd);
+        }
+        self.sync_all_cursors();
+        loop {
+            self.maybe_commit(true);
+            if self.committing.is_none() {
+                break;
+            }
+            match self.commit_rx.recv().await {
+                Some(outcome) => {
+                    if let Err(e) = self.on_commit(outcome) {
+                        error!(error = %e, "storage failed during shutdown");
+                        self.kill_all();
+                        self.committer.stop();
+                        return Err(e);
+                    }
+                }
+                None => break,
+            }
+        }
+        let flushed = self.store.flush();
+        self.committer.stop();
+        // Dropping the session senders lets each writer finish its queue.
+        self.sessions.clear();
+        flushed.map(|_| ())
+    }
+
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<Command>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                outcome = self.commit_rx.recv() => match outcome {
+                    Some(o) => self.on_commit(o)?,
+                    None => return Err(StoreError::Sled(sled::Error::ReportableBug(
+                        "committer thread stopped".into(),
+                    ))),
+                },
+                _ = shutdown.cancelled() => return Ok(()),
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => {
+                        self.handle(cmd);
+                        // Take what else is queued before writing, so one
+                        // batch covers it all.
+                        for _ in 0..1024 {
+                            match rx.try_recv() {
+                                Ok(cmd) => self.handle(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => return Ok(()),
+                },
+                _ = sleep_until_opt(wake) => self.on_timers(),
+            }
+            self.maybe_commit(false);
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let mut wake = self.timers.peek().map(|Reverse(t)| t.deadline);
+        let mut consider = |t: Instant| {
+            wake = Some(wake.map_or(t, |w| w.min(t)));
+        };
+        if !self.dirty.is_empty() && self.committing.is_none() {
+            consider(self.last_cursor_sync + self.cursor_interval());
+        }
+        if let Some((t, _)) = self.dedup_expiry.front() {
+            consider(*t);
+        }
+        wake
+    }
+
+    fn cursor_interval(&self) -> Duration {
+        Duration::from_millis(self.config.storage.cursor_sync_interval_ms)
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Register {
+                info,
+                tx,
+                blocked,
+                kill,
+                reply,
+            } => {
+                let resumed = self.has_durable_state(&info);
+                info!(
+                    namespace = %info.namespace,
+                    session = %info.id,
+                    peer = %info.peer,
+                    client_id = info.client_id.as_deref().unwrap_or(""),
+                    client_name = %info.client_name,
+                    resumed,
+                    "client connected"
+                );
+                self.sessions.insert(
+                    info.id,
+                    SessionEntry {
+                        info,
+                        tx,
+                        blocked,
+                        kill,
+                        memberships: HashMap::new(),
+                    },
+                );
+                let _ = reply.send(resumed);
+            }
+            Command::Unregister { session } => self.unregister(session),
+            Command::Request {
+                session,
+                request_id,
+                permit,
+                request,
+            } => {
+                if !self.sessions.contains_key(&session) {
+                    return;
+                }
+                match request {
+                    Request::Join(r) => self.join(session, request_id, permit, r),
+                    Request::Leave(r) => self.leave(session, request_id, permit, r),
+                    Request::Publish(r) => self.publish(session, request_id, permit, r),
+                    Request::Ack(r) => self.ack(session, request_id, permit, r),
+                    Request::Nack(r) => self.nack(session, request_id, permit, r),
+                }
+            }
+            Command::Writable { session } => {
+                let members: Vec<(RoomId, MemberKey)> = match self.sessions.get(&session) {
+                    Some(s) => s.memberships.values().cloned().collect(),
+                    None => return,
+                };
+                for (room, key) in members {
+                    self.pump(room, &key);
+                }
+            }
+        }
+    }
+
+    fn has_durable_state(&self, info: &SessionInfo) -> bool {
+        let Some(client) = &info.client_id else {
+            return false;
+        };
+        let Some(rooms) = self.namespaces.get(&info.namespace) else {
+            return false;
+        };
+        rooms.values().any(|id| {
+            self.rooms.get(id).is_some_and(|room| {
+                room.members.iter().any(|(k, m)| {
+                    matches!(k, MemberKey::Durable(_)) && m.owner.as_ref() == Some(client)
+                        || matches!(k, MemberKey::Durable(n) if n == client)
+                })
+            })
+        })
+    }
+
+    fn unregister(&mut self, session: Uuid) {
+        let Some(entry) = self.sessions.remove(&session) else {
+            return;
+        };
+        info!(
+            namespace = %entry.info.namespace,
+            session = %session,
+            peer = %entry.info.peer,
+            "client disconnected"
+        );
+        for (room_id, key) in entry.memberships.into_values() {
+            self.release_member(room_id, &key, session);
+        }
+    }
+
+    /// Detaches a durable member from `session` (or drops an ephemeral one).
+    fn release_member(&mut self, room_id: RoomId, key: &MemberKey, session: Uuid) {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        match key {
+            MemberKey::Ephemeral(..) => {
+                room.members.remove(key);
+            }
+            MemberKey::Durable(_) => {
+                if let Some(m) = room.members.get_mut(key) {
+                    if m.attached.as_ref().is_some_and(|a| a.session == session) {
+                        m.detach();
+                    }
+                }
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for s in self.sessions.values() {
+            let _ = s.tx.try_send(Outbound::Reply {
+                frame: error_frame(0, ErrorCode::StorageFailure, "the broker's storage failed"),
+                permit: None,
+            });
+            s.kill.cancel();
+        }
+        self.sessions.clear();
+    }
+
+    /// Sends a reply or push to a session. A session whose queue cannot take
+    /// it is disconnected (it broke the pending-request budget).
+    fn reply(&mut self, session: Uuid, frame: pb::ServerFrame, permit: Option<OwnedSemaphorePermit>) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        if s.tx.try_send(Outbound::Reply { frame, permit }).is_err() {
+            warn!(session = %session, "outbound queue full for a reply; disconnecting");
+            s.kill.cancel();
+            self.unregister(session);
+        }
+    }
+
+    fn reply_error(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: OwnedSemaphorePermit,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        self.reply(session, error_frame(request_id, code, message), Some(permit));
+    }
+
+    /// Finds the room `name` of `namespace`, creating it if it is new.
+    fn room_id(&mut self, namespace: &Arc<str>, name: &str) -> RoomId {
+        if let Some(id) = self.namespaces.get(namespace).and_then(|r| r.get(name)) {
+            return *id;
+        }
+        let id = self.next_room_id;
+        self.next_room_id += 1;
+        let name: Arc<str> = Arc::from(name);
+        self.namespaces
+            .entry(namespace.clone())
+            .or_default()
+            .insert(name.clone(), id);
+        self.rooms
+            .insert(id, Room::new(id, namespace.clone(), name.clone(), 0));
+        self.open
+            .write
+            .new_rooms
+            .push((id, namespace.clone(), name.clone()));
+        info!(namespace = %namespace, room = %name, "room created");
+        id
+    }
+
+    /// Delivers what member `key` of `room_id` may have now.
+    fn pump(&mut self, room_id: RoomId, key: &MemberKey) {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        let mut outlet = ActorOutlet {
+            sessions: &mut self.sessions,
+            store: self.store.as_ref(),
+            timers: &mut self.timers,
+            gen: &mut self.timer_gen,
+            reserve: self.config.limits.max_pending_requests as usize + 8,
+        };
+        let changed = room.pump(key, Instant::now(), &mut outlet);
+        if changed && matches!(key, MemberKey::Durable(_)) {
+            self.dirty.insert((room_id, key.clone()));
+        }
+    }
+
+    /// Pumps every attached member of `room_id`.
+    fn pump_room(&mut self, room_id: RoomId) {
+        let keys: Vec<MemberKey> = match self.rooms.get(&room_id) {
+            Some(room) => room
+                .members
+                .iter()
+                .filter(|(_, m)| m.attached.is_some())
+                .map(|(k, _)| k.clone())
+                .collect(),
+            None => return,
+        };
+        for key in keys {
+            self.pump(room_id, &key);
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let mut to_pump = Vec::new();
+        while let Some(Reverse(t)) = self.timers.peek() {
+            if t.deadline > now {
+                break;
+            }
+            let Some(Reverse(t)) = self.timers.pop() else {
+                break;
+            };
+            let Some(m) = self
+                .rooms
+                .get_mut(&t.room)
+                .and_then(|r| r.members.get_mut(&t.member))
+            else {
+                continue;
+            };
+            if m.attached.is_none() {
+                continue;
+            }
+            if m.unacked.get(&t.seq).is_some_and(|u| u.timer_gen == t.gen) {
+                m.due.insert(t.seq);
+                to_pump.push((t.room, t.member));
+            }
+        }
+        to_pump.sort_by(|a, b| a.0.cmp(&b.0));
+        to_pump.dedup();
+        for (room, key) in to_pump {
+            self.pump(room, &key);
+        }
+        while let Some((t, _)) = self.dedup_expiry.front() {
+            if *t > now {
+                break;
+            }
+            let Some((_, key)) = self.dedup_expiry.pop_front() else {
+                break;
+            };
+            if matches!(self.dedup.get(&key), Some(DedupState::Stored { .. })) {
+                self.dedup.remove(&key);
+                self.open.write.dedup_delete.push(key);
+            }
+        }
+    }
+
+    /// Arms a timer for `seq` of member `key`; returns its generation.
+    fn arm_timer(&mut self, deadline: Instant, room: RoomId, key: &MemberKey, seq: u64) -> u64 {
+        arm(&mut self.timers, &mut self.timer_gen, deadline, room, key, seq)
+    }
+
+    fn sync_all_cursors(&mut self) {
+        for (id, room) in &self.rooms {
+            for (key, m) in &room.members {
+                if m.durable {
+                    self.dirty.insert((*id, key.clone()));
+                }
+            }
+        }
+    }
+
+    /// Hands the open batch to the committer if it is idle and there is
+    /// something worth writing. Cursor-only batches wait for the cursor sync
+    /// interval unless `force` is set.
+    fn maybe_commit(&mut self, force: bool) {
+        if self.committing.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let cursors_due = !self.dirty.is_empty()
+            && (force
+                || !self.open.write.is_empty()
+                || now >= self.last_cursor_sync + self.cursor_interval());
+        if cursors_due {
+            for (room_id, key) in std::mem::take(&mut self.dirty) {
+                let MemberKey::Durable(name) = &key else {
+                    continue;
+                };
+                let record = self
+                    .rooms
+                    .get(&room_id)
+                    .and_then(|r| r.members.get(&key))
+                    .map(|m| m.record());
+                self.open.write.cursors.push((room_id, name.clone(), record));
+            }
+            self.last_cursor_sync = now;
+        }
+        if self.open.write.is_empty() {
+            return;
+        }
+        let open = std::mem::take(&mut self.open);
+        self.committing = Some(InFlightBatch {
+            confirms: open.confirms,
+            dedup: open.dedup,
+        });
+        if !self.committer.send(open.write) {
+            // The thread is gone; its outcome channel reports why.
+            error!("committer thread is not running");
+        }
+    }
+
+    fn on_commit(&mut self, outcome: CommitOutcome) -> Result<(), StoreError> {
+        let (flushed, batch) = match outcome {
+            CommitOutcome::Done(flushed, batch) => (flushed, batch),
+            CommitOutcome::Failed(e) => return Err(e),
+        };
+        let done = self.committing.take().unwrap_or_default();
+        self.confirm(&flushed, batch, done);
+        Ok(())
+    }
+
+    /// Makes a written batch visible: messages become deliverable, publishes
+    /// are confirmed. Requires the proof that the batch was flushed.
+    fn confirm(&mut self, _flushed: &crate::storage::Flushed, batch: WriteBatch, done: InFlightBatch) {
+        let max_count = self.config.storage.room_cache_messages as usize;
+        let max_bytes = usize::try_from(self.config.storage.room_cache_bytes).unwrap_or(usize::MAX);
+        let mut touched = Vec::with_capacity(batch.appends.len());
+        for (room_id, msgs) in &batch.appends {
+            if let Some(room) = self.rooms.get_mut(room_id) {
+                room.committed(msgs, max_count, max_bytes);
+                touched.push(*room_id);
+            }
+        }
+        for c in done.confirms {
+            let frame = publish::ok_frame(c.request_id, &c.seqs, false);
+            self.reply(c.session, frame, Some(c.permit));
+        }
+        for key in done.dedup {
+            if let Some(DedupState::Pending { seqs, waiters }) = self.dedup.remove(&key) {
+                for (session, request_id, permit) in waiters {
+                    let frame = publish::ok_frame(request_id, &seqs, true);
+                    self.reply(session, frame, Some(permit));
+                }
+                self.dedup_expiry
+                    .push_back((Instant::now() + self.config.limits.dedup_window(), key.clone()));
+                self.dedup.insert(key, DedupState::Stored { seqs });
+            }
+        }
+        for room_id in touched {
+            self.pump_room(room_id);
+        }
+    }
+}
+
+fn arm(
+    timers: &mut BinaryHeap<Reverse<Timer>>,
+    gen: &mut u64,
+    deadline: Instant,
+    room: RoomId,
+    member: &MemberKey,
+    seq: u64,
+) -> u64 {
+    *gen += 1;
+    timers.push(Reverse(Timer {
+        deadline,
+        gen: *gen,
+        room,
+        member: member.clone(),
+        seq,
+    }));
+    *gen
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The actor's [`Outlet`]: session queues, the store, the timer heap.
+struct ActorOutlet<'a> {
+    sessions: &'a mut HashMap<Uuid, SessionEntry>,
+    store: &'a dyn Store,
+    timers: &'a mut BinaryHeap<Reverse<Timer>>,
+    gen: &'a mut u64,
+    /// Queue slots kept free for replies.
+    reserve: usize,
+}
+
+impl Outlet for ActorOutlet<'_> {
+    fn deliver(
+        &mut self,
+        session: Uuid,
+        room: &Arc<str>,
+        label: &Arc<str>,
+        attempt: u32,
+        redelivered: bool,
+        msg: &Arc<StoredMessage>,
+    ) -> bool {
+        let Some(s) = self.sessions.get(&session) else {
+            return false;
+        };
+        if s.tx.capacity() <= self.reserve {
+            // Announce interest first, then look again: the writer clears
+            // the flag after draining, so one of the two sees the other.
+            s.blocked.store(true, Ordering::SeqCst);
+            if s.tx.capacity() <= self.reserve {
+                return false;
+            }
+        }
+        let out = Outbound::Delivery {
+            room: room.clone(),
+            label: label.clone(),
+            attempt,
+            redelivered,
+            msg: msg.clone(),
+        };
+        match s.tx.try_send(out) {
+            Ok(()) => true,
+            Err(_) => {
+                s.blocked.store(true, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    fn read(&mut self, room: RoomId, from: u64, max: usize, last: u64) -> Vec<Arc<StoredMessage>> {
+        match self.store.read(room, from, max, 4 * 1024 * 1024) {
+            Ok(mut v) => {
+                v.retain(|m| m.seq <= last);
+                v
+            }
+            Err(e) => {
+                error!(room_id = room, from, error = %e, "cannot read stored messages; not delivered");
+                Vec::new()
+            }
+        }
+    }
+
+    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey, seq: u64) -> u64 {
+        arm(self.timers, self.gen, deadline, room, member, seq)
+    }
+}

@@ -1,0 +1,80 @@
+//! `Nack`: hand deliveries back for redelivery, now or after a delay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use roomq_wire::names::check_name;
+use roomq_wire::{pb, ErrorCode};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::ack::MAX_SEQS;
+use super::join::MAX_ACK_TIMEOUT;
+use super::Broker;
+
+/// A checked nack.
+#[derive(Debug)]
+pub struct NackReq {
+    pub room: Arc<str>,
+    pub label: Arc<str>,
+    pub seqs: Vec<u64>,
+    pub delay: Duration,
+}
+
+/// Checks a nack; runs on the session's task.
+pub fn check(n: pb::Nack) -> Result<NackReq, pb::Error> {
+    check_name("room", &n.room).map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+    if n.seqs.is_empty() || n.seqs.len() > MAX_SEQS {
+        return Err(pb::Error::new(
+            ErrorCode::InvalidRequest,
+            format!("a nack lists 1 to {MAX_SEQS} seqs, not {}", n.seqs.len()),
+        ));
+    }
+    Ok(NackReq {
+        room: Arc::from(n.room),
+        label: Arc::from(n.subscription),
+        seqs: n.seqs,
+        delay: Duration::from_millis(n.delay_ms).min(MAX_ACK_TIMEOUT),
+    })
+}
+
+impl Broker {
+    pub(super) fn nack(&mut self, session: Uuid, request_id: u64, permit: OwnedSemaphorePermit, req: NackReq) {
+        let (room_id, key) = match self.membership(session, &req.room, &req.label) {
+            Ok(m) => m,
+            Err(msg) => return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg),
+        };
+        let Some(member) = self.rooms.get(&room_id).and_then(|r| r.members.get(&key)) else {
+            return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, "membership is gone");
+        };
+        if let Some(bad) = req.seqs.iter().find(|s| !member.unacked.contains_key(s)) {
+            let msg = format!("seq {bad} is not an unacknowledged delivery of this member");
+            return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
+        }
+        let deadline = Instant::now() + req.delay;
+        for seq in &req.seqs {
+            if req.delay.is_zero() {
+                if let Some(m) = self.rooms.get_mut(&room_id).and_then(|r| r.members.get_mut(&key)) {
+                    m.due.insert(*seq);
+                }
+            } else {
+                let gen = self.arm_timer(deadline, room_id, &key, *seq);
+                if let Some(u) = self
+                    .rooms
+                    .get_mut(&room_id)
+                    .and_then(|r| r.members.get_mut(&key))
+                    .and_then(|m| m.unacked.get_mut(seq))
+                {
+                    u.timer_gen = gen;
+                }
+            }
+        }
+        let frame = pb::ServerFrame {
+            request_id,
+            body: Some(pb::server_frame::Body::NackOk(pb::NackOk {})),
+        };
+        self.reply(session, frame, Some(permit));
+        self.pump(room_id, &key);
+    }
+}

@@ -1,0 +1,213 @@
+//! `Publish`: store a message in one or more rooms and confirm it with its
+//! seq in each, once a flush covers it (`sync` durability).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+use roomq_wire::names::check_name;
+use roomq_wire::{pb, ErrorCode};
+use tokio::sync::OwnedSemaphorePermit;
+use uuid::Uuid;
+
+use super::{now_ms, Broker, DedupState, PendingConfirm, SessionInfo};
+use crate::config::Limits;
+use crate::storage::StoredMessage;
+
+/// A checked publish.
+#[derive(Debug)]
+pub struct PublishReq {
+    pub rooms: Vec<String>,
+    pub dedup: Option<[u8; 16]>,
+    pub except_self: bool,
+    /// The wire `Message` without its seq, encoded once for every room and
+    /// every delivery.
+    pub encoded: Bytes,
+}
+
+/// Checks a publish and encodes its message; runs on the session's task.
+pub fn check(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<PublishReq, pb::Error> {
+    let invalid = |code, msg: String| pb::Error::new(code, msg);
+    if p.rooms.is_empty() {
+        return Err(invalid(ErrorCode::InvalidRequest, "publish names no room".into()));
+    }
+    if p.rooms.len() > limits.max_rooms_per_publish as usize {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "publish names {} rooms; the limit is {}",
+                p.rooms.len(),
+                limits.max_rooms_per_publish
+            ),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(p.rooms.len());
+    for room in &p.rooms {
+        check_name("room", room).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+        if !seen.insert(room.as_str()) {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                format!("room {room:?} is named twice"),
+            ));
+        }
+    }
+    check_name("event", &p.event).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+    if p.headers.len() > limits.max_headers as usize {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{} headers; the limit is {}",
+                p.headers.len(),
+                limits.max_headers
+            ),
+        ));
+    }
+    for key in p.headers.keys() {
+        check_name("header name", key).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+    }
+    let dedup = match p.dedup_id.len() {
+        0 => None,
+        16 => {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&p.dedup_id);
+            Some(id)
+        }
+        n => {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                format!("dedup_id must be 16 bytes (a UUID), not {n}"),
+            ))
+        }
+    };
+    let message = pb::Message {
+        seq: 0,
+        event: p.event,
+        payload: p.payload,
+        headers: p.headers,
+        publisher_session: Bytes::copy_from_slice(session.id.as_bytes()),
+        timestamp_ms: now_ms(),
+    };
+    let encoded = Bytes::from(message.encode_to_vec());
+    let limit = limits.max_frame().saturating_sub(roomq_wire::DELIVERY_OVERHEAD);
+    if encoded.len() > limit {
+        return Err(invalid(
+            ErrorCode::MessageTooLarge,
+            format!("message is {} bytes; the limit is {limit}", encoded.len()),
+        ));
+    }
+    Ok(PublishReq {
+        rooms: p.rooms,
+        dedup,
+        except_self: p.except_self,
+        encoded,
+    })
+}
+
+/// The confirmation frame.
+pub fn ok_frame(request_id: u64, seqs: &[(Arc<str>, u64)], duplicate: bool) -> pb::ServerFrame {
+    pb::ServerFrame {
+        request_id,
+        body: Some(pb::server_frame::Body::PublishOk(pb::PublishOk {
+            seqs: seqs
+                .iter()
+                .map(|(room, seq)| pb::RoomSeq {
+                    room: room.to_string(),
+                    seq: *seq,
+                })
+                .collect(),
+            duplicate,
+            durability: pb::Durability::Sync as i32,
+        })),
+    }
+}
+
+impl Broker {
+    pub(super) fn publish(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: OwnedSemaphorePermit,
+        req: PublishReq,
+    ) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        let namespace = entry.info.namespace.clone();
+        let client_id = entry.info.client_id.clone();
+        if let Some(id) = req.dedup {
+            let key = (namespace.clone(), id);
+            match self.dedup.get_mut(&key) {
+                Some(DedupState::Stored { seqs }) => {
+                    let frame = ok_frame(request_id, seqs, true);
+                    self.reply(session, frame, Some(permit));
+                    return;
+                }
+                Some(DedupState::Pending { waiters, .. }) => {
+                    waiters.push((session, request_id, permit));
+                    return;
+                }
+                None => {}
+            }
+        }
+        let (except_session, except_client) = if req.except_self {
+            (Some(*session.as_bytes()), client_id)
+        } else {
+            (None, None)
+        };
+        let mut seqs = Vec::with_capacity(req.rooms.len());
+        let mut stored = Vec::with_capacity(req.rooms.len());
+        for name in &req.rooms {
+            let room_id = self.room_id(&namespace, name);
+            let Some(room) = self.rooms.get_mut(&room_id) else {
+                continue;
+            };
+            room.last_seq += 1;
+            let msg = Arc::new(StoredMessage {
+                seq: room.last_seq,
+                encoded: req.encoded.clone(),
+                except_session,
+                except_client: except_client.clone(),
+            });
+            seqs.push((room.name.clone(), room.last_seq));
+            stored.push((room_id, room.last_seq));
+            let slot = match self.open.rooms.get(&room_id) {
+                Some(i) => *i,
+                None => {
+                    self.open.write.appends.push((room_id, Vec::new()));
+                    let i = self.open.write.appends.len() - 1;
+                    self.open.rooms.insert(room_id, i);
+                    i
+                }
+            };
+            if let Some((_, v)) = self.open.write.appends.get_mut(slot) {
+                v.push(msg);
+            }
+        }
+        if let Some(id) = req.dedup {
+            let key = (namespace.clone(), id);
+            self.open.write.dedup_put.push((
+                namespace,
+                id,
+                crate::storage::DedupRecord {
+                    timestamp_ms: now_ms(),
+                    seqs: stored,
+                },
+            ));
+            self.dedup.insert(
+                key.clone(),
+                DedupState::Pending {
+                    seqs: seqs.clone(),
+                    waiters: Vec::new(),
+                },
+            );
+            self.open.dedup.push(key);
+        }
+        self.open.confirms.push(PendingConfirm {
+            session,
+            request_id,
+            permit,
+            seqs,
+        });
+    }
+}

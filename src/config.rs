@@ -1,0 +1,332 @@
+//! Broker configuration, in layers: built-in defaults, then a TOML file, then
+//! `ROOMQ_*` environment variables, then command-line flags (applied by
+//! `main`). [`Config::validate`] reports every problem it finds as an error;
+//! nothing here panics.
+//!
+//! The environment variable for a setting is `ROOMQ_` followed by its section
+//! and key in upper case: `limits.max_frame_bytes` is
+//! `ROOMQ_LIMITS_MAX_FRAME_BYTES`, the top-level `listen` is `ROOMQ_LISTEN`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The commented default configuration, printed by `roomqd print-config`.
+/// A unit test checks that it parses to [`Config::default`].
+pub const DEFAULT_TOML: &str = include_str!("../roomq.example.toml");
+
+/// Everything the broker can be configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the broker listens on.
+    pub listen: SocketAddr,
+    /// Directory holding the sled database; created if missing.
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub storage: StorageConfig,
+}
+
+/// Limits that protect the broker from clients (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame accepted or sent, length prefix excluded.
+    pub max_frame_bytes: u32,
+    /// Time a new connection has to send its handshake.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing (not even a ping) for this long is
+    /// closed.
+    pub idle_timeout_ms: u64,
+    /// A connection whose socket accepts no bytes for this long is closed;
+    /// its durable memberships keep everything for its return.
+    pub write_timeout_ms: u64,
+    /// Connections served at once; more are refused with an error.
+    pub max_connections: u32,
+    /// Requests of one connection awaiting their reply. When reached, the
+    /// broker stops reading from that connection until replies go out.
+    pub max_pending_requests: u32,
+    /// Deliveries queued for one connection's socket. When reached, the
+    /// broker stops handing that connection new deliveries until it drains.
+    pub max_queued_deliveries: u32,
+    /// Upper bound and default for a member's unacknowledged deliveries.
+    pub max_in_flight: u32,
+    /// Default time a delivery may stay unacknowledged before redelivery.
+    pub ack_timeout_ms: u64,
+    /// How long a dedup id is remembered.
+    pub dedup_window_ms: u64,
+    /// Rooms named by one publish.
+    pub max_rooms_per_publish: u32,
+    /// Headers on one message.
+    pub max_headers: u32,
+    /// Memberships one connection may hold.
+    pub max_memberships_per_session: u32,
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// sled's page cache. sled's own default is 1 GiB; we set it explicitly.
+    pub cache_bytes: u64,
+    /// Recently stored messages kept in memory per room for fast delivery.
+    pub room_cache_messages: u32,
+    /// Byte bound of the same per-room cache.
+    pub room_cache_bytes: u64,
+    /// Acks are written to disk at most this often (they ride along with
+    /// publishes sooner). A crash may lose the acks of this last interval,
+    /// which causes redelivery, never loss.
+    pub cursor_sync_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            data_dir: PathBuf::from("./roomq-data"),
+            limits: Limits::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 1024 * 1024,
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            write_timeout_ms: 10_000,
+            max_connections: 10_000,
+            max_pending_requests: 1_024,
+            max_queued_deliveries: 1_024,
+            max_in_flight: 1_000,
+            ack_timeout_ms: 30_000,
+            dedup_window_ms: 120_000,
+            max_rooms_per_publish: 64,
+            max_headers: 64,
+            max_memberships_per_session: 1_024,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            cache_bytes: 256 * 1024 * 1024,
+            room_cache_messages: 8_192,
+            room_cache_bytes: 8 * 1024 * 1024,
+            cursor_sync_interval_ms: 100,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}: {why}")]
+    Env { name: String, why: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, overlaid with the TOML file (if any), overlaid with
+    /// `ROOMQ_*` variables from `env`, then validated.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|source| ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        source: Box::new(source),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config = table.try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Parse {
+                path: file.map(|p| p.to_path_buf()).unwrap_or_default(),
+                source: Box::new(e),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting, returning the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let s = &self.storage;
+        let checks: [(bool, &str); 14] = [
+            (
+                (1024..=64 * 1024 * 1024).contains(&l.max_frame_bytes),
+                "limits.max_frame_bytes must be between 1024 and 67108864",
+            ),
+            (l.handshake_timeout_ms > 0, "limits.handshake_timeout_ms must be > 0"),
+            (l.idle_timeout_ms > 0, "limits.idle_timeout_ms must be > 0"),
+            (l.write_timeout_ms > 0, "limits.write_timeout_ms must be > 0"),
+            (l.max_connections > 0, "limits.max_connections must be > 0"),
+            (l.max_pending_requests > 0, "limits.max_pending_requests must be > 0"),
+            (l.max_queued_deliveries > 0, "limits.max_queued_deliveries must be > 0"),
+            (l.max_in_flight > 0, "limits.max_in_flight must be > 0"),
+            (l.ack_timeout_ms > 0, "limits.ack_timeout_ms must be > 0"),
+            (l.max_rooms_per_publish > 0, "limits.max_rooms_per_publish must be > 0"),
+            (
+                l.max_memberships_per_session > 0,
+                "limits.max_memberships_per_session must be > 0",
+            ),
+            (s.cache_bytes >= 1024 * 1024, "storage.cache_bytes must be >= 1048576"),
+            (s.room_cache_messages > 0, "storage.room_cache_messages must be > 0"),
+            (
+                s.cursor_sync_interval_ms > 0,
+                "storage.cursor_sync_interval_ms must be > 0",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err(ConfigError::Invalid((*why).to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Limits {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_millis(self.dedup_window_ms)
+    }
+    pub fn max_frame(&self) -> usize {
+        self.max_frame_bytes as usize
+    }
+}
+
+/// Overlays `ROOMQ_<SECTION>_<KEY>` variables onto `table`. The set of keys
+/// comes from the defaults, so a new setting gets its variable for free.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default())
+        .map_err(|e| ConfigError::Invalid(format!("cannot list settings: {e}")))?;
+    let mut known = std::collections::HashMap::new();
+    for (key, value) in &defaults {
+        match value {
+            toml::Value::Table(section) => {
+                for sub in section.keys() {
+                    let name = format!("ROOMQ_{}_{}", key, sub).to_uppercase();
+                    known.insert(name, (Some(key.clone()), sub.clone()));
+                }
+            }
+            _ => {
+                known.insert(format!("ROOMQ_{key}").to_uppercase(), (None, key.clone()));
+            }
+        }
+    }
+    for (name, raw) in env {
+        let Some((section, key)) = known.get(&name) else {
+            continue;
+        };
+        let default_value = match section {
+            Some(s) => defaults.get(s).and_then(|t| t.get(key)),
+            None => defaults.get(key),
+        };
+        let value = match default_value {
+            Some(toml::Value::Integer(_)) => {
+                toml::Value::Integer(raw.trim().parse().map_err(|_| ConfigError::Env {
+                    name: name.clone(),
+                    why: format!("{raw:?} is not an integer"),
+                })?)
+            }
+            _ => toml::Value::String(raw),
+        };
+        let target = match section {
+            Some(s) => match table
+                .entry(s.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Invalid(format!("[{s}] must be a table")));
+                }
+            },
+            None => &mut *table,
+        };
+        target.insert(key.clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_the_default() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn env_overrides_file_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[limits]\nmax_in_flight = 5\nack_timeout_ms = 7\n").unwrap();
+        let env = vec![
+            ("ROOMQ_LIMITS_MAX_IN_FLIGHT".to_string(), "9".to_string()),
+            ("ROOMQ_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+            ("ROOMQ_UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(c.limits.max_in_flight, 9);
+        assert_eq!(c.limits.ack_timeout_ms, 7);
+        assert_eq!(c.listen.port(), 9999);
+
+        let env = vec![("ROOMQ_LIMITS_MAX_IN_FLIGHT".to_string(), "lots".to_string())];
+        assert!(matches!(
+            Config::load(None, env),
+            Err(ConfigError::Env { .. })
+        ));
+        std::fs::write(&path, "[limits]\nmax_infligt = 5\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&path), vec![]),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&path, "[limits]\nmax_in_flight = 0\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&path), vec![]),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+}

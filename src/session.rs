@@ -1,0 +1,383 @@
+//! One client connection: a reader task (this module's [`serve`]) and a
+//! writer task joined by a bounded channel.
+//!
+//! The reader performs the handshake under its deadline, then decodes
+//! frames, checks each request and forwards it to the broker actor. Every
+//! request first takes a permit from the session's pending-request budget;
+//! the permit travels with the request and its reply and is released when the
+//! reply is written. When the budget is spent the reader stops reading, so a
+//! client that pipelines without reading replies is slowed by TCP, never
+//! buffered without bound.
+//!
+//! The writer drains the channel into one buffer and writes it with one
+//! syscall where it can. A socket that takes no bytes for the write deadline
+//! gets the session killed; its durable memberships keep everything.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use roomq_wire::codec::{decode_client, encode_delivery_frame, encode_frame, DeliveryHead};
+use roomq_wire::names::{check_name, check_namespace};
+use roomq_wire::{pb, ErrorCode, FrameCodec, FrameError, PROTOCOL_VERSION};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::timeout;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::broker::{self, error_frame, BrokerHandle, Command, Outbound, Request, SessionInfo};
+use crate::config::Config;
+
+/// Largest batch of frames the writer gathers before one write.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Queue slots beyond the request and delivery budgets, for pushes.
+const PUSH_SLOTS: usize = 8;
+
+/// Serves one accepted connection until it closes, the session is killed,
+/// or `shutdown` is cancelled.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<Config>,
+    broker: BrokerHandle,
+    shutdown: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    let limits = &config.limits;
+    let (read_half, mut write_half) = stream.into_split();
+    let mut frames = FramedRead::new(read_half, FrameCodec::new(limits.max_frame()));
+
+    let hello = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = timeout(limits.handshake_timeout(), frames.next()) => r,
+    };
+    let handshake = match hello {
+        Err(_) => {
+            let msg = format!("no handshake within {} ms", limits.handshake_timeout_ms);
+            return refuse(&mut write_half, ErrorCode::HandshakeTimeout, msg, &config).await;
+        }
+        Ok(None) => return,
+        Ok(Some(Err(e))) => return refuse_frame_error(&mut write_half, e, &config).await,
+        Ok(Some(Ok(raw))) => match decode_client(raw) {
+            Err(e) => return refuse(&mut write_half, ErrorCode::MalformedFrame, e.to_string(), &config).await,
+            Ok(pb::ClientFrame {
+                request_id,
+                body: Some(pb::client_frame::Body::Handshake(h)),
+            }) => (request_id, h),
+            Ok(_) => {
+                let msg = "the first frame must be a handshake";
+                return refuse(&mut write_half, ErrorCode::HandshakeRequired, msg, &config).await;
+            }
+        },
+    };
+    let (hs_request, hs) = handshake;
+    if hs.protocol_version != PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
+            hs.protocol_version
+        );
+        return refuse(&mut write_half, ErrorCode::UnsupportedVersion, msg, &config).await;
+    }
+    let namespace = if hs.namespace.is_empty() { "/".to_string() } else { hs.namespace };
+    let checked = check_namespace(&namespace)
+        .and_then(|()| match hs.client_id.is_empty() {
+            true => Ok(()),
+            false => check_name("client id", &hs.client_id),
+        })
+        .and_then(|()| match hs.client_name.is_empty() {
+            true => Ok(()),
+            false => check_name("client name", &hs.client_name),
+        });
+    if let Err(e) = checked {
+        return refuse(&mut write_half, ErrorCode::InvalidName, e.to_string(), &config).await;
+    }
+
+    let info = Arc::new(SessionInfo {
+        id: Uuid::now_v7(),
+        namespace: Arc::from(namespace),
+        client_id: (!hs.client_id.is_empty()).then(|| Arc::from(hs.client_id)),
+        client_name: hs.client_name,
+        peer: peer.to_string(),
+    });
+    let pending = limits.max_pending_requests as usize;
+    let (tx, rx) = mpsc::channel(pending + limits.max_queued_deliveries as usize + PUSH_SLOTS);
+    let blocked = Arc::new(AtomicBool::new(false));
+    let kill = CancellationToken::new();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let registered = broker
+        .send(Command::Register {
+            info: info.clone(),
+            tx: tx.clone(),
+            blocked: blocked.clone(),
+            kill: kill.clone(),
+            reply: reply_tx,
+        })
+        .await;
+    let resumed = match (registered, reply_rx.await) {
+        (Ok(()), Ok(resumed)) => resumed,
+        _ => {
+            let msg = "the broker is shutting down";
+            return refuse(&mut write_half, ErrorCode::ShuttingDown, msg, &config).await;
+        }
+    };
+
+    tracker.spawn(write_loop(
+        write_half,
+        rx,
+        blocked,
+        broker.clone(),
+        kill.clone(),
+        info.id,
+        config.clone(),
+    ));
+
+    let ok = pb::ServerFrame {
+        request_id: hs_request,
+        body: Some(pb::server_frame::Body::HandshakeOk(pb::HandshakeOk {
+            protocol_version: PROTOCOL_VERSION,
+            session_id: bytes::Bytes::copy_from_slice(info.id.as_bytes()),
+            resumed,
+            limits: Some(pb::Limits {
+                max_frame_bytes: limits.max_frame_bytes,
+                max_in_flight: limits.max_in_flight,
+                ack_timeout_ms: limits.ack_timeout_ms,
+                idle_timeout_ms: limits.idle_timeout_ms,
+                dedup_window_ms: limits.dedup_window_ms,
+                max_rooms_per_publish: limits.max_rooms_per_publish,
+                max_pending_requests: limits.max_pending_requests,
+            }),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+    };
+    let _ = tx.try_send(Outbound::Reply { frame: ok, permit: None });
+
+    let budget = Arc::new(Semaphore::new(pending));
+    let stopped_by_shutdown = read_loop(&mut frames, &tx, &budget, &broker, &info, &config, &kill, &shutdown).await;
+    if !stopped_by_shutdown {
+        // On shutdown the broker drains and confirms first; it drops the
+        // session itself.
+        let _ = broker.send(Command::Unregister { session: info.id }).await;
+    }
+}
+
+/// Reads and dispatches requests. Returns true if it stopped for shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    tx: &mpsc::Sender<Outbound>,
+    budget: &Arc<Semaphore>,
+    broker: &BrokerHandle,
+    info: &Arc<SessionInfo>,
+    config: &Config,
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> bool {
+    let limits = &config.limits;
+    let fatal = |code: ErrorCode, msg: String| Outbound::Reply {
+        frame: error_frame(0, code, msg),
+        permit: None,
+    };
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return true,
+            _ = kill.cancelled() => return false,
+            r = timeout(limits.idle_timeout(), frames.next()) => r,
+        };
+        let raw = match next {
+            Err(_) => {
+                let msg = format!("nothing received for {} ms", limits.idle_timeout_ms);
+                let _ = tx.try_send(fatal(ErrorCode::IdleTimeout, msg));
+                return false;
+            }
+            Ok(None) => return false,
+            Ok(Some(Err(FrameError::TooLarge { len, max }))) => {
+                let msg = format!("frame of {len} bytes exceeds the limit of {max}");
+                let _ = tx.try_send(fatal(ErrorCode::FrameTooLarge, msg));
+                return false;
+            }
+            Ok(Some(Err(e))) => {
+                debug!(session = %info.id, error = %e, "read failed");
+                return false;
+            }
+            Ok(Some(Ok(raw))) => raw,
+        };
+        let frame = match decode_client(raw) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.try_send(fatal(ErrorCode::MalformedFrame, e.to_string()));
+                return false;
+            }
+        };
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return true,
+            _ = kill.cancelled() => return false,
+            p = budget.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+        };
+        let request_id = frame.request_id;
+        use pb::client_frame::Body;
+        let checked: Result<Request, pb::Error> = match frame.body {
+            None => Err(pb::Error::new(ErrorCode::InvalidRequest, "frame has no request")),
+            Some(Body::Handshake(_)) => Err(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                "the handshake is already done",
+            )),
+            Some(Body::Ping(p)) => {
+                let frame = pb::ServerFrame {
+                    request_id,
+                    body: Some(pb::server_frame::Body::Pong(pb::Pong { nonce: p.nonce })),
+                };
+                let _ = tx.try_send(Outbound::Reply { frame, permit: Some(permit) });
+                continue;
+            }
+            Some(Body::Join(j)) => broker::join::check(j, limits).map(Request::Join),
+            Some(Body::Leave(l)) => broker::leave::check(l).map(Request::Leave),
+            Some(Body::Publish(p)) => broker::publish::check(p, info, limits).map(Request::Publish),
+            Some(Body::Ack(a)) => broker::ack::check(a).map(Request::Ack),
+            Some(Body::Nack(n)) => broker::nack::check(n).map(Request::Nack),
+        };
+        match checked {
+            Ok(request) => {
+                let cmd = Command::Request {
+                    session: info.id,
+                    request_id,
+                    permit,
+                    request,
+                };
+                if broker.send(cmd).await.is_err() {
+                    return true;
+                }
+            }
+            Err(error) => {
+                let frame = pb::ServerFrame {
+                    request_id,
+                    body: Some(pb::server_frame::Body::Error(error)),
+                };
+                let _ = tx.try_send(Outbound::Reply { frame, permit: Some(permit) });
+            }
+        }
+    }
+}
+
+/// Encodes queued frames in batches and writes them until the queue closes
+/// or the session is killed.
+async fn write_loop(
+    mut socket: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outbound>,
+    blocked: Arc<AtomicBool>,
+    broker: BrokerHandle,
+    kill: CancellationToken,
+    session: Uuid,
+    config: Arc<Config>,
+) {
+    let limits = &config.limits;
+    let max_frame = limits.max_frame();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut permits = Vec::new();
+    let mut closing = false;
+    'outer: loop {
+        let first = tokio::select! {
+            _ = kill.cancelled() => break,
+            o = rx.recv() => match o {
+                Some(o) => o,
+                None => break,
+            },
+        };
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Reply { frame, permit } => {
+                    if let Some(pb::server_frame::Body::Error(e)) = &frame.body {
+                        closing |= e.fatal;
+                    }
+                    if let Err(e) = encode_frame(&frame, max_frame, &mut buf) {
+                        warn!(session = %session, error = %e, "reply not sent");
+                    }
+                    permits.extend(permit);
+                }
+                Outbound::Delivery {
+                    room,
+                    label,
+                    attempt,
+                    redelivered,
+                    msg,
+                } => {
+                    let head = DeliveryHead {
+                        room: &room,
+                        subscription: &label,
+                        attempt,
+                        redelivered,
+                    };
+                    if let Err(e) = encode_delivery_frame(head, msg.seq, &msg.encoded, max_frame, &mut buf) {
+                        warn!(session = %session, error = %e, "delivery not sent");
+                    }
+                }
+            }
+            if closing || buf.len() >= WRITE_BATCH_BYTES {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        match timeout(limits.write_timeout(), socket.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(session = %session, error = %e, "write failed");
+                kill.cancel();
+                break 'outer;
+            }
+            Err(_) => {
+                warn!(
+                    session = %session,
+                    write_timeout_ms = limits.write_timeout_ms,
+                    "client is not reading; disconnecting (slow consumer)"
+                );
+                kill.cancel();
+                break 'outer;
+            }
+        }
+        buf.clear();
+        permits.clear();
+        if closing {
+            kill.cancel();
+            break;
+        }
+        if blocked.swap(false, Ordering::SeqCst) {
+            let _ = broker.send(Command::Writable { session }).await;
+        }
+    }
+    let _ = timeout(limits.write_timeout(), socket.shutdown()).await;
+}
+
+/// Answers a connection that failed its handshake with an error, then closes.
+async fn refuse(socket: &mut OwnedWriteHalf, code: ErrorCode, message: impl Into<String>, config: &Config) {
+    let message = message.into();
+    debug!(code = code.name(), %message, "connection refused");
+    let mut error = pb::Error::new(code, message);
+    error.fatal = true;
+    let frame = pb::ServerFrame {
+        request_id: 0,
+        body: Some(pb::server_frame::Body::Error(error)),
+    };
+    let mut buf = BytesMut::new();
+    if encode_frame(&frame, config.limits.max_frame(), &mut buf).is_ok() {
+        let _ = timeout(config.limits.write_timeout(), socket.write_all(&buf)).await;
+    }
+    let _ = timeout(config.limits.write_timeout(), socket.shutdown()).await;
+}
+
+async fn refuse_frame_error(socket: &mut OwnedWriteHalf, e: FrameError, config: &Config) {
+    match e {
+        FrameError::TooLarge { .. } => refuse(socket, ErrorCode::FrameTooLarge, e.to_string(), config).await,
+        FrameError::Malformed(_) => refuse(socket, ErrorCode::MalformedFrame, e.to_string(), config).await,
+        FrameError::Io(_) => {}
+    }
+}

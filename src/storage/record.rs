@@ -1,0 +1,383 @@
+//! Byte layouts of stored values. Every value starts with a CRC-32C-style
+//! checksum (crc32fast, IEEE polynomial) of the rest, checked on every read;
+//! a mismatch is reported as [`StoreError::Corrupt`] and the data is never
+//! used as if it were good. Inside a log batch each message carries its own
+//! checksum as well, so a damaged message is pinpointed.
+//!
+//! All integers are big-endian. Decoders use checked reads only: a damaged
+//! length can never cause a panic or an oversized allocation.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::StoreError;
+
+/// A message as stored in a room's log and held in the broker's caches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    /// The protobuf encoding of the wire `Message` (seq included), spliced
+    /// unchanged into every delivery frame.
+    pub encoded: Bytes,
+    /// Session that published with `except_self`, if it did.
+    pub except_session: Option<[u8; 16]>,
+    /// Client id that published with `except_self`, if it had one.
+    pub except_client: Option<Arc<str>>,
+}
+
+impl StoredMessage {
+    /// Bytes this message occupies in memory, for cache accounting.
+    pub fn size(&self) -> usize {
+        self.encoded.len() + 64
+    }
+}
+
+/// A durable member's position in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CursorRecord {
+    /// The next seq to deliver for the first time.
+    pub next_seq: u64,
+    /// Delivered but unacknowledged seqs below `next_seq`, with the number of
+    /// deliveries so far. Every other seq below `next_seq` is acknowledged.
+    pub unacked: Vec<(u64, u32)>,
+    /// Client id of the session that last joined this membership, used by
+    /// `except_self`.
+    pub owner: Option<String>,
+}
+
+/// What a dedup id resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupRecord {
+    /// When the original publish was accepted, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// (room id, seq) for each room of the original publish, in order.
+    pub seqs: Vec<(u64, u64)>,
+}
+
+const LOG_VERSION: u8 = 1;
+const FLAG_EXCEPT_SESSION: u8 = 1;
+const FLAG_EXCEPT_CLIENT: u8 = 2;
+
+fn corrupt(key: &[u8], why: &'static str) -> StoreError {
+    StoreError::Corrupt {
+        key: hex(key),
+        why,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Prefixes `body` with its checksum.
+pub fn seal(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.put_u32(crc32fast::hash(body));
+    out.extend_from_slice(body);
+    out
+}
+
+/// Verifies and strips the checksum that [`seal`] added.
+pub fn open<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    let (crc, body) = value
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt(key, "value shorter than its checksum"))?;
+    if u32::from_be_bytes(*crc) != crc32fast::hash(body) {
+        return Err(corrupt(key, "checksum mismatch"));
+    }
+    Ok(body)
+}
+
+/// Encodes consecutive messages of one room as one log value.
+pub fn encode_log_batch(messages: &[Arc<StoredMessage>]) -> Vec<u8> {
+    let data: usize = messages.iter().map(|m| m.encoded.len() + 48).sum();
+    let mut body = BytesMut::with_capacity(8 + data);
+    body.put_u8(LOG_VERSION);
+    body.put_u32(u32::try_from(messages.len()).unwrap_or(u32::MAX));
+    let mut entry = BytesMut::new();
+    for m in messages {
+        entry.clear();
+        entry.put_u64(m.seq);
+        let mut flags = 0;
+        if m.except_session.is_some() {
+            flags |= FLAG_EXCEPT_SESSION;
+        }
+        if m.except_client.is_some() {
+            flags |= FLAG_EXCEPT_CLIENT;
+        }
+        entry.put_u8(flags);
+        if let Some(s) = &m.except_session {
+            entry.put_slice(s);
+        }
+        if let Some(c) = &m.except_client {
+            // Client ids are validated to at most 255 bytes.
+            entry.put_u8(u8::try_from(c.len()).unwrap_or(u8::MAX));
+            entry.put_slice(c.as_bytes().get(..255).unwrap_or(c.as_bytes()));
+        }
+        entry.put_slice(&m.encoded);
+        body.put_u32(u32::try_from(entry.len()).unwrap_or(u32::MAX));
+        body.put_u32(crc32fast::hash(&entry));
+        body.put_slice(&entry);
+    }
+    seal(&body)
+}
+
+/// Number of messages in a log value, after verifying its checksum.
+pub fn log_batch_count(key: &[u8], value: &[u8]) -> Result<u32, StoreError> {
+    let mut body = open(key, value)?;
+    if body.remaining() < 5 || body.get_u8() != LOG_VERSION {
+        return Err(corrupt(key, "bad log batch header"));
+    }
+    Ok(body.get_u32())
+}
+
+/// Decodes a log value, keeping messages with seq >= `from`. `value` is the
+/// sled value turned into `Bytes`, so message bytes share its buffer.
+pub fn decode_log_batch(
+    key: &[u8],
+    value: Bytes,
+    from: u64,
+    out: &mut Vec<Arc<StoredMessage>>,
+    max: usize,
+) -> Result<(), StoreError> {
+    open(key, &value)?;
+    let mut body = value.slice(4..);
+    if body.remaining() < 5 || body.get_u8() != LOG_VERSION {
+        return Err(corrupt(key, "bad log batch header"));
+    }
+    let count = body.get_u32();
+    for _ in 0..count {
+        if out.len() >= max {
+            return Ok(());
+        }
+        if body.remaining() < 8 {
+            return Err(corrupt(key, "truncated entry header"));
+        }
+        let len = body.get_u32() as usize;
+        let crc = body.get_u32();
+        if body.remaining() < len {
+            return Err(corrupt(key, "truncated entry"));
+        }
+        let mut entry = body.split_to(len);
+        if crc32fast::hash(&entry) != crc {
+            return Err(corrupt(key, "entry checksum mismatch"));
+        }
+        if entry.remaining() < 9 {
+            return Err(corrupt(key, "entry too short"));
+        }
+        let seq = entry.get_u64();
+        if seq < from {
+            continue;
+        }
+        let flags = entry.get_u8();
+        let mut except_session = None;
+        if flags & FLAG_EXCEPT_SESSION != 0 {
+            let mut s = [0u8; 16];
+            if entry.remaining() < 16 {
+                return Err(corrupt(key, "truncated session id"));
+            }
+            entry.copy_to_slice(&mut s);
+            except_session = Some(s);
+        }
+        let mut except_client = None;
+        if flags & FLAG_EXCEPT_CLIENT != 0 {
+            if entry.remaining() < 1 {
+                return Err(corrupt(key, "truncated client id"));
+            }
+            let n = entry.get_u8() as usize;
+            if entry.remaining() < n {
+                return Err(corrupt(key, "truncated client id"));
+            }
+            let raw = entry.split_to(n);
+            let s = std::str::from_utf8(&raw).map_err(|_| corrupt(key, "client id not UTF-8"))?;
+            except_client = Some(Arc::from(s));
+        }
+        out.push(Arc::new(StoredMessage {
+            seq,
+            encoded: entry,
+            except_session,
+            except_client,
+        }));
+    }
+    Ok(())
+}
+
+/// Encodes a cursor value.
+pub fn encode_cursor(c: &CursorRecord) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16 + c.unacked.len() * 12);
+    body.put_u64(c.next_seq);
+    body.put_u32(u32::try_from(c.unacked.len()).unwrap_or(u32::MAX));
+    for (seq, attempts) in &c.unacked {
+        body.put_u64(*seq);
+        body.put_u32(*attempts);
+    }
+    match &c.owner {
+        Some(owner) => {
+            body.put_u8(1);
+            body.put_slice(owner.as_bytes());
+        }
+        None => body.put_u8(0),
+    }
+    seal(&body)
+}
+
+/// Decodes a cursor value.
+pub fn decode_cursor(key: &[u8], value: &[u8]) -> Result<CursorRecord, StoreError> {
+    let mut body = open(key, value)?;
+    if body.remaining() < 12 {
+        return Err(corrupt(key, "cursor too short"));
+    }
+    let next_seq = body.get_u64();
+    let n = body.get_u32() as usize;
+    if body.remaining() < n.saturating_mul(12) {
+        return Err(corrupt(key, "cursor list truncated"));
+    }
+    let mut unacked = Vec::with_capacity(n);
+    for _ in 0..n {
+        unacked.push((body.get_u64(), body.get_u32()));
+    }
+    let owner = match body.first() {
+        Some(1) => Some(
+            std::str::from_utf8(body.get(1..).unwrap_or_default())
+                .map_err(|_| corrupt(key, "cursor owner not UTF-8"))?
+                .to_string(),
+        ),
+        _ => None,
+    };
+    Ok(CursorRecord {
+        next_seq,
+        unacked,
+        owner,
+    })
+}
+
+/// Encodes a dedup value.
+pub fn encode_dedup(d: &DedupRecord) -> Vec<u8> {
+    let mut body = Vec::with_capacity(12 + d.seqs.len() * 16);
+    body.put_u64(d.timestamp_ms);
+    body.put_u32(u32::try_from(d.seqs.len()).unwrap_or(u32::MAX));
+    for (room, seq) in &d.seqs {
+        body.put_u64(*room);
+        body.put_u64(*seq);
+    }
+    seal(&body)
+}
+
+/// Decodes a dedup value.
+pub fn decode_dedup(key: &[u8], value: &[u8]) -> Result<DedupRecord, StoreError> {
+    let mut body = open(key, value)?;
+    if body.remaining() < 12 {
+        return Err(corrupt(key, "dedup record too short"));
+    }
+    let timestamp_ms = body.get_u64();
+    let n = body.get_u32() as usize;
+    if body.remaining() != n.saturating_mul(16) {
+        return Err(corrupt(key, "dedup record length mismatch"));
+    }
+    let seqs = (0..n).map(|_| (body.get_u64(), body.get_u64())).collect();
+    Ok(DedupRecord { timestamp_ms, seqs })
+}
+
+/// Encodes a room value: namespace and name, each with a one-byte length.
+pub fn encode_room(namespace: &str, name: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + namespace.len() + name.len());
+    for s in [namespace, name] {
+        body.put_u8(u8::try_from(s.len()).unwrap_or(u8::MAX));
+        body.put_slice(s.as_bytes().get(..255).unwrap_or(s.as_bytes()));
+    }
+    seal(&body)
+}
+
+/// Decodes a room value into (namespace, name).
+pub fn decode_room(key: &[u8], value: &[u8]) -> Result<(String, String), StoreError> {
+    let mut body = open(key, value)?;
+    let mut out = Vec::with_capacity(2);
+    for _ in 0..2 {
+        if body.remaining() < 1 {
+            return Err(corrupt(key, "room record truncated"));
+        }
+        let n = body.get_u8() as usize;
+        if body.remaining() < n {
+            return Err(corrupt(key, "room record truncated"));
+        }
+        let s = std::str::from_utf8(body.get(..n).unwrap_or_default())
+            .map_err(|_| corrupt(key, "room name not UTF-8"))?;
+        out.push(s.to_string());
+        body.advance(n);
+    }
+    let name = out.pop().unwrap_or_default();
+    let namespace = out.pop().unwrap_or_default();
+    Ok((namespace, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, except: bool) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            seq,
+            encoded: Bytes::from(format!("message {seq}")),
+            except_session: except.then_some([9; 16]),
+            except_client: except.then(|| Arc::from("alice")),
+        })
+    }
+
+    #[test]
+    fn log_batch_round_trip_and_from_filter() {
+        let msgs: Vec<_> = (10..15).map(|s| msg(s, s % 2 == 0)).collect();
+        let value = encode_log_batch(&msgs);
+        assert_eq!(log_batch_count(b"k", &value).unwrap(), 5);
+        let mut out = Vec::new();
+        decode_log_batch(b"k", Bytes::from(value.clone()), 0, &mut out, 100).unwrap();
+        assert_eq!(out, msgs);
+        let mut out = Vec::new();
+        decode_log_batch(b"k", Bytes::from(value), 12, &mut out, 2).unwrap();
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![12, 13]);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let value = encode_log_batch(&[msg(1, true), msg(2, false)]);
+        for i in 0..value.len() {
+            for bit in 0..8 {
+                let mut damaged = value.clone();
+                damaged[i] ^= 1 << bit;
+                let mut out = Vec::new();
+                let r = decode_log_batch(b"k", Bytes::from(damaged), 0, &mut out, 100);
+                assert!(r.is_err(), "flip of byte {i} bit {bit} went unnoticed");
+            }
+        }
+        for len in 0..value.len() {
+            let mut out = Vec::new();
+            let r = decode_log_batch(b"k", Bytes::from(value[..len].to_vec()), 0, &mut out, 9);
+            assert!(r.is_err());
+        }
+    }
+
+    #[test]
+    fn cursor_dedup_room_round_trip() {
+        let c = CursorRecord {
+            next_seq: 77,
+            unacked: vec![(70, 1), (75, 3)],
+            owner: Some("bob".into()),
+        };
+        assert_eq!(decode_cursor(b"k", &encode_cursor(&c)).unwrap(), c);
+        let c = CursorRecord::default();
+        assert_eq!(decode_cursor(b"k", &encode_cursor(&c)).unwrap(), c);
+        let d = DedupRecord {
+            timestamp_ms: 5,
+            seqs: vec![(1, 2), (3, 4)],
+        };
+        assert_eq!(decode_dedup(b"k", &encode_dedup(&d)).unwrap(), d);
+        let r = encode_room("/orders", "general");
+        assert_eq!(
+            decode_room(b"k", &r).unwrap(),
+            ("/orders".to_string(), "general".to_string())
+        );
+        let mut bad = encode_cursor(&CursorRecord::default());
+        bad[5] ^= 1;
+        assert!(decode_cursor(b"k", &bad).is_err());
+    }
+}

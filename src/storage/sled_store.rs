@@ -1,0 +1,270 @@
+//! [`Store`] on sled 0.34: one `Db` per data directory, one tree, keys
+//! prefixed by kind so that one `apply_batch` writes a whole commit
+//! atomically.
+//!
+//! | key | value |
+//! |---|---|
+//! | `R` room_id | namespace and room name |
+//! | `L` room_id first_seq | the messages of one commit for that room |
+//! | `C` room_id member_name | a durable member's cursor |
+//! | `D` ns_len ns dedup_id | seqs a dedup id was stored under |
+//!
+//! Integers in keys are big-endian so that sled's byte order is numeric
+//! order. Packing a commit's messages into one value (rather than a key per
+//! message) is what makes the write path fast: sled's cost is per key.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::record::{
+    decode_cursor, decode_dedup, decode_log_batch, decode_room, encode_cursor, encode_dedup,
+    encode_log_batch, encode_room, log_batch_count,
+};
+use super::{Flushed, Recovered, RecoveredRoom, RoomId, Store, StoreError, StoredMessage, WriteBatch};
+
+const ROOM: u8 = b'R';
+const LOG: u8 = b'L';
+const CURSOR: u8 = b'C';
+const DEDUP: u8 = b'D';
+
+/// The sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`, with sled's page cache limited
+    /// to `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // We flush explicitly after every commit; sled's own timer only
+            // adds work.
+            .flush_every_ms(None)
+            .open()?;
+        Ok(SledStore { db })
+    }
+}
+
+fn room_key(room: RoomId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = ROOM;
+    k[1..].copy_from_slice(&room.to_be_bytes());
+    k
+}
+
+fn log_key(room: RoomId, first_seq: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = LOG;
+    k[1..9].copy_from_slice(&room.to_be_bytes());
+    k[9..].copy_from_slice(&first_seq.to_be_bytes());
+    k
+}
+
+fn cursor_key(room: RoomId, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + name.len());
+    k.push(CURSOR);
+    k.extend_from_slice(&room.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn dedup_key(namespace: &str, id: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18 + namespace.len());
+    k.push(DEDUP);
+    k.push(u8::try_from(namespace.len()).unwrap_or(u8::MAX));
+    k.extend_from_slice(namespace.as_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+fn bad_key(key: &[u8]) -> StoreError {
+    StoreError::Corrupt {
+        key: key.iter().map(|b| format!("{b:02x}")).collect(),
+        why: "malformed key",
+    }
+}
+
+impl Store for SledStore {
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let mut out = Recovered::default();
+        for item in self.db.scan_prefix([ROOM]) {
+            let (key, value) = item?;
+            let id = key.get(1..).and_then(be_u64).ok_or_else(|| bad_key(&key))?;
+            let (namespace, name) = decode_room(&key, &value)?;
+            let mut prefix = [0u8; 9];
+            prefix[0] = LOG;
+            prefix[1..].copy_from_slice(&id.to_be_bytes());
+            let last_seq = match self.db.scan_prefix(prefix).next_back() {
+                None => 0,
+                Some(item) => {
+                    let (k, v) = item?;
+                    let first = k.get(9..).and_then(be_u64).ok_or_else(|| bad_key(&k))?;
+                    let count = log_batch_count(&k, &v)?;
+                    first + u64::from(count) - 1
+                }
+            };
+            out.rooms.push(RecoveredRoom {
+                id,
+                namespace: namespace.into(),
+                name: name.into(),
+                last_seq,
+            });
+        }
+        for item in self.db.scan_prefix([CURSOR]) {
+            let (key, value) = item?;
+            let room = key.get(1..).and_then(be_u64).ok_or_else(|| bad_key(&key))?;
+            let name = key
+                .get(9..)
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .ok_or_else(|| bad_key(&key))?;
+            out.cursors
+                .push((room, Arc::from(name), decode_cursor(&key, &value)?));
+        }
+        for item in self.db.scan_prefix([DEDUP]) {
+            let (key, value) = item?;
+            let ns_len = *key.get(1).ok_or_else(|| bad_key(&key))? as usize;
+            let ns = key
+                .get(2..2 + ns_len)
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .ok_or_else(|| bad_key(&key))?;
+            let id: [u8; 16] = key
+                .get(2 + ns_len..)
+                .and_then(|i| i.try_into().ok())
+                .ok_or_else(|| bad_key(&key))?;
+            out.dedup
+                .push((Arc::from(ns), id, decode_dedup(&key, &value)?));
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<Flushed, StoreError> {
+        let mut b = sled::Batch::default();
+        for (id, ns, name) in &batch.new_rooms {
+            b.insert(&room_key(*id), encode_room(ns, name));
+        }
+        for (room, messages) in &batch.appends {
+            if let Some(first) = messages.first() {
+                b.insert(&log_key(*room, first.seq), encode_log_batch(messages));
+            }
+        }
+        for (room, name, cursor) in &batch.cursors {
+            let key = cursor_key(*room, name);
+            match cursor {
+                Some(c) => b.insert(key, encode_cursor(c)),
+                None => b.remove(key),
+            }
+        }
+        for (ns, id, rec) in &batch.dedup_put {
+            b.insert(dedup_key(ns, id), encode_dedup(rec));
+        }
+        for (ns, id) in &batch.dedup_delete {
+            b.remove(dedup_key(ns, id));
+        }
+        self.db.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(Flushed::new())
+    }
+
+    fn read(
+        &self,
+        room: RoomId,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<StoredMessage>>, StoreError> {
+        let mut out = Vec::new();
+        let start = log_key(room, from);
+        // The batch holding `from` starts at or before it.
+        let first_key = match self.db.range(log_key(room, 0)..=start).next_back() {
+            Some(item) => item?.0,
+            None => sled::IVec::from(&start[..]),
+        };
+        let end = log_key(room, u64::MAX);
+        let mut bytes = 0usize;
+        for item in self.db.range(first_key..=sled::IVec::from(&end[..])) {
+            let (key, value) = item?;
+            let before = out.len();
+            decode_log_batch(&key, Bytes::from_owner(value), from, &mut out, max)?;
+            bytes += out.iter().skip(before).map(|m| m.encoded.len()).sum::<usize>();
+            if out.len() >= max || bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<Flushed, StoreError> {
+        self.db.flush()?;
+        Ok(Flushed::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{CursorRecord, DedupRecord};
+
+    fn msg(seq: u64) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            seq,
+            encoded: Bytes::from(format!("m{seq}")),
+            except_session: None,
+            except_client: None,
+        })
+    }
+
+    #[test]
+    fn commit_recover_read() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+            let mut b = WriteBatch::default();
+            b.new_rooms.push((1, "/".into(), "general".into()));
+            b.new_rooms.push((2, "/x".into(), "general".into()));
+            b.appends.push((1, (1..=3).map(msg).collect()));
+            b.cursors.push((
+                1,
+                "alice".into(),
+                Some(CursorRecord {
+                    next_seq: 3,
+                    unacked: vec![(2, 1)],
+                    owner: None,
+                }),
+            ));
+            b.dedup_put.push((
+                "/".into(),
+                [4; 16],
+                DedupRecord {
+                    timestamp_ms: 1,
+                    seqs: vec![(1, 2)],
+                },
+            ));
+            let _ = s.commit(&b).unwrap();
+            let mut b = WriteBatch::default();
+            b.appends.push((1, (4..=6).map(msg).collect()));
+            let _ = s.commit(&b).unwrap();
+        }
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let r = s.recover().unwrap();
+        let mut rooms: Vec<_> = r.rooms.iter().map(|r| (r.id, r.last_seq)).collect();
+        rooms.sort_unstable();
+        assert_eq!(rooms, vec![(1, 6), (2, 0)]);
+        assert_eq!(r.cursors.len(), 1);
+        assert_eq!(r.dedup.len(), 1);
+        let seqs = |v: Vec<Arc<StoredMessage>>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(s.read(1, 2, 100, usize::MAX).unwrap()), vec![2, 3, 4, 5, 6]);
+        assert_eq!(seqs(s.read(1, 5, 100, usize::MAX).unwrap()), vec![5, 6]);
+        assert_eq!(seqs(s.read(1, 1, 2, usize::MAX).unwrap()), vec![1, 2]);
+        assert!(s.read(1, 7, 100, usize::MAX).unwrap().is_empty());
+        assert!(s.read(2, 1, 100, usize::MAX).unwrap().is_empty());
+    }
+}
