@@ -1,0 +1,120 @@
+//! Test harness: a real broker started in-process on 127.0.0.1:0 with a
+//! temporary data directory, and helpers to talk to it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use roomq::config::Config;
+use roomq::server::{self, ServerError};
+use roomq_client::{proto as pb, Client, ConnectOptions, Deliveries};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for any single wait in a test, so no test can hang.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub dir: Arc<TempDir>,
+    pub config: Config,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+pub fn test_config(dir: &TempDir) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.path().to_path_buf();
+    c.storage.cache_bytes = 16 * 1024 * 1024;
+    c
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let config = test_config(&dir);
+        TestBroker::start_with(config, dir).await
+    }
+
+    pub async fn start_with(config: Config, dir: Arc<TempDir>) -> TestBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server::run(listener, config.clone(), shutdown.clone()));
+        TestBroker {
+            addr,
+            dir,
+            config,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the broker cleanly and returns its data directory.
+    pub async fn stop(self) -> (Arc<TempDir>, Config) {
+        self.shutdown.cancel();
+        let r = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("broker stops in time")
+            .expect("broker task");
+        r.expect("broker stopped without error");
+        (self.dir, self.config)
+    }
+
+    /// Stops and starts again on the same data directory.
+    pub async fn restart(self) -> TestBroker {
+        let (dir, config) = self.stop().await;
+        TestBroker::start_with(config, dir).await
+    }
+
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions::new(self.addr.to_string())
+    }
+
+    pub async fn connect(&self, client_id: &str) -> (Client, Deliveries) {
+        let opts = self.options().client_id(client_id);
+        Client::connect(opts).await.expect("connect")
+    }
+
+    pub async fn connect_ns(&self, namespace: &str, client_id: &str) -> (Client, Deliveries) {
+        let opts = self.options().namespace(namespace).client_id(client_id);
+        Client::connect(opts).await.expect("connect")
+    }
+}
+
+/// The next delivery, failing the test if none comes within [`WAIT`].
+pub async fn next(d: &mut Deliveries) -> pb::Delivery {
+    tokio::time::timeout(WAIT, d.next_delivery())
+        .await
+        .expect("a delivery within the wait")
+        .expect("connection open")
+}
+
+/// Asserts that no delivery arrives within `quiet` (real time).
+pub async fn assert_quiet(d: &mut Deliveries, quiet: Duration) {
+    if let Ok(Some(p)) = tokio::time::timeout(quiet, d.next_push()).await {
+        panic!("expected nothing, got {p:?}");
+    }
+}
+
+pub fn seq(d: &pb::Delivery) -> u64 {
+    d.message.as_ref().map_or(0, |m| m.seq)
+}
+
+pub fn payload(d: &pb::Delivery) -> Vec<u8> {
+    d.message.as_ref().map_or_else(Vec::new, |m| m.payload.to_vec())
+}
+
+/// Joins with explicit options.
+pub fn join(room: &str, start: pb::StartPosition, max_in_flight: u32, ack_timeout_ms: u64) -> pb::Join {
+    pb::Join {
+        room: room.to_string(),
+        start: start as i32,
+        max_in_flight,
+        ack_timeout_ms,
+        ..Default::default()
+    }
+}
