@@ -1,15 +1,20 @@
-//! The committer: one thread that applies write batches to the store, each
-//! followed by a flush. While it flushes, the broker keeps accepting
-//! publishes into the next batch, so one flush covers everything that arrived
-//! during the previous one (group commit).
+//! Group commit. At most one batch is being written at a time, on tokio's
+//! blocking pool; while it is written the broker keeps accepting publishes
+//! into the next batch, so one flush covers everything that arrived during
+//! the previous one.
+//!
+//! The blocking pool (rather than a thread of our own) has one more virtue:
+//! tokio does not auto-advance paused time while a blocking task runs, so
+//! timer tests with `tokio::time::pause()` see storage as instantaneous
+//! instead of jumping the clock while a flush is in progress.
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::storage::{Flushed, Store, StoreError, WriteBatch};
 
-/// What the committer reports for each batch, in order.
+/// What a commit ended in.
 #[derive(Debug)]
 pub enum CommitOutcome {
     /// The batch is on disk.
@@ -19,58 +24,23 @@ pub enum CommitOutcome {
     Failed(StoreError),
 }
 
-/// Handle to the committer thread.
-pub struct Committer {
-    tx: Option<std::sync::mpsc::Sender<WriteBatch>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// Writes `batch` and flushes it, off the async threads.
+pub fn spawn(store: Arc<dyn Store>, batch: WriteBatch) -> JoinHandle<CommitOutcome> {
+    tokio::task::spawn_blocking(move || match store.commit(&batch) {
+        Ok(flushed) => CommitOutcome::Done(flushed, batch),
+        Err(e) => CommitOutcome::Failed(e),
+    })
 }
 
-impl Committer {
-    /// Starts the thread. Outcomes arrive on the returned receiver.
-    pub fn start(
-        store: Arc<dyn Store>,
-    ) -> std::io::Result<(Committer, mpsc::UnboundedReceiver<CommitOutcome>)> {
-        let (tx, rx) = std::sync::mpsc::channel::<WriteBatch>();
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name("roomq-commit".into())
-            .spawn(move || {
-                while let Ok(batch) = rx.recv() {
-                    let outcome = match store.commit(&batch) {
-                        Ok(flushed) => CommitOutcome::Done(flushed, batch),
-                        Err(e) => CommitOutcome::Failed(e),
-                    };
-                    let failed = matches!(outcome, CommitOutcome::Failed(_));
-                    if out_tx.send(outcome).is_err() || failed {
-                        return;
-                    }
-                }
-            })?;
-        Ok((
-            Committer {
-                tx: Some(tx),
-                thread: Some(thread),
-            },
-            out_rx,
-        ))
-    }
-
-    /// Queues a batch. Returns false if the thread has stopped.
-    pub fn send(&self, batch: WriteBatch) -> bool {
-        self.tx.as_ref().is_some_and(|tx| tx.send(batch).is_ok())
-    }
-
-    /// Stops the thread after the batches already queued.
-    pub fn stop(&mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Committer {
-    fn drop(&mut self) {
-        self.stop();
+/// Waits for the commit in progress, if any; never completes if none.
+pub async fn finished(task: &mut Option<JoinHandle<CommitOutcome>>) -> CommitOutcome {
+    match task {
+        Some(t) => match t.await {
+            Ok(outcome) => outcome,
+            Err(e) => CommitOutcome::Failed(StoreError::Sled(sled::Error::ReportableBug(format!(
+                "commit task failed: {e}"
+            )))),
+        },
+        None => std::future::pending().await,
     }
 }

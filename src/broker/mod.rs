@@ -3,12 +3,12 @@
 //! command channel; it answers through each session's bounded outbound
 //! channel, never awaiting a session (it uses `try_send` and a documented
 //! back-off when a session's queue is full). Storage writes go to the
-//! committer thread ([`commit`]). No locks guard the broker's tables: the
+//! blocking pool, one batch at a time ([`commit`]). No locks guard the broker's tables: the
 //! actor is their only owner.
 //!
 //! Layout:
 //! - [`room`]: rooms and members, the delivery rules (no I/O).
-//! - [`commit`]: the committer thread (group commit).
+//! - [`commit`]: group commit on the blocking pool.
 //! - one file per operation: [`join`], [`leave`], [`publish`], [`ack`],
 //!   [`nack`], each holding the request's checks (run by the session) and
 //!   the actor's handling.
@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::storage::{RoomId, Store, StoreError, StoredMessage, WriteBatch};
-use commit::{CommitOutcome, Committer};
+use commit::CommitOutcome;
 use room::{MemberKey, Outlet, Room};
 
 /// A frame on its way to one session's socket.
@@ -210,9 +210,9 @@ pub struct Broker {
     dedup: HashMap<DedupKey, DedupState>,
     dedup_expiry: VecDeque<(Instant, DedupKey)>,
     open: OpenBatch,
+    /// What the batch being written will confirm, while one is.
     committing: Option<InFlightBatch>,
-    committer: Committer,
-    commit_rx: mpsc::UnboundedReceiver<CommitOutcome>,
+    commit_task: Option<tokio::task::JoinHandle<CommitOutcome>>,
     /// Durable members whose stored cursor is behind.
     dirty: HashSet<(RoomId, MemberKey)>,
     last_cursor_sync: Instant,
@@ -239,9 +239,6 @@ impl Broker {
     /// records, and starts the committer thread.
     pub fn open(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Broker, StoreError> {
         let recovered = store.recover()?;
-        let (committer, commit_rx) = Committer::start(store.clone()).map_err(|e| {
-            StoreError::Sled(sled::Error::Io(e))
-        })?;
         let mut broker = Broker {
             config: config.clone(),
             store,
@@ -255,8 +252,7 @@ impl Broker {
             dedup_expiry: VecDeque::new(),
             open: OpenBatch::default(),
             committing: None,
-            committer,
-            commit_rx,
+            commit_task: None,
             dirty: HashSet::new(),
             last_cursor_sync: Instant::now(),
         };
@@ -327,7 +323,6 @@ impl Broker {
             error!(error = %e, "storage failed; stopping the broker (fail-stop)");
             shutdown.cancel();
             self.kill_all();
-            self.committer.stop();
             return result;
         }
         // Drain: take what sessions already queued, then write everything.
@@ -341,20 +336,14 @@ impl Broker {
             if self.committing.is_none() {
                 break;
             }
-            match self.commit_rx.recv().await {
-                Some(outcome) => {
-                    if let Err(e) = self.on_commit(outcome) {
-                        error!(error = %e, "storage failed during shutdown");
-                        self.kill_all();
-                        self.committer.stop();
-                        return Err(e);
-                    }
-                }
-                None => break,
+            let outcome = commit::finished(&mut self.commit_task).await;
+            if let Err(e) = self.on_commit(outcome) {
+                error!(error = %e, "storage failed during shutdown");
+                self.kill_all();
+                return Err(e);
             }
         }
         let flushed = self.store.flush();
-        self.committer.stop();
         // Dropping the session senders lets each writer finish its queue.
         self.sessions.clear();
         flushed.map(|_| ())
@@ -369,12 +358,7 @@ impl Broker {
             let wake = self.next_wake();
             tokio::select! {
                 biased;
-                outcome = self.commit_rx.recv() => match outcome {
-                    Some(o) => self.on_commit(o)?,
-                    None => return Err(StoreError::Sled(sled::Error::ReportableBug(
-                        "committer thread stopped".into(),
-                    ))),
-                },
+                outcome = commit::finished(&mut self.commit_task) => self.on_commit(outcome)?,
                 _ = shutdown.cancelled() => return Ok(()),
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => {
@@ -710,13 +694,11 @@ impl Broker {
             confirms: open.confirms,
             dedup: open.dedup,
         });
-        if !self.committer.send(open.write) {
-            // The thread is gone; its outcome channel reports why.
-            error!("committer thread is not running");
-        }
+        self.commit_task = Some(commit::spawn(self.store.clone(), open.write));
     }
 
     fn on_commit(&mut self, outcome: CommitOutcome) -> Result<(), StoreError> {
+        self.commit_task = None;
         let (flushed, batch) = match outcome {
             CommitOutcome::Done(flushed, batch) => (flushed, batch),
             CommitOutcome::Failed(e) => return Err(e),

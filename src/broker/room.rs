@@ -277,6 +277,13 @@ impl Room {
             let Some(member) = self.members.get_mut(key) else {
                 return changed;
             };
+            // Redeliveries count against the in-flight limit too: with
+            // max_in_flight = 1 a member is handed one message at a time,
+            // also after a reconnect.
+            let outstanding = member.unacked.len() - member.due.len();
+            if outstanding >= usize::try_from(member.max_in_flight).unwrap_or(usize::MAX) {
+                return changed;
+            }
             let Some(msg) = msg else {
                 // No longer stored: nothing to redeliver.
                 member.due.remove(&seq);

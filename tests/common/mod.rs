@@ -118,3 +118,12 @@ pub fn join(room: &str, start: pb::StartPosition, max_in_flight: u32, ack_timeou
         ..Default::default()
     }
 }
+
+/// [`next`] for tests on paused time, where a timeout is virtual: waits up
+/// to a virtual day (auto-advanced in no real time).
+pub async fn next_paused(d: &mut Deliveries) -> pb::Delivery {
+    tokio::time::timeout(Duration::from_secs(24 * 3600), d.next_delivery())
+        .await
+        .expect("a delivery within a virtual day")
+        .expect("connection open")
+}

@@ -1,0 +1,41 @@
+//! Namespaces are separate: the same room name in two namespaces shares
+//! nothing (G5).
+
+mod common;
+
+use common::*;
+use roomq_client::{Client, ErrorCode};
+use std::time::Duration;
+
+#[tokio::test]
+async fn same_room_name_in_two_namespaces_is_two_rooms() {
+    let broker = TestBroker::start().await;
+    let (orders, mut orders_d) = broker.connect_ns("/orders", "sam").await;
+    let (users, mut users_d) = broker.connect_ns("/users", "sam").await;
+    orders.join("general").await.unwrap();
+    users.join("general").await.unwrap();
+
+    assert_eq!(orders.publish("general", "e", "for orders").await.unwrap(), 1);
+    assert_eq!(users.publish("general", "e", "for users").await.unwrap(), 1);
+    assert_eq!(orders.publish("general", "e", "orders 2").await.unwrap(), 2);
+
+    assert_eq!(payload(&next(&mut orders_d).await), b"for orders");
+    assert_eq!(payload(&next(&mut orders_d).await), b"orders 2");
+    assert_eq!(payload(&next(&mut users_d).await), b"for users");
+    assert_quiet(&mut users_d, Duration::from_millis(200)).await;
+
+    // The same client id in another namespace is another identity.
+    let (root, _rd) = broker.connect_ns("/", "sam").await;
+    assert!(!root.resumed());
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_namespaces_are_refused_at_the_handshake() {
+    let broker = TestBroker::start().await;
+    for ns in ["orders", "/orders/", "/a\u{0}b"] {
+        let err = Client::connect(broker.options().namespace(ns)).await.err().unwrap();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidName), "{ns:?}: {err}");
+    }
+    broker.stop().await;
+}
