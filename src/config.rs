@@ -164,12 +164,12 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
-        let config: Config = table.try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Parse {
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
                 path: file.map(|p| p.to_path_buf()).unwrap_or_default(),
                 source: Box::new(e),
-            }
-        })?;
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -183,21 +183,42 @@ impl Config {
                 (1024..=64 * 1024 * 1024).contains(&l.max_frame_bytes),
                 "limits.max_frame_bytes must be between 1024 and 67108864",
             ),
-            (l.handshake_timeout_ms > 0, "limits.handshake_timeout_ms must be > 0"),
+            (
+                l.handshake_timeout_ms > 0,
+                "limits.handshake_timeout_ms must be > 0",
+            ),
             (l.idle_timeout_ms > 0, "limits.idle_timeout_ms must be > 0"),
-            (l.write_timeout_ms > 0, "limits.write_timeout_ms must be > 0"),
+            (
+                l.write_timeout_ms > 0,
+                "limits.write_timeout_ms must be > 0",
+            ),
             (l.max_connections > 0, "limits.max_connections must be > 0"),
-            (l.max_pending_requests > 0, "limits.max_pending_requests must be > 0"),
-            (l.max_queued_deliveries > 0, "limits.max_queued_deliveries must be > 0"),
+            (
+                l.max_pending_requests > 0,
+                "limits.max_pending_requests must be > 0",
+            ),
+            (
+                l.max_queued_deliveries > 0,
+                "limits.max_queued_deliveries must be > 0",
+            ),
             (l.max_in_flight > 0, "limits.max_in_flight must be > 0"),
             (l.ack_timeout_ms > 0, "limits.ack_timeout_ms must be > 0"),
-            (l.max_rooms_per_publish > 0, "limits.max_rooms_per_publish must be > 0"),
+            (
+                l.max_rooms_per_publish > 0,
+                "limits.max_rooms_per_publish must be > 0",
+            ),
             (
                 l.max_memberships_per_session > 0,
                 "limits.max_memberships_per_session must be > 0",
             ),
-            (s.cache_bytes >= 1024 * 1024, "storage.cache_bytes must be >= 1048576"),
-            (s.room_cache_messages > 0, "storage.room_cache_messages must be > 0"),
+            (
+                s.cache_bytes >= 1024 * 1024,
+                "storage.cache_bytes must be >= 1048576",
+            ),
+            (
+                s.room_cache_messages > 0,
+                "storage.room_cache_messages must be > 0",
+            ),
             (
                 s.cursor_sync_interval_ms > 0,
                 "storage.cursor_sync_interval_ms must be > 0",

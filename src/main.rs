@@ -15,7 +15,11 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 #[derive(Debug, Parser)]
-#[command(name = "roomqd", version, about = "roomq broker: durable pub/sub rooms")]
+#[command(
+    name = "roomqd",
+    version,
+    about = "roomq broker: durable pub/sub rooms"
+)]
 struct Cli {
     /// Address to listen on [default: 127.0.0.1:7420].
     #[arg(long, env = "ROOMQ_LISTEN")]
@@ -65,7 +69,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("roomqd: cannot start the runtime: {e}");
@@ -99,7 +106,10 @@ async fn watch_signals(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             error!("cannot install signal handlers; stop with SIGKILL");
             return;
         };
@@ -124,5 +134,10 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

@@ -54,7 +54,11 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
 /// Serves `listener` with the store in `config.data_dir` until `shutdown`
 /// is cancelled or storage fails. Returns an error on storage failure
 /// (fail-stop: nothing after the failure was confirmed).
-pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let store = open_store(&config)?;
     run_with_store(listener, config, store, shutdown).await
 }
@@ -72,7 +76,10 @@ pub async fn run_with_store(
     let handle = BrokerHandle::new(tx);
     let broker_task = tokio::spawn(broker.run(rx, shutdown.clone()));
 
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     info!(
         listen = %local,
         data_dir = %config.data_dir.display(),
@@ -104,14 +111,24 @@ pub async fn run_with_store(
             tracker.spawn(async move {
                 let mut stream = stream;
                 let mut buf = BytesMut::new();
-                let frame = error_frame(0, ErrorCode::TooManyConnections, "the broker is at its connection limit");
+                let frame = error_frame(
+                    0,
+                    ErrorCode::TooManyConnections,
+                    "the broker is at its connection limit",
+                );
                 if encode_frame(&frame, config.limits.max_frame(), &mut buf).is_ok() {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
                 }
             });
             continue;
         };
-        let (config, handle, shutdown, inner) = (config.clone(), handle.clone(), shutdown.clone(), tracker.clone());
+        let (config, handle, shutdown, inner) = (
+            config.clone(),
+            handle.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        );
         tracker.spawn(async move {
             session::serve(stream, peer, config, handle, shutdown, inner).await;
             drop(permit);

@@ -66,7 +66,15 @@ pub async fn serve(
         Ok(None) => return,
         Ok(Some(Err(e))) => return refuse_frame_error(&mut write_half, e, &config).await,
         Ok(Some(Ok(raw))) => match decode_client(raw) {
-            Err(e) => return refuse(&mut write_half, ErrorCode::MalformedFrame, e.to_string(), &config).await,
+            Err(e) => {
+                return refuse(
+                    &mut write_half,
+                    ErrorCode::MalformedFrame,
+                    e.to_string(),
+                    &config,
+                )
+                .await
+            }
             Ok(pb::ClientFrame {
                 request_id,
                 body: Some(pb::client_frame::Body::Handshake(h)),
@@ -85,7 +93,11 @@ pub async fn serve(
         );
         return refuse(&mut write_half, ErrorCode::UnsupportedVersion, msg, &config).await;
     }
-    let namespace = if hs.namespace.is_empty() { "/".to_string() } else { hs.namespace };
+    let namespace = if hs.namespace.is_empty() {
+        "/".to_string()
+    } else {
+        hs.namespace
+    };
     let checked = check_namespace(&namespace)
         .and_then(|()| match hs.client_id.is_empty() {
             true => Ok(()),
@@ -96,7 +108,13 @@ pub async fn serve(
             false => check_name("client name", &hs.client_name),
         });
     if let Err(e) = checked {
-        return refuse(&mut write_half, ErrorCode::InvalidName, e.to_string(), &config).await;
+        return refuse(
+            &mut write_half,
+            ErrorCode::InvalidName,
+            e.to_string(),
+            &config,
+        )
+        .await;
     }
 
     let info = Arc::new(SessionInfo {
@@ -156,10 +174,23 @@ pub async fn serve(
             server_version: env!("CARGO_PKG_VERSION").to_string(),
         })),
     };
-    let _ = tx.try_send(Outbound::Reply { frame: ok, permit: None });
+    let _ = tx.try_send(Outbound::Reply {
+        frame: ok,
+        permit: None,
+    });
 
     let budget = Arc::new(Semaphore::new(pending));
-    let stopped_by_shutdown = read_loop(&mut frames, &tx, &budget, &broker, &info, &config, &kill, &shutdown).await;
+    let stopped_by_shutdown = read_loop(
+        &mut frames,
+        &tx,
+        &budget,
+        &broker,
+        &info,
+        &config,
+        &kill,
+        &shutdown,
+    )
+    .await;
     if !stopped_by_shutdown {
         // On shutdown the broker drains and confirms first; it drops the
         // session itself.
@@ -226,7 +257,10 @@ async fn read_loop(
         let request_id = frame.request_id;
         use pb::client_frame::Body;
         let checked: Result<Request, pb::Error> = match frame.body {
-            None => Err(pb::Error::new(ErrorCode::InvalidRequest, "frame has no request")),
+            None => Err(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                "frame has no request",
+            )),
             Some(Body::Handshake(_)) => Err(pb::Error::new(
                 ErrorCode::InvalidRequest,
                 "the handshake is already done",
@@ -236,7 +270,10 @@ async fn read_loop(
                     request_id,
                     body: Some(pb::server_frame::Body::Pong(pb::Pong { nonce: p.nonce })),
                 };
-                let _ = tx.try_send(Outbound::Reply { frame, permit: Some(permit) });
+                let _ = tx.try_send(Outbound::Reply {
+                    frame,
+                    permit: Some(permit),
+                });
                 continue;
             }
             Some(Body::Join(j)) => broker::join::check(j, limits).map(Request::Join),
@@ -262,7 +299,10 @@ async fn read_loop(
                     request_id,
                     body: Some(pb::server_frame::Body::Error(error)),
                 };
-                let _ = tx.try_send(Outbound::Reply { frame, permit: Some(permit) });
+                let _ = tx.try_send(Outbound::Reply {
+                    frame,
+                    permit: Some(permit),
+                });
             }
         }
     }
@@ -317,7 +357,9 @@ async fn write_loop(
                         attempt,
                         redelivered,
                     };
-                    if let Err(e) = encode_delivery_frame(head, msg.seq, &msg.encoded, max_frame, &mut buf) {
+                    if let Err(e) =
+                        encode_delivery_frame(head, msg.seq, &msg.encoded, max_frame, &mut buf)
+                    {
                         warn!(session = %session, error = %e, "delivery not sent");
                     }
                 }
@@ -358,7 +400,12 @@ async fn write_loop(
 }
 
 /// Answers a connection that failed its handshake with an error, then closes.
-async fn refuse(socket: &mut OwnedWriteHalf, code: ErrorCode, message: impl Into<String>, config: &Config) {
+async fn refuse(
+    socket: &mut OwnedWriteHalf,
+    code: ErrorCode,
+    message: impl Into<String>,
+    config: &Config,
+) {
     let message = message.into();
     debug!(code = code.name(), %message, "connection refused");
     let mut error = pb::Error::new(code, message);
@@ -376,8 +423,12 @@ async fn refuse(socket: &mut OwnedWriteHalf, code: ErrorCode, message: impl Into
 
 async fn refuse_frame_error(socket: &mut OwnedWriteHalf, e: FrameError, config: &Config) {
     match e {
-        FrameError::TooLarge { .. } => refuse(socket, ErrorCode::FrameTooLarge, e.to_string(), config).await,
-        FrameError::Malformed(_) => refuse(socket, ErrorCode::MalformedFrame, e.to_string(), config).await,
+        FrameError::TooLarge { .. } => {
+            refuse(socket, ErrorCode::FrameTooLarge, e.to_string(), config).await
+        }
+        FrameError::Malformed(_) => {
+            refuse(socket, ErrorCode::MalformedFrame, e.to_string(), config).await
+        }
         FrameError::Io(_) => {}
     }
 }

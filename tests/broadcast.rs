@@ -1,5 +1,6 @@
 //! Every member of a room gets every message (the Socket.IO room model), and
 //! `except_self` leaves out the publisher.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
@@ -19,7 +20,12 @@ async fn three_members_each_get_every_message_in_order() {
     }
     let (p, _pd) = broker.connect("publisher").await;
     for i in 1..=20u64 {
-        assert_eq!(p.publish("general", "chat message", format!("m{i}")).await.unwrap(), i);
+        assert_eq!(
+            p.publish("general", "chat message", format!("m{i}"))
+                .await
+                .unwrap(),
+            i
+        );
     }
     for (c, d) in &mut members {
         for i in 1..=20u64 {
@@ -64,7 +70,10 @@ async fn except_self_skips_the_publisher_and_its_durable_membership_only() {
         ..Default::default()
     };
     alice.publish_with(broadcast).await.unwrap();
-    alice.publish("general", "chat message", "to everyone").await.unwrap();
+    alice
+        .publish("general", "chat message", "to everyone")
+        .await
+        .unwrap();
 
     let got = next(&mut bob_d).await;
     assert_eq!(payload(&got), b"hi all but me");
@@ -78,7 +87,10 @@ async fn except_self_skips_the_publisher_and_its_durable_membership_only() {
         alice_seen.push((got.subscription.clone(), seq(&got)));
     }
     alice_seen.sort();
-    assert_eq!(alice_seen, vec![("".to_string(), 2), ("alice-live".to_string(), 2)]);
+    assert_eq!(
+        alice_seen,
+        vec![("".to_string(), 2), ("alice-live".to_string(), 2)]
+    );
     assert_quiet(&mut alice_d, Duration::from_millis(200)).await;
 
     // Alice's durable membership, resumed from another connection, does not

@@ -1,5 +1,6 @@
 //! A durable member that is offline while messages are published gets all of
 //! them, in order, when it comes back (G2). An ephemeral member does not.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
@@ -15,15 +16,24 @@ async fn offline_durable_member_gets_everything_in_order_on_return() {
     assert!(ok.durable);
     assert_eq!(ok.subscription, "bob");
     let (p, _pd) = broker.connect("alice").await;
-    p.publish("general", "chat message", "before").await.unwrap();
+    p.publish("general", "chat message", "before")
+        .await
+        .unwrap();
     let got = next(&mut bob_d).await;
-    bob.ack(&got.room, &got.subscription, &[seq(&got)]).await.unwrap();
+    bob.ack(&got.room, &got.subscription, &[seq(&got)])
+        .await
+        .unwrap();
 
     // Bob goes away without leaving (a dropped connection).
     drop(bob);
     drop(bob_d);
     for i in 2..=51 {
-        assert_eq!(p.publish("general", "chat message", format!("missed {i}")).await.unwrap(), i);
+        assert_eq!(
+            p.publish("general", "chat message", format!("missed {i}"))
+                .await
+                .unwrap(),
+            i
+        );
     }
 
     let (bob, mut bob_d) = broker.connect("bob").await;
@@ -79,7 +89,9 @@ async fn ephemeral_members_get_only_what_is_published_while_joined() {
     let (p, _pd) = broker.connect("pub").await;
     p.publish("live", "e", "old").await.unwrap();
     // No client id: a plain join is ephemeral.
-    let (c, mut d) = roomq_client::Client::connect(broker.options()).await.unwrap();
+    let (c, mut d) = roomq_client::Client::connect(broker.options())
+        .await
+        .unwrap();
     let ok = c.join("live").await.unwrap();
     assert!(!ok.durable);
     assert_eq!(ok.next_seq, 2);
@@ -106,7 +118,9 @@ async fn ephemeral_members_get_only_what_is_published_while_joined() {
 async fn a_second_session_takes_over_a_durable_membership() {
     let broker = TestBroker::start().await;
     let (a, mut a_d) = broker.connect("worker").await;
-    a.join_with(join("jobs", pb::StartPosition::Earliest, 10, 3_600_000)).await.unwrap();
+    a.join_with(join("jobs", pb::StartPosition::Earliest, 10, 3_600_000))
+        .await
+        .unwrap();
     a.publish("jobs", "e", "1").await.unwrap();
     assert_eq!(seq(&next(&mut a_d).await), 1);
 
@@ -116,7 +130,10 @@ async fn a_second_session_takes_over_a_durable_membership() {
     assert_eq!((seq(&got), got.attempt), (1, 2));
     match tokio::time::timeout(WAIT, a_d.next_push()).await.unwrap() {
         Some(roomq_client::Push::Error(e)) => {
-            assert_eq!(e.error_code(), Some(roomq_client::ErrorCode::MembershipTakenOver))
+            assert_eq!(
+                e.error_code(),
+                Some(roomq_client::ErrorCode::MembershipTakenOver)
+            )
         }
         other => panic!("expected a takeover notice, got {other:?}"),
     }

@@ -1,4 +1,5 @@
 //! A member never has more than `max_in_flight` unacknowledged deliveries.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Namespaces are separate: the same room name in two namespaces shares
 //! nothing (G5).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
@@ -15,7 +16,10 @@ async fn same_room_name_in_two_namespaces_is_two_rooms() {
     orders.join("general").await.unwrap();
     users.join("general").await.unwrap();
 
-    assert_eq!(orders.publish("general", "e", "for orders").await.unwrap(), 1);
+    assert_eq!(
+        orders.publish("general", "e", "for orders").await.unwrap(),
+        1
+    );
     assert_eq!(users.publish("general", "e", "for users").await.unwrap(), 1);
     assert_eq!(orders.publish("general", "e", "orders 2").await.unwrap(), 2);
 
@@ -34,7 +38,10 @@ async fn same_room_name_in_two_namespaces_is_two_rooms() {
 async fn invalid_namespaces_are_refused_at_the_handshake() {
     let broker = TestBroker::start().await;
     for ns in ["orders", "/orders/", "/a\u{0}b"] {
-        let err = Client::connect(broker.options().namespace(ns)).await.err().unwrap();
+        let err = Client::connect(broker.options().namespace(ns))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.code(), Some(ErrorCode::InvalidName), "{ns:?}: {err}");
     }
     broker.stop().await;

@@ -1,4 +1,5 @@
 //! Publish is confirmed with consecutive seqs per room, after storage.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
@@ -24,7 +25,10 @@ async fn seqs_start_at_one_and_increase_by_one_per_room() {
         .await
         .unwrap();
     let seqs: Vec<(String, u64)> = ok.seqs.into_iter().map(|s| (s.room, s.seq)).collect();
-    assert_eq!(seqs, vec![("a".into(), 6), ("b".into(), 2), ("c".into(), 1)]);
+    assert_eq!(
+        seqs,
+        vec![("a".into(), 6), ("b".into(), 2), ("c".into(), 1)]
+    );
     assert_eq!(ok.durability, pb::Durability::Sync as i32);
     assert!(!ok.duplicate);
     broker.stop().await;
@@ -37,7 +41,9 @@ async fn pipelined_publishes_from_one_connection_are_all_confirmed() {
     let mut tasks = Vec::new();
     for i in 0..500u32 {
         let c = c.clone();
-        tasks.push(tokio::spawn(async move { c.publish("room", "e", i.to_string()).await }));
+        tasks.push(tokio::spawn(async move {
+            c.publish("room", "e", i.to_string()).await
+        }));
     }
     let mut seqs = Vec::new();
     for t in tasks {
@@ -53,12 +59,54 @@ async fn invalid_publishes_get_typed_errors_and_the_session_survives() {
     let broker = TestBroker::start().await;
     let (c, _d) = broker.connect("pub").await;
     let cases = vec![
-        (pb::Publish { rooms: vec![], event: "e".into(), ..Default::default() }, ErrorCode::InvalidRequest),
-        (pb::Publish { rooms: vec!["".into()], event: "e".into(), ..Default::default() }, ErrorCode::InvalidName),
-        (pb::Publish { rooms: vec!["a\u{7}".into()], event: "e".into(), ..Default::default() }, ErrorCode::InvalidName),
-        (pb::Publish { rooms: vec!["x".repeat(256)], event: "e".into(), ..Default::default() }, ErrorCode::InvalidName),
-        (pb::Publish { rooms: vec!["a".into()], event: "".into(), ..Default::default() }, ErrorCode::InvalidName),
-        (pb::Publish { rooms: vec!["a".into(), "a".into()], event: "e".into(), ..Default::default() }, ErrorCode::InvalidRequest),
+        (
+            pb::Publish {
+                rooms: vec![],
+                event: "e".into(),
+                ..Default::default()
+            },
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            pb::Publish {
+                rooms: vec!["".into()],
+                event: "e".into(),
+                ..Default::default()
+            },
+            ErrorCode::InvalidName,
+        ),
+        (
+            pb::Publish {
+                rooms: vec!["a\u{7}".into()],
+                event: "e".into(),
+                ..Default::default()
+            },
+            ErrorCode::InvalidName,
+        ),
+        (
+            pb::Publish {
+                rooms: vec!["x".repeat(256)],
+                event: "e".into(),
+                ..Default::default()
+            },
+            ErrorCode::InvalidName,
+        ),
+        (
+            pb::Publish {
+                rooms: vec!["a".into()],
+                event: "".into(),
+                ..Default::default()
+            },
+            ErrorCode::InvalidName,
+        ),
+        (
+            pb::Publish {
+                rooms: vec!["a".into(), "a".into()],
+                event: "e".into(),
+                ..Default::default()
+            },
+            ErrorCode::InvalidRequest,
+        ),
         (
             pb::Publish {
                 rooms: vec!["a".into()],

@@ -1,5 +1,6 @@
 //! Redelivery after the ack timeout, nack with and without delay, and
 //! cumulative acks. Timers run on paused tokio time: no test sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
@@ -29,11 +30,21 @@ async fn unacked_delivery_is_redelivered_after_the_ack_timeout_and_acked_never_a
     c.publish("jobs", "job", "one").await.unwrap();
     let first = next_paused(&mut d).await;
     let t0 = Instant::now();
-    assert_eq!((seq(&first), first.attempt, first.redelivered), (1, 1, false));
+    assert_eq!(
+        (seq(&first), first.attempt, first.redelivered),
+        (1, 1, false)
+    );
 
     let again = next_paused(&mut d).await;
-    assert!(t0.elapsed() >= Duration::from_secs(30), "redelivered early: {:?}", t0.elapsed());
-    assert_eq!((seq(&again), again.attempt, again.redelivered), (1, 2, true));
+    assert!(
+        t0.elapsed() >= Duration::from_secs(30),
+        "redelivered early: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        (seq(&again), again.attempt, again.redelivered),
+        (1, 2, true)
+    );
     let third = next_paused(&mut d).await;
     assert!(t0.elapsed() >= Duration::from_secs(60));
     assert_eq!((seq(&third), third.attempt), (1, 3));
@@ -59,10 +70,15 @@ async fn nack_redelivers_now_or_after_its_delay() {
     assert_eq!(next_paused(&mut d).await.attempt, 1);
 
     let t0 = Instant::now();
-    c.nack("jobs", "", &[1], Duration::from_secs(10)).await.unwrap();
+    c.nack("jobs", "", &[1], Duration::from_secs(10))
+        .await
+        .unwrap();
     let got = next_paused(&mut d).await;
     assert!(t0.elapsed() >= Duration::from_secs(10));
-    assert!(t0.elapsed() < Duration::from_secs(3600), "came from the ack timer, not the nack");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3600),
+        "came from the ack timer, not the nack"
+    );
     assert_eq!((seq(&got), got.attempt, got.redelivered), (1, 2, true));
 
     let t1 = Instant::now();

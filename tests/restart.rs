@@ -1,5 +1,6 @@
 //! Confirmed messages, cursors, unacked deliveries and dedup ids survive a
 //! broker restart on the same data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
@@ -12,7 +13,9 @@ use std::time::Duration;
 async fn messages_cursors_and_unacked_survive_a_restart() {
     let broker = TestBroker::start().await;
     let (c, mut d) = broker.connect("reader").await;
-    c.join_with(join("log", pb::StartPosition::Earliest, 100, 3_600_000)).await.unwrap();
+    c.join_with(join("log", pb::StartPosition::Earliest, 100, 3_600_000))
+        .await
+        .unwrap();
     let (p, _pd) = broker.connect("writer").await;
     for i in 1..=10 {
         p.publish("log", "e", format!("m{i}")).await.unwrap();
@@ -74,13 +77,18 @@ async fn dedup_ids_survive_a_restart() {
     let broker = broker.restart().await;
     let (p, _pd) = broker.connect("writer").await;
     let retry = p.publish_with(publish.clone()).await.unwrap();
-    assert!(retry.duplicate, "the dedup id was forgotten across the restart");
+    assert!(
+        retry.duplicate,
+        "the dedup id was forgotten across the restart"
+    );
     assert_eq!(retry.seqs, first.seqs);
     // Nothing new was stored: the next message gets seq 2.
     assert_eq!(p.publish("a", "e", "next").await.unwrap(), 2);
 
     let (c, mut d) = broker.connect("reader").await;
-    c.join_with(join("a", pb::StartPosition::Earliest, 100, 0)).await.unwrap();
+    c.join_with(join("a", pb::StartPosition::Earliest, 100, 0))
+        .await
+        .unwrap();
     assert_eq!(payload(&next(&mut d).await), b"once");
     assert_eq!(payload(&next(&mut d).await), b"next");
     assert_quiet(&mut d, Duration::from_millis(200)).await;
@@ -102,7 +110,9 @@ async fn concurrent_retries_of_one_dedup_id_store_it_once() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (p, publish) = (p.clone(), publish.clone());
-        tasks.push(tokio::spawn(async move { p.publish_with(publish).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            p.publish_with(publish).await.unwrap()
+        }));
     }
     let mut originals = 0;
     for t in tasks {

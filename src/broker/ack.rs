@@ -27,7 +27,8 @@ pub struct AckReq {
 
 /// Checks an ack; runs on the session's task.
 pub fn check(a: pb::Ack) -> Result<AckReq, pb::Error> {
-    check_name("room", &a.room).map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+    check_name("room", &a.room)
+        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
     if a.seqs.len() > MAX_SEQS {
         return Err(pb::Error::new(
             ErrorCode::InvalidRequest,
@@ -35,7 +36,10 @@ pub fn check(a: pb::Ack) -> Result<AckReq, pb::Error> {
         ));
     }
     if a.seqs.is_empty() && a.up_to == 0 {
-        return Err(pb::Error::new(ErrorCode::InvalidRequest, "ack names no seq"));
+        return Err(pb::Error::new(
+            ErrorCode::InvalidRequest,
+            "ack names no seq",
+        ));
     }
     Ok(AckReq {
         room: Arc::from(a.room),
@@ -47,7 +51,12 @@ pub fn check(a: pb::Ack) -> Result<AckReq, pb::Error> {
 
 impl Broker {
     /// The membership (room, label) of `session`, or the error to send.
-    pub(super) fn membership(&self, session: Uuid, room: &Arc<str>, label: &Arc<str>) -> Result<(RoomId, MemberKey), String> {
+    pub(super) fn membership(
+        &self,
+        session: Uuid,
+        room: &Arc<str>,
+        label: &Arc<str>,
+    ) -> Result<(RoomId, MemberKey), String> {
         self.sessions
             .get(&session)
             .and_then(|s| s.memberships.get(&(room.clone(), label.clone())))
@@ -55,13 +64,31 @@ impl Broker {
             .ok_or_else(|| format!("not a member of room {:?} as {:?}", &**room, &**label))
     }
 
-    pub(super) fn ack(&mut self, session: Uuid, request_id: u64, permit: OwnedSemaphorePermit, req: AckReq) {
+    pub(super) fn ack(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: OwnedSemaphorePermit,
+        req: AckReq,
+    ) {
         let (room_id, key) = match self.membership(session, &req.room, &req.label) {
             Ok(m) => m,
-            Err(msg) => return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg),
+            Err(msg) => {
+                return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg)
+            }
         };
-        let Some(member) = self.rooms.get_mut(&room_id).and_then(|r| r.members.get_mut(&key)) else {
-            return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, "membership is gone");
+        let Some(member) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.members.get_mut(&key))
+        else {
+            return self.reply_error(
+                session,
+                request_id,
+                permit,
+                ErrorCode::NotJoined,
+                "membership is gone",
+            );
         };
         if let Err(seq) = member.ack(&req.seqs, req.up_to) {
             let msg = format!("seq {seq} has not been delivered to this member");

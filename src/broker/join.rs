@@ -40,13 +40,18 @@ pub struct JoinReq {
 
 /// Checks a join; runs on the session's task.
 pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
-    let bad_name = |e: roomq_wire::names::NameError| pb::Error::new(ErrorCode::InvalidName, e.to_string());
+    let bad_name =
+        |e: roomq_wire::names::NameError| pb::Error::new(ErrorCode::InvalidName, e.to_string());
     check_name("room", &j.room).map_err(bad_name)?;
     if !j.subscription.is_empty() {
         check_name("subscription", &j.subscription).map_err(bad_name)?;
     }
-    let mode = pb::MemberMode::try_from(j.mode)
-        .map_err(|_| pb::Error::new(ErrorCode::InvalidRequest, format!("unknown member mode {}", j.mode)))?;
+    let mode = pb::MemberMode::try_from(j.mode).map_err(|_| {
+        pb::Error::new(
+            ErrorCode::InvalidRequest,
+            format!("unknown member mode {}", j.mode),
+        )
+    })?;
     let start = match pb::StartPosition::try_from(j.start) {
         Ok(pb::StartPosition::Resume) => Start::Resume,
         Ok(pb::StartPosition::New) => Start::New,
@@ -78,7 +83,13 @@ pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
 }
 
 impl Broker {
-    pub(super) fn join(&mut self, session: Uuid, request_id: u64, permit: OwnedSemaphorePermit, req: JoinReq) {
+    pub(super) fn join(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: OwnedSemaphorePermit,
+        req: JoinReq,
+    ) {
         let Some(entry) = self.sessions.get(&session) else {
             return;
         };
@@ -108,7 +119,13 @@ impl Broker {
             (pb::MemberMode::Durable, Some(name)) => Some(name),
             (pb::MemberMode::Durable, None) => {
                 let msg = "a durable membership needs a subscription name or a client id";
-                return self.reply_error(session, request_id, permit, ErrorCode::InvalidRequest, msg);
+                return self.reply_error(
+                    session,
+                    request_id,
+                    permit,
+                    ErrorCode::InvalidRequest,
+                    msg,
+                );
             }
         };
         let room_id = self.room_id(&info.namespace, &req.room);
@@ -128,7 +145,11 @@ impl Broker {
             if let Some(other) = self.sessions.get_mut(&prev.session) {
                 other.memberships.remove(&(room_name, prev.label.clone()));
             }
-            if let Some(m) = self.rooms.get_mut(&room_id).and_then(|r| r.members.get_mut(&key)) {
+            if let Some(m) = self
+                .rooms
+                .get_mut(&room_id)
+                .and_then(|r| r.members.get_mut(&key))
+            {
                 m.detach();
             }
             let msg = format!(
@@ -153,7 +174,12 @@ impl Broker {
             Start::Seq(s) => s.clamp(1, end),
         };
         let member = room.members.entry(key.clone()).or_insert_with(|| {
-            Member::new(durable_name.is_some(), position, req.max_in_flight, req.ack_timeout)
+            Member::new(
+                durable_name.is_some(),
+                position,
+                req.max_in_flight,
+                req.ack_timeout,
+            )
         });
         if req.start != Start::Resume {
             member.reposition(position);

@@ -21,7 +21,8 @@ pub struct LeaveReq {
 
 /// Checks a leave; runs on the session's task.
 pub fn check(l: pb::Leave) -> Result<LeaveReq, pb::Error> {
-    check_name("room", &l.room).map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+    check_name("room", &l.room)
+        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
     Ok(LeaveReq {
         room: Arc::from(l.room),
         label: Arc::from(l.subscription),
@@ -30,7 +31,13 @@ pub fn check(l: pb::Leave) -> Result<LeaveReq, pb::Error> {
 }
 
 impl Broker {
-    pub(super) fn leave(&mut self, session: Uuid, request_id: u64, permit: OwnedSemaphorePermit, req: LeaveReq) {
+    pub(super) fn leave(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: OwnedSemaphorePermit,
+        req: LeaveReq,
+    ) {
         let removed = self
             .sessions
             .get_mut(&session)

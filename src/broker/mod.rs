@@ -227,7 +227,11 @@ pub fn now_ms() -> u64 {
 }
 
 /// An error frame answering `request_id`.
-pub fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>) -> pb::ServerFrame {
+pub fn error_frame(
+    request_id: u64,
+    code: ErrorCode,
+    message: impl Into<String>,
+) -> pb::ServerFrame {
     pb::ServerFrame {
         request_id,
         body: Some(pb::server_frame::Body::Error(pb::Error::new(code, message))),
@@ -271,7 +275,8 @@ impl Broker {
         for (room_id, name, rec) in recovered.cursors {
             match broker.rooms.get_mut(&room_id) {
                 Some(room) => {
-                    let mut m = room::Member::from_record(&rec, limits.max_in_flight, limits.ack_timeout());
+                    let mut m =
+                        room::Member::from_record(&rec, limits.max_in_flight, limits.ack_timeout());
                     // A cursor never moves past the log.
                     if m.next_seq > room.committed_seq + 1 {
                         warn!(room = %room.name, member = %name, "cursor past the end of the log; clamped");
@@ -523,7 +528,12 @@ impl Broker {
 
     /// Sends a reply or push to a session. A session whose queue cannot take
     /// it is disconnected (it broke the pending-request budget).
-    fn reply(&mut self, session: Uuid, frame: pb::ServerFrame, permit: Option<OwnedSemaphorePermit>) {
+    fn reply(
+        &mut self,
+        session: Uuid,
+        frame: pb::ServerFrame,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
@@ -542,7 +552,11 @@ impl Broker {
         code: ErrorCode,
         message: impl Into<String>,
     ) {
-        self.reply(session, error_frame(request_id, code, message), Some(permit));
+        self.reply(
+            session,
+            error_frame(request_id, code, message),
+            Some(permit),
+        );
     }
 
     /// Finds the room `name` of `namespace`, creating it if it is new.
@@ -626,7 +640,7 @@ impl Broker {
                 to_pump.push((t.room, t.member));
             }
         }
-        to_pump.sort_by(|a, b| a.0.cmp(&b.0));
+        to_pump.sort_by_key(|a| a.0);
         to_pump.dedup();
         for (room, key) in to_pump {
             self.pump(room, &key);
@@ -647,7 +661,14 @@ impl Broker {
 
     /// Arms a timer for `seq` of member `key`; returns its generation.
     fn arm_timer(&mut self, deadline: Instant, room: RoomId, key: &MemberKey, seq: u64) -> u64 {
-        arm(&mut self.timers, &mut self.timer_gen, deadline, room, key, seq)
+        arm(
+            &mut self.timers,
+            &mut self.timer_gen,
+            deadline,
+            room,
+            key,
+            seq,
+        )
     }
 
     fn sync_all_cursors(&mut self) {
@@ -682,7 +703,10 @@ impl Broker {
                     .get(&room_id)
                     .and_then(|r| r.members.get(&key))
                     .map(|m| m.record());
-                self.open.write.cursors.push((room_id, name.clone(), record));
+                self.open
+                    .write
+                    .cursors
+                    .push((room_id, name.clone(), record));
             }
             self.last_cursor_sync = now;
         }
@@ -710,7 +734,12 @@ impl Broker {
 
     /// Makes a written batch visible: messages become deliverable, publishes
     /// are confirmed. Requires the proof that the batch was flushed.
-    fn confirm(&mut self, _flushed: &crate::storage::Flushed, batch: WriteBatch, done: InFlightBatch) {
+    fn confirm(
+        &mut self,
+        _flushed: &crate::storage::Flushed,
+        batch: WriteBatch,
+        done: InFlightBatch,
+    ) {
         let max_count = self.config.storage.room_cache_messages as usize;
         let max_bytes = usize::try_from(self.config.storage.room_cache_bytes).unwrap_or(usize::MAX);
         let mut touched = Vec::with_capacity(batch.appends.len());
@@ -730,8 +759,10 @@ impl Broker {
                     let frame = publish::ok_frame(request_id, &seqs, true);
                     self.reply(session, frame, Some(permit));
                 }
-                self.dedup_expiry
-                    .push_back((Instant::now() + self.config.limits.dedup_window(), key.clone()));
+                self.dedup_expiry.push_back((
+                    Instant::now() + self.config.limits.dedup_window(),
+                    key.clone(),
+                ));
                 self.dedup.insert(key, DedupState::Stored { seqs });
             }
         }

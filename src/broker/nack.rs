@@ -24,7 +24,8 @@ pub struct NackReq {
 
 /// Checks a nack; runs on the session's task.
 pub fn check(n: pb::Nack) -> Result<NackReq, pb::Error> {
-    check_name("room", &n.room).map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+    check_name("room", &n.room)
+        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
     if n.seqs.is_empty() || n.seqs.len() > MAX_SEQS {
         return Err(pb::Error::new(
             ErrorCode::InvalidRequest,
@@ -40,13 +41,27 @@ pub fn check(n: pb::Nack) -> Result<NackReq, pb::Error> {
 }
 
 impl Broker {
-    pub(super) fn nack(&mut self, session: Uuid, request_id: u64, permit: OwnedSemaphorePermit, req: NackReq) {
+    pub(super) fn nack(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: OwnedSemaphorePermit,
+        req: NackReq,
+    ) {
         let (room_id, key) = match self.membership(session, &req.room, &req.label) {
             Ok(m) => m,
-            Err(msg) => return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg),
+            Err(msg) => {
+                return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg)
+            }
         };
         let Some(member) = self.rooms.get(&room_id).and_then(|r| r.members.get(&key)) else {
-            return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, "membership is gone");
+            return self.reply_error(
+                session,
+                request_id,
+                permit,
+                ErrorCode::NotJoined,
+                "membership is gone",
+            );
         };
         if let Some(bad) = req.seqs.iter().find(|s| !member.unacked.contains_key(s)) {
             let msg = format!("seq {bad} is not an unacknowledged delivery of this member");
@@ -55,7 +70,11 @@ impl Broker {
         let deadline = Instant::now() + req.delay;
         for seq in &req.seqs {
             if req.delay.is_zero() {
-                if let Some(m) = self.rooms.get_mut(&room_id).and_then(|r| r.members.get_mut(&key)) {
+                if let Some(m) = self
+                    .rooms
+                    .get_mut(&room_id)
+                    .and_then(|r| r.members.get_mut(&key))
+                {
                     m.due.insert(*seq);
                 }
             } else {

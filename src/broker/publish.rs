@@ -27,10 +27,17 @@ pub struct PublishReq {
 }
 
 /// Checks a publish and encodes its message; runs on the session's task.
-pub fn check(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<PublishReq, pb::Error> {
+pub fn check(
+    p: pb::Publish,
+    session: &SessionInfo,
+    limits: &Limits,
+) -> Result<PublishReq, pb::Error> {
     let invalid = |code, msg: String| pb::Error::new(code, msg);
     if p.rooms.is_empty() {
-        return Err(invalid(ErrorCode::InvalidRequest, "publish names no room".into()));
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "publish names no room".into(),
+        ));
     }
     if p.rooms.len() > limits.max_rooms_per_publish as usize {
         return Err(invalid(
@@ -64,7 +71,8 @@ pub fn check(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<P
         ));
     }
     for key in p.headers.keys() {
-        check_name("header name", key).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+        check_name("header name", key)
+            .map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
     }
     let dedup = match p.dedup_id.len() {
         0 => None,
@@ -89,7 +97,9 @@ pub fn check(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<P
         timestamp_ms: now_ms(),
     };
     let encoded = Bytes::from(message.encode_to_vec());
-    let limit = limits.max_frame().saturating_sub(roomq_wire::DELIVERY_OVERHEAD);
+    let limit = limits
+        .max_frame()
+        .saturating_sub(roomq_wire::DELIVERY_OVERHEAD);
     if encoded.len() > limit {
         return Err(invalid(
             ErrorCode::MessageTooLarge,

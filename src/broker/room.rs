@@ -96,22 +96,14 @@ impl Member {
     pub fn record(&self) -> CursorRecord {
         CursorRecord {
             next_seq: self.next_seq,
-            unacked: self
-                .unacked
-                .iter()
-                .map(|(s, u)| (*s, u.attempts))
-                .collect(),
+            unacked: self.unacked.iter().map(|(s, u)| (*s, u.attempts)).collect(),
             owner: self.owner.as_deref().map(str::to_string),
         }
     }
 
     /// The first seq not yet acknowledged.
     pub fn ack_floor(&self) -> u64 {
-        self.unacked
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next_seq)
+        self.unacked.keys().next().copied().unwrap_or(self.next_seq)
     }
 
     /// Moves the member to `next_seq`, forgetting what was in flight.

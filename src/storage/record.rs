@@ -60,10 +60,7 @@ const FLAG_EXCEPT_SESSION: u8 = 1;
 const FLAG_EXCEPT_CLIENT: u8 = 2;
 
 fn corrupt(key: &[u8], why: &'static str) -> StoreError {
-    StoreError::Corrupt {
-        key: hex(key),
-        why,
-    }
+    StoreError::Corrupt { key: hex(key), why }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -22,7 +22,9 @@ use super::record::{
     decode_cursor, decode_dedup, decode_log_batch, decode_room, encode_cursor, encode_dedup,
     encode_log_batch, encode_room, log_batch_count,
 };
-use super::{Flushed, Recovered, RecoveredRoom, RoomId, Store, StoreError, StoredMessage, WriteBatch};
+use super::{
+    Flushed, Recovered, RecoveredRoom, RoomId, Store, StoreError, StoredMessage, WriteBatch,
+};
 
 const ROOM: u8 = b'R';
 const LOG: u8 = b'L';
@@ -194,7 +196,11 @@ impl Store for SledStore {
             let (key, value) = item?;
             let before = out.len();
             decode_log_batch(&key, Bytes::from_owner(value), from, &mut out, max)?;
-            bytes += out.iter().skip(before).map(|m| m.encoded.len()).sum::<usize>();
+            bytes += out
+                .iter()
+                .skip(before)
+                .map(|m| m.encoded.len())
+                .sum::<usize>();
             if out.len() >= max || bytes >= max_bytes {
                 break;
             }
@@ -261,7 +267,10 @@ mod tests {
         assert_eq!(r.cursors.len(), 1);
         assert_eq!(r.dedup.len(), 1);
         let seqs = |v: Vec<Arc<StoredMessage>>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(s.read(1, 2, 100, usize::MAX).unwrap()), vec![2, 3, 4, 5, 6]);
+        assert_eq!(
+            seqs(s.read(1, 2, 100, usize::MAX).unwrap()),
+            vec![2, 3, 4, 5, 6]
+        );
         assert_eq!(seqs(s.read(1, 5, 100, usize::MAX).unwrap()), vec![5, 6]);
         assert_eq!(seqs(s.read(1, 1, 2, usize::MAX).unwrap()), vec![1, 2]);
         assert!(s.read(1, 7, 100, usize::MAX).unwrap().is_empty());

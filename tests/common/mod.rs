@@ -26,8 +26,10 @@ pub struct TestBroker {
 }
 
 pub fn test_config(dir: &TempDir) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.path().to_path_buf();
+    let mut c = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
     c.storage.cache_bytes = 16 * 1024 * 1024;
     c
 }
@@ -105,11 +107,18 @@ pub fn seq(d: &pb::Delivery) -> u64 {
 }
 
 pub fn payload(d: &pb::Delivery) -> Vec<u8> {
-    d.message.as_ref().map_or_else(Vec::new, |m| m.payload.to_vec())
+    d.message
+        .as_ref()
+        .map_or_else(Vec::new, |m| m.payload.to_vec())
 }
 
 /// Joins with explicit options.
-pub fn join(room: &str, start: pb::StartPosition, max_in_flight: u32, ack_timeout_ms: u64) -> pb::Join {
+pub fn join(
+    room: &str,
+    start: pb::StartPosition,
+    max_in_flight: u32,
+    ack_timeout_ms: u64,
+) -> pb::Join {
     pb::Join {
         room: room.to_string(),
         start: start as i32,

@@ -207,11 +207,18 @@ impl Client {
     }
 
     /// Sends one request and waits for its reply.
-    pub async fn request(&self, body: pb::client_frame::Body) -> Result<pb::server_frame::Body, ClientError> {
+    pub async fn request(
+        &self,
+        body: pb::client_frame::Body,
+    ) -> Result<pb::server_frame::Body, ClientError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut pending = self.shared.pending.lock().map_err(|_| ClientError::Closed)?;
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .map_err(|_| ClientError::Closed)?;
             if self.shared.closed.load(Ordering::SeqCst) {
                 return Err(ClientError::Closed);
             }
@@ -236,7 +243,12 @@ impl Client {
 
     /// Publishes `payload` as `event` to one room; returns its seq once the
     /// broker has stored it.
-    pub async fn publish(&self, room: &str, event: &str, payload: impl Into<Bytes>) -> Result<u64, ClientError> {
+    pub async fn publish(
+        &self,
+        room: &str,
+        event: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
         let ok = self
             .publish_with(pb::Publish {
                 rooms: vec![room.to_string()],
@@ -279,7 +291,12 @@ impl Client {
     }
 
     /// Leaves a room (keeping a durable cursor unless `forget`).
-    pub async fn leave(&self, room: &str, subscription: &str, forget: bool) -> Result<(), ClientError> {
+    pub async fn leave(
+        &self,
+        room: &str,
+        subscription: &str,
+        forget: bool,
+    ) -> Result<(), ClientError> {
         let l = pb::Leave {
             room: room.to_string(),
             subscription: subscription.to_string(),
@@ -292,16 +309,32 @@ impl Client {
     }
 
     /// Acknowledges individual seqs; returns the member's new cursor.
-    pub async fn ack(&self, room: &str, subscription: &str, seqs: &[u64]) -> Result<u64, ClientError> {
+    pub async fn ack(
+        &self,
+        room: &str,
+        subscription: &str,
+        seqs: &[u64],
+    ) -> Result<u64, ClientError> {
         self.ack_with(room, subscription, seqs, 0).await
     }
 
     /// Acknowledges every delivered seq up to `up_to`.
-    pub async fn ack_up_to(&self, room: &str, subscription: &str, up_to: u64) -> Result<u64, ClientError> {
+    pub async fn ack_up_to(
+        &self,
+        room: &str,
+        subscription: &str,
+        up_to: u64,
+    ) -> Result<u64, ClientError> {
         self.ack_with(room, subscription, &[], up_to).await
     }
 
-    async fn ack_with(&self, room: &str, subscription: &str, seqs: &[u64], up_to: u64) -> Result<u64, ClientError> {
+    async fn ack_with(
+        &self,
+        room: &str,
+        subscription: &str,
+        seqs: &[u64],
+        up_to: u64,
+    ) -> Result<u64, ClientError> {
         let a = pb::Ack {
             room: room.to_string(),
             subscription: subscription.to_string(),
@@ -315,7 +348,13 @@ impl Client {
     }
 
     /// Hands deliveries back for redelivery after `delay`.
-    pub async fn nack(&self, room: &str, subscription: &str, seqs: &[u64], delay: Duration) -> Result<(), ClientError> {
+    pub async fn nack(
+        &self,
+        room: &str,
+        subscription: &str,
+        seqs: &[u64],
+        delay: Duration,
+    ) -> Result<(), ClientError> {
         let n = pb::Nack {
             room: room.to_string(),
             subscription: subscription.to_string(),
@@ -330,7 +369,10 @@ impl Client {
 
     /// Round trip to the broker.
     pub async fn ping(&self) -> Result<(), ClientError> {
-        match self.request(pb::client_frame::Body::Ping(pb::Ping { nonce: 7 })).await? {
+        match self
+            .request(pb::client_frame::Body::Ping(pb::Ping { nonce: 7 }))
+            .await?
+        {
             pb::server_frame::Body::Pong(_) => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -341,7 +383,11 @@ fn unexpected(body: pb::server_frame::Body) -> ClientError {
     ClientError::Protocol(format!("unexpected reply: {body:?}"))
 }
 
-async fn write_loop(mut socket: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<pb::ClientFrame>, max_frame: usize) {
+async fn write_loop(
+    mut socket: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<pb::ClientFrame>,
+    max_frame: usize,
+) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);
@@ -384,7 +430,11 @@ async fn read_loop(
             }
             continue;
         }
-        let waiter = shared.pending.lock().ok().and_then(|mut p| p.remove(&frame.request_id));
+        let waiter = shared
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&frame.request_id));
         if let Some(w) = waiter {
             let _ = w.send(Ok(body));
         }

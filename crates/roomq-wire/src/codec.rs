@@ -285,7 +285,10 @@ mod tests {
         let cap_before = buf.capacity();
         assert!(matches!(
             codec.decode(&mut buf),
-            Err(FrameError::TooLarge { len: 0xFFFF_FFFF, max: 1024 })
+            Err(FrameError::TooLarge {
+                len: 0xFFFF_FFFF,
+                max: 1024
+            })
         ));
         assert_eq!(buf.capacity(), cap_before);
         let mut buf = BytesMut::from(&1025u32.to_be_bytes()[..]);

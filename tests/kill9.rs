@@ -1,0 +1,164 @@
+//! `kill -9` of the real `roomqd` process while publishes are in flight: every
+//! confirmed message is there after the restart, sequences stay gapless, and
+//! a durable cursor never moves past what was acknowledged or past the log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{payload, seq, WAIT};
+use roomq_client::{proto as pb, Client, ConnectOptions};
+
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Daemon {
+    fn start(dir: &std::path::Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roomqd"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start roomqd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("roomqd reports its address");
+        Daemon {
+            child,
+            addr: addr.parse().expect("address"),
+        }
+    }
+
+    fn kill9(mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+}
+
+async fn connect(addr: SocketAddr, client_id: &str) -> (Client, roomq_client::Deliveries) {
+    Client::connect(ConnectOptions::new(addr.to_string()).client_id(client_id))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_survive_sigkill() {
+    const CYCLES: usize = 3;
+    const PUBLISHERS: usize = 32;
+    const CONFIRMED_BEFORE_KILL: usize = 400;
+
+    let dir = tempfile::tempdir().unwrap();
+    let confirmed: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
+    let mut acked_through = 0u64;
+
+    for cycle in 0..CYCLES {
+        let daemon = Daemon::start(dir.path());
+
+        // A durable reader acks what it gets, so cursors are written too.
+        let (reader, mut reader_d) = connect(daemon.addr, "reader").await;
+        let ok = reader.join("log").await.unwrap();
+        assert!(
+            ok.next_seq <= acked_through + 1,
+            "cursor {} moved past the acknowledged {acked_through}",
+            ok.next_seq
+        );
+        assert!(ok.next_seq <= ok.last_seq + 1, "cursor past the log");
+        let ack_task = tokio::spawn(async move {
+            let mut high = 0;
+            while let Some(d) = reader_d.next_delivery().await {
+                if reader
+                    .ack_up_to(&d.room, &d.subscription, seq(&d))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                high = seq(&d);
+            }
+            high
+        });
+
+        let (p, _pd) = connect(daemon.addr, "writer").await;
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..PUBLISHERS {
+            let (p, confirmed, count) = (p.clone(), confirmed.clone(), count.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let body = format!("c{cycle}-t{t}-{i}").into_bytes();
+                    match p.publish("log", "e", body.clone()).await {
+                        Ok(_) => {
+                            confirmed.lock().unwrap().insert(body);
+                            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while count.load(std::sync::atomic::Ordering::Relaxed) < CONFIRMED_BEFORE_KILL {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishing too slow"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Kill in the middle of the stream of publishes.
+        daemon.kill9();
+        for t in tasks {
+            tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+        }
+        acked_through =
+            acked_through.max(tokio::time::timeout(WAIT, ack_task).await.unwrap().unwrap());
+    }
+
+    // Read the whole log back after the last crash.
+    let daemon = Daemon::start(dir.path());
+    let (c, mut d) = connect(daemon.addr, "verifier").await;
+    let ok = c
+        .join_with(pb::Join {
+            room: "log".into(),
+            start: pb::StartPosition::Earliest as i32,
+            max_in_flight: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut stored = HashSet::new();
+    for expected in 1..=ok.last_seq {
+        let got = tokio::time::timeout(WAIT, d.next_delivery())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seq(&got), expected, "sequence has a gap or is out of order");
+        assert!(stored.insert(payload(&got)), "a message was stored twice");
+        if expected % 500 == 0 {
+            c.ack_up_to("log", "", expected).await.unwrap();
+        }
+    }
+    let confirmed = confirmed.lock().unwrap();
+    let lost: Vec<_> = confirmed.difference(&stored).collect();
+    assert!(lost.is_empty(), "{} confirmed messages lost", lost.len());
+    assert!(confirmed.len() >= CYCLES * CONFIRMED_BEFORE_KILL);
+    daemon.kill9();
+}
