@@ -162,3 +162,33 @@ async fn confirmed_messages_survive_sigkill() {
     assert!(confirmed.len() >= CYCLES * CONFIRMED_BEFORE_KILL);
     daemon.kill9();
 }
+
+/// A new durable member must not be forgotten by a crash that follows a
+/// confirmed publish, even though acks are otherwise written lazily.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_durable_member_survives_a_crash_right_after_a_confirmed_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let (p, _pd) = connect(daemon.addr, "writer").await;
+    p.publish("news", "e", "before the join").await.unwrap();
+    // A new durable member that starts at the end of the room.
+    let (late, _ld) = connect(daemon.addr, "late").await;
+    let ok = late.join("news").await.unwrap();
+    assert_eq!(ok.next_seq, 2);
+    // Confirmed right after the join, then the broker dies at once, well
+    // inside the interval at which cursors are otherwise written.
+    p.publish("news", "e", "after the join").await.unwrap();
+    daemon.kill9();
+
+    let daemon = Daemon::start(dir.path());
+    let (late, mut late_d) = connect(daemon.addr, "late").await;
+    assert!(late.resumed(), "the membership was forgotten");
+    let ok = late.join("news").await.unwrap();
+    assert_eq!(ok.next_seq, 2);
+    let got = tokio::time::timeout(WAIT, late_d.next_delivery())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payload(&got), b"after the join");
+    daemon.kill9();
+}

@@ -11,7 +11,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::room::{Attachment, Member, MemberKey};
-use super::{error_frame, Broker};
+use super::{error_frame, Broker, PendingConfirm};
 use crate::config::Limits;
 
 /// Longest ack timeout a member may ask for: one day.
@@ -173,6 +173,7 @@ impl Broker {
             Start::Earliest => 1,
             Start::Seq(s) => s.clamp(1, end),
         };
+        let is_new = !room.members.contains_key(&key);
         let member = room.members.entry(key.clone()).or_insert_with(|| {
             Member::new(
                 durable_name.is_some(),
@@ -184,6 +185,11 @@ impl Broker {
         if req.start != Start::Resume {
             member.reposition(position);
         }
+        // A durable member's new position must be on disk before the client
+        // is told it joined. Otherwise a crash could forget the member while a
+        // publish that was already being written when it joined is confirmed;
+        // it would come back "new", past that confirmed message.
+        let must_persist = member.durable && (is_new || req.start != Start::Resume);
         member.max_in_flight = req.max_in_flight;
         member.ack_timeout = req.ack_timeout;
         if member.durable {
@@ -201,7 +207,15 @@ impl Broker {
             last_seq: room.committed_seq,
         };
         let room_name = room.name.clone();
-        if durable_name.is_some() {
+        if must_persist {
+            member.joining = true;
+            if let Some(name) = &durable_name {
+                self.open
+                    .write
+                    .cursors
+                    .push((room_id, name.clone(), Some(member.record())));
+            }
+        } else if durable_name.is_some() {
             self.dirty.insert((room_id, key.clone()));
         }
         if let Some(entry) = self.sessions.get_mut(&session) {
@@ -222,7 +236,16 @@ impl Broker {
             request_id,
             body: Some(pb::server_frame::Body::JoinOk(reply)),
         };
-        self.reply(session, frame, Some(permit));
-        self.pump(room_id, &key);
+        if must_persist {
+            self.open.confirms.push(PendingConfirm {
+                session,
+                frame,
+                permit,
+                then_pump: Some((room_id, key)),
+            });
+        } else {
+            self.reply(session, frame, Some(permit));
+            self.pump(room_id, &key);
+        }
     }
 }

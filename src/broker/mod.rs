@@ -156,13 +156,16 @@ impl PartialOrd for Timer {
     }
 }
 
-/// A publish waiting for its batch to reach disk.
+/// A reply that may only be sent once its batch is on disk: a publish
+/// confirmation, or the reply to a durable join whose new cursor must exist
+/// before the client can rely on it.
 #[derive(Debug)]
 struct PendingConfirm {
     session: Uuid,
-    request_id: u64,
+    frame: pb::ServerFrame,
     permit: OwnedSemaphorePermit,
-    seqs: Vec<(Arc<str>, u64)>,
+    /// A member to start delivering to once the reply is out.
+    then_pump: Option<(RoomId, MemberKey)>,
 }
 
 /// Where a dedup id stands.
@@ -749,9 +752,19 @@ impl Broker {
                 touched.push(*room_id);
             }
         }
+        let mut joined = Vec::new();
         for c in done.confirms {
-            let frame = publish::ok_frame(c.request_id, &c.seqs, false);
-            self.reply(c.session, frame, Some(c.permit));
+            self.reply(c.session, c.frame, Some(c.permit));
+            if let Some((room_id, key)) = c.then_pump {
+                if let Some(m) = self
+                    .rooms
+                    .get_mut(&room_id)
+                    .and_then(|r| r.members.get_mut(&key))
+                {
+                    m.joining = false;
+                }
+                joined.push((room_id, key));
+            }
         }
         for key in done.dedup {
             if let Some(DedupState::Pending { seqs, waiters }) = self.dedup.remove(&key) {
@@ -768,6 +781,9 @@ impl Broker {
         }
         for room_id in touched {
             self.pump_room(room_id);
+        }
+        for (room_id, key) in joined {
+            self.pump(room_id, &key);
         }
     }
 }

@@ -215,9 +215,9 @@ impl Broker {
         }
         self.open.confirms.push(PendingConfirm {
             session,
-            request_id,
+            frame: ok_frame(request_id, &seqs, false),
             permit,
-            seqs,
+            then_pump: None,
         });
     }
 }

@@ -55,6 +55,9 @@ pub struct Member {
     pub due: BTreeSet<u64>,
     pub max_in_flight: u32,
     pub ack_timeout: Duration,
+    /// Set while the member's new cursor is being written: nothing is
+    /// delivered until the join is confirmed.
+    pub joining: bool,
 }
 
 impl Member {
@@ -69,6 +72,7 @@ impl Member {
             due: BTreeSet::new(),
             max_in_flight,
             ack_timeout,
+            joining: false,
         }
     }
 
@@ -257,6 +261,9 @@ impl Room {
         let Some(att) = member.attached.clone() else {
             return false;
         };
+        if member.joining {
+            return false;
+        }
         let mut changed = false;
 
         // Redeliveries, lowest seq first.
