@@ -6,53 +6,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{payload, seq, WAIT};
+use common::{payload, seq, Daemon, WAIT};
 use roomq_client::{proto as pb, Client, ConnectOptions};
-
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Daemon {
-    fn start(dir: &std::path::Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roomqd"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start roomqd");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx.recv_timeout(WAIT).expect("roomqd reports its address");
-        Daemon {
-            child,
-            addr: addr.parse().expect("address"),
-        }
-    }
-
-    fn kill9(mut self) {
-        // Child::kill sends SIGKILL on Unix.
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
-    }
-}
 
 async fn connect(addr: SocketAddr, client_id: &str) -> (Client, roomq_client::Deliveries) {
     Client::connect(ConnectOptions::new(addr.to_string()).client_id(client_id))

@@ -2,7 +2,9 @@
 //! temporary data directory, and helpers to talk to it.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,4 +137,44 @@ pub async fn next_paused(d: &mut Deliveries) -> pb::Delivery {
         .await
         .expect("a delivery within a virtual day")
         .expect("connection open")
+}
+
+/// The real `roomqd` binary, started as a child process on 127.0.0.1:0.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Daemon {
+    pub fn start(dir: &std::path::Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roomqd"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start roomqd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("roomqd reports its address");
+        Daemon {
+            child,
+            addr: addr.parse().expect("address"),
+        }
+    }
+
+    pub fn kill9(mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
 }
