@@ -281,6 +281,8 @@ async fn read_loop(
             Some(Body::Publish(p)) => broker::publish::check(p, info, limits).map(Request::Publish),
             Some(Body::Ack(a)) => broker::ack::check(a).map(Request::Ack),
             Some(Body::Nack(n)) => broker::nack::check(n).map(Request::Nack),
+            Some(Body::InProgress(p)) => broker::in_progress::check(p).map(Request::InProgress),
+            Some(Body::ListRooms(_)) => Ok(Request::ListRooms),
         };
         match checked {
             Ok(request) => {

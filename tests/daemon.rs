@@ -79,10 +79,11 @@ fn print_config_round_trips_through_check_config() {
 async fn sigterm_drains_and_exits_zero_and_nothing_confirmed_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start(dir.path());
-    let (p, _pd) =
-        roomq_client::Client::connect(roomq_client::ConnectOptions::new(daemon.addr.to_string()))
-            .await
-            .unwrap();
+    let (p, _pd) = roomq_client::raw::Connection::connect(roomq_client::ConnectOptions::new(
+        daemon.addr.to_string(),
+    ))
+    .await
+    .unwrap();
     for i in 1..=100 {
         assert_eq!(p.publish("r", "e", format!("{i}")).await.unwrap(), i);
     }
@@ -100,10 +101,11 @@ async fn sigterm_drains_and_exits_zero_and_nothing_confirmed_is_lost() {
     assert_eq!(code, Some(0));
 
     let daemon = Daemon::start(dir.path());
-    let (c, mut d) =
-        roomq_client::Client::connect(roomq_client::ConnectOptions::new(daemon.addr.to_string()))
-            .await
-            .unwrap();
+    let (c, mut d) = roomq_client::raw::Connection::connect(roomq_client::ConnectOptions::new(
+        daemon.addr.to_string(),
+    ))
+    .await
+    .unwrap();
     let ok = c
         .join_with(join(
             "r",

@@ -56,7 +56,9 @@ async fn offline_durable_member_gets_everything_in_order_on_return() {
 async fn explicit_subscription_names_are_durable_without_a_client_id() {
     let broker = TestBroker::start().await;
     let opts = broker.options();
-    let (c, mut d) = roomq_client::Client::connect(opts.clone()).await.unwrap();
+    let (c, mut d) = roomq_client::raw::Connection::connect(opts.clone())
+        .await
+        .unwrap();
     assert!(!c.resumed());
     let sub = pb::Join {
         room: "audit".into(),
@@ -71,10 +73,12 @@ async fn explicit_subscription_names_are_durable_without_a_client_id() {
     drop(c);
     drop(d);
 
-    let (p, _pd) = roomq_client::Client::connect(opts.clone()).await.unwrap();
+    let (p, _pd) = roomq_client::raw::Connection::connect(opts.clone())
+        .await
+        .unwrap();
     p.publish("audit", "e", "2").await.unwrap();
 
-    let (c, mut d) = roomq_client::Client::connect(opts).await.unwrap();
+    let (c, mut d) = roomq_client::raw::Connection::connect(opts).await.unwrap();
     c.join_with(sub).await.unwrap();
     let got = next(&mut d).await;
     assert_eq!((seq(&got), got.redelivered), (1, true));
@@ -89,7 +93,7 @@ async fn ephemeral_members_get_only_what_is_published_while_joined() {
     let (p, _pd) = broker.connect("pub").await;
     p.publish("live", "e", "old").await.unwrap();
     // No client id: a plain join is ephemeral.
-    let (c, mut d) = roomq_client::Client::connect(broker.options())
+    let (c, mut d) = roomq_client::raw::Connection::connect(broker.options())
         .await
         .unwrap();
     let ok = c.join("live").await.unwrap();

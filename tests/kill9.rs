@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{payload, seq, Daemon, WAIT};
-use roomq_client::{proto as pb, Client, ConnectOptions};
+use roomq_client::proto as pb;
+use roomq_client::raw::{ConnectOptions, Connection as Client};
 
 async fn connect(addr: SocketAddr, client_id: &str) -> (Client, roomq_client::Deliveries) {
     Client::connect(ConnectOptions::new(addr.to_string()).client_id(client_id))

@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use roomq_client::{Client, ErrorCode};
+use roomq_client::raw::Connection as Client;
+use roomq_client::ErrorCode;
 use std::time::Duration;
 
 #[tokio::test]

@@ -10,13 +10,15 @@
 //! - [`room`]: rooms and members, the delivery rules (no I/O).
 //! - [`commit`]: group commit on the blocking pool.
 //! - one file per operation: [`join`], [`leave`], [`publish`], [`ack`],
-//!   [`nack`], each holding the request's checks (run by the session) and
-//!   the actor's handling.
+//!   [`nack`], [`in_progress`], [`list_rooms`], each holding the request's
+//!   checks (run by the session) and the actor's handling.
 
 pub mod ack;
 pub mod commit;
+pub mod in_progress;
 pub mod join;
 pub mod leave;
+pub mod list_rooms;
 pub mod nack;
 pub mod publish;
 pub mod room;
@@ -76,6 +78,8 @@ pub enum Request {
     Publish(publish::PublishReq),
     Ack(ack::AckReq),
     Nack(nack::NackReq),
+    InProgress(in_progress::InProgressReq),
+    ListRooms,
 }
 
 /// Messages to the broker actor.
@@ -453,6 +457,8 @@ impl Broker {
                     Request::Publish(r) => self.publish(session, request_id, permit, r),
                     Request::Ack(r) => self.ack(session, request_id, permit, r),
                     Request::Nack(r) => self.nack(session, request_id, permit, r),
+                    Request::InProgress(r) => self.in_progress(session, request_id, permit, r),
+                    Request::ListRooms => self.list_rooms(session, request_id, permit),
                 }
             }
             Command::Writable { session } => {

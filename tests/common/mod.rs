@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use roomq::config::Config;
 use roomq::server::{self, ServerError};
-use roomq_client::{proto as pb, Client, ConnectOptions, Deliveries};
+use roomq_client::proto as pb;
+use roomq_client::raw::{ConnectOptions, Connection as Client, Deliveries};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

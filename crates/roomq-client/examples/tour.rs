@@ -7,7 +7,7 @@
 //! ```
 //! Set ROOMQ_ADDR to reach a broker elsewhere than 127.0.0.1:7420.
 
-use roomq_client::{Client, ConnectOptions};
+use roomq_client::raw::{ConnectOptions, Connection as Client};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -246,6 +246,12 @@ mod tests {
                 delay_ms: 10,
             }),
             Body::Ping(pb::Ping { nonce: 77 }),
+            Body::InProgress(pb::InProgress {
+                room: "r".into(),
+                subscription: "s".into(),
+                seqs: vec![4, 5],
+            }),
+            Body::ListRooms(pb::ListRooms {}),
         ];
         let mut codec = FrameCodec::new(1024);
         for (i, body) in bodies.into_iter().enumerate() {

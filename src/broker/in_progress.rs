@@ -1,0 +1,89 @@
+//! `InProgress`: the member is still working on these deliveries; their ack
+//! timers restart from now. Lets a slow consumer keep a message without it
+//! being redelivered elsewhere or again.
+
+use std::sync::Arc;
+
+use roomq_wire::names::check_name;
+use roomq_wire::{pb, ErrorCode};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::ack::MAX_SEQS;
+use super::Broker;
+
+/// A checked in-progress signal.
+#[derive(Debug)]
+pub struct InProgressReq {
+    pub room: Arc<str>,
+    pub label: Arc<str>,
+    pub seqs: Vec<u64>,
+}
+
+/// Checks an in-progress signal; runs on the session's task.
+pub fn check(p: pb::InProgress) -> Result<InProgressReq, pb::Error> {
+    check_name("room", &p.room)
+        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+    if p.seqs.is_empty() || p.seqs.len() > MAX_SEQS {
+        return Err(pb::Error::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "in-progress lists 1 to {MAX_SEQS} seqs, not {}",
+                p.seqs.len()
+            ),
+        ));
+    }
+    Ok(InProgressReq {
+        room: Arc::from(p.room),
+        label: Arc::from(p.subscription),
+        seqs: p.seqs,
+    })
+}
+
+impl Broker {
+    pub(super) fn in_progress(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: OwnedSemaphorePermit,
+        req: InProgressReq,
+    ) {
+        let (room_id, key) = match self.membership(session, &req.room, &req.label) {
+            Ok(m) => m,
+            Err(msg) => {
+                return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg)
+            }
+        };
+        let Some(member) = self.rooms.get(&room_id).and_then(|r| r.members.get(&key)) else {
+            let msg = "membership is gone";
+            return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg);
+        };
+        // Only deliveries that are out with the client (not due again).
+        if let Some(bad) = req
+            .seqs
+            .iter()
+            .find(|s| !member.unacked.contains_key(s) || member.due.contains(s))
+        {
+            let msg = format!("seq {bad} is not an outstanding delivery of this member");
+            return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
+        }
+        let deadline = Instant::now() + member.ack_timeout;
+        for seq in &req.seqs {
+            let gen = self.arm_timer(deadline, room_id, &key, *seq);
+            if let Some(u) = self
+                .rooms
+                .get_mut(&room_id)
+                .and_then(|r| r.members.get_mut(&key))
+                .and_then(|m| m.unacked.get_mut(seq))
+            {
+                u.timer_gen = gen;
+            }
+        }
+        let frame = pb::ServerFrame {
+            request_id,
+            body: Some(pb::server_frame::Body::InProgressOk(pb::InProgressOk {})),
+        };
+        self.reply(session, frame, Some(permit));
+    }
+}

@@ -1,0 +1,55 @@
+//! `ListRooms`: the rooms of the session's own namespace, with their last
+//! seq and member counts. Nothing of another namespace is visible (G5).
+
+use roomq_wire::pb;
+use tokio::sync::OwnedSemaphorePermit;
+use uuid::Uuid;
+
+use super::Broker;
+
+/// Most rooms one reply lists (the reply must fit in a frame).
+pub const MAX_LISTED: usize = 10_000;
+
+impl Broker {
+    pub(super) fn list_rooms(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        let mut rooms: Vec<pb::RoomInfo> = self
+            .namespaces
+            .get(&entry.info.namespace)
+            .map(|names| {
+                names
+                    .values()
+                    .filter_map(|id| self.rooms.get(id))
+                    .map(|room| pb::RoomInfo {
+                        name: room.name.to_string(),
+                        last_seq: room.committed_seq,
+                        members: u32::try_from(room.members.len()).unwrap_or(u32::MAX),
+                        connected_members: u32::try_from(
+                            room.members
+                                .values()
+                                .filter(|m| m.attached.is_some())
+                                .count(),
+                        )
+                        .unwrap_or(u32::MAX),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        rooms.truncate(MAX_LISTED);
+        let frame = pb::ServerFrame {
+            request_id,
+            body: Some(pb::server_frame::Body::ListRoomsOk(pb::ListRoomsOk {
+                rooms,
+            })),
+        };
+        self.reply(session, frame, Some(permit));
+    }
+}
