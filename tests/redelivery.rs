@@ -93,6 +93,33 @@ async fn nack_redelivers_now_or_after_its_delay() {
     broker.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn in_progress_postpones_redelivery() {
+    let broker = paused_broker().await;
+    let (c, mut d) = broker.connect("worker").await;
+    c.join_with(join("jobs", pb::StartPosition::Earliest, 10, 30_000))
+        .await
+        .unwrap();
+    c.publish("jobs", "job", "slow").await.unwrap();
+    assert_eq!(next_paused(&mut d).await.attempt, 1);
+    let t0 = Instant::now();
+    // Keep signalling every 20 s for a minute: no redelivery meanwhile.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        c.in_progress("jobs", "", &[1]).await.unwrap();
+    }
+    let again = next_paused(&mut d).await;
+    assert!(
+        t0.elapsed() >= Duration::from_secs(90),
+        "redelivered at {:?}",
+        t0.elapsed()
+    );
+    assert_eq!((again.attempt, again.redelivered), (2, true));
+    let err = c.in_progress("jobs", "", &[9]).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownSeq));
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn cumulative_ack_moves_the_cursor_and_only_the_rest_is_redelivered() {
     let broker = TestBroker::start().await;

@@ -70,15 +70,7 @@ impl Broker {
         }
         let deadline = Instant::now() + member.ack_timeout;
         for seq in &req.seqs {
-            let gen = self.arm_timer(deadline, room_id, &key, *seq);
-            if let Some(u) = self
-                .rooms
-                .get_mut(&room_id)
-                .and_then(|r| r.members.get_mut(&key))
-                .and_then(|m| m.unacked.get_mut(seq))
-            {
-                u.timer_gen = gen;
-            }
+            self.set_deadline(room_id, &key, *seq, deadline);
         }
         let frame = pb::ServerFrame {
             request_id,

@@ -138,14 +138,16 @@ struct SessionEntry {
     memberships: HashMap<(Arc<str>, Arc<str>), (RoomId, MemberKey)>,
 }
 
-/// An armed ack (or nack-delay) timer.
+/// A member's redelivery timer (ack timeout, nack delay). At most one is
+/// live per member; an entry whose deadline no longer matches the member's
+/// `armed` is stale and skipped.
 #[derive(Debug, PartialEq, Eq)]
 struct Timer {
     deadline: Instant,
+    /// Insertion order, to break ties.
     gen: u64,
     room: RoomId,
     member: MemberKey,
-    seq: u64,
 }
 
 impl Ord for Timer {
@@ -641,11 +643,11 @@ impl Broker {
             else {
                 continue;
             };
-            if m.attached.is_none() {
-                continue;
-            }
-            if m.unacked.get(&t.seq).is_some_and(|u| u.timer_gen == t.gen) {
-                m.due.insert(t.seq);
+            let mut arm = TimerArm {
+                timers: &mut self.timers,
+                gen: &mut self.timer_gen,
+            };
+            if m.on_timer(t.deadline, now, t.room, &t.member, &mut arm) {
                 to_pump.push((t.room, t.member));
             }
         }
@@ -668,16 +670,20 @@ impl Broker {
         }
     }
 
-    /// Arms a timer for `seq` of member `key`; returns its generation.
-    fn arm_timer(&mut self, deadline: Instant, room: RoomId, key: &MemberKey, seq: u64) -> u64 {
-        arm(
-            &mut self.timers,
-            &mut self.timer_gen,
-            deadline,
-            room,
-            key,
-            seq,
-        )
+    /// Sets the redelivery deadline of `seq` for member `key` of `room`.
+    fn set_deadline(&mut self, room: RoomId, key: &MemberKey, seq: u64, deadline: Instant) {
+        let Some(m) = self
+            .rooms
+            .get_mut(&room)
+            .and_then(|r| r.members.get_mut(key))
+        else {
+            return;
+        };
+        let mut arm = TimerArm {
+            timers: &mut self.timers,
+            gen: &mut self.timer_gen,
+        };
+        m.set_deadline(seq, deadline, room, key, &mut arm);
     }
 
     fn sync_all_cursors(&mut self) {
@@ -800,17 +806,42 @@ fn arm(
     deadline: Instant,
     room: RoomId,
     member: &MemberKey,
-    seq: u64,
-) -> u64 {
+) {
     *gen += 1;
     timers.push(Reverse(Timer {
         deadline,
         gen: *gen,
         room,
         member: member.clone(),
-        seq,
     }));
-    *gen
+}
+
+/// An [`Outlet`] that can only arm timers, for timer handling outside a pump.
+struct TimerArm<'a> {
+    timers: &'a mut BinaryHeap<Reverse<Timer>>,
+    gen: &'a mut u64,
+}
+
+impl Outlet for TimerArm<'_> {
+    fn deliver(
+        &mut self,
+        _: Uuid,
+        _: &Arc<str>,
+        _: &Arc<str>,
+        _: u32,
+        _: bool,
+        _: &Arc<StoredMessage>,
+    ) -> bool {
+        false
+    }
+
+    fn read(&mut self, _: RoomId, _: u64, _: usize, _: u64) -> Vec<Arc<StoredMessage>> {
+        Vec::new()
+    }
+
+    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey) {
+        arm(self.timers, self.gen, deadline, room, member);
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -880,7 +911,7 @@ impl Outlet for ActorOutlet<'_> {
         }
     }
 
-    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey, seq: u64) -> u64 {
-        arm(self.timers, self.gen, deadline, room, member, seq)
+    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey) {
+        arm(self.timers, self.gen, deadline, room, member);
     }
 }

@@ -75,18 +75,13 @@ impl Broker {
                     .get_mut(&room_id)
                     .and_then(|r| r.members.get_mut(&key))
                 {
+                    if let Some(u) = m.unacked.get_mut(seq) {
+                        u.deadline = None;
+                    }
                     m.due.insert(*seq);
                 }
             } else {
-                let gen = self.arm_timer(deadline, room_id, &key, *seq);
-                if let Some(u) = self
-                    .rooms
-                    .get_mut(&room_id)
-                    .and_then(|r| r.members.get_mut(&key))
-                    .and_then(|m| m.unacked.get_mut(seq))
-                {
-                    u.timer_gen = gen;
-                }
+                self.set_deadline(room_id, &key, *seq, deadline);
             }
         }
         let frame = pb::ServerFrame {

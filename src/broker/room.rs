@@ -26,9 +26,9 @@ pub enum MemberKey {
 pub struct Unacked {
     /// Deliveries so far.
     pub attempts: u32,
-    /// Matches the timer armed for this delivery; a timer whose generation
-    /// differs is stale and ignored.
-    pub timer_gen: u64,
+    /// When it is due for redelivery; `None` while it is waiting to be
+    /// redelivered (it is in `Member::due` then) or the member is detached.
+    pub deadline: Option<Instant>,
 }
 
 /// Where a member's deliveries go.
@@ -58,6 +58,10 @@ pub struct Member {
     /// Set while the member's new cursor is being written: nothing is
     /// delivered until the join is confirmed.
     pub joining: bool,
+    /// Deadline of the one timer armed for this member, if any. Timers are
+    /// per member, not per delivery, so the timer heap stays as small as the
+    /// number of members no matter how many deliveries are in flight.
+    pub armed: Option<Instant>,
 }
 
 impl Member {
@@ -73,6 +77,7 @@ impl Member {
             max_in_flight,
             ack_timeout,
             joining: false,
+            armed: None,
         }
     }
 
@@ -87,7 +92,7 @@ impl Member {
                     *seq,
                     Unacked {
                         attempts: *attempts,
-                        timer_gen: 0,
+                        deadline: None,
                     },
                 );
                 m.due.insert(*seq);
@@ -121,8 +126,79 @@ impl Member {
     /// when a session joins it again.
     pub fn detach(&mut self) {
         self.attached = None;
-        let seqs: Vec<u64> = self.unacked.keys().copied().collect();
-        self.due.extend(seqs);
+        for (seq, u) in self.unacked.iter_mut() {
+            u.deadline = None;
+            self.due.insert(*seq);
+        }
+    }
+
+    /// Sets the redelivery deadline of an unacknowledged `seq` and makes
+    /// sure the member's timer fires by then.
+    pub fn set_deadline(
+        &mut self,
+        seq: u64,
+        deadline: Instant,
+        room: RoomId,
+        key: &MemberKey,
+        out: &mut impl Outlet,
+    ) {
+        if let Some(u) = self.unacked.get_mut(&seq) {
+            u.deadline = Some(deadline);
+            self.due.remove(&seq);
+            self.schedule(deadline, room, key, out);
+        }
+    }
+
+    /// Arms the member's timer for `deadline` unless it fires sooner.
+    pub fn schedule(
+        &mut self,
+        deadline: Instant,
+        room: RoomId,
+        key: &MemberKey,
+        out: &mut impl Outlet,
+    ) {
+        if self.armed.is_none_or(|a| deadline < a) {
+            out.arm_timer(deadline, room, key);
+            self.armed = Some(deadline);
+        }
+    }
+
+    /// Handles the member's timer firing at `fired`: every delivery whose
+    /// deadline has passed becomes due, and the timer is re-armed for the
+    /// next deadline. Returns false for a stale timer (one since replaced).
+    pub fn on_timer(
+        &mut self,
+        fired: Instant,
+        now: Instant,
+        room: RoomId,
+        key: &MemberKey,
+        out: &mut impl Outlet,
+    ) -> bool {
+        if self.armed != Some(fired) {
+            return false;
+        }
+        self.armed = None;
+        if self.attached.is_none() {
+            // Everything becomes due when a session joins again.
+            return false;
+        }
+        let mut next: Option<Instant> = None;
+        let mut expired = false;
+        for (seq, u) in self.unacked.iter_mut() {
+            match u.deadline {
+                Some(d) if d <= now => {
+                    u.deadline = None;
+                    self.due.insert(*seq);
+                    expired = true;
+                }
+                Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
+                None => {}
+            }
+        }
+        if let Some(d) = next {
+            self.schedule(d, room, key, out);
+        }
+        expired
     }
 
     /// Whether `msg` is excluded for this member by its publisher's
@@ -183,8 +259,8 @@ pub trait Outlet {
     /// Messages of `room` from `from`, in order, at most `max`, all <= `last`.
     fn read(&mut self, room: RoomId, from: u64, max: usize, last: u64) -> Vec<Arc<StoredMessage>>;
 
-    /// Arms the ack timer of one delivery and returns its generation.
-    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey, seq: u64) -> u64;
+    /// Arms a timer that fires for `member` at `deadline`.
+    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey);
 }
 
 /// A room: its name, its committed log tail, its members.
@@ -297,15 +373,16 @@ impl Room {
             if !out.deliver(att.session, &self.name, &att.label, attempt, true, &msg) {
                 return changed;
             }
-            let gen = out.arm_timer(now + member.ack_timeout, self.id, key, seq);
+            let deadline = now + member.ack_timeout;
             member.due.remove(&seq);
             member.unacked.insert(
                 seq,
                 Unacked {
                     attempts: attempt,
-                    timer_gen: gen,
+                    deadline: Some(deadline),
                 },
             );
+            member.schedule(deadline, self.id, key, out);
             changed = true;
         }
 
@@ -346,14 +423,15 @@ impl Room {
                 if !out.deliver(att.session, &self.name, &att.label, 1, false, &msg) {
                     return changed;
                 }
-                let gen = out.arm_timer(now + member.ack_timeout, self.id, key, msg.seq);
+                let deadline = now + member.ack_timeout;
                 member.unacked.insert(
                     msg.seq,
                     Unacked {
                         attempts: 1,
-                        timer_gen: gen,
+                        deadline: Some(deadline),
                     },
                 );
+                member.schedule(deadline, self.id, key, out);
                 member.next_seq = msg.seq + 1;
                 changed = true;
             }
@@ -392,9 +470,8 @@ mod tests {
         fn read(&mut self, _: RoomId, _: u64, _: usize, _: u64) -> Vec<Arc<StoredMessage>> {
             Vec::new()
         }
-        fn arm_timer(&mut self, _: Instant, _: RoomId, _: &MemberKey, _: u64) -> u64 {
+        fn arm_timer(&mut self, _: Instant, _: RoomId, _: &MemberKey) {
             self.gen += 1;
-            self.gen
         }
     }
 
@@ -491,5 +568,28 @@ mod tests {
         room.pump(&key, Instant::now(), &mut out);
         assert_eq!(out.sent, vec![(2, 1, false)]);
         assert_eq!(room.members[&key].ack_floor(), 2);
+    }
+
+    #[test]
+    fn one_timer_per_member_however_many_deliveries() {
+        let (mut room, key, _) = room_with(100, 1000);
+        let mut out = Recorder {
+            capacity: 1000,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        room.pump(&key, t0, &mut out);
+        assert_eq!(out.sent.len(), 100);
+        assert_eq!(out.gen, 1, "one timer armed for 100 deliveries");
+        let m = room.members.get_mut(&key).unwrap();
+        m.ack(&[], 50).unwrap();
+        let fired = t0 + Duration::from_secs(1);
+        assert!(
+            !m.on_timer(fired - Duration::from_millis(1), fired, 1, &key, &mut out),
+            "stale timer ignored"
+        );
+        assert!(m.on_timer(fired, fired, 1, &key, &mut out));
+        assert_eq!(m.due.len(), 50);
+        assert_eq!(m.armed, None, "nothing left to time");
     }
 }
