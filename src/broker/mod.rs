@@ -303,7 +303,7 @@ impl Broker {
         for (ns, id, rec) in dedup_records {
             let age = wall.saturating_sub(rec.timestamp_ms);
             if age >= window {
-                broker.open.write.dedup_delete.push((ns, id));
+                broker.open.write.dedup_expire_before = Some(wall.saturating_sub(window));
                 continue;
             }
             let mut seqs = Vec::with_capacity(rec.seqs.len());
@@ -665,7 +665,8 @@ impl Broker {
             };
             if matches!(self.dedup.get(&key), Some(DedupState::Stored { .. })) {
                 self.dedup.remove(&key);
-                self.open.write.dedup_delete.push(key);
+                let cutoff = now_ms().saturating_sub(self.config.limits.dedup_window_ms);
+                self.open.write.dedup_expire_before = Some(cutoff);
             }
         }
     }

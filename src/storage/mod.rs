@@ -56,10 +56,12 @@ pub struct WriteBatch {
     pub appends: Vec<(RoomId, Vec<Arc<StoredMessage>>)>,
     /// Cursor updates; `None` deletes the cursor.
     pub cursors: Vec<(RoomId, Arc<str>, Option<CursorRecord>)>,
-    /// New dedup records, keyed by namespace and dedup id.
+    /// New dedup records, keyed by namespace and dedup id. All of one batch
+    /// are stored together in one value.
     pub dedup_put: Vec<(Arc<str>, [u8; 16], DedupRecord)>,
-    /// Expired dedup records to delete.
-    pub dedup_delete: Vec<(Arc<str>, [u8; 16])>,
+    /// Delete the dedup records accepted before this time (ms since the
+    /// Unix epoch): they are past the dedup window.
+    pub dedup_expire_before: Option<u64>,
 }
 
 impl WriteBatch {
@@ -69,7 +71,7 @@ impl WriteBatch {
             && self.appends.is_empty()
             && self.cursors.is_empty()
             && self.dedup_put.is_empty()
-            && self.dedup_delete.is_empty()
+            && self.dedup_expire_before.is_none()
     }
 }
 

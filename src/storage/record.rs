@@ -1,5 +1,5 @@
-//! Byte layouts of stored values. Every value starts with a CRC-32C-style
-//! checksum (crc32fast, IEEE polynomial) of the rest, checked on every read;
+//! Byte layouts of stored values. Every value starts with a CRC-32 checksum
+//! (IEEE polynomial, via crc32fast) of the rest, checked on every read;
 //! a mismatch is reported as [`StoreError::Corrupt`] and the data is never
 //! used as if it were good. Inside a log batch each message carries its own
 //! checksum as well, so a damaged message is pinpointed.
@@ -17,8 +17,9 @@ use super::StoreError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {
     pub seq: u64,
-    /// The protobuf encoding of the wire `Message` (seq included), spliced
-    /// unchanged into every delivery frame.
+    /// The protobuf encoding of the wire `Message` *without* its seq; the
+    /// seq is stored beside it and spliced in front when a delivery frame is
+    /// written.
     pub encoded: Bytes,
     /// Session that published with `except_self`, if it did.
     pub except_session: Option<[u8; 16]>,
@@ -249,31 +250,62 @@ pub fn decode_cursor(key: &[u8], value: &[u8]) -> Result<CursorRecord, StoreErro
     })
 }
 
-/// Encodes a dedup value.
-pub fn encode_dedup(d: &DedupRecord) -> Vec<u8> {
-    let mut body = Vec::with_capacity(12 + d.seqs.len() * 16);
-    body.put_u64(d.timestamp_ms);
-    body.put_u32(u32::try_from(d.seqs.len()).unwrap_or(u32::MAX));
-    for (room, seq) in &d.seqs {
-        body.put_u64(*room);
-        body.put_u64(*seq);
+/// Encodes the dedup records of one commit as one value.
+pub fn encode_dedup_group(records: &[(Arc<str>, [u8; 16], DedupRecord)]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(4 + records.len() * 64);
+    body.put_u32(u32::try_from(records.len()).unwrap_or(u32::MAX));
+    for (ns, id, rec) in records {
+        body.put_u8(u8::try_from(ns.len()).unwrap_or(u8::MAX));
+        body.put_slice(ns.as_bytes().get(..255).unwrap_or(ns.as_bytes()));
+        body.put_slice(id);
+        body.put_u64(rec.timestamp_ms);
+        body.put_u32(u32::try_from(rec.seqs.len()).unwrap_or(u32::MAX));
+        for (room, seq) in &rec.seqs {
+            body.put_u64(*room);
+            body.put_u64(*seq);
+        }
     }
     seal(&body)
 }
 
-/// Decodes a dedup value.
-pub fn decode_dedup(key: &[u8], value: &[u8]) -> Result<DedupRecord, StoreError> {
+/// Decodes a value written by [`encode_dedup_group`].
+pub fn decode_dedup_group(
+    key: &[u8],
+    value: &[u8],
+) -> Result<Vec<(Arc<str>, [u8; 16], DedupRecord)>, StoreError> {
     let mut body = open(key, value)?;
-    if body.remaining() < 12 {
-        return Err(corrupt(key, "dedup record too short"));
+    let short = || corrupt(key, "dedup group truncated");
+    if body.remaining() < 4 {
+        return Err(short());
     }
-    let timestamp_ms = body.get_u64();
-    let n = body.get_u32() as usize;
-    if body.remaining() != n.saturating_mul(16) {
-        return Err(corrupt(key, "dedup record length mismatch"));
+    let count = body.get_u32() as usize;
+    let mut out = Vec::with_capacity(count.min(body.remaining() / 29 + 1));
+    for _ in 0..count {
+        if body.remaining() < 1 {
+            return Err(short());
+        }
+        let ns_len = body.get_u8() as usize;
+        if body.remaining() < ns_len + 16 + 12 {
+            return Err(short());
+        }
+        let ns = std::str::from_utf8(body.get(..ns_len).unwrap_or_default())
+            .map_err(|_| corrupt(key, "namespace not UTF-8"))?;
+        let ns: Arc<str> = Arc::from(ns);
+        body.advance(ns_len);
+        let mut id = [0u8; 16];
+        body.copy_to_slice(&mut id);
+        let timestamp_ms = body.get_u64();
+        let n = body.get_u32() as usize;
+        if body.remaining() < n.saturating_mul(16) {
+            return Err(short());
+        }
+        let seqs = (0..n).map(|_| (body.get_u64(), body.get_u64())).collect();
+        out.push((ns, id, DedupRecord { timestamp_ms, seqs }));
     }
-    let seqs = (0..n).map(|_| (body.get_u64(), body.get_u64())).collect();
-    Ok(DedupRecord { timestamp_ms, seqs })
+    if body.has_remaining() {
+        return Err(corrupt(key, "dedup group has trailing bytes"));
+    }
+    Ok(out)
 }
 
 /// Encodes a room value: namespace and name, each with a one-byte length.
@@ -363,11 +395,29 @@ mod tests {
         assert_eq!(decode_cursor(b"k", &encode_cursor(&c)).unwrap(), c);
         let c = CursorRecord::default();
         assert_eq!(decode_cursor(b"k", &encode_cursor(&c)).unwrap(), c);
-        let d = DedupRecord {
-            timestamp_ms: 5,
-            seqs: vec![(1, 2), (3, 4)],
-        };
-        assert_eq!(decode_dedup(b"k", &encode_dedup(&d)).unwrap(), d);
+        let group = vec![
+            (
+                Arc::from("/"),
+                [1u8; 16],
+                DedupRecord {
+                    timestamp_ms: 5,
+                    seqs: vec![(1, 2), (3, 4)],
+                },
+            ),
+            (
+                Arc::from("/orders"),
+                [2u8; 16],
+                DedupRecord {
+                    timestamp_ms: 6,
+                    seqs: vec![],
+                },
+            ),
+        ];
+        let value = encode_dedup_group(&group);
+        assert_eq!(decode_dedup_group(b"k", &value).unwrap(), group);
+        for len in 0..value.len() {
+            assert!(decode_dedup_group(b"k", &value[..len]).is_err());
+        }
         let r = encode_room("/orders", "general");
         assert_eq!(
             decode_room(b"k", &r).unwrap(),

@@ -7,7 +7,7 @@
 //! | `R` room_id | namespace and room name |
 //! | `L` room_id first_seq | the messages of one commit for that room |
 //! | `C` room_id member_name | a durable member's cursor |
-//! | `D` ns_len ns dedup_id | seqs a dedup id was stored under |
+//! | `D` accepted_ms counter | the dedup records of one commit |
 //!
 //! Integers in keys are big-endian so that sled's byte order is numeric
 //! order. Packing a commit's messages into one value (rather than a key per
@@ -19,8 +19,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::record::{
-    decode_cursor, decode_dedup, decode_log_batch, decode_room, encode_cursor, encode_dedup,
-    encode_log_batch, encode_room, log_batch_count,
+    decode_cursor, decode_dedup_group, decode_log_batch, decode_room, encode_cursor,
+    encode_dedup_group, encode_log_batch, encode_room, log_batch_count,
 };
 use super::{
     Flushed, Recovered, RecoveredRoom, RoomId, Store, StoreError, StoredMessage, WriteBatch,
@@ -34,6 +34,9 @@ const DEDUP: u8 = b'D';
 /// The sled-backed store.
 pub struct SledStore {
     db: sled::Db,
+    /// Makes dedup group keys unique; starts from the clock so keys from an
+    /// earlier run of the process are never reused.
+    dedup_counter: std::sync::atomic::AtomicU64,
 }
 
 impl SledStore {
@@ -48,7 +51,14 @@ impl SledStore {
             // adds work.
             .flush_every_ms(None)
             .open()?;
-        Ok(SledStore { db })
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Ok(SledStore {
+            db,
+            dedup_counter: std::sync::atomic::AtomicU64::new(start),
+        })
     }
 }
 
@@ -75,12 +85,11 @@ fn cursor_key(room: RoomId, name: &str) -> Vec<u8> {
     k
 }
 
-fn dedup_key(namespace: &str, id: &[u8; 16]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(18 + namespace.len());
-    k.push(DEDUP);
-    k.push(u8::try_from(namespace.len()).unwrap_or(u8::MAX));
-    k.extend_from_slice(namespace.as_bytes());
-    k.extend_from_slice(id);
+fn dedup_key(accepted_ms: u64, counter: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = DEDUP;
+    k[1..9].copy_from_slice(&accepted_ms.to_be_bytes());
+    k[9..].copy_from_slice(&counter.to_be_bytes());
     k
 }
 
@@ -133,17 +142,7 @@ impl Store for SledStore {
         }
         for item in self.db.scan_prefix([DEDUP]) {
             let (key, value) = item?;
-            let ns_len = *key.get(1).ok_or_else(|| bad_key(&key))? as usize;
-            let ns = key
-                .get(2..2 + ns_len)
-                .and_then(|n| std::str::from_utf8(n).ok())
-                .ok_or_else(|| bad_key(&key))?;
-            let id: [u8; 16] = key
-                .get(2 + ns_len..)
-                .and_then(|i| i.try_into().ok())
-                .ok_or_else(|| bad_key(&key))?;
-            out.dedup
-                .push((Arc::from(ns), id, decode_dedup(&key, &value)?));
+            out.dedup.extend(decode_dedup_group(&key, &value)?);
         }
         Ok(out)
     }
@@ -165,11 +164,22 @@ impl Store for SledStore {
                 None => b.remove(key),
             }
         }
-        for (ns, id, rec) in &batch.dedup_put {
-            b.insert(dedup_key(ns, id), encode_dedup(rec));
+        if let Some((_, _, first)) = batch.dedup_put.first() {
+            let counter = self
+                .dedup_counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            b.insert(
+                &dedup_key(first.timestamp_ms, counter),
+                encode_dedup_group(&batch.dedup_put),
+            );
         }
-        for (ns, id) in &batch.dedup_delete {
-            b.remove(dedup_key(ns, id));
+        if let Some(cutoff) = batch.dedup_expire_before {
+            // Groups are keyed by the time their first record was accepted;
+            // a group is deleted once that is past the cutoff. The records of
+            // one group were accepted within one commit of each other.
+            for item in self.db.range(dedup_key(0, 0)..dedup_key(cutoff, 0)) {
+                b.remove(item?.0);
+            }
         }
         self.db.apply_batch(b)?;
         self.db.flush()?;
@@ -254,6 +264,14 @@ mod tests {
                     seqs: vec![(1, 2)],
                 },
             ));
+            b.dedup_put.push((
+                "/x".into(),
+                [5; 16],
+                DedupRecord {
+                    timestamp_ms: 1,
+                    seqs: vec![(2, 1)],
+                },
+            ));
             let _ = s.commit(&b).unwrap();
             let mut b = WriteBatch::default();
             b.appends.push((1, (4..=6).map(msg).collect()));
@@ -265,7 +283,15 @@ mod tests {
         rooms.sort_unstable();
         assert_eq!(rooms, vec![(1, 6), (2, 0)]);
         assert_eq!(r.cursors.len(), 1);
-        assert_eq!(r.dedup.len(), 1);
+        assert_eq!(r.dedup.len(), 2);
+        drop(r);
+        let mut b = WriteBatch::default();
+        b.dedup_expire_before = Some(2);
+        let _ = s.commit(&b).unwrap();
+        assert!(
+            s.recover().unwrap().dedup.is_empty(),
+            "expired dedup groups deleted"
+        );
         let seqs = |v: Vec<Arc<StoredMessage>>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
         assert_eq!(
             seqs(s.read(1, 2, 100, usize::MAX).unwrap()),
