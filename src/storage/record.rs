@@ -250,8 +250,11 @@ pub fn decode_cursor(key: &[u8], value: &[u8]) -> Result<CursorRecord, StoreErro
     })
 }
 
+/// A dedup record with its namespace and id.
+pub type DedupEntry = (Arc<str>, [u8; 16], DedupRecord);
+
 /// Encodes the dedup records of one commit as one value.
-pub fn encode_dedup_group(records: &[(Arc<str>, [u8; 16], DedupRecord)]) -> Vec<u8> {
+pub fn encode_dedup_group(records: &[DedupEntry]) -> Vec<u8> {
     let mut body = Vec::with_capacity(4 + records.len() * 64);
     body.put_u32(u32::try_from(records.len()).unwrap_or(u32::MAX));
     for (ns, id, rec) in records {
@@ -269,10 +272,7 @@ pub fn encode_dedup_group(records: &[(Arc<str>, [u8; 16], DedupRecord)]) -> Vec<
 }
 
 /// Decodes a value written by [`encode_dedup_group`].
-pub fn decode_dedup_group(
-    key: &[u8],
-    value: &[u8],
-) -> Result<Vec<(Arc<str>, [u8; 16], DedupRecord)>, StoreError> {
+pub fn decode_dedup_group(key: &[u8], value: &[u8]) -> Result<Vec<DedupEntry>, StoreError> {
     let mut body = open(key, value)?;
     let short = || corrupt(key, "dedup group truncated");
     if body.remaining() < 4 {

@@ -285,8 +285,10 @@ mod tests {
         assert_eq!(r.cursors.len(), 1);
         assert_eq!(r.dedup.len(), 2);
         drop(r);
-        let mut b = WriteBatch::default();
-        b.dedup_expire_before = Some(2);
+        let b = WriteBatch {
+            dedup_expire_before: Some(2),
+            ..WriteBatch::default()
+        };
         let _ = s.commit(&b).unwrap();
         assert!(
             s.recover().unwrap().dedup.is_empty(),
