@@ -48,6 +48,10 @@ pub struct Limits {
     /// Requests of one connection awaiting their reply. When reached, the
     /// broker stops reading from that connection until replies go out.
     pub max_pending_requests: u32,
+    /// Bytes of the requests of one connection awaiting their reply (a
+    /// publish holds its bytes until it is stored). When reached, the broker
+    /// stops reading from that connection until replies go out.
+    pub max_pending_bytes: u32,
     /// Deliveries queued for one connection's socket. When reached, the
     /// broker stops handing that connection new deliveries until it drains.
     pub max_queued_deliveries: u32,
@@ -101,6 +105,7 @@ impl Default for Limits {
             write_timeout_ms: 10_000,
             max_connections: 10_000,
             max_pending_requests: 1_024,
+            max_pending_bytes: 64 * 1024 * 1024,
             max_queued_deliveries: 1_024,
             max_in_flight: 1_000,
             ack_timeout_ms: 30_000,
@@ -178,7 +183,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let s = &self.storage;
-        let checks: [(bool, &str); 14] = [
+        let checks: [(bool, &str); 15] = [
+            (
+                l.max_pending_bytes >= l.max_frame_bytes,
+                "limits.max_pending_bytes must be >= limits.max_frame_bytes",
+            ),
             (
                 (1024..=64 * 1024 * 1024).contains(&l.max_frame_bytes),
                 "limits.max_frame_bytes must be between 1024 and 67108864",
@@ -252,6 +261,9 @@ impl Limits {
     }
 }
 
+/// `ROOMQ_*` variables that are read elsewhere, not settings.
+const NOT_SETTINGS: [&str; 3] = ["ROOMQ_CONFIG", "ROOMQ_ADDR", "ROOMQ_LOG"];
+
 /// Overlays `ROOMQ_<SECTION>_<KEY>` variables onto `table`. The set of keys
 /// comes from the defaults, so a new setting gets its variable for free.
 fn apply_env(
@@ -276,6 +288,11 @@ fn apply_env(
     }
     for (name, raw) in env {
         let Some((section, key)) = known.get(&name) else {
+            if name.starts_with("ROOMQ_") && !NOT_SETTINGS.contains(&name.as_str()) {
+                // Not fatal: client tools share the prefix. But a typo in a
+                // setting's name should not pass unnoticed.
+                eprintln!("roomqd: ignoring {name}: not a setting");
+            }
             continue;
         };
         let default_value = match section {

@@ -29,14 +29,20 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::timeout;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::broker::{self, error_frame, BrokerHandle, Command, Outbound, Request, SessionInfo};
+use crate::broker::{
+    self, error_frame, BrokerHandle, Command, Outbound, Request, RequestSlot, SessionInfo,
+};
 use crate::config::Config;
 
 /// Largest batch of frames the writer gathers before one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// How long a refused connection's input is drained before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+/// How much of a refused connection's input is drained at most.
+const LINGER_BYTES: usize = 64 * 1024;
 /// Queue slots beyond the request and delivery budgets, for pushes.
 const PUSH_SLOTS: usize = 8;
 
@@ -61,14 +67,24 @@ pub async fn serve(
     let handshake = match hello {
         Err(_) => {
             let msg = format!("no handshake within {} ms", limits.handshake_timeout_ms);
-            return refuse(&mut write_half, ErrorCode::HandshakeTimeout, msg, &config).await;
+            return refuse(
+                &mut write_half,
+                frames.get_mut(),
+                ErrorCode::HandshakeTimeout,
+                msg,
+                &config,
+            )
+            .await;
         }
         Ok(None) => return,
-        Ok(Some(Err(e))) => return refuse_frame_error(&mut write_half, e, &config).await,
+        Ok(Some(Err(e))) => {
+            return refuse_frame_error(&mut write_half, frames.get_mut(), e, &config).await
+        }
         Ok(Some(Ok(raw))) => match decode_client(raw) {
             Err(e) => {
                 return refuse(
                     &mut write_half,
+                    frames.get_mut(),
                     ErrorCode::MalformedFrame,
                     e.to_string(),
                     &config,
@@ -81,7 +97,14 @@ pub async fn serve(
             }) => (request_id, h),
             Ok(_) => {
                 let msg = "the first frame must be a handshake";
-                return refuse(&mut write_half, ErrorCode::HandshakeRequired, msg, &config).await;
+                return refuse(
+                    &mut write_half,
+                    frames.get_mut(),
+                    ErrorCode::HandshakeRequired,
+                    msg,
+                    &config,
+                )
+                .await;
             }
         },
     };
@@ -91,7 +114,14 @@ pub async fn serve(
             "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
             hs.protocol_version
         );
-        return refuse(&mut write_half, ErrorCode::UnsupportedVersion, msg, &config).await;
+        return refuse(
+            &mut write_half,
+            frames.get_mut(),
+            ErrorCode::UnsupportedVersion,
+            msg,
+            &config,
+        )
+        .await;
     }
     let namespace = if hs.namespace.is_empty() {
         "/".to_string()
@@ -110,6 +140,7 @@ pub async fn serve(
     if let Err(e) = checked {
         return refuse(
             &mut write_half,
+            frames.get_mut(),
             ErrorCode::InvalidName,
             e.to_string(),
             &config,
@@ -142,7 +173,14 @@ pub async fn serve(
         (Ok(()), Ok(resumed)) => resumed,
         _ => {
             let msg = "the broker is shutting down";
-            return refuse(&mut write_half, ErrorCode::ShuttingDown, msg, &config).await;
+            return refuse(
+                &mut write_half,
+                frames.get_mut(),
+                ErrorCode::ShuttingDown,
+                msg,
+                &config,
+            )
+            .await;
         }
     };
 
@@ -179,7 +217,10 @@ pub async fn serve(
         permit: None,
     });
 
-    let budget = Arc::new(Semaphore::new(pending));
+    let budget = Budget {
+        requests: Arc::new(Semaphore::new(pending)),
+        bytes: Arc::new(Semaphore::new(limits.max_pending_bytes as usize)),
+    };
     let stopped_by_shutdown = read_loop(
         &mut frames,
         &tx,
@@ -198,12 +239,19 @@ pub async fn serve(
     }
 }
 
+/// A session's budgets for requests awaiting a reply: their count and their
+/// bytes. Spent budget stops the reader (TCP then slows the client).
+struct Budget {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
 /// Reads and dispatches requests. Returns true if it stopped for shutdown.
 #[allow(clippy::too_many_arguments)]
 async fn read_loop(
     frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
     tx: &mpsc::Sender<Outbound>,
-    budget: &Arc<Semaphore>,
+    budget: &Budget,
     broker: &BrokerHandle,
     info: &Arc<SessionInfo>,
     config: &Config,
@@ -239,6 +287,7 @@ async fn read_loop(
             }
             Ok(Some(Ok(raw))) => raw,
         };
+        let frame_len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
         let frame = match decode_client(raw) {
             Ok(f) => f,
             Err(e) => {
@@ -246,10 +295,15 @@ async fn read_loop(
                 return false;
             }
         };
+        let acquire = async {
+            let count = budget.requests.clone().acquire_owned().await?;
+            let bytes = budget.bytes.clone().acquire_many_owned(frame_len).await?;
+            Ok::<_, tokio::sync::AcquireError>(RequestSlot::new(count, bytes))
+        };
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return true,
             _ = kill.cancelled() => return false,
-            p = budget.clone().acquire_owned() => match p {
+            p = acquire => match p {
                 Ok(p) => p,
                 Err(_) => return false,
             },
@@ -297,6 +351,13 @@ async fn read_loop(
                 }
             }
             Err(error) => {
+                info!(
+                    session = %info.id,
+                    request_id,
+                    code = error.name,
+                    message = %error.message,
+                    "request refused"
+                );
                 let frame = pb::ServerFrame {
                     request_id,
                     body: Some(pb::server_frame::Body::Error(error)),
@@ -323,7 +384,9 @@ async fn write_loop(
 ) {
     let limits = &config.limits;
     let max_frame = limits.max_frame();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Allocated on first use and shrunk after bursts, so an idle connection
+    // holds no write buffer.
+    let mut buf = BytesMut::new();
     let mut permits = Vec::new();
     let mut closing = false;
     'outer: loop {
@@ -371,24 +434,34 @@ async fn write_loop(
             }
             next = rx.try_recv().ok();
         }
-        match timeout(limits.write_timeout(), socket.write_all(&buf)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!(session = %session, error = %e, "write failed");
-                kill.cancel();
-                break 'outer;
-            }
-            Err(_) => {
-                warn!(
-                    session = %session,
-                    write_timeout_ms = limits.write_timeout_ms,
-                    "client is not reading; disconnecting (slow consumer)"
-                );
-                kill.cancel();
-                break 'outer;
+        // The deadline is for progress: each write must move some bytes
+        // within it, however long the whole buffer takes.
+        let mut written = 0;
+        while written < buf.len() {
+            let chunk = buf.get(written..).unwrap_or_default();
+            match timeout(limits.write_timeout(), socket.write(chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    debug!(session = %session, "write failed; closing");
+                    kill.cancel();
+                    break 'outer;
+                }
+                Ok(Ok(n)) => written += n,
+                Err(_) => {
+                    warn!(
+                        session = %session,
+                        write_timeout_ms = limits.write_timeout_ms,
+                        "client is not reading; disconnecting (slow consumer)"
+                    );
+                    kill.cancel();
+                    break 'outer;
+                }
             }
         }
-        buf.clear();
+        if buf.capacity() > 2 * WRITE_BATCH_BYTES {
+            buf = BytesMut::new();
+        } else {
+            buf.clear();
+        }
         permits.clear();
         if closing {
             kill.cancel();
@@ -401,9 +474,13 @@ async fn write_loop(
     let _ = timeout(limits.write_timeout(), socket.shutdown()).await;
 }
 
-/// Answers a connection that failed its handshake with an error, then closes.
+/// Answers a connection that failed its handshake with an error, then closes
+/// after a short drain of what the client sent: closing a socket with unread
+/// input makes the kernel send a reset, which can destroy the error frame
+/// before the client reads it.
 async fn refuse(
     socket: &mut OwnedWriteHalf,
+    input: &mut tokio::net::tcp::OwnedReadHalf,
     code: ErrorCode,
     message: impl Into<String>,
     config: &Config,
@@ -421,15 +498,52 @@ async fn refuse(
         let _ = timeout(config.limits.write_timeout(), socket.write_all(&buf)).await;
     }
     let _ = timeout(config.limits.write_timeout(), socket.shutdown()).await;
+    linger(input).await;
 }
 
-async fn refuse_frame_error(socket: &mut OwnedWriteHalf, e: FrameError, config: &Config) {
+/// Reads and discards input for a moment (at most [`LINGER`] and
+/// [`LINGER_BYTES`]) or until the client closes.
+async fn linger(input: &mut tokio::net::tcp::OwnedReadHalf) {
+    use tokio::io::AsyncReadExt;
+    let mut scratch = [0u8; 4096];
+    let mut total = 0;
+    let drain = async {
+        while total < LINGER_BYTES {
+            match input.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = timeout(LINGER, drain).await;
+}
+
+async fn refuse_frame_error(
+    socket: &mut OwnedWriteHalf,
+    input: &mut tokio::net::tcp::OwnedReadHalf,
+    e: FrameError,
+    config: &Config,
+) {
     match e {
         FrameError::TooLarge { .. } => {
-            refuse(socket, ErrorCode::FrameTooLarge, e.to_string(), config).await
+            refuse(
+                socket,
+                input,
+                ErrorCode::FrameTooLarge,
+                e.to_string(),
+                config,
+            )
+            .await
         }
         FrameError::Malformed(_) => {
-            refuse(socket, ErrorCode::MalformedFrame, e.to_string(), config).await
+            refuse(
+                socket,
+                input,
+                ErrorCode::MalformedFrame,
+                e.to_string(),
+                config,
+            )
+            .await
         }
         FrameError::Io(_) => {}
     }

@@ -47,3 +47,31 @@ async fn invalid_namespaces_are_refused_at_the_handshake() {
     }
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn list_rooms_shows_only_the_sessions_namespace() {
+    let broker = TestBroker::start().await;
+    let (a, _ad) = broker.connect_ns("/a", "x").await;
+    let (ab, _abd) = broker.connect_ns("/ab", "x").await;
+    a.publish("orders.eu", "e", "1").await.unwrap();
+    a.publish("orders.eu", "e", "2").await.unwrap();
+    a.join("orders.us").await.unwrap();
+    ab.publish("secret", "e", "1").await.unwrap();
+
+    let rooms = a.list_rooms().await.unwrap();
+    let summary: Vec<(String, u64, u32, u32)> = rooms
+        .iter()
+        .map(|r| (r.name.clone(), r.last_seq, r.members, r.connected_members))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("orders.eu".to_string(), 2, 0, 0),
+            ("orders.us".to_string(), 0, 1, 1)
+        ]
+    );
+    let rooms = ab.list_rooms().await.unwrap();
+    assert_eq!(rooms.len(), 1);
+    assert_eq!(rooms[0].name, "secret");
+    broker.stop().await;
+}

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use super::RequestSlot;
 use roomq_wire::names::check_name;
 use roomq_wire::{pb, ErrorCode};
-use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use super::room::MemberKey;
@@ -64,13 +64,7 @@ impl Broker {
             .ok_or_else(|| format!("not a member of room {:?} as {:?}", &**room, &**label))
     }
 
-    pub(super) fn ack(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        permit: OwnedSemaphorePermit,
-        req: AckReq,
-    ) {
+    pub(super) fn ack(&mut self, session: Uuid, request_id: u64, permit: RequestSlot, req: AckReq) {
         let (room_id, key) = match self.membership(session, &req.room, &req.label) {
             Ok(m) => m,
             Err(msg) => {

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use super::RequestSlot;
 use roomq_wire::names::check_name;
 use roomq_wire::{pb, ErrorCode};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -46,7 +46,7 @@ impl Broker {
         &mut self,
         session: Uuid,
         request_id: u64,
-        permit: OwnedSemaphorePermit,
+        permit: RequestSlot,
         req: InProgressReq,
     ) {
         let (room_id, key) = match self.membership(session, &req.room, &req.label) {

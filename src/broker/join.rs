@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::RequestSlot;
 use roomq_wire::names::check_name;
 use roomq_wire::{pb, ErrorCode};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::info;
 use uuid::Uuid;
 
@@ -87,7 +87,7 @@ impl Broker {
         &mut self,
         session: Uuid,
         request_id: u64,
-        permit: OwnedSemaphorePermit,
+        permit: RequestSlot,
         req: JoinReq,
     ) {
         let Some(entry) = self.sessions.get(&session) else {
@@ -140,6 +140,15 @@ impl Broker {
             .get(&room_id)
             .and_then(|r| r.members.get(&key))
             .and_then(|m| m.attached.clone());
+        if let Some(prev) = previous.as_ref().filter(|p| p.session == session) {
+            let msg = format!(
+                "this session already holds membership {:?} of room {:?} as {:?}",
+                durable_name.as_deref().unwrap_or(""),
+                req.room,
+                &*prev.label
+            );
+            return self.reply_error(session, request_id, permit, ErrorCode::AlreadyJoined, msg);
+        }
         if let Some(prev) = previous {
             let room_name: Arc<str> = Arc::from(req.room.as_str());
             if let Some(other) = self.sessions.get_mut(&prev.session) {

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use super::RequestSlot;
 use roomq_wire::names::check_name;
 use roomq_wire::{pb, ErrorCode};
-use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use super::room::MemberKey;
@@ -35,7 +35,7 @@ impl Broker {
         &mut self,
         session: Uuid,
         request_id: u64,
-        permit: OwnedSemaphorePermit,
+        permit: RequestSlot,
         req: LeaveReq,
     ) {
         let removed = self

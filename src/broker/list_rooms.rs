@@ -1,22 +1,16 @@
 //! `ListRooms`: the rooms of the session's own namespace, with their last
 //! seq and member counts. Nothing of another namespace is visible (G5).
 
+use super::RequestSlot;
 use roomq_wire::pb;
-use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use super::Broker;
 
-/// Most rooms one reply lists (the reply must fit in a frame).
-pub const MAX_LISTED: usize = 10_000;
+use prost::Message as _;
 
 impl Broker {
-    pub(super) fn list_rooms(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        permit: OwnedSemaphorePermit,
-    ) {
+    pub(super) fn list_rooms(&mut self, session: Uuid, request_id: u64, permit: RequestSlot) {
         let Some(entry) = self.sessions.get(&session) else {
             return;
         };
@@ -43,11 +37,24 @@ impl Broker {
             })
             .unwrap_or_default();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
-        rooms.truncate(MAX_LISTED);
+        // Keep the reply within the frame limit.
+        let budget = self.config.limits.max_frame().saturating_sub(64);
+        let mut used = 0;
+        let mut fit = rooms.len();
+        for (i, r) in rooms.iter().enumerate() {
+            used += r.encoded_len() + 4;
+            if used > budget {
+                fit = i;
+                break;
+            }
+        }
+        let truncated = fit < rooms.len();
+        rooms.truncate(fit);
         let frame = pb::ServerFrame {
             request_id,
             body: Some(pb::server_frame::Body::ListRoomsOk(pb::ListRoomsOk {
                 rooms,
+                truncated,
             })),
         };
         self.reply(session, frame, Some(permit));

@@ -41,6 +41,24 @@ use crate::storage::{RoomId, Store, StoreError, StoredMessage, WriteBatch};
 use commit::CommitOutcome;
 use room::{MemberKey, Outlet, Room};
 
+/// A request's share of its session's budgets (requests awaiting a reply,
+/// and their bytes). Held until the reply is written, then released.
+#[derive(Debug)]
+pub struct RequestSlot {
+    _count: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+impl RequestSlot {
+    /// A slot made of one request permit and the request's byte permits.
+    pub fn new(count: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Self {
+        RequestSlot {
+            _count: count,
+            _bytes: bytes,
+        }
+    }
+}
+
 /// A frame on its way to one session's socket.
 #[derive(Debug)]
 pub enum Outbound {
@@ -48,7 +66,7 @@ pub enum Outbound {
     /// session's pending-request budget, released once the frame is written.
     Reply {
         frame: pb::ServerFrame,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<RequestSlot>,
     },
     /// A delivery; encoded by the session's writer.
     Delivery {
@@ -100,7 +118,7 @@ pub enum Command {
     Request {
         session: Uuid,
         request_id: u64,
-        permit: OwnedSemaphorePermit,
+        permit: RequestSlot,
         request: Request,
     },
     /// A session whose queue was full has drained.
@@ -169,7 +187,7 @@ impl PartialOrd for Timer {
 struct PendingConfirm {
     session: Uuid,
     frame: pb::ServerFrame,
-    permit: OwnedSemaphorePermit,
+    permit: RequestSlot,
     /// A member to start delivering to once the reply is out.
     then_pump: Option<(RoomId, MemberKey)>,
 }
@@ -180,7 +198,7 @@ enum DedupState {
     /// Its batch is being written; retries wait for it.
     Pending {
         seqs: Vec<(Arc<str>, u64)>,
-        waiters: Vec<(Uuid, u64, OwnedSemaphorePermit)>,
+        waiters: Vec<(Uuid, u64, RequestSlot)>,
     },
     /// Stored; retries get these seqs back.
     Stored { seqs: Vec<(Arc<str>, u64)> },
@@ -249,7 +267,7 @@ pub fn error_frame(
 
 impl Broker {
     /// Opens the broker on `store`: recovers rooms, cursors and dedup
-    /// records, and starts the committer thread.
+    /// records.
     pub fn open(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Broker, StoreError> {
         let recovered = store.recover()?;
         let mut broker = Broker {
@@ -358,8 +376,7 @@ impl Broker {
             }
         }
         let flushed = self.store.flush();
-        // Dropping the session senders lets each writer finish its queue.
-        self.sessions.clear();
+        self.close_all(ErrorCode::ShuttingDown, "the broker is shutting down");
         flushed.map(|_| ())
     }
 
@@ -526,25 +543,25 @@ impl Broker {
         }
     }
 
-    fn kill_all(&mut self) {
+    /// Tells every session why it is being closed, then drops them: each
+    /// writer sends what is queued (this error last) and closes.
+    fn close_all(&mut self, code: ErrorCode, message: &str) {
         for s in self.sessions.values() {
             let _ = s.tx.try_send(Outbound::Reply {
-                frame: error_frame(0, ErrorCode::StorageFailure, "the broker's storage failed"),
+                frame: error_frame(0, code, message),
                 permit: None,
             });
-            s.kill.cancel();
         }
         self.sessions.clear();
     }
 
+    fn kill_all(&mut self) {
+        self.close_all(ErrorCode::StorageFailure, "the broker's storage failed");
+    }
+
     /// Sends a reply or push to a session. A session whose queue cannot take
     /// it is disconnected (it broke the pending-request budget).
-    fn reply(
-        &mut self,
-        session: Uuid,
-        frame: pb::ServerFrame,
-        permit: Option<OwnedSemaphorePermit>,
-    ) {
+    fn reply(&mut self, session: Uuid, frame: pb::ServerFrame, permit: Option<RequestSlot>) {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
@@ -559,7 +576,7 @@ impl Broker {
         &mut self,
         session: Uuid,
         request_id: u64,
-        permit: OwnedSemaphorePermit,
+        permit: RequestSlot,
         code: ErrorCode,
         message: impl Into<String>,
     ) {

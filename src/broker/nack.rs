@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::RequestSlot;
 use roomq_wire::names::check_name;
 use roomq_wire::{pb, ErrorCode};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -45,7 +45,7 @@ impl Broker {
         &mut self,
         session: Uuid,
         request_id: u64,
-        permit: OwnedSemaphorePermit,
+        permit: RequestSlot,
         req: NackReq,
     ) {
         let (room_id, key) = match self.membership(session, &req.room, &req.label) {

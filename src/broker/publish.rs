@@ -4,11 +4,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::RequestSlot;
 use bytes::Bytes;
 use prost::Message as _;
 use roomq_wire::names::check_name;
 use roomq_wire::{pb, ErrorCode};
-use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use super::{now_ms, Broker, DedupState, PendingConfirm, SessionInfo};
@@ -137,7 +137,7 @@ impl Broker {
         &mut self,
         session: Uuid,
         request_id: u64,
-        permit: OwnedSemaphorePermit,
+        permit: RequestSlot,
         req: PublishReq,
     ) {
         let Some(entry) = self.sessions.get(&session) else {

@@ -360,11 +360,9 @@ impl Room {
                 return changed;
             }
             let Some(msg) = msg else {
-                // No longer stored: nothing to redeliver.
-                member.due.remove(&seq);
-                member.unacked.remove(&seq);
-                changed = true;
-                continue;
+                // Unreadable (the read failed and was logged): the member
+                // waits here rather than lose the message.
+                return changed;
             };
             let attempt = member
                 .unacked

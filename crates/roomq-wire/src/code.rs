@@ -9,7 +9,8 @@ pub enum ErrorCode {
     MalformedFrame = 1,
     /// The frame's length prefix exceeds the maximum frame size.
     FrameTooLarge = 2,
-    /// A frame other than `Handshake` arrived first, or a second handshake.
+    /// A frame other than `Handshake` arrived first. (A second handshake
+    /// later is answered with `INVALID_REQUEST`.)
     HandshakeRequired = 3,
     /// No handshake arrived within the handshake deadline.
     HandshakeTimeout = 4,
@@ -27,8 +28,8 @@ pub enum ErrorCode {
     AlreadyJoined = 10,
     /// Nothing was received for longer than the idle timeout.
     IdleTimeout = 11,
-    /// The client did not read its frames in time (write deadline) or let
-    /// too many outgoing frames pile up.
+    /// Reserved: the client does not read its frames. Today such a client is
+    /// disconnected without this frame, since its socket would not take it.
     SlowConsumer = 12,
     /// Another session joined the same durable membership; this session no
     /// longer receives its deliveries.
@@ -45,11 +46,13 @@ pub enum ErrorCode {
     PermissionDenied = 18,
     /// A quota of the namespace is exhausted.
     QuotaExceeded = 19,
-    /// The client has too many requests awaiting a reply.
+    /// Reserved. Today a client at its pending-request budget is slowed
+    /// (the broker stops reading), not refused.
     TooManyPendingRequests = 20,
-    /// Stored data failed its checksum; it is not delivered.
+    /// Reserved: stored data failed its checksum. Today the broker logs it
+    /// and holds the affected member at that message.
     CorruptData = 21,
-    /// An unexpected broker-side failure.
+    /// Reserved: an unexpected broker-side failure.
     Internal = 22,
     /// The message is larger than the broker can deliver within its frame
     /// limit.
