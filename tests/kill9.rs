@@ -152,3 +152,72 @@ async fn a_new_durable_member_survives_a_crash_right_after_a_confirmed_publish()
     assert_eq!(payload(&got), b"after the join");
     daemon.kill9();
 }
+
+/// A free loopback port for a daemon that must come back on the same one.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The SDK across `kill -9`: the application publishes 1..=N and reads them
+/// back in order, exactly once each, while the broker is killed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_hides_sigkill_from_the_application() {
+    const TOTAL: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut daemon = Daemon::start_on(dir.path(), port);
+    let addr = format!("127.0.0.1:{port}");
+    let publisher = roomq_client::Client::builder(addr.clone())
+        .client_id("p")
+        .connect()
+        .await
+        .unwrap();
+    let subscriber = roomq_client::Client::builder(addr)
+        .client_id("s")
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = subscriber
+        .join("ledger", roomq_client::JoinOptions::new().max_in_flight(20))
+        .await
+        .unwrap();
+    let publishing = tokio::spawn(async move {
+        for i in 1..=TOTAL {
+            publisher
+                .publish("ledger", "entry", format!("{i}"))
+                .await
+                .unwrap();
+        }
+    });
+    let mut seen = Vec::new();
+    let mut kills = 0;
+    while (seen.len() as u64) < TOTAL {
+        let d = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push(
+            String::from_utf8(d.payload.to_vec())
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+        d.ack().await.unwrap();
+        if kills < 2 && seen.len() as u64 == (kills + 1) * TOTAL / 3 {
+            daemon.kill9();
+            daemon = Daemon::start_on(dir.path(), port);
+            kills += 1;
+        }
+    }
+    tokio::time::timeout(WAIT, publishing)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "lost, duplicated or reordered"
+    );
+    daemon.kill9();
+}

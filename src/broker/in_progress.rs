@@ -59,18 +59,22 @@ impl Broker {
             let msg = "membership is gone";
             return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg);
         };
-        // Only deliveries that are out with the client (not due again).
-        if let Some(bad) = req
-            .seqs
-            .iter()
-            .find(|s| !member.unacked.contains_key(s) || member.due.contains(s))
-        {
-            let msg = format!("seq {bad} is not an outstanding delivery of this member");
+        // A seq never delivered is an error; one that is no longer out with
+        // the client (acked, or already due again) is skipped: the client
+        // may be a step behind the broker.
+        if let Some(bad) = req.seqs.iter().find(|s| **s == 0 || **s >= member.next_seq) {
+            let msg = format!("seq {bad} has not been delivered to this member");
             return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
         }
+        let outstanding: Vec<u64> = req
+            .seqs
+            .iter()
+            .copied()
+            .filter(|s| member.unacked.contains_key(s) && !member.due.contains(s))
+            .collect();
         let deadline = Instant::now() + member.ack_timeout;
-        for seq in &req.seqs {
-            self.set_deadline(room_id, &key, *seq, deadline);
+        for seq in outstanding {
+            self.set_deadline(room_id, &key, seq, deadline);
         }
         let frame = pb::ServerFrame {
             request_id,

@@ -45,7 +45,12 @@ impl TestBroker {
     }
 
     pub async fn start_with(config: Config, dir: Arc<TempDir>) -> TestBroker {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        TestBroker::start_on("127.0.0.1:0".parse().expect("addr"), config, dir).await
+    }
+
+    /// Starts on a given address (to come back on the same port).
+    pub async fn start_on(addr: SocketAddr, config: Config, dir: Arc<TempDir>) -> TestBroker {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::run(listener, config.clone(), shutdown.clone()));
@@ -67,6 +72,14 @@ impl TestBroker {
             .expect("broker task");
         r.expect("broker stopped without error");
         (self.dir, self.config)
+    }
+
+    /// Stops and starts again on the same data directory and port, so that
+    /// reconnecting clients find it.
+    pub async fn restart_same_port(self) -> TestBroker {
+        let addr = self.addr;
+        let (dir, config) = self.stop().await;
+        TestBroker::start_on(addr, config, dir).await
     }
 
     /// Stops and starts again on the same data directory.
@@ -148,8 +161,14 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &std::path::Path) -> Daemon {
+        Daemon::start_on(dir, 0)
+    }
+
+    /// Starts on a given loopback port (0: any free one).
+    pub fn start_on(dir: &std::path::Path, port: u16) -> Daemon {
+        let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_roomqd"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen.as_str(), "--data-dir"])
             .arg(dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -35,6 +35,15 @@ impl ClientError {
         }
     }
 
+    /// Whether the connection was lost (the operation may be retried on a
+    /// new one), as opposed to the broker refusing the request.
+    pub fn is_connection_loss(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Io(_) | ClientError::Closed | ClientError::Frame(FrameError::Io(_))
+        )
+    }
+
     /// The broker's error code, if this is a broker error with a known code.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {

@@ -1,6 +1,50 @@
-//! placeholder
+//! The roomq client SDK: publish to rooms, join them, receive and
+//! acknowledge messages — with the broker's guarantees carried through to
+//! the application across disconnects and broker restarts.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), roomq_client::ClientError> {
+//! use roomq_client::{Client, JoinOptions};
+//!
+//! let client = Client::builder("127.0.0.1:7420").client_id("bob").connect().await?;
+//! let mut general = client.join("general", JoinOptions::new()).await?;
+//!
+//! let confirmed = client.publish("general", "chat message", "hello").await?;
+//! println!("stored as seq {}", confirmed.seq());
+//!
+//! while let Some(delivery) = general.next().await {
+//!     println!("{}: {}", delivery.event, String::from_utf8_lossy(&delivery.payload));
+//!     delivery.ack().await?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Client`] is a cheap, cloneable handle. It reconnects by itself (with
+//!   backoff and jitter) and resumes every subscription from its stored
+//!   cursor; [`Client::events`] reports what happened.
+//! - Every publish carries a dedup id (UUID v7), so the SDK can safely send
+//!   it again after a reconnect: the broker stores it once. Many publishes
+//!   may be in flight at once (see [`ClientBuilder::publish_window`]); drive
+//!   them concurrently, e.g. with `futures::stream::StreamExt::buffer_unordered`.
+//! - A [`Subscription`] is a `Stream` of [`Delivery`] values. Durable
+//!   subscriptions are *ordered*: the application sees messages in seq
+//!   order, never one it has already acknowledged, and never a second copy
+//!   of one it still holds.
+//!
+//! Layout:
+//! - [`client`]: `Client`, its builder, publishing, the reconnecting supervisor.
+//! - [`subscription`]: `Subscription`, `Delivery`, `JoinOptions`.
+//! - [`filter`]: the ordered-mode state machine (no I/O).
+//! - [`raw`]: the protocol-level connection the SDK is built on.
+
+pub mod client;
 mod error;
+pub mod filter;
 pub mod raw;
+pub mod subscription;
+
+pub use client::{Client, ClientBuilder, Confirmation, Event, PublishBuilder, ReconnectPolicy};
 pub use error::ClientError;
 pub use raw::{ConnectOptions, Deliveries, Push};
 pub use roomq_wire::{pb as proto, ErrorCode};
+pub use subscription::{Delivery, JoinOptions, Start, Subscription};

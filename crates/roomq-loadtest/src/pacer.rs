@@ -136,7 +136,10 @@ mod tests {
         let (a_tx, mut a) = mpsc::channel(16);
         let (b_tx, mut b) = mpsc::channel(16);
         let stop = Arc::new(AtomicBool::new(false));
-        let sent = spawn(clock, s, vec![a_tx, b_tx], stop).unwrap().join().unwrap();
+        let sent = spawn(clock, s, vec![a_tx, b_tx], stop)
+            .unwrap()
+            .join()
+            .unwrap();
         assert_eq!(sent, 10);
         let mut got_a = Vec::new();
         while let Ok(t) = a.try_recv() {
@@ -146,8 +149,14 @@ mod tests {
         while let Ok(t) = b.try_recv() {
             got_b.push(t);
         }
-        assert_eq!(got_a, (0..10).step_by(2).map(|k| s.due(k)).collect::<Vec<_>>());
-        assert_eq!(got_b, (1..10).step_by(2).map(|k| s.due(k)).collect::<Vec<_>>());
+        assert_eq!(
+            got_a,
+            (0..10).step_by(2).map(|k| s.due(k)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            got_b,
+            (1..10).step_by(2).map(|k| s.due(k)).collect::<Vec<_>>()
+        );
         // Nothing was handed out before it was due.
         assert!(clock.now_ns() >= s.due(9));
     }

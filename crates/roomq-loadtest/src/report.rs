@@ -235,10 +235,6 @@ impl Progress {
         self.last_at = now;
     }
 
-    pub fn set_length(&self, len: u64) {
-        self.bar.set_length(len);
-    }
-
     /// Prints a line above the bar.
     pub fn println(&self, line: impl AsRef<str>) {
         if self.bar.is_hidden() {
@@ -437,7 +433,10 @@ mod tests {
     fn ms_summary_uses_nearest_rank() {
         let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         let s = MsSummary::of(&d);
-        assert_eq!((s.count, s.min, s.p50, s.p99, s.max), (100, 1.0, 50.0, 99.0, 100.0));
+        assert_eq!(
+            (s.count, s.min, s.p50, s.p99, s.max),
+            (100, 1.0, 50.0, 99.0, 100.0)
+        );
         assert_eq!(MsSummary::of(&[]).count, 0);
     }
 
