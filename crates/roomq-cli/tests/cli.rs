@@ -1,0 +1,122 @@
+//! The `roomq` CLI against an in-process broker on 127.0.0.1:0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::process::Command;
+
+use tokio_util::sync::CancellationToken;
+
+fn roomq(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_roomq"))
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_and_rooms() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = roomq::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(roomq::server::run(listener, config, shutdown.clone()));
+
+    let a = addr.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let published = roomq(&a, &["publish", "general", "chat message", "hello"]);
+        let published_json = roomq(
+            &a,
+            &[
+                "--json",
+                "publish",
+                "general",
+                "chat message",
+                "again",
+                "-H",
+                "lang=en",
+            ],
+        );
+        let bad = roomq(&a, &["publish", "general", "", "x"]);
+        let subscribed = roomq(
+            &a,
+            &[
+                "--json",
+                "--client-id",
+                "reader",
+                "subscribe",
+                "general",
+                "--from",
+                "earliest",
+                "--count",
+                "2",
+            ],
+        );
+        let resumed = roomq(
+            &a,
+            &[
+                "--client-id",
+                "reader",
+                "subscribe",
+                "general",
+                "--idle-exit",
+                "300ms",
+            ],
+        );
+        let rooms = roomq(&a, &["--json", "rooms"]);
+        let other_ns = roomq(&a, &["--namespace", "/other", "rooms"]);
+        (
+            published,
+            published_json,
+            bad,
+            subscribed,
+            resumed,
+            rooms,
+            other_ns,
+        )
+    })
+    .await
+    .unwrap();
+    let (published, published_json, bad, subscribed, resumed, rooms, other_ns) = results;
+
+    assert!(published.0, "{}", published.2);
+    assert_eq!(published.1.trim(), "stored in general as seq 1");
+    let v: serde_json::Value = serde_json::from_str(published_json.1.trim()).unwrap();
+    assert_eq!(
+        (v["room"].as_str(), v["seq"].as_u64()),
+        (Some("general"), Some(2))
+    );
+    assert!(!bad.0, "an empty event name is refused");
+    assert!(bad.2.contains("INVALID_NAME"), "{}", bad.2);
+
+    assert!(subscribed.0, "{}", subscribed.2);
+    let lines: Vec<serde_json::Value> = subscribed
+        .1
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["data"], "hello");
+    assert_eq!(lines[1]["data"], "again");
+    assert_eq!(lines[1]["headers"]["lang"], "en");
+    // The durable reader acked both: resuming finds nothing new.
+    assert!(resumed.0, "{}", resumed.2);
+    assert_eq!(resumed.1.trim(), "");
+
+    let v: serde_json::Value = serde_json::from_str(rooms.1.trim()).unwrap();
+    assert_eq!(v["room"], "general");
+    assert_eq!(v["last_seq"], 2);
+    assert_eq!(other_ns.1.trim(), "no rooms in /other");
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
