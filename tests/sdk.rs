@@ -261,3 +261,30 @@ async fn auto_ack_and_ephemeral_subscriptions() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_connection() {
+    let broker = TestBroker::start().await;
+    let client = sdk(&broker, "short-lived").await;
+    let mut events = client.events();
+    let sub = client.join("r", JoinOptions::new()).await.unwrap();
+    drop(client);
+    // The subscription keeps the client alive.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), events.recv())
+            .await
+            .is_err()
+    );
+    drop(sub);
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Closed) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the supervisor did not stop");
+    broker.stop().await;
+}

@@ -206,7 +206,10 @@ impl ClientBuilder {
             reconnected: false,
         });
         tokio::spawn(supervise(inner.clone(), conn, deliveries));
-        Ok(Client { inner })
+        Ok(Client {
+            _alive: Arc::new(inner.closed.clone().drop_guard()),
+            inner,
+        })
     }
 }
 
@@ -295,6 +298,8 @@ impl Inner {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
+    /// Closes the client when the last handle (and subscription) is gone.
+    _alive: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl Client {
