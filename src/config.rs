@@ -262,7 +262,14 @@ impl Limits {
 }
 
 /// `ROOMQ_*` variables that are read elsewhere, not settings.
-const NOT_SETTINGS: [&str; 3] = ["ROOMQ_CONFIG", "ROOMQ_ADDR", "ROOMQ_LOG"];
+const NOT_SETTINGS: [&str; 6] = [
+    "ROOMQ_CONFIG",
+    "ROOMQ_ADDR",
+    "ROOMQ_LOG",
+    "ROOMQ_NAMESPACE",
+    "ROOMQ_TOKEN",
+    "ROOMQ_CLIENT_ID",
+];
 
 /// Overlays `ROOMQ_<SECTION>_<KEY>` variables onto `table`. The set of keys
 /// comes from the defaults, so a new setting gets its variable for free.

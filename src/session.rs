@@ -486,7 +486,7 @@ async fn refuse(
     config: &Config,
 ) {
     let message = message.into();
-    debug!(code = code.name(), %message, "connection refused");
+    info!(code = code.name(), %message, "connection refused");
     let mut error = pb::Error::new(code, message);
     error.fatal = true;
     let frame = pb::ServerFrame {

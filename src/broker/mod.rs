@@ -580,6 +580,8 @@ impl Broker {
         code: ErrorCode,
         message: impl Into<String>,
     ) {
+        let message = message.into();
+        info!(session = %session, request_id, code = code.name(), %message, "request refused");
         self.reply(
             session,
             error_frame(request_id, code, message),

@@ -9,7 +9,7 @@
 //!
 //! Layout:
 //! - [`record`]: the byte layout of every stored value, each sealed with a
-//!   CRC-32C checksum that is verified on read.
+//!   CRC-32 (IEEE) checksum that is verified on read.
 //! - [`sled_store`]: the sled 0.34 implementation.
 
 pub mod record;
