@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Broker address (loopback only in this project's benchmarks).
     #[arg(long, default_value = "127.0.0.1:7420")]
     pub addr: String,
+    /// Start this roomqd binary on a temporary data directory and a free
+    /// 127.0.0.1 port for the run, instead of using --addr (for CI).
+    #[arg(long)]
+    pub roomqd: Option<std::path::PathBuf>,
     /// Namespace to connect to.
     #[arg(long, default_value = "/")]
     pub namespace: String,
@@ -294,6 +298,9 @@ pub struct Publisher {
     pub last_confirm_ns: u64,
     /// Intended send time → confirmation, ns.
     pub latency: Histogram<u64>,
+    /// Intended send time → the publish handed to the connection, ns: the
+    /// generator's own lateness (open loop), included in `latency`.
+    pub send_lag: Histogram<u64>,
 }
 
 type PublishResult = (u64, u64, Result<pb::PublishOk, ClientError>);
@@ -313,6 +320,7 @@ impl Publisher {
             measured_confirms: 0,
             last_confirm_ns: 0,
             latency: report::new_histogram()?,
+            send_lag: report::new_histogram()?,
         })
     }
 
@@ -397,6 +405,10 @@ impl Publisher {
     ) -> impl std::future::Future<Output = PublishResult> + use<> {
         let seq = self.next_seq;
         self.next_seq += 1;
+        if ctx.in_measure(intended_ns) {
+            let lag = ctx.clock.now_ns().saturating_sub(intended_ns);
+            self.send_lag.saturating_record(lag.max(1));
+        }
         self.room_seqs.push(0);
         self.published += 1;
         bump(&ctx.live.published);
@@ -584,7 +596,11 @@ impl Subscriber {
         Ok(Session {
             conn,
             deliveries,
-            subscription: ok.subscription,
+            // Acks name the membership by the label it was joined with (""
+            // here), which deliveries carry too; `JoinOk.subscription` holds
+            // the durable name instead, which the broker does not accept
+            // in an ack.
+            subscription: String::new(),
         })
     }
 
@@ -613,7 +629,7 @@ impl Subscriber {
     pub async fn consume(
         &mut self,
         session: Session,
-        ctx: &Ctx,
+        ctx: &Arc<Ctx>,
         until: Until,
         ack_every: u64,
     ) -> Ended {
@@ -629,6 +645,7 @@ impl Subscriber {
             subscription,
             ack_rx,
             self.ack_errors.clone(),
+            ctx.clone(),
         ));
         let mut high = 0u64;
         let mut unacked = 0u64;
@@ -719,6 +736,7 @@ async fn acker(
     subscription: String,
     mut high: watch::Receiver<u64>,
     errors: Arc<AtomicU64>,
+    ctx: Arc<Ctx>,
 ) {
     let mut acked = 0u64;
     loop {
@@ -739,8 +757,10 @@ async fn acker(
         match conn.ack_up_to(&room, &subscription, up_to).await {
             Ok(_) => acked = up_to,
             Err(ClientError::Closed | ClientError::Io(_)) => return,
-            Err(_) => {
-                errors.fetch_add(1, Ordering::Relaxed);
+            Err(e) => {
+                if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    ctx.note_error(|| format!("ack failed: {e}"));
+                }
             }
         }
     }
@@ -864,8 +884,21 @@ fn secs_between(from_ns: u64, to_ns: u64) -> f64 {
 }
 
 /// Runs the load described by `args` against a broker already running.
-pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
+pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     args.validate()?;
+    // A broker of our own, killed (and its directory removed) when these
+    // are dropped at the end of the run.
+    let mut own_broker = None;
+    if let Some(bin) = &args.roomqd {
+        let dir = tempfile::Builder::new()
+            .prefix("roomq-loadtest-")
+            .tempdir()
+            .context("creating a temporary data directory")?;
+        let daemon =
+            crate::daemon::Daemon::start(bin, dir.path(), None, Duration::from_secs(30)).await?;
+        args.addr = daemon.addr.to_string();
+        own_broker = Some((daemon, dir));
+    }
     let started = std::time::Instant::now();
     let hard_end = Instant::now() + Duration::from_secs_f64(args.max_secs);
     let clock = Clock::new();
@@ -1052,14 +1085,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         subscribers.push(s);
     }
     let end_ns = clock.now_ns();
+    if let Some((mut daemon, dir)) = own_broker {
+        if let Some(status) = daemon.exited() {
+            ctx.note_error(|| format!("roomqd exited during the run ({status})"));
+        }
+        daemon.kill9()?;
+        drop(dir);
+    }
 
     // Figures.
     let mut confirm_latency = report::new_histogram()?;
+    let mut send_lag = report::new_histogram()?;
     let (mut published, mut confirmed, mut failed, mut dup_confirms, mut measured_confirms) =
         (0, 0, 0, 0, 0);
     let mut last_confirm_ns = 0;
     for p in &publishers {
         report::merge(&mut confirm_latency, &p.latency)?;
+        report::merge(&mut send_lag, &p.send_lag)?;
         published += p.published;
         confirmed += p.confirmed;
         failed += p.failed;
@@ -1124,6 +1166,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         deliver_rate: rate(measured_deliveries, deliver_secs),
         confirm_latency_us: LatencySummary::of(&confirm_latency),
         e2e_latency_us: LatencySummary::of(&e2e_latency),
+        send_lag_us: LatencySummary::of(&send_lag),
         verify,
         first_error: ctx.first_error.lock().ok().and_then(|e| e.clone()),
         params: args,

@@ -316,6 +316,10 @@ pub struct Report {
     pub confirm_latency_us: LatencySummary,
     /// From intended send time to delivery to a member.
     pub e2e_latency_us: LatencySummary,
+    /// From intended send time to the publish being handed to its
+    /// connection: the generator's own lateness, part of both latencies
+    /// above (in a closed loop it is ~0 by definition).
+    pub send_lag_us: LatencySummary,
     pub verify: Verdict,
     /// The first error a publisher or subscriber saw, if any.
     pub first_error: Option<String>,
@@ -374,6 +378,9 @@ impl Report {
         );
         println!("  confirm latency  {}", self.confirm_latency_us.line());
         println!("  e2e latency      {}", self.e2e_latency_us.line());
+        if self.params.rate > 0.0 {
+            println!("  send lag         {}", self.send_lag_us.line());
+        }
         println!(
             "  lost {} ({} messages)  duplicates {}  out of order {}  gaps {}  mismatched {}  conflicts {}",
             self.lost,
