@@ -83,6 +83,10 @@ pub struct StorageConfig {
     /// publishes sooner). A crash may lose the acks of this last interval,
     /// which causes redelivery, never loss.
     pub cursor_sync_interval_ms: u64,
+    /// A commit (write + flush) that has not finished after this long is
+    /// treated as a storage failure: the broker stops (fail-stop) instead
+    /// of hanging with every publish unconfirmed.
+    pub commit_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -124,6 +128,7 @@ impl Default for StorageConfig {
             room_cache_messages: 8_192,
             room_cache_bytes: 8 * 1024 * 1024,
             cursor_sync_interval_ms: 100,
+            commit_timeout_ms: 30_000,
         }
     }
 }
@@ -183,7 +188,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let s = &self.storage;
-        let checks: [(bool, &str); 15] = [
+        let checks: [(bool, &str); 16] = [
+            (
+                s.commit_timeout_ms > 0,
+                "storage.commit_timeout_ms must be > 0",
+            ),
             (
                 l.max_pending_bytes >= l.max_frame_bytes,
                 "limits.max_pending_bytes must be >= limits.max_frame_bytes",

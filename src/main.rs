@@ -79,7 +79,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    runtime.block_on(serve(config))
+    let code = runtime.block_on(serve(config));
+    // A storage call stuck in the blocking pool must not keep a fail-stop
+    // from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -148,8 +148,10 @@ pub async fn serve(
         .await;
     }
 
+    let id = Uuid::now_v7();
     let info = Arc::new(SessionInfo {
-        id: Uuid::now_v7(),
+        id,
+        id_bytes: bytes::Bytes::copy_from_slice(id.as_bytes()),
         namespace: Arc::from(namespace),
         client_id: (!hs.client_id.is_empty()).then(|| Arc::from(hs.client_id)),
         client_name: hs.client_name,

@@ -82,6 +82,8 @@ pub enum Outbound {
 #[derive(Debug)]
 pub struct SessionInfo {
     pub id: Uuid,
+    /// `id` as bytes, shared by every message the session publishes.
+    pub id_bytes: bytes::Bytes,
     pub namespace: Arc<str>,
     pub client_id: Option<Arc<str>>,
     pub client_name: String,
@@ -240,6 +242,8 @@ pub struct Broker {
     /// What the batch being written will confirm, while one is.
     committing: Option<InFlightBatch>,
     commit_task: Option<tokio::task::JoinHandle<CommitOutcome>>,
+    /// When the commit in progress started (for the commit watchdog).
+    commit_started: Instant,
     /// Durable members whose stored cursor is behind.
     dirty: HashSet<(RoomId, MemberKey)>,
     last_cursor_sync: Instant,
@@ -284,6 +288,7 @@ impl Broker {
             open: OpenBatch::default(),
             committing: None,
             commit_task: None,
+            commit_started: Instant::now(),
             dirty: HashSet::new(),
             last_cursor_sync: Instant::now(),
         };
@@ -368,7 +373,12 @@ impl Broker {
             if self.committing.is_none() {
                 break;
             }
-            let outcome = commit::finished(&mut self.commit_task).await;
+            let limit = self.commit_timeout();
+            let outcome =
+                match tokio::time::timeout(limit, commit::finished(&mut self.commit_task)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => CommitOutcome::Failed(StoreError::Stalled(limit)),
+                };
             if let Err(e) = self.on_commit(outcome) {
                 error!(error = %e, "storage failed during shutdown");
                 self.kill_all();
@@ -405,10 +415,26 @@ impl Broker {
                     }
                     None => return Ok(()),
                 },
-                _ = sleep_until_opt(wake) => self.on_timers(),
+                _ = sleep_until_opt(wake) => {
+                    self.check_commit_stall()?;
+                    self.on_timers();
+                }
             }
             self.maybe_commit(false);
         }
+    }
+
+    fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.storage.commit_timeout_ms)
+    }
+
+    /// Fails if the commit in progress has run past the commit timeout.
+    fn check_commit_stall(&self) -> Result<(), StoreError> {
+        let limit = self.commit_timeout();
+        if self.commit_task.is_some() && self.commit_started.elapsed() >= limit {
+            return Err(StoreError::Stalled(limit));
+        }
+        Ok(())
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -416,6 +442,9 @@ impl Broker {
         let mut consider = |t: Instant| {
             wake = Some(wake.map_or(t, |w| w.min(t)));
         };
+        if self.commit_task.is_some() {
+            consider(self.commit_started + self.commit_timeout());
+        }
         if !self.dirty.is_empty() && self.committing.is_none() {
             consider(self.last_cursor_sync + self.cursor_interval());
         }
@@ -753,6 +782,7 @@ impl Broker {
             confirms: open.confirms,
             dedup: open.dedup,
         });
+        self.commit_started = Instant::now();
         self.commit_task = Some(commit::spawn(self.store.clone(), open.write));
     }
 

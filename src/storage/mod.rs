@@ -43,6 +43,8 @@ impl Flushed {
 pub enum StoreError {
     #[error("storage i/o failed: {0}")]
     Sled(#[from] sled::Error),
+    #[error("a commit has not finished after {0:?}; storage is stuck")]
+    Stalled(std::time::Duration),
     #[error("stored record {key} failed its checksum or layout check: {why}")]
     Corrupt { key: String, why: &'static str },
 }

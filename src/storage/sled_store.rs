@@ -26,6 +26,38 @@ use super::{
     Flushed, Recovered, RecoveredRoom, RoomId, Store, StoreError, StoredMessage, WriteBatch,
 };
 
+/// Target size of one log value. sled stores a value larger than a quarter
+/// of its segment (128 KiB by default) as a separate blob file, which costs
+/// several times more than an inline value; a commit's messages are split
+/// into values below that. (A single message larger than this still gets a
+/// value of its own.)
+pub const LOG_VALUE_BYTES: usize = 64 * 1024;
+
+/// Splits consecutive messages into runs of about `target` bytes each.
+fn chunks(messages: &[Arc<StoredMessage>], target: usize) -> Vec<&[Arc<StoredMessage>]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, m) in messages.iter().enumerate() {
+        let size = m.encoded.len() + 48;
+        if i > start && bytes + size > target {
+            out.extend(messages.get(start..i));
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    out.extend(messages.get(start..));
+    out.retain(|c| !c.is_empty());
+    out
+}
+
+/// sled's log segment size. sled writes any page larger than a quarter of a
+/// segment to a blob file of its own, and a tree node holding several packed
+/// log values easily passes the default 128 KiB; 8 MiB segments keep nodes
+/// inline.
+const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+
 const ROOM: u8 = b'R';
 const LOG: u8 = b'L';
 const CURSOR: u8 = b'C';
@@ -50,6 +82,7 @@ impl SledStore {
             // We flush explicitly after every commit; sled's own timer only
             // adds work.
             .flush_every_ms(None)
+            .segment_size(SEGMENT_BYTES)
             .open()?;
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -153,8 +186,10 @@ impl Store for SledStore {
             b.insert(&room_key(*id), encode_room(ns, name));
         }
         for (room, messages) in &batch.appends {
-            if let Some(first) = messages.first() {
-                b.insert(&log_key(*room, first.seq), encode_log_batch(messages));
+            for chunk in chunks(messages, LOG_VALUE_BYTES) {
+                if let Some(first) = chunk.first() {
+                    b.insert(&log_key(*room, first.seq), encode_log_batch(chunk));
+                }
             }
         }
         for (room, name, cursor) in &batch.cursors {
@@ -236,6 +271,47 @@ mod tests {
             except_session: None,
             except_client: None,
         })
+    }
+
+    #[test]
+    fn large_commits_are_split_below_the_blob_limit() {
+        let big = |seq| {
+            Arc::new(StoredMessage {
+                seq,
+                encoded: Bytes::from(vec![7u8; 1000]),
+                except_session: None,
+                except_client: None,
+            })
+        };
+        let msgs: Vec<_> = (1..=300).map(big).collect();
+        let parts = chunks(&msgs, LOG_VALUE_BYTES);
+        assert!(parts.len() >= 4);
+        assert_eq!(parts.iter().map(|c| c.len()).sum::<usize>(), 300);
+        assert!(parts.iter().all(|c| c.len() * 1048 <= LOG_VALUE_BYTES));
+        let one_huge = vec![Arc::new(StoredMessage {
+            seq: 1,
+            encoded: Bytes::from(vec![0u8; 200_000]),
+            except_session: None,
+            except_client: None,
+        })];
+        assert_eq!(chunks(&one_huge, LOG_VALUE_BYTES).len(), 1);
+        assert!(chunks(&[], LOG_VALUE_BYTES).is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let mut b = WriteBatch::default();
+        b.new_rooms.push((1, "/".into(), "r".into()));
+        b.appends.push((1, msgs));
+        let _ = s.commit(&b).unwrap();
+        let back = s.read(1, 1, 1000, usize::MAX).unwrap();
+        assert_eq!(
+            back.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=300).collect::<Vec<_>>()
+        );
+        let from_middle = s.read(1, 150, 10, usize::MAX).unwrap();
+        assert_eq!(from_middle.first().map(|m| m.seq), Some(150));
+        let r = s.recover().unwrap();
+        assert_eq!(r.rooms.first().map(|r| r.last_seq), Some(300));
     }
 
     #[test]
