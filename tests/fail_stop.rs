@@ -29,8 +29,8 @@ struct FaultyStore {
     inner: SledStore,
     good_commits: AtomicUsize,
     fault: Fault,
-    /// Held by the test; a hanging commit waits for it to be released.
-    gate: Arc<Mutex<()>>,
+    /// A hanging commit waits until the test drops the sending side.
+    gate: Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Store for FaultyStore {
@@ -49,7 +49,9 @@ impl Store for FaultyStore {
                 "injected: disk gone",
             )))),
             Fault::Hang => {
-                let _wait = self.gate.lock();
+                if let Ok(rx) = self.gate.lock() {
+                    let _ = rx.recv();
+                }
                 Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
                     "released",
                 ))))
@@ -77,7 +79,7 @@ async fn start(
     dir: &tempfile::TempDir,
     good_commits: usize,
     fault: Fault,
-    gate: Arc<Mutex<()>>,
+    gate: std::sync::mpsc::Receiver<()>,
     commit_timeout_ms: u64,
 ) -> (
     std::net::SocketAddr,
@@ -89,7 +91,7 @@ async fn start(
         inner: SledStore::open(dir.path(), 8 << 20).unwrap(),
         good_commits: AtomicUsize::new(good_commits),
         fault,
-        gate,
+        gate: Mutex::new(gate),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -131,7 +133,8 @@ async fn a_failed_commit_is_never_confirmed_and_stops_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     // Commit 1 creates the room and stores seq 1 (and the connection's
     // first batch); then the disk "goes away".
-    let (addr, task) = start(&dir, 1, Fault::Fail, Arc::default(), 30_000).await;
+    let (_release, gate) = std::sync::mpsc::channel();
+    let (addr, task) = start(&dir, 1, Fault::Fail, gate, 30_000).await;
     let confirmed = publish_until_refused(addr).await;
     assert_eq!(
         confirmed,
@@ -146,13 +149,12 @@ async fn a_failed_commit_is_never_confirmed_and_stops_the_broker() {
 /// A stuck disk cannot be simulated on paused time: tokio does not advance
 /// paused time while a blocking task (the stuck commit) runs. So this test
 /// uses a short real commit timeout (200 ms) and a commit that blocks on a
-/// lock the test holds.
+/// channel the test holds open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_commit_fails_stop_after_the_commit_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let gate = Arc::new(Mutex::new(()));
-    let held = gate.lock().unwrap();
-    let (addr, task) = start(&dir, 1, Fault::Hang, gate.clone(), 200).await;
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let (addr, task) = start(&dir, 1, Fault::Hang, gate, 200).await;
     let confirmed = publish_until_refused(addr).await;
     assert_eq!(confirmed, vec![1]);
     let result = tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
@@ -162,5 +164,5 @@ async fn a_stuck_commit_fails_stop_after_the_commit_timeout() {
         }
         other => panic!("expected a stall, got {other:?}"),
     }
-    drop(held);
+    drop(release);
 }
