@@ -26,11 +26,11 @@ use super::{
     Flushed, Recovered, RecoveredRoom, RoomId, Store, StoreError, StoredMessage, WriteBatch,
 };
 
-/// Target size of one log value. sled stores a value larger than a quarter
-/// of its segment (128 KiB by default) as a separate blob file, which costs
-/// several times more than an inline value; a commit's messages are split
-/// into values below that. (A single message larger than this still gets a
-/// value of its own.)
+/// Target size of one log value. A commit's messages are split into values
+/// of about this size, so that reading one message (a redelivery, or the
+/// start of a replay) checks and decodes at most this much, however large
+/// the commit was. (A single message larger than this gets a value of its
+/// own.)
 pub const LOG_VALUE_BYTES: usize = 64 * 1024;
 
 /// Splits consecutive messages into runs of about `target` bytes each.
@@ -52,11 +52,15 @@ fn chunks(messages: &[Arc<StoredMessage>], target: usize) -> Vec<&[Arc<StoredMes
     out
 }
 
-/// sled's log segment size. sled writes any page larger than a quarter of a
-/// segment to a blob file of its own, and a tree node holding several packed
-/// log values easily passes the default 128 KiB; 8 MiB segments keep nodes
-/// inline.
-const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+/// sled's log segment size: sled's default, stated so the choice is visible.
+/// sled writes a page larger than a quarter of a segment to a blob file of
+/// its own, and busy leaf nodes do pass 128 KiB; 8 MiB segments avoid those
+/// files but measured 7 % (128 B) to 20 % (1 KiB) slower on W1
+/// (docs/benchmarks.md), so the default stays.
+const SEGMENT_BYTES: usize = 512 * 1024;
+
+/// How long opening waits for a data directory locked by a Db being closed.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 const ROOM: u8 = b'R';
 const LOG: u8 = b'L';
@@ -75,6 +79,24 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`, with sled's page cache limited
     /// to `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        // sled's I/O threads can hold the directory's lock for a moment after
+        // the previous owner (an earlier run in this process, or a process
+        // that is still exiting) dropped its Db: wait a little for it.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match Self::try_open(dir, cache_bytes) {
+                Err(StoreError::Sled(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
