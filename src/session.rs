@@ -411,6 +411,18 @@ async fn write_loop(
                     }
                     permits.extend(permit);
                 }
+                Outbound::Confirm {
+                    request_id,
+                    seqs,
+                    duplicate,
+                    permit,
+                } => {
+                    let frame = broker::publish::ok_frame(request_id, &seqs, duplicate);
+                    if let Err(e) = encode_frame(&frame, max_frame, &mut buf) {
+                        warn!(session = %session, error = %e, "confirmation not sent");
+                    }
+                    permits.push(permit);
+                }
                 Outbound::Delivery {
                     room,
                     label,

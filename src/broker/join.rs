@@ -11,7 +11,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::room::{Attachment, Member, MemberKey};
-use super::{error_frame, Broker, PendingConfirm};
+use super::{error_frame, Broker, PendingConfirm, PendingReply};
 use crate::config::Limits;
 
 /// Longest ack timeout a member may ask for: one day.
@@ -248,7 +248,7 @@ impl Broker {
         if must_persist {
             self.open.confirms.push(PendingConfirm {
                 session,
-                frame,
+                reply: PendingReply::Frame(frame),
                 permit,
                 then_pump: Some((room_id, key)),
             });

@@ -68,6 +68,14 @@ pub enum Outbound {
         frame: pb::ServerFrame,
         permit: Option<RequestSlot>,
     },
+    /// A publish confirmation; encoded by the session's writer (which keeps
+    /// that work off the broker actor).
+    Confirm {
+        request_id: u64,
+        seqs: Seqs,
+        duplicate: bool,
+        permit: RequestSlot,
+    },
     /// A delivery; encoded by the session's writer.
     Delivery {
         room: Arc<str>,
@@ -182,13 +190,26 @@ impl PartialOrd for Timer {
     }
 }
 
+/// (room, seq) per room of one publish, shared by its confirmation and its
+/// dedup record.
+pub type Seqs = Arc<[(Arc<str>, u64)]>;
+
+/// What a pending reply will say.
+#[derive(Debug)]
+enum PendingReply {
+    /// A prepared frame (a join's reply).
+    Frame(pb::ServerFrame),
+    /// A publish confirmation.
+    Confirm { request_id: u64, seqs: Seqs },
+}
+
 /// A reply that may only be sent once its batch is on disk: a publish
 /// confirmation, or the reply to a durable join whose new cursor must exist
 /// before the client can rely on it.
 #[derive(Debug)]
 struct PendingConfirm {
     session: Uuid,
-    frame: pb::ServerFrame,
+    reply: PendingReply,
     permit: RequestSlot,
     /// A member to start delivering to once the reply is out.
     then_pump: Option<(RoomId, MemberKey)>,
@@ -199,11 +220,11 @@ struct PendingConfirm {
 enum DedupState {
     /// Its batch is being written; retries wait for it.
     Pending {
-        seqs: Vec<(Arc<str>, u64)>,
+        seqs: Seqs,
         waiters: Vec<(Uuid, u64, RequestSlot)>,
     },
     /// Stored; retries get these seqs back.
-    Stored { seqs: Vec<(Arc<str>, u64)> },
+    Stored { seqs: Seqs },
 }
 
 type DedupKey = (Arc<str>, [u8; 16]);
@@ -338,7 +359,9 @@ impl Broker {
             let key = (ns, id);
             let expires = Instant::now() + Duration::from_millis(window - age);
             broker.dedup_expiry.push_back((expires, key.clone()));
-            broker.dedup.insert(key, DedupState::Stored { seqs });
+            broker
+                .dedup
+                .insert(key, DedupState::Stored { seqs: seqs.into() });
         }
         info!(
             rooms = broker.rooms.len(),
@@ -601,6 +624,31 @@ impl Broker {
         }
     }
 
+    /// Sends a publish confirmation (see [`Outbound::Confirm`]).
+    fn confirm_publish(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        seqs: Seqs,
+        duplicate: bool,
+        permit: RequestSlot,
+    ) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let out = Outbound::Confirm {
+            request_id,
+            seqs,
+            duplicate,
+            permit,
+        };
+        if s.tx.try_send(out).is_err() {
+            warn!(session = %session, "outbound queue full for a reply; disconnecting");
+            s.kill.cancel();
+            self.unregister(session);
+        }
+    }
+
     fn reply_error(
         &mut self,
         session: Uuid,
@@ -816,7 +864,12 @@ impl Broker {
         }
         let mut joined = Vec::new();
         for c in done.confirms {
-            self.reply(c.session, c.frame, Some(c.permit));
+            match c.reply {
+                PendingReply::Frame(frame) => self.reply(c.session, frame, Some(c.permit)),
+                PendingReply::Confirm { request_id, seqs } => {
+                    self.confirm_publish(c.session, request_id, seqs, false, c.permit)
+                }
+            }
             if let Some((room_id, key)) = c.then_pump {
                 if let Some(m) = self
                     .rooms
@@ -828,17 +881,20 @@ impl Broker {
                 joined.push((room_id, key));
             }
         }
+        let window = self.config.limits.dedup_window();
         for key in done.dedup {
-            if let Some(DedupState::Pending { seqs, waiters }) = self.dedup.remove(&key) {
-                for (session, request_id, permit) in waiters {
-                    let frame = publish::ok_frame(request_id, &seqs, true);
-                    self.reply(session, frame, Some(permit));
-                }
-                self.dedup_expiry.push_back((
-                    Instant::now() + self.config.limits.dedup_window(),
-                    key.clone(),
-                ));
-                self.dedup.insert(key, DedupState::Stored { seqs });
+            let Some(state) = self.dedup.get_mut(&key) else {
+                continue;
+            };
+            let DedupState::Pending { seqs, waiters } = state else {
+                continue;
+            };
+            let seqs = seqs.clone();
+            let waiters = std::mem::take(waiters);
+            *state = DedupState::Stored { seqs: seqs.clone() };
+            self.dedup_expiry.push_back((Instant::now() + window, key));
+            for (session, request_id, permit) in waiters {
+                self.confirm_publish(session, request_id, seqs.clone(), true, permit);
             }
         }
         for room_id in touched {

@@ -11,7 +11,7 @@ use roomq_wire::names::check_name;
 use roomq_wire::{pb, ErrorCode};
 use uuid::Uuid;
 
-use super::{now_ms, Broker, DedupState, PendingConfirm, SessionInfo};
+use super::{now_ms, Broker, DedupState, PendingConfirm, PendingReply, SessionInfo};
 use crate::config::Limits;
 use crate::storage::StoredMessage;
 
@@ -150,8 +150,8 @@ impl Broker {
             let key = (namespace.clone(), id);
             match self.dedup.get_mut(&key) {
                 Some(DedupState::Stored { seqs }) => {
-                    let frame = ok_frame(request_id, seqs, true);
-                    self.reply(session, frame, Some(permit));
+                    let seqs = seqs.clone();
+                    self.confirm_publish(session, request_id, seqs, true, permit);
                     return;
                 }
                 Some(DedupState::Pending { waiters, .. }) => {
@@ -195,6 +195,7 @@ impl Broker {
                 v.push(msg);
             }
         }
+        let seqs: super::Seqs = seqs.into();
         if let Some(id) = req.dedup {
             let key = (namespace.clone(), id);
             self.open.write.dedup_put.push((
@@ -216,7 +217,7 @@ impl Broker {
         }
         self.open.confirms.push(PendingConfirm {
             session,
-            frame: ok_frame(request_id, &seqs, false),
+            reply: PendingReply::Confirm { request_id, seqs },
             permit,
             then_pump: None,
         });
