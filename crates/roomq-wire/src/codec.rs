@@ -346,4 +346,68 @@ mod tests {
         let mut small = BytesMut::new();
         assert!(encode_delivery_frame(head, 42, &encoded, 10, &mut small).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Arbitrary bytes, fed in arbitrary pieces, never panic the
+            /// decoder, and it never holds more than one frame's worth.
+            #[test]
+            fn any_bytes_in_any_pieces(
+                bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+                cut in 1usize..64,
+            ) {
+                let mut codec = FrameCodec::new(1024);
+                let mut buf = BytesMut::new();
+                for piece in bytes.chunks(cut) {
+                    buf.extend_from_slice(piece);
+                    loop {
+                        match codec.decode(&mut buf) {
+                            Ok(Some(frame)) => {
+                                prop_assert!(frame.len() <= 1024);
+                                let _ = decode_client(frame);
+                            }
+                            Ok(None) => break,
+                            Err(FrameError::TooLarge { len, max }) => {
+                                prop_assert!(len > max);
+                                return Ok(());
+                            }
+                            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                        }
+                    }
+                    prop_assert!(buf.capacity() <= 4 * 1024 + 1024 + 64);
+                }
+            }
+
+            /// Valid frames with bytes flipped decode to a frame or an
+            /// error, never a panic.
+            #[test]
+            fn mutated_valid_frames(
+                payload in proptest::collection::vec(any::<u8>(), 0..256),
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            ) {
+                let frame = pb::ClientFrame {
+                    request_id: 9,
+                    body: Some(pb::client_frame::Body::Publish(pb::Publish {
+                        rooms: vec!["room".into()],
+                        event: "event".into(),
+                        payload: Bytes::from(payload),
+                        ..Default::default()
+                    })),
+                };
+                let mut raw = frame.encode_to_vec();
+                for (at, x) in flips {
+                    if !raw.is_empty() {
+                        let i = at % raw.len();
+                        raw[i] ^= x;
+                    }
+                }
+                let _ = decode_client(Bytes::from(raw));
+            }
+        }
+    }
 }
