@@ -39,6 +39,8 @@ use crate::config::Config;
 
 /// Largest batch of frames the writer gathers before one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// The namespace SPEC §2 reserves for administration.
+pub const ADMIN_NAMESPACE: &str = "/admin";
 /// How long a refused connection's input is drained before closing.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 /// How much of a refused connection's input is drained at most.
@@ -137,6 +139,19 @@ pub async fn serve(
             true => Ok(()),
             false => check_name("client name", &hs.client_name),
         });
+    if checked.is_ok() && namespace == ADMIN_NAMESPACE {
+        // SPEC §2 reserves /admin for administration, which comes with the
+        // tenancy work; until then nobody may use it as an ordinary tenant.
+        let msg = "the /admin namespace is reserved for administration";
+        return refuse(
+            &mut write_half,
+            frames.get_mut(),
+            ErrorCode::PermissionDenied,
+            msg,
+            &config,
+        )
+        .await;
+    }
     if let Err(e) = checked {
         return refuse(
             &mut write_half,

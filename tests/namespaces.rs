@@ -75,3 +75,17 @@ async fn list_rooms_shows_only_the_sessions_namespace() {
     assert_eq!(rooms[0].name, "secret");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_namespace_is_reserved() {
+    let broker = TestBroker::start().await;
+    let err = Client::connect(broker.options().namespace("/admin"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::PermissionDenied), "{err}");
+    // Names that merely start like it are ordinary tenants.
+    let (c, _d) = broker.connect_ns("/administration", "x").await;
+    c.ping().await.unwrap();
+    broker.stop().await;
+}

@@ -42,7 +42,8 @@ pub enum ErrorCode {
     TooManyConnections = 16,
     /// The credentials were missing or wrong.
     Unauthenticated = 17,
-    /// The credentials do not allow this operation.
+    /// The credentials do not allow this operation (today: a handshake to the
+    /// reserved `/admin` namespace).
     PermissionDenied = 18,
     /// A quota of the namespace is exhausted.
     QuotaExceeded = 19,
