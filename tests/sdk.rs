@@ -288,3 +288,58 @@ async fn dropping_the_last_handle_closes_the_connection() {
     assert!(closed.is_ok(), "the supervisor did not stop");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn expected_last_seq_is_optimistic_concurrency() {
+    let broker = TestBroker::start().await;
+    let client = sdk(&broker, "writer").await;
+    let first = client
+        .message("e", "a")
+        .to("r")
+        .expect_last_seq(0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.seq(), 1);
+    // Someone else's view of the room is stale now.
+    let err = client
+        .message("e", "b")
+        .to("r")
+        .expect_last_seq(0)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PreconditionFailed), "{err}");
+    assert_eq!(
+        client
+            .message("e", "b")
+            .to("r")
+            .expect_last_seq(1)
+            .send()
+            .await
+            .unwrap()
+            .seq(),
+        2
+    );
+    // A retry of a stored publish gets its original seq, whatever the room did since.
+    let retry = client
+        .message("e", "a")
+        .to("r")
+        .expect_last_seq(0)
+        .dedup_id(first.dedup_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq(), 1);
+    let err = client
+        .message("e", "x")
+        .to("r")
+        .to("s")
+        .expect_last_seq(2)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest));
+    broker.stop().await;
+}

@@ -21,6 +21,8 @@ pub struct PublishReq {
     pub rooms: Vec<String>,
     pub dedup: Option<[u8; 16]>,
     pub except_self: bool,
+    /// Store only if the (single) room's last seq is this.
+    pub expected_last_seq: Option<u64>,
     /// The wire `Message` without its seq, encoded once for every room and
     /// every delivery.
     pub encoded: Bytes,
@@ -75,6 +77,12 @@ pub fn check(
         check_name("header name", key)
             .map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
     }
+    if p.expected_last_seq.is_some() && p.rooms.len() != 1 {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "expected_last_seq needs exactly one room".into(),
+        ));
+    }
     let dedup = match p.dedup_id.len() {
         0 => None,
         16 => {
@@ -111,6 +119,7 @@ pub fn check(
         rooms: p.rooms,
         dedup,
         except_self: p.except_self,
+        expected_last_seq: p.expected_last_seq,
         encoded,
     })
 }
@@ -159,6 +168,24 @@ impl Broker {
                     return;
                 }
                 None => {}
+            }
+        }
+        if let Some(expected) = req.expected_last_seq {
+            let last = req
+                .rooms
+                .first()
+                .and_then(|name| self.namespaces.get(&namespace)?.get(name.as_str()))
+                .and_then(|id| self.rooms.get(id))
+                .map_or(0, |room| room.last_seq);
+            if last != expected {
+                let msg = format!("the room's last seq is {last}, not {expected}");
+                return self.reply_error(
+                    session,
+                    request_id,
+                    permit,
+                    ErrorCode::PreconditionFailed,
+                    msg,
+                );
             }
         }
         let (except_session, except_client) = if req.except_self {

@@ -448,6 +448,14 @@ impl PublishBuilder {
         self
     }
 
+    /// Stores the message only if the room's last seq is `seq` (0: the room
+    /// is empty); otherwise the publish fails with `PRECONDITION_FAILED`.
+    /// Optimistic concurrency for a single room.
+    pub fn expect_last_seq(mut self, seq: u64) -> Self {
+        self.publish.expected_last_seq = Some(seq);
+        self
+    }
+
     /// Uses this dedup id instead of a fresh UUID v7: a publish sent again
     /// with the same id within the broker's dedup window is stored once.
     pub fn dedup_id(mut self, id: Uuid) -> Self {

@@ -58,11 +58,13 @@ pub enum ErrorCode {
     /// The message is larger than the broker can deliver within its frame
     /// limit.
     MessageTooLarge = 23,
+    /// A publish's `expected_last_seq` did not match the room's last seq.
+    PreconditionFailed = 24,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::HandshakeRequired,
@@ -86,6 +88,7 @@ impl ErrorCode {
         ErrorCode::CorruptData,
         ErrorCode::Internal,
         ErrorCode::MessageTooLarge,
+        ErrorCode::PreconditionFailed,
     ];
 
     /// The code for a number, if it is one.
@@ -119,6 +122,7 @@ impl ErrorCode {
             ErrorCode::CorruptData => "CORRUPT_DATA",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            ErrorCode::PreconditionFailed => "PRECONDITION_FAILED",
         }
     }
 

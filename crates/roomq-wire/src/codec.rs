@@ -232,6 +232,7 @@ mod tests {
                 headers: BTreeMap::new(),
                 dedup_id: Bytes::from_static(&[1; 16]),
                 except_self: true,
+                expected_last_seq: Some(0),
             }),
             Body::Ack(pb::Ack {
                 room: "r".into(),
