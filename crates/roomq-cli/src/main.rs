@@ -57,6 +57,9 @@ enum Cmd {
         /// Not to this client's own memberships.
         #[arg(long)]
         except_self: bool,
+        /// Store only if ROOM's last seq is this (0: empty room).
+        #[arg(long)]
+        expect_last_seq: Option<u64>,
     },
     /// Print (and acknowledge) what arrives in ROOM.
     Subscribe {
@@ -127,6 +130,7 @@ async fn main() -> Result<()> {
             also,
             headers,
             except_self,
+            expect_last_seq,
         } => {
             let mut message = client.message(&event, data).to(&room);
             for r in &also {
@@ -140,6 +144,9 @@ async fn main() -> Result<()> {
             }
             if except_self {
                 message = message.except_self();
+            }
+            if let Some(seq) = expect_last_seq {
+                message = message.expect_last_seq(seq);
             }
             let ok = message.send().await?;
             for (room, seq) in &ok.seqs {

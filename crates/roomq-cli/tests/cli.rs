@@ -47,6 +47,10 @@ async fn publish_subscribe_and_rooms() {
             ],
         );
         let bad = roomq(&a, &["publish", "general", "", "x"]);
+        let stale = roomq(
+            &a,
+            &["publish", "general", "e", "x", "--expect-last-seq", "1"],
+        );
         let subscribed = roomq(
             &a,
             &[
@@ -78,6 +82,7 @@ async fn publish_subscribe_and_rooms() {
             published,
             published_json,
             bad,
+            stale,
             subscribed,
             resumed,
             rooms,
@@ -86,7 +91,9 @@ async fn publish_subscribe_and_rooms() {
     })
     .await
     .unwrap();
-    let (published, published_json, bad, subscribed, resumed, rooms, other_ns) = results;
+    let (published, published_json, bad, stale, subscribed, resumed, rooms, other_ns) = results;
+    assert!(!stale.0, "the room is at seq 2, not 1");
+    assert!(stale.2.contains("PRECONDITION_FAILED"), "{}", stale.2);
 
     assert!(published.0, "{}", published.2);
     assert_eq!(published.1.trim(), "stored in general as seq 1");
