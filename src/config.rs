@@ -242,6 +242,22 @@ impl Config {
                 "storage.cursor_sync_interval_ms must be > 0",
             ),
         ];
+        // Durations are added to clock readings; an absurd value must be an
+        // error here, not an overflow later.
+        let durations = [
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.write_timeout_ms", l.write_timeout_ms),
+            ("limits.ack_timeout_ms", l.ack_timeout_ms),
+            ("limits.dedup_window_ms", l.dedup_window_ms),
+            ("storage.cursor_sync_interval_ms", s.cursor_sync_interval_ms),
+            ("storage.commit_timeout_ms", s.commit_timeout_ms),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, ms)| *ms > MAX_DURATION_MS) {
+            return Err(ConfigError::Invalid(format!(
+                "{name} must be at most {MAX_DURATION_MS} (ten years)"
+            )));
+        }
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, why)) => Err(ConfigError::Invalid((*why).to_string())),
             None => Ok(()),
@@ -269,6 +285,9 @@ impl Limits {
         self.max_frame_bytes as usize
     }
 }
+
+/// Longest duration any setting may have: ten years, in ms.
+pub const MAX_DURATION_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
 /// `ROOMQ_*` variables that are read elsewhere, not settings.
 const NOT_SETTINGS: [&str; 6] = [
@@ -376,6 +395,15 @@ mod tests {
         assert!(matches!(
             Config::load(Some(&path), vec![]),
             Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(
+            &path,
+            "[storage]\ncursor_sync_interval_ms = 99999999999999\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            Config::load(Some(&path), vec![]),
+            Err(ConfigError::Invalid(_))
         ));
         std::fs::write(&path, "[limits]\nmax_in_flight = 0\n").unwrap();
         assert!(matches!(

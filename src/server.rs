@@ -35,6 +35,8 @@ pub enum ServerError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
     #[error("broker task failed: {0}")]
@@ -59,6 +61,7 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    config.validate()?;
     let store = open_store(&config)?;
     run_with_store(listener, config, store, shutdown).await
 }
@@ -70,6 +73,8 @@ pub async fn run_with_store(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    // Embedders build a Config in code: check it as `roomqd` does.
+    config.validate()?;
     let config = Arc::new(config);
     let broker = Broker::open(config.clone(), store)?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);

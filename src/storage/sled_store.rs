@@ -175,7 +175,7 @@ impl Store for SledStore {
                     let (k, v) = item?;
                     let first = k.get(9..).and_then(be_u64).ok_or_else(|| bad_key(&k))?;
                     let count = log_batch_count(&k, &v)?;
-                    first + u64::from(count) - 1
+                    (first + u64::from(count)).saturating_sub(1)
                 }
             };
             out.rooms.push(RecoveredRoom {

@@ -518,9 +518,6 @@ async fn supervise(inner: Arc<Inner>, first: Connection, first_deliveries: Deliv
         generation += 1;
         inner.link.send_replace(Link::Down { generation });
         inner.emit(Event::Disconnected { reason });
-        for sub in snapshot(&inner) {
-            sub.on_disconnect();
-        }
         match reconnect(&inner).await {
             Some((c, d)) => {
                 conn = c;

@@ -172,10 +172,6 @@ impl SubShared {
         });
     }
 
-    /// The connection was lost. Held deliveries stay held: the application
-    /// can still acknowledge them, on the next connection.
-    pub(crate) fn on_disconnect(&self) {}
-
     /// Joins again on a new connection, from the stored cursor.
     pub(crate) async fn resume(self: &Arc<Self>, inner: &Inner, conn: &Connection) {
         let mut join = self.join.clone();
