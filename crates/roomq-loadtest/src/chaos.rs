@@ -280,6 +280,44 @@ async fn prefill(addr: &str, n: u64, ctx: &Arc<Ctx>, first_id: u32) -> anyhow::R
 }
 
 /// Runs the chaos test.
+/// Joins every subscriber again (durable, resuming; a new member starts at
+/// the earliest message) and consumes until `until`. Each task gives the
+/// subscriber back with whether it joined and, for `Until::StoredAtJoin`,
+/// drained everything.
+fn spawn_subscribers(
+    subscribers: &mut Vec<Subscriber>,
+    daemon: &Daemon,
+    ctx: &Arc<Ctx>,
+    until: Until,
+    ack_every: u64,
+) -> Vec<tokio::task::JoinHandle<(Subscriber, bool)>> {
+    let plan = JoinPlan {
+        addr: daemon.addr.to_string(),
+        namespace: "/".into(),
+        ephemeral: false,
+        start: StartAt::Earliest,
+        max_in_flight: 0,
+        ack_every,
+    };
+    let drain = matches!(until, Until::StoredAtJoin);
+    subscribers
+        .drain(..)
+        .map(|mut s| {
+            let (ctx, plan) = (ctx.clone(), plan.clone());
+            tokio::spawn(async move {
+                let ok = match s.join(&plan).await {
+                    Ok(session) => {
+                        let ended = s.consume(session, &ctx, until, ack_every).await;
+                        !drain || ended == load::Ended::Done
+                    }
+                    Err(_) => false,
+                };
+                (s, ok)
+            })
+        })
+        .collect()
+}
+
 pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     args.validate()?;
     let started = Instant::now();
@@ -353,28 +391,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             recoveries.push(recovery);
             serving_lines.push(serving);
         }
-        let plan = JoinPlan {
-            addr: daemon.addr.to_string(),
-            namespace: "/".into(),
-            ephemeral: false,
-            start: StartAt::Earliest,
-            max_in_flight: 0,
-            ack_every,
-        };
-        let mut sub_tasks = Vec::new();
-        for mut s in subscribers.drain(..) {
-            let (ctx, plan) = (ctx.clone(), plan.clone());
-            sub_tasks.push(tokio::spawn(async move {
-                let ok = match s.join(&plan).await {
-                    Ok(session) => {
-                        s.consume(session, &ctx, Until::Closed, ack_every).await;
-                        true
-                    }
-                    Err(_) => false,
-                };
-                (s, ok)
-            }));
-        }
+        let sub_tasks =
+            spawn_subscribers(&mut subscribers, &daemon, &ctx, Until::Closed, ack_every);
         let mut pub_tasks = Vec::new();
         for mut p in publishers.drain(..) {
             let (ctx, addr) = (ctx.clone(), daemon.addr.to_string());
@@ -430,29 +448,13 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         clock.now_ns() + (args.drain_timeout * 1e9) as u64,
         Ordering::Relaxed,
     );
-    let plan = JoinPlan {
-        addr: daemon.addr.to_string(),
-        namespace: "/".into(),
-        ephemeral: false,
-        start: StartAt::Earliest,
-        max_in_flight: 0,
+    let sub_tasks = spawn_subscribers(
+        &mut subscribers,
+        &daemon,
+        &ctx,
+        Until::StoredAtJoin,
         ack_every,
-    };
-    let mut sub_tasks = Vec::new();
-    for mut s in subscribers.drain(..) {
-        let (ctx, plan) = (ctx.clone(), plan.clone());
-        sub_tasks.push(tokio::spawn(async move {
-            let ok = match s.join(&plan).await {
-                Ok(session) => {
-                    s.consume(session, &ctx, Until::StoredAtJoin, ack_every)
-                        .await
-                        == load::Ended::Done
-                }
-                Err(_) => false,
-            };
-            (s, ok)
-        }));
-    }
+    );
     let mut drained_all = true;
     while !sub_tasks.iter().all(|t| t.is_finished()) && Instant::now() < hard_end {
         tokio::time::sleep(Duration::from_millis(250)).await;
