@@ -39,7 +39,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::storage::{RoomId, Store, StoreError, StoredMessage, WriteBatch};
 use commit::CommitOutcome;
-use room::{MemberKey, Outlet, Room};
+use room::{MemberKey, Outlet, Room, Timers};
 
 /// A request's share of its session's budgets (requests awaiting a reply,
 /// and their bytes). Held until the reply is written, then released.
@@ -922,29 +922,13 @@ fn arm(
     }));
 }
 
-/// An [`Outlet`] that can only arm timers, for timer handling outside a pump.
+/// Timer arming outside a pump (timer firings, nack delays, in-progress).
 struct TimerArm<'a> {
     timers: &'a mut BinaryHeap<Reverse<Timer>>,
     gen: &'a mut u64,
 }
 
-impl Outlet for TimerArm<'_> {
-    fn deliver(
-        &mut self,
-        _: Uuid,
-        _: &Arc<str>,
-        _: &Arc<str>,
-        _: u32,
-        _: bool,
-        _: &Arc<StoredMessage>,
-    ) -> bool {
-        false
-    }
-
-    fn read(&mut self, _: RoomId, _: u64, _: usize, _: u64) -> Vec<Arc<StoredMessage>> {
-        Vec::new()
-    }
-
+impl Timers for TimerArm<'_> {
     fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey) {
         arm(self.timers, self.gen, deadline, room, member);
     }
@@ -1016,7 +1000,9 @@ impl Outlet for ActorOutlet<'_> {
             }
         }
     }
+}
 
+impl Timers for ActorOutlet<'_> {
     fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey) {
         arm(self.timers, self.gen, deadline, room, member);
     }

@@ -140,7 +140,7 @@ impl Member {
         deadline: Instant,
         room: RoomId,
         key: &MemberKey,
-        out: &mut impl Outlet,
+        out: &mut impl Timers,
     ) {
         if let Some(u) = self.unacked.get_mut(&seq) {
             u.deadline = Some(deadline);
@@ -155,7 +155,7 @@ impl Member {
         deadline: Instant,
         room: RoomId,
         key: &MemberKey,
-        out: &mut impl Outlet,
+        out: &mut impl Timers,
     ) {
         if self.armed.is_none_or(|a| deadline < a) {
             out.arm_timer(deadline, room, key);
@@ -172,7 +172,7 @@ impl Member {
         now: Instant,
         room: RoomId,
         key: &MemberKey,
-        out: &mut impl Outlet,
+        out: &mut impl Timers,
     ) -> bool {
         if self.armed != Some(fired) {
             return false;
@@ -241,8 +241,14 @@ impl Member {
     }
 }
 
-/// Sends deliveries on behalf of the room logic.
-pub trait Outlet {
+/// Arms redelivery timers on behalf of the member logic.
+pub trait Timers {
+    /// Arms a timer that fires for `member` at `deadline`.
+    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey);
+}
+
+/// Sends deliveries (and reads the store) on behalf of the room logic.
+pub trait Outlet: Timers {
     /// Hands one delivery to `session`. Returns false when the session cannot
     /// take more now (its queue is full, or it is gone); nothing is sent then.
     #[allow(clippy::too_many_arguments)]
@@ -258,9 +264,6 @@ pub trait Outlet {
 
     /// Messages of `room` from `from`, in order, at most `max`, all <= `last`.
     fn read(&mut self, room: RoomId, from: u64, max: usize, last: u64) -> Vec<Arc<StoredMessage>>;
-
-    /// Arms a timer that fires for `member` at `deadline`.
-    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey);
 }
 
 /// A room: its name, its committed log tail, its members.
@@ -321,7 +324,7 @@ impl Room {
         if let Some(first) = self.cache.front().map(|m| m.seq) {
             if seq >= first {
                 let idx = usize::try_from(seq - first).unwrap_or(usize::MAX);
-                return self.cache.iter().skip(idx).take(max).cloned().collect();
+                return self.cache.range(idx..).take(max).cloned().collect();
             }
         }
         out.read(self.id, seq, max, self.committed_seq)
@@ -468,6 +471,9 @@ mod tests {
         fn read(&mut self, _: RoomId, _: u64, _: usize, _: u64) -> Vec<Arc<StoredMessage>> {
             Vec::new()
         }
+    }
+
+    impl Timers for Recorder {
         fn arm_timer(&mut self, _: Instant, _: RoomId, _: &MemberKey) {
             self.gen += 1;
         }
