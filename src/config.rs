@@ -7,6 +7,7 @@
 //! and key in upper case: `limits.max_frame_bytes` is
 //! `ROOMQ_LIMITS_MAX_FRAME_BYTES`, the top-level `listen` is `ROOMQ_LISTEN`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +28,127 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub limits: Limits,
     pub storage: StorageConfig,
+    /// Tenants, by namespace path. `/` is declared open by default; a
+    /// namespace not declared here (nor created through `/admin`) is
+    /// refused at the handshake.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Credentials of the `/admin` namespace.
+    pub admin: AdminConfig,
+}
+
+/// One tenant (`[namespaces."/orders"]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    /// Sessions may connect without a token and may publish and subscribe
+    /// everywhere in the namespace. A token, if one is given, must still be
+    /// valid.
+    pub open: bool,
+    /// `sync`: a publish is confirmed after a flush covers it. `batched`:
+    /// confirmed once accepted, flushed with the next commit.
+    pub durability: DurabilityMode,
+    /// A join or publish naming a room that does not exist creates it.
+    /// Otherwise rooms are created through `/admin` only.
+    pub create_rooms: bool,
+    pub quotas: Quotas,
+    /// Credentials; several may be valid at once, so they can be rotated.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// When a publish is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    #[default]
+    Sync,
+    Batched,
+}
+
+/// What one tenant may use. 0 means no limit for the settings that say so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Sessions connected at once (0 = only the broker-wide cap).
+    pub max_connections: u32,
+    /// Rooms that may exist.
+    pub max_rooms: u32,
+    /// Bytes of stored messages (0 = no limit).
+    pub max_stored_bytes: u64,
+    /// Publishes per second, refilled continuously (0 = no limit). A
+    /// publish to several rooms counts once per room.
+    pub publish_rate: u32,
+    /// Publishes allowed in a burst above the rate (at least 1 when a rate
+    /// is set).
+    pub publish_burst: u32,
+    /// Largest message payload plus headers, in bytes (0 = only the frame
+    /// limit).
+    pub max_message_bytes: u32,
+}
+
+/// A credential of a namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Names the token in logs and in `/admin` (not secret).
+    pub name: String,
+    /// `sha256:` and the hex SHA-256 of the token (`roomqd token` makes
+    /// one). The token itself is never stored.
+    pub hash: String,
+    /// Room-name patterns this token may publish to (`*` matches any run
+    /// of characters). Default: every room.
+    #[serde(default = "every_room")]
+    pub publish: Vec<String>,
+    /// Room-name patterns this token may join. Default: every room.
+    #[serde(default = "every_room")]
+    pub subscribe: Vec<String>,
+}
+
+fn every_room() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+/// `[admin]`: who may use the `/admin` namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Tokens of the `/admin` namespace (their `publish`/`subscribe`
+    /// patterns are not used). None by default: `/admin` is closed.
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            open: false,
+            durability: DurabilityMode::Sync,
+            create_rooms: true,
+            quotas: Quotas::default(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl NamespaceConfig {
+    /// The built-in `/`: open, so a first run needs no credentials.
+    pub fn open_default() -> Self {
+        NamespaceConfig {
+            open: true,
+            ..NamespaceConfig::default()
+        }
+    }
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            max_connections: 0,
+            max_rooms: 100_000,
+            max_stored_bytes: 0,
+            publish_rate: 0,
+            publish_burst: 0,
+            max_message_bytes: 0,
+        }
+    }
 }
 
 /// Limits that protect the broker from clients (SPEC §6).
@@ -96,6 +218,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./roomq-data"),
             limits: Limits::default(),
             storage: StorageConfig::default(),
+            namespaces: BTreeMap::from([("/".to_string(), NamespaceConfig::open_default())]),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -174,12 +298,17 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
-        let config: Config = table
+        let mut config: Config = table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse {
                 path: file.map(|p| p.to_path_buf()).unwrap_or_default(),
                 source: Box::new(e),
             })?;
+        // Declaring namespaces does not close `/`; declaring `/` does.
+        config
+            .namespaces
+            .entry("/".to_string())
+            .or_insert_with(NamespaceConfig::open_default);
         config.validate()?;
         Ok(config)
     }
@@ -253,6 +382,12 @@ impl Config {
             ("storage.cursor_sync_interval_ms", s.cursor_sync_interval_ms),
             ("storage.commit_timeout_ms", s.commit_timeout_ms),
         ];
+        for (name, ns) in &self.namespaces {
+            crate::tenancy::validate_namespace(name, ns)
+                .map_err(|e| ConfigError::Invalid(format!("namespace {name:?}: {e}")))?;
+        }
+        crate::tenancy::validate_admin(&self.admin.tokens)
+            .map_err(|e| ConfigError::Invalid(format!("[admin]: {e}")))?;
         if let Some((name, _)) = durations.iter().find(|(_, ms)| *ms > MAX_DURATION_MS) {
             return Err(ConfigError::Invalid(format!(
                 "{name} must be at most {MAX_DURATION_MS} (ten years)"
@@ -311,7 +446,12 @@ fn apply_env(
     for (key, value) in &defaults {
         match value {
             toml::Value::Table(section) => {
-                for sub in section.keys() {
+                // Tables and lists (namespaces, tokens) come from the file.
+                let scalars = section
+                    .iter()
+                    .filter(|(_, v)| !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)))
+                    .map(|(k, _)| k);
+                for sub in scalars {
                     let name = format!("ROOMQ_{}_{}", key, sub).to_uppercase();
                     known.insert(name, (Some(key.clone()), sub.clone()));
                 }

@@ -16,3 +16,4 @@ pub mod config;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tenancy;

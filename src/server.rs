@@ -23,6 +23,7 @@ use crate::broker::{error_frame, Broker, BrokerHandle};
 use crate::config::Config;
 use crate::session;
 use crate::storage::{SledStore, Store, StoreError};
+use crate::tenancy::{Hooks, Middleware, Tenants};
 
 /// Capacity of the broker's command queue.
 const COMMAND_QUEUE: usize = 8192;
@@ -61,9 +62,7 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    config.validate()?;
-    let store = open_store(&config)?;
-    run_with_store(listener, config, store, shutdown).await
+    Server::new(config).run(listener, shutdown).await
 }
 
 /// [`run`] on a store the caller opened (for embedding and tests).
@@ -73,10 +72,96 @@ pub async fn run_with_store(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    // Embedders build a Config in code: check it as `roomqd` does.
-    config.validate()?;
+    Server::new(config).store(store).run(listener, shutdown).await
+}
+
+/// The broker as a library: a configuration, optionally a store opened by
+/// the caller, and middleware per namespace (Socket.IO's
+/// `io.of("/orders").use(...)`).
+///
+/// ```no_run
+/// # async fn demo(listener: tokio::net::TcpListener) -> Result<(), roomq::server::ServerError> {
+/// use roomq::tenancy::middleware::{Middleware, PublishCtx, Verdict};
+///
+/// struct Stamp;
+///
+/// #[async_trait::async_trait]
+/// impl Middleware for Stamp {
+///     fn name(&self) -> &str { "stamp" }
+///     async fn publish(&self, ctx: &mut PublishCtx<'_>) -> Verdict {
+///         ctx.headers.insert("stamped-by".into(), "stamp".into());
+///         Verdict::Allow
+///     }
+/// }
+///
+/// let shutdown = tokio_util::sync::CancellationToken::new();
+/// roomq::server::Server::new(roomq::config::Config::default())
+///     .middleware("/", Stamp)
+///     .run(listener, shutdown)
+///     .await
+/// # }
+/// ```
+pub struct Server {
+    config: Config,
+    store: Option<Arc<dyn Store>>,
+    hooks: Hooks,
+}
+
+impl Server {
+    pub fn new(config: Config) -> Server {
+        Server {
+            config,
+            store: None,
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// Serves from `store` instead of opening `config.data_dir`.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Server {
+        self.store = Some(store);
+        self
+    }
+
+    /// Runs `m` on connect, join and publish in `namespace`, after the
+    /// built-in policies and the hooks added before it.
+    pub fn middleware(mut self, namespace: &str, m: impl Middleware) -> Server {
+        self.hooks.add(namespace, Arc::new(m));
+        self
+    }
+
+    /// Runs `m` in every namespace (`/admin` excepted), after the built-in
+    /// policies and before per-namespace hooks.
+    pub fn middleware_everywhere(mut self, m: impl Middleware) -> Server {
+        self.hooks.add_everywhere(Arc::new(m));
+        self
+    }
+
+    /// Serves `listener` until `shutdown` is cancelled or storage fails.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServerError> {
+        // Embedders build a Config in code: check it as `roomqd` does.
+        self.config.validate()?;
+        let store = match self.store {
+            Some(s) => s,
+            None => open_store(&self.config)?,
+        };
+        let tenants = Arc::new(Tenants::new(&self.config, self.hooks)?);
+        serve(listener, self.config, store, tenants, shutdown).await
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
+    tenants: Arc<Tenants>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let config = Arc::new(config);
-    let broker = Broker::open(config.clone(), store)?;
+    let broker = Broker::open(config.clone(), store, tenants.clone())?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let handle = BrokerHandle::new(tx);
     let broker_task = tokio::spawn(broker.run(rx, shutdown.clone()));
@@ -128,14 +213,15 @@ pub async fn run_with_store(
             });
             continue;
         };
-        let (config, handle, shutdown, inner) = (
+        let (config, tenants, handle, shutdown, inner) = (
             config.clone(),
+            tenants.clone(),
             handle.clone(),
             shutdown.clone(),
             tracker.clone(),
         );
         tracker.spawn(async move {
-            session::serve(stream, peer, config, handle, shutdown, inner).await;
+            session::serve(stream, peer, config, tenants, handle, shutdown, inner).await;
             drop(permit);
         });
     }

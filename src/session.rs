@@ -36,11 +36,11 @@ use crate::broker::{
     self, error_frame, BrokerHandle, Command, Outbound, Request, RequestSlot, SessionInfo,
 };
 use crate::config::Config;
+use crate::tenancy::middleware::{ConnectCtx, JoinCtx, SessionSetup};
+use crate::tenancy::{Tenants, Verdict};
 
 /// Largest batch of frames the writer gathers before one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
-/// The namespace SPEC §2 reserves for administration.
-pub const ADMIN_NAMESPACE: &str = "/admin";
 /// How long a refused connection's input is drained before closing.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 /// How much of a refused connection's input is drained at most.
@@ -54,6 +54,7 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     config: Arc<Config>,
+    tenants: Arc<Tenants>,
     broker: BrokerHandle,
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
@@ -139,19 +140,6 @@ pub async fn serve(
             true => Ok(()),
             false => check_name("client name", &hs.client_name),
         });
-    if checked.is_ok() && namespace == ADMIN_NAMESPACE {
-        // SPEC §2 reserves /admin for administration, which comes with the
-        // tenancy work; until then nobody may use it as an ordinary tenant.
-        let msg = "the /admin namespace is reserved for administration";
-        return refuse(
-            &mut write_half,
-            frames.get_mut(),
-            ErrorCode::PermissionDenied,
-            msg,
-            &config,
-        )
-        .await;
-    }
     if let Err(e) = checked {
         return refuse(
             &mut write_half,
@@ -162,6 +150,35 @@ pub async fn serve(
         )
         .await;
     }
+    let Some(tenant) = tenants.get(&namespace) else {
+        let msg = format!("there is no namespace {namespace}");
+        return refuse(
+            &mut write_half,
+            frames.get_mut(),
+            ErrorCode::NotFound,
+            msg,
+            &config,
+        )
+        .await;
+    };
+    let peer_text = peer.to_string();
+    let mut setup = SessionSetup::default();
+    for hook in tenant.chain() {
+        let mut ctx = ConnectCtx {
+            tenant: &tenant,
+            token: &hs.token,
+            client_id: (!hs.client_id.is_empty()).then_some(hs.client_id.as_str()),
+            client_name: &hs.client_name,
+            peer: &peer_text,
+            setup: &mut setup,
+        };
+        if let Verdict::Reject { code, reason } = hook.connect(&mut ctx).await {
+            info!(namespace = %namespace, %peer, hook = hook.name(), "connection refused by middleware");
+            return refuse(&mut write_half, frames.get_mut(), code, reason, &config).await;
+        }
+    }
+    // Held (a connection-quota slot, say) until the session ends.
+    let _holds = setup.holds;
 
     let id = Uuid::now_v7();
     let info = Arc::new(SessionInfo {
@@ -170,7 +187,10 @@ pub async fn serve(
         namespace: Arc::from(namespace),
         client_id: (!hs.client_id.is_empty()).then(|| Arc::from(hs.client_id)),
         client_name: hs.client_name,
-        peer: peer.to_string(),
+        peer: peer_text,
+        tenant,
+        grant: setup.grant.unwrap_or_default(),
+        attributes: setup.attributes,
     });
     let pending = limits.max_pending_requests as usize;
     let (tx, rx) = mpsc::channel(pending + limits.max_queued_deliveries as usize + PUSH_SLOTS);
@@ -326,6 +346,7 @@ async fn read_loop(
             },
         };
         let request_id = frame.request_id;
+        let admin = info.tenant.is_admin();
         use pb::client_frame::Body;
         let checked: Result<Request, pb::Error> = match frame.body {
             None => Err(pb::Error::new(
@@ -347,9 +368,23 @@ async fn read_loop(
                 });
                 continue;
             }
-            Some(Body::Join(j)) => broker::join::check(j, limits).map(Request::Join),
+            Some(Body::Admin(a)) if admin => broker::admin::check(a).map(Request::Admin),
+            Some(Body::Admin(_)) => Err(pb::Error::new(
+                ErrorCode::PermissionDenied,
+                "admin requests are served only in the /admin namespace",
+            )),
+            Some(_) if admin => Err(pb::Error::new(
+                ErrorCode::PermissionDenied,
+                "the /admin namespace has no rooms; it serves admin requests only",
+            )),
+            Some(Body::Join(j)) => match broker::join::check(j, limits) {
+                Ok(req) => join_hooks(info, &req).await.map(|()| Request::Join(req)),
+                Err(e) => Err(e),
+            },
             Some(Body::Leave(l)) => broker::leave::check(l).map(Request::Leave),
-            Some(Body::Publish(p)) => broker::publish::check(p, info, limits).map(Request::Publish),
+            Some(Body::Publish(p)) => broker::publish::check_with_hooks(p, info, limits)
+                .await
+                .map(Request::Publish),
             Some(Body::Ack(a)) => broker::ack::check(a).map(Request::Ack),
             Some(Body::Nack(n)) => broker::nack::check(n).map(Request::Nack),
             Some(Body::InProgress(p)) => broker::in_progress::check(p).map(Request::InProgress),
@@ -386,6 +421,23 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// Runs the namespace's join hooks.
+async fn join_hooks(info: &SessionInfo, req: &broker::join::JoinReq) -> Result<(), pb::Error> {
+    let tenant = info.tenant.clone();
+    for hook in tenant.chain() {
+        let ctx = JoinCtx {
+            tenant: &tenant,
+            session: info,
+            room: &req.room,
+            subscription: &req.label,
+        };
+        if let Verdict::Reject { code, reason } = hook.join(&ctx).await {
+            return Err(pb::Error::new(code, reason));
+        }
+    }
+    Ok(())
 }
 
 /// Encodes queued frames in batches and writes them until the queue closes
@@ -430,9 +482,11 @@ async fn write_loop(
                     request_id,
                     seqs,
                     duplicate,
+                    durability,
                     permit,
                 } => {
-                    let frame = broker::publish::ok_frame(request_id, &seqs, duplicate);
+                    let frame =
+                        broker::publish::ok_frame(request_id, &seqs, duplicate, durability);
                     if let Err(e) = encode_frame(&frame, max_frame, &mut buf) {
                         warn!(session = %session, error = %e, "confirmation not sent");
                     }

@@ -77,13 +77,18 @@ async fn list_rooms_shows_only_the_sessions_namespace() {
 }
 
 #[tokio::test]
-async fn the_admin_namespace_is_reserved() {
+async fn the_admin_namespace_needs_an_admin_token() {
     let broker = TestBroker::start().await;
     let err = Client::connect(broker.options().namespace("/admin"))
         .await
         .err()
         .unwrap();
-    assert_eq!(err.code(), Some(ErrorCode::PermissionDenied), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}");
+    let err = Client::connect(broker.options().namespace("/undeclared"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
     // Names that merely start like it are ordinary tenants.
     let (c, _d) = broker.connect_ns("/administration", "x").await;
     c.ping().await.unwrap();

@@ -128,6 +128,9 @@ impl Broker {
                 );
             }
         };
+        if let Err((code, msg)) = self.check_rooms(&info.tenant, [req.room.as_str()]) {
+            return self.reply_error(session, request_id, permit, code, msg);
+        }
         let room_id = self.room_id(&info.namespace, &req.room);
         let key = match &durable_name {
             Some(n) => MemberKey::Durable(n.clone()),
@@ -176,11 +179,12 @@ impl Broker {
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
-        let end = room.committed_seq + 1;
+        // (After a purge the log may start past what is committed yet.)
+        let end = (room.committed_seq + 1).max(room.first_seq);
         let position = match req.start {
             Start::Resume | Start::New => end,
-            Start::Earliest => 1,
-            Start::Seq(s) => s.clamp(1, end),
+            Start::Earliest => room.first_seq,
+            Start::Seq(s) => s.clamp(room.first_seq, end),
         };
         let is_new = !room.members.contains_key(&key);
         let member = room.members.entry(key.clone()).or_insert_with(|| {

@@ -14,6 +14,7 @@
 //!   checks (run by the session) and the actor's handling.
 
 pub mod ack;
+pub mod admin;
 pub mod commit;
 pub mod in_progress;
 pub mod join;
@@ -37,7 +38,8 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::storage::{RoomId, Store, StoreError, StoredMessage, WriteBatch};
+use crate::tenancy::{Grant, StoredNamespace, Tenant, Tenants};
+use crate::storage::{RoomId, RoomStats, Store, StoreError, StoredMessage, WriteBatch};
 use commit::CommitOutcome;
 use room::{MemberKey, Outlet, Room, Timers};
 
@@ -74,6 +76,7 @@ pub enum Outbound {
         request_id: u64,
         seqs: Seqs,
         duplicate: bool,
+        durability: pb::Durability,
         permit: RequestSlot,
     },
     /// A delivery; encoded by the session's writer.
@@ -96,6 +99,12 @@ pub struct SessionInfo {
     pub client_id: Option<Arc<str>>,
     pub client_name: String,
     pub peer: String,
+    /// The session's namespace.
+    pub tenant: Arc<Tenant>,
+    /// What the session's credentials allow.
+    pub grant: Grant,
+    /// Attributes set by connect hooks.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// A request that has passed the session's checks.
@@ -108,6 +117,7 @@ pub enum Request {
     Nack(nack::NackReq),
     InProgress(in_progress::InProgressReq),
     ListRooms,
+    Admin(admin::AdminReq),
 }
 
 /// Messages to the broker actor.
@@ -250,6 +260,7 @@ struct InFlightBatch {
 pub struct Broker {
     config: Arc<Config>,
     store: Arc<dyn Store>,
+    tenants: Arc<Tenants>,
     rooms: HashMap<RoomId, Room>,
     /// namespace → room name → id.
     namespaces: HashMap<Arc<str>, HashMap<Arc<str>, RoomId>>,
@@ -291,13 +302,26 @@ pub fn error_frame(
 }
 
 impl Broker {
-    /// Opens the broker on `store`: recovers rooms, cursors and dedup
-    /// records.
-    pub fn open(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Broker, StoreError> {
+    /// Opens the broker on `store`: recovers rooms, cursors, dedup records
+    /// and the namespaces created through `/admin` (into `tenants`).
+    pub fn open(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        tenants: Arc<Tenants>,
+    ) -> Result<Broker, StoreError> {
         let recovered = store.recover()?;
+        let mut stored_namespaces = Vec::new();
+        for raw in &recovered.namespaces {
+            match serde_json::from_slice::<StoredNamespace>(raw) {
+                Ok(ns) => stored_namespaces.push(ns),
+                Err(e) => warn!(error = %e, "stored namespace record unreadable; skipped"),
+            }
+        }
+        tenants.restore(stored_namespaces);
         let mut broker = Broker {
             config: config.clone(),
             store,
+            tenants,
             rooms: HashMap::new(),
             namespaces: HashMap::new(),
             next_room_id: 1,
@@ -313,6 +337,7 @@ impl Broker {
             dirty: HashSet::new(),
             last_cursor_sync: Instant::now(),
         };
+        broker.next_room_id = recovered.next_room_id.max(1);
         for r in recovered.rooms {
             broker.next_room_id = broker.next_room_id.max(r.id + 1);
             broker
@@ -320,9 +345,18 @@ impl Broker {
                 .entry(r.namespace.clone())
                 .or_default()
                 .insert(r.name.clone(), r.id);
-            broker
-                .rooms
-                .insert(r.id, Room::new(r.id, r.namespace, r.name, r.last_seq));
+            let mut room = Room::new(r.id, r.namespace.clone(), r.name, r.last_seq);
+            room.first_seq = r.stats.first_seq.max(1);
+            room.stored_bytes = r.stats.stored_bytes;
+            if let Some(t) = broker.tenants.get(&r.namespace) {
+                t.usage.add_stored(r.stats.stored_bytes, 0);
+            }
+            broker.rooms.insert(r.id, room);
+        }
+        for (ns, rooms) in &broker.namespaces {
+            if let Some(t) = broker.tenants.get(ns) {
+                t.usage.set_rooms(rooms.len() as u64);
+            }
         }
         let limits = &config.limits;
         for (room_id, name, rec) in recovered.cursors {
@@ -334,6 +368,11 @@ impl Broker {
                     if m.next_seq > room.committed_seq + 1 {
                         warn!(room = %room.name, member = %name, "cursor past the end of the log; clamped");
                         m.next_seq = room.committed_seq + 1;
+                    }
+                    // Nor stays before it (the room was purged before the
+                    // cursor was written).
+                    if m.next_seq < room.first_seq {
+                        m.reposition(room.first_seq);
                     }
                     room.members.insert(MemberKey::Durable(name), m);
                 }
@@ -530,6 +569,7 @@ impl Broker {
                     Request::Nack(r) => self.nack(session, request_id, permit, r),
                     Request::InProgress(r) => self.in_progress(session, request_id, permit, r),
                     Request::ListRooms => self.list_rooms(session, request_id, permit),
+                    Request::Admin(r) => self.admin(session, request_id, permit, r),
                 }
             }
             Command::Writable { session } => {
@@ -631,6 +671,7 @@ impl Broker {
         request_id: u64,
         seqs: Seqs,
         duplicate: bool,
+        durability: pb::Durability,
         permit: RequestSlot,
     ) {
         let Some(s) = self.sessions.get(&session) else {
@@ -640,6 +681,7 @@ impl Broker {
             request_id,
             seqs,
             duplicate,
+            durability,
             permit,
         };
         if s.tx.try_send(out).is_err() {
@@ -666,13 +708,55 @@ impl Broker {
         );
     }
 
-    /// Finds the room `name` of `namespace`, creating it if it is new.
+    /// The room `name` of `namespace`, if it exists.
+    fn find_room(&self, namespace: &str, name: &str) -> Option<RoomId> {
+        self.namespaces.get(namespace)?.get(name).copied()
+    }
+
+    /// Checks that a session of `tenant` may use `names`: rooms that do not
+    /// exist must be creatable on first use and within the room quota.
+    fn check_rooms<'a>(
+        &self,
+        tenant: &Tenant,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let missing: Vec<&str> = names
+            .into_iter()
+            .filter(|n| self.find_room(&tenant.name, n).is_none())
+            .collect();
+        let Some(first) = missing.first() else {
+            return Ok(());
+        };
+        let policy = tenant.policy();
+        if !policy.create_rooms {
+            return Err((
+                ErrorCode::NotFound,
+                format!(
+                    "there is no room {first:?}; namespace {} creates rooms through /admin only",
+                    tenant.name
+                ),
+            ));
+        }
+        let rooms = self.namespaces.get(&tenant.name).map_or(0, |r| r.len());
+        let max = policy.quotas.max_rooms as usize;
+        if rooms + missing.len() > max {
+            return Err((
+                ErrorCode::QuotaExceeded,
+                format!("namespace {} has its maximum of {max} rooms", tenant.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Finds the room `name` of `namespace`, creating it if it is new
+    /// (callers check [`Self::check_rooms`] first).
     fn room_id(&mut self, namespace: &Arc<str>, name: &str) -> RoomId {
-        if let Some(id) = self.namespaces.get(namespace).and_then(|r| r.get(name)) {
-            return *id;
+        if let Some(id) = self.find_room(namespace, name) {
+            return id;
         }
         let id = self.next_room_id;
         self.next_room_id += 1;
+        self.open.write.next_room_id = Some(self.next_room_id);
         let name: Arc<str> = Arc::from(name);
         self.namespaces
             .entry(namespace.clone())
@@ -684,6 +768,10 @@ impl Broker {
             .write
             .new_rooms
             .push((id, namespace.clone(), name.clone()));
+        if let Some(t) = self.tenants.get(namespace) {
+            t.usage
+                .set_rooms(self.namespaces.get(namespace).map_or(0, |r| r.len() as u64));
+        }
         info!(namespace = %namespace, room = %name, "room created");
         id
     }
@@ -825,7 +913,16 @@ impl Broker {
         if self.open.write.is_empty() {
             return;
         }
-        let open = std::mem::take(&mut self.open);
+        let mut open = std::mem::take(&mut self.open);
+        for (room_id, _) in &open.write.appends {
+            if let Some(room) = self.rooms.get(room_id) {
+                let stats = RoomStats {
+                    first_seq: room.first_seq,
+                    stored_bytes: room.stored_bytes,
+                };
+                open.write.room_stats.push((*room_id, stats));
+            }
+        }
         self.committing = Some(InFlightBatch {
             confirms: open.confirms,
             dedup: open.dedup,
@@ -866,9 +963,14 @@ impl Broker {
         for c in done.confirms {
             match c.reply {
                 PendingReply::Frame(frame) => self.reply(c.session, frame, Some(c.permit)),
-                PendingReply::Confirm { request_id, seqs } => {
-                    self.confirm_publish(c.session, request_id, seqs, false, c.permit)
-                }
+                PendingReply::Confirm { request_id, seqs } => self.confirm_publish(
+                    c.session,
+                    request_id,
+                    seqs,
+                    false,
+                    pb::Durability::Sync,
+                    c.permit,
+                ),
             }
             if let Some((room_id, key)) = c.then_pump {
                 if let Some(m) = self
@@ -894,7 +996,8 @@ impl Broker {
             *state = DedupState::Stored { seqs: seqs.clone() };
             self.dedup_expiry.push_back((Instant::now() + window, key));
             for (session, request_id, permit) in waiters {
-                self.confirm_publish(session, request_id, seqs.clone(), true, permit);
+                let sync = pb::Durability::Sync;
+                self.confirm_publish(session, request_id, seqs.clone(), true, sync, permit);
             }
         }
         for room_id in touched {

@@ -12,7 +12,9 @@ use roomq_wire::{pb, ErrorCode};
 use uuid::Uuid;
 
 use super::{now_ms, Broker, DedupState, PendingConfirm, PendingReply, SessionInfo};
-use crate::config::Limits;
+use crate::config::{DurabilityMode, Limits};
+use crate::tenancy::middleware::PublishCtx;
+use crate::tenancy::Verdict;
 use crate::storage::StoredMessage;
 
 /// A checked publish.
@@ -29,11 +31,43 @@ pub struct PublishReq {
 }
 
 /// Checks a publish and encodes its message; runs on the session's task.
+/// Middleware runs between the two steps, through [`check_with_hooks`].
 pub fn check(
     p: pb::Publish,
     session: &SessionInfo,
     limits: &Limits,
 ) -> Result<PublishReq, pb::Error> {
+    validate(&p, limits)?;
+    encode(p, session, limits)
+}
+
+/// [`check`] with the namespace's publish hooks run between the checks and
+/// the encoding (so a hook may add headers).
+pub async fn check_with_hooks(
+    mut p: pb::Publish,
+    session: &SessionInfo,
+    limits: &Limits,
+) -> Result<PublishReq, pb::Error> {
+    validate(&p, limits)?;
+    let tenant = session.tenant.clone();
+    for hook in tenant.chain() {
+        let mut ctx = PublishCtx {
+            tenant: &tenant,
+            session,
+            rooms: &p.rooms,
+            event: &p.event,
+            payload: &p.payload,
+            headers: &mut p.headers,
+        };
+        if let Verdict::Reject { code, reason } = hook.publish(&mut ctx).await {
+            return Err(pb::Error::new(code, reason));
+        }
+    }
+    encode(p, session, limits)
+}
+
+/// The checks that need no hook: rooms, event, dedup id, precondition.
+fn validate(p: &pb::Publish, limits: &Limits) -> Result<(), pb::Error> {
     let invalid = |code, msg: String| pb::Error::new(code, msg);
     if p.rooms.is_empty() {
         return Err(invalid(
@@ -63,6 +97,27 @@ pub fn check(
         }
     }
     check_name("event", &p.event).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+    if p.expected_last_seq.is_some() && p.rooms.len() != 1 {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "expected_last_seq needs exactly one room".into(),
+        ));
+    }
+    if !matches!(p.dedup_id.len(), 0 | 16) {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "dedup_id must be 16 bytes (a UUID), not {}",
+                p.dedup_id.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the headers (hooks may have added some) and encodes the message.
+fn encode(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<PublishReq, pb::Error> {
+    let invalid = |code, msg: String| pb::Error::new(code, msg);
     if p.headers.len() > limits.max_headers as usize {
         return Err(invalid(
             ErrorCode::InvalidRequest,
@@ -77,26 +132,7 @@ pub fn check(
         check_name("header name", key)
             .map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
     }
-    if p.expected_last_seq.is_some() && p.rooms.len() != 1 {
-        return Err(invalid(
-            ErrorCode::InvalidRequest,
-            "expected_last_seq needs exactly one room".into(),
-        ));
-    }
-    let dedup = match p.dedup_id.len() {
-        0 => None,
-        16 => {
-            let mut id = [0u8; 16];
-            id.copy_from_slice(&p.dedup_id);
-            Some(id)
-        }
-        n => {
-            return Err(invalid(
-                ErrorCode::InvalidRequest,
-                format!("dedup_id must be 16 bytes (a UUID), not {n}"),
-            ))
-        }
-    };
+    let dedup = <[u8; 16]>::try_from(&p.dedup_id[..]).ok();
     let message = pb::Message {
         seq: 0,
         event: p.event,
@@ -125,7 +161,12 @@ pub fn check(
 }
 
 /// The confirmation frame.
-pub fn ok_frame(request_id: u64, seqs: &[(Arc<str>, u64)], duplicate: bool) -> pb::ServerFrame {
+pub fn ok_frame(
+    request_id: u64,
+    seqs: &[(Arc<str>, u64)],
+    duplicate: bool,
+    durability: pb::Durability,
+) -> pb::ServerFrame {
     pb::ServerFrame {
         request_id,
         body: Some(pb::server_frame::Body::PublishOk(pb::PublishOk {
@@ -137,7 +178,7 @@ pub fn ok_frame(request_id: u64, seqs: &[(Arc<str>, u64)], duplicate: bool) -> p
                 })
                 .collect(),
             duplicate,
-            durability: pb::Durability::Sync as i32,
+            durability: durability as i32,
         })),
     }
 }
@@ -155,12 +196,18 @@ impl Broker {
         };
         let namespace = entry.info.namespace.clone();
         let client_id = entry.info.client_id.clone();
+        let tenant = entry.info.tenant.clone();
+        let durability = match tenant.policy().durability {
+            DurabilityMode::Sync => pb::Durability::Sync,
+            DurabilityMode::Batched => pb::Durability::Batched,
+        };
         if let Some(id) = req.dedup {
             let key = (namespace.clone(), id);
             match self.dedup.get_mut(&key) {
                 Some(DedupState::Stored { seqs }) => {
                     let seqs = seqs.clone();
-                    self.confirm_publish(session, request_id, seqs, true, permit);
+                    let sync = pb::Durability::Sync;
+                    self.confirm_publish(session, request_id, seqs, true, sync, permit);
                     return;
                 }
                 Some(DedupState::Pending { waiters, .. }) => {
@@ -188,6 +235,9 @@ impl Broker {
                 );
             }
         }
+        if let Err((code, msg)) = self.check_rooms(&tenant, req.rooms.iter().map(String::as_str)) {
+            return self.reply_error(session, request_id, permit, code, msg);
+        }
         let (except_session, except_client) = if req.except_self {
             (Some(*session.as_bytes()), client_id)
         } else {
@@ -195,12 +245,16 @@ impl Broker {
         };
         let mut seqs = Vec::with_capacity(req.rooms.len());
         let mut stored = Vec::with_capacity(req.rooms.len());
+        let now = tokio::time::Instant::now();
+        let size = req.encoded.len() as u64;
         for name in &req.rooms {
             let room_id = self.room_id(&namespace, name);
             let Some(room) = self.rooms.get_mut(&room_id) else {
                 continue;
             };
             room.last_seq += 1;
+            room.stored_bytes += size;
+            room.rate.record(now, 1);
             let msg = Arc::new(StoredMessage {
                 seq: room.last_seq,
                 encoded: req.encoded.clone(),
@@ -222,6 +276,9 @@ impl Broker {
                 v.push(msg);
             }
         }
+        tenant
+            .usage
+            .add_stored(size * stored.len() as u64, stored.len() as u64);
         let seqs: super::Seqs = seqs.into();
         if let Some(id) = req.dedup {
             let key = (namespace.clone(), id);
@@ -241,6 +298,11 @@ impl Broker {
                 },
             );
             self.open.dedup.push(key);
+        }
+        if durability == pb::Durability::Batched {
+            // Confirmed now; written (and delivered) with the next commit.
+            self.confirm_publish(session, request_id, seqs, false, durability, permit);
+            return;
         }
         self.open.confirms.push(PendingConfirm {
             session,

@@ -280,6 +280,55 @@ pub struct Room {
     pub cache: VecDeque<Arc<StoredMessage>>,
     pub cache_bytes: usize,
     pub members: HashMap<MemberKey, Member>,
+    /// First stored seq: everything below was purged.
+    pub first_seq: u64,
+    /// Bytes of the stored messages (assigned ones included).
+    pub stored_bytes: u64,
+    pub rate: RateMeter,
+}
+
+/// Messages stored per second, over the last full second.
+#[derive(Debug)]
+pub struct RateMeter {
+    window_start: Instant,
+    count: u64,
+    last_rate: f64,
+}
+
+impl RateMeter {
+    fn new() -> Self {
+        RateMeter {
+            window_start: Instant::now(),
+            count: 0,
+            last_rate: 0.0,
+        }
+    }
+
+    /// Counts `n` messages stored at `now`.
+    pub fn record(&mut self, now: Instant, n: u64) {
+        self.roll(now);
+        self.count += n;
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= Duration::from_secs(1) {
+            // A window older than two seconds saw nothing after it.
+            self.last_rate = if elapsed >= Duration::from_secs(2) {
+                0.0
+            } else {
+                self.count as f64 / elapsed.as_secs_f64()
+            };
+            self.count = 0;
+            self.window_start = now;
+        }
+    }
+
+    /// The rate over the last full second.
+    pub fn rate(&mut self, now: Instant) -> f64 {
+        self.roll(now);
+        self.last_rate
+    }
 }
 
 impl Room {
@@ -293,7 +342,26 @@ impl Room {
             cache: VecDeque::new(),
             cache_bytes: 0,
             members: HashMap::new(),
+            first_seq: 1,
+            stored_bytes: 0,
+            rate: RateMeter::new(),
         }
+    }
+
+    /// Deletes every stored message (on disk, with the next commit): seqs
+    /// go on from `last_seq`, every member moves past the purged messages.
+    /// Returns how many messages were stored.
+    pub fn purge(&mut self) -> u64 {
+        let floor = self.last_seq + 1;
+        let purged = floor.saturating_sub(self.first_seq);
+        self.first_seq = floor;
+        self.stored_bytes = 0;
+        self.cache.clear();
+        self.cache_bytes = 0;
+        for m in self.members.values_mut() {
+            m.reposition(floor);
+        }
+        purged
     }
 
     /// Records that `msgs` (the next consecutive seqs) are on disk.

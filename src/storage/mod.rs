@@ -18,6 +18,14 @@ pub mod sled_store;
 use std::sync::Arc;
 
 pub use record::{CursorRecord, DedupRecord, StoredMessage};
+
+/// What a room keeps beside its log: where the log starts (messages below
+/// were purged) and how many message bytes it stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomStats {
+    pub first_seq: u64,
+    pub stored_bytes: u64,
+}
 pub use sled_store::SledStore;
 
 /// Numeric id of a room, assigned by the broker when the room is created.
@@ -64,6 +72,18 @@ pub struct WriteBatch {
     /// Delete the dedup records accepted before this time (ms since the
     /// Unix epoch): they are past the dedup window.
     pub dedup_expire_before: Option<u64>,
+    /// Stats of rooms whose log changed in this batch.
+    pub room_stats: Vec<(RoomId, RoomStats)>,
+    /// Rooms whose stored messages below their `first_seq` (given in
+    /// `room_stats`) are deleted.
+    pub purged: Vec<RoomId>,
+    /// Rooms deleted with everything they hold. Anything else in this
+    /// batch for them is dropped.
+    pub deleted_rooms: Vec<RoomId>,
+    /// Namespace records to store (`Some`) or delete (`None`), by name.
+    pub namespaces: Vec<(String, Option<Vec<u8>>)>,
+    /// The next room id, so that ids of deleted rooms are never reused.
+    pub next_room_id: Option<RoomId>,
 }
 
 impl WriteBatch {
@@ -74,6 +94,11 @@ impl WriteBatch {
             && self.cursors.is_empty()
             && self.dedup_put.is_empty()
             && self.dedup_expire_before.is_none()
+            && self.room_stats.is_empty()
+            && self.purged.is_empty()
+            && self.deleted_rooms.is_empty()
+            && self.namespaces.is_empty()
+            && self.next_room_id.is_none()
     }
 }
 
@@ -85,6 +110,8 @@ pub struct RecoveredRoom {
     pub name: Arc<str>,
     /// Highest stored seq, 0 if the room is empty.
     pub last_seq: u64,
+    /// First stored seq and stored bytes.
+    pub stats: RoomStats,
 }
 
 /// Everything the broker needs to resume after a restart or crash.
@@ -93,6 +120,10 @@ pub struct Recovered {
     pub rooms: Vec<RecoveredRoom>,
     pub cursors: Vec<(RoomId, Arc<str>, CursorRecord)>,
     pub dedup: Vec<(Arc<str>, [u8; 16], DedupRecord)>,
+    /// Namespace records (created or changed through `/admin`), as stored.
+    pub namespaces: Vec<Vec<u8>>,
+    /// The lowest room id never used.
+    pub next_room_id: RoomId,
 }
 
 /// A durable store of rooms, messages, cursors and dedup records.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::RoomStats;
 use super::StoreError;
 
 /// A message as stored in a room's log and held in the broker's caches.
@@ -338,6 +339,40 @@ pub fn decode_room(key: &[u8], value: &[u8]) -> Result<(String, String), StoreEr
     let name = out.pop().unwrap_or_default();
     let namespace = out.pop().unwrap_or_default();
     Ok((namespace, name))
+}
+
+/// Encodes a room's stats value: first stored seq and stored bytes.
+pub fn encode_room_stats(stats: &RoomStats) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16);
+    body.put_u64(stats.first_seq);
+    body.put_u64(stats.stored_bytes);
+    seal(&body)
+}
+
+/// Decodes a room's stats value.
+pub fn decode_room_stats(key: &[u8], value: &[u8]) -> Result<RoomStats, StoreError> {
+    let mut body = open(key, value)?;
+    if body.remaining() != 16 {
+        return Err(corrupt(key, "room stats record has the wrong length"));
+    }
+    Ok(RoomStats {
+        first_seq: body.get_u64(),
+        stored_bytes: body.get_u64(),
+    })
+}
+
+/// Encodes a single u64 (the next room id).
+pub fn encode_u64(n: u64) -> Vec<u8> {
+    seal(&n.to_be_bytes())
+}
+
+/// Decodes [`encode_u64`].
+pub fn decode_u64(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    let mut body = open(key, value)?;
+    if body.remaining() != 8 {
+        return Err(corrupt(key, "counter record has the wrong length"));
+    }
+    Ok(body.get_u64())
 }
 
 #[cfg(test)]

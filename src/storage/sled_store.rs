@@ -8,6 +8,9 @@
 //! | `L` room_id first_seq | the messages of one commit for that room |
 //! | `C` room_id member_name | a durable member's cursor |
 //! | `D` accepted_ms counter | the dedup records of one commit |
+//! | `S` room_id | the room's first stored seq and stored bytes |
+//! | `N` namespace | a namespace created or changed through `/admin` |
+//! | `M` `next_room_id` | the lowest room id never used |
 //!
 //! Integers in keys are big-endian so that sled's byte order is numeric
 //! order. Packing a commit's messages into one value (rather than a key per
@@ -19,11 +22,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::record::{
-    decode_cursor, decode_dedup_group, decode_log_batch, decode_room, encode_cursor,
-    encode_dedup_group, encode_log_batch, encode_room, log_batch_count,
+    decode_cursor, decode_dedup_group, decode_log_batch, decode_room, decode_room_stats,
+    decode_u64, encode_cursor, encode_dedup_group, encode_log_batch, encode_room,
+    encode_room_stats, encode_u64, log_batch_count, open as open_record, seal,
 };
 use super::{
-    Flushed, Recovered, RecoveredRoom, RoomId, Store, StoreError, StoredMessage, WriteBatch,
+    Flushed, Recovered, RecoveredRoom, RoomId, RoomStats, Store, StoreError, StoredMessage,
+    WriteBatch,
 };
 
 /// Target size of one log value. A commit's messages are split into values
@@ -66,6 +71,9 @@ const ROOM: u8 = b'R';
 const LOG: u8 = b'L';
 const CURSOR: u8 = b'C';
 const DEDUP: u8 = b'D';
+const STATS: u8 = b'S';
+const NAMESPACE: u8 = b'N';
+const NEXT_ROOM_ID: &[u8] = b"Mnext_room_id";
 
 /// The sled-backed store.
 pub struct SledStore {
@@ -124,6 +132,19 @@ fn room_key(room: RoomId) -> [u8; 9] {
     k
 }
 
+fn stats_key(room: RoomId) -> [u8; 9] {
+    let mut k = room_key(room);
+    k[0] = STATS;
+    k
+}
+
+fn namespace_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(NAMESPACE);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
 fn log_key(room: RoomId, first_seq: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = LOG;
@@ -169,7 +190,7 @@ impl Store for SledStore {
             let mut prefix = [0u8; 9];
             prefix[0] = LOG;
             prefix[1..].copy_from_slice(&id.to_be_bytes());
-            let last_seq = match self.db.scan_prefix(prefix).next_back() {
+            let logged = match self.db.scan_prefix(prefix).next_back() {
                 None => 0,
                 Some(item) => {
                     let (k, v) = item?;
@@ -178,12 +199,32 @@ impl Store for SledStore {
                     (first + u64::from(count)).saturating_sub(1)
                 }
             };
+            let stats_key = stats_key(id);
+            let stats = match self.db.get(stats_key)? {
+                Some(v) => decode_room_stats(&stats_key, &v)?,
+                None => RoomStats {
+                    first_seq: 1,
+                    stored_bytes: 0,
+                },
+            };
+            // A purged room has no log left: its seqs continue after the
+            // purge point.
+            let last_seq = logged.max(stats.first_seq.saturating_sub(1));
+            out.next_room_id = out.next_room_id.max(id.saturating_add(1));
             out.rooms.push(RecoveredRoom {
                 id,
                 namespace: namespace.into(),
                 name: name.into(),
                 last_seq,
+                stats,
             });
+        }
+        if let Some(v) = self.db.get(NEXT_ROOM_ID)? {
+            out.next_room_id = out.next_room_id.max(decode_u64(NEXT_ROOM_ID, &v)?);
+        }
+        for item in self.db.scan_prefix([NAMESPACE]) {
+            let (key, value) = item?;
+            out.namespaces.push(open_record(&key, &value)?.to_vec());
         }
         for item in self.db.scan_prefix([CURSOR]) {
             let (key, value) = item?;
@@ -204,17 +245,71 @@ impl Store for SledStore {
 
     fn commit(&self, batch: &WriteBatch) -> Result<Flushed, StoreError> {
         let mut b = sled::Batch::default();
-        for (id, ns, name) in &batch.new_rooms {
+        let deleted: std::collections::HashSet<RoomId> =
+            batch.deleted_rooms.iter().copied().collect();
+        let live = |room: &RoomId| !deleted.contains(room);
+        let floors: std::collections::HashMap<RoomId, u64> = batch
+            .room_stats
+            .iter()
+            .filter(|(room, _)| batch.purged.contains(room))
+            .map(|(room, stats)| (*room, stats.first_seq))
+            .collect();
+        for (id, ns, name) in batch.new_rooms.iter().filter(|r| live(&r.0)) {
             b.insert(&room_key(*id), encode_room(ns, name));
         }
-        for (room, messages) in &batch.appends {
+        for (room, messages) in batch.appends.iter().filter(|a| live(&a.0)) {
+            // Messages purged before they were written are not written.
+            let kept: Vec<Arc<StoredMessage>>;
+            let messages = match floors.get(room) {
+                Some(floor) => {
+                    kept = messages.iter().filter(|m| m.seq >= *floor).cloned().collect();
+                    &kept
+                }
+                None => messages,
+            };
             for chunk in chunks(messages, LOG_VALUE_BYTES) {
                 if let Some(first) = chunk.first() {
                     b.insert(&log_key(*room, first.seq), encode_log_batch(chunk));
                 }
             }
         }
-        for (room, name, cursor) in &batch.cursors {
+        for (room, stats) in batch.room_stats.iter().filter(|s| live(&s.0)) {
+            b.insert(&stats_key(*room), encode_room_stats(stats));
+        }
+        for (room, floor) in &floors {
+            // Values are whole commits; one that starts below the floor is
+            // removed only if it also ends below it (a purge empties the
+            // room, so every earlier value does).
+            for item in self.db.range(log_key(*room, 0)..log_key(*room, *floor)) {
+                let (k, v) = item?;
+                let first = k.get(9..).and_then(be_u64).ok_or_else(|| bad_key(&k))?;
+                if first + u64::from(log_batch_count(&k, &v)?) <= *floor {
+                    b.remove(k);
+                }
+            }
+        }
+        for room in &deleted {
+            b.remove(&room_key(*room));
+            b.remove(&stats_key(*room));
+            for prefix in [LOG, CURSOR] {
+                let mut p = [0u8; 9];
+                p[0] = prefix;
+                p[1..].copy_from_slice(&room.to_be_bytes());
+                for item in self.db.scan_prefix(p) {
+                    b.remove(item?.0);
+                }
+            }
+        }
+        for (name, record) in &batch.namespaces {
+            match record {
+                Some(body) => b.insert(namespace_key(name), seal(body)),
+                None => b.remove(namespace_key(name)),
+            }
+        }
+        if let Some(next) = batch.next_room_id {
+            b.insert(NEXT_ROOM_ID, encode_u64(next));
+        }
+        for (room, name, cursor) in batch.cursors.iter().filter(|c| live(&c.0)) {
             let key = cursor_key(*room, name);
             match cursor {
                 Some(c) => b.insert(key, encode_cursor(c)),

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use roomq::config::Config;
+use roomq::config::{Config, NamespaceConfig};
 use roomq::server::{self, ServerError};
 use roomq_client::proto as pb;
 use roomq_client::raw::{ConnectOptions, Connection as Client, Deliveries};
@@ -34,6 +34,11 @@ pub fn test_config(dir: &TempDir) -> Config {
         ..Config::default()
     };
     c.storage.cache_bytes = 16 * 1024 * 1024;
+    // Open namespaces the tests use besides `/`.
+    for ns in ["/a", "/ab", "/administration", "/fuzz", "/orders", "/other", "/users"] {
+        c.namespaces
+            .insert(ns.to_string(), NamespaceConfig::open_default());
+    }
     c
 }
 

@@ -42,8 +42,7 @@ pub enum ErrorCode {
     TooManyConnections = 16,
     /// The credentials were missing or wrong.
     Unauthenticated = 17,
-    /// The credentials do not allow this operation (today: a handshake to the
-    /// reserved `/admin` namespace).
+    /// The credentials do not allow this operation.
     PermissionDenied = 18,
     /// A quota of the namespace is exhausted.
     QuotaExceeded = 19,
@@ -60,11 +59,16 @@ pub enum ErrorCode {
     MessageTooLarge = 23,
     /// A publish's `expected_last_seq` did not match the room's last seq.
     PreconditionFailed = 24,
+    /// The namespace, room, token or session named does not exist (or, for
+    /// a room, was deleted).
+    NotFound = 25,
+    /// An administrator closed this session.
+    Kicked = 26,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::HandshakeRequired,
@@ -89,6 +93,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::MessageTooLarge,
         ErrorCode::PreconditionFailed,
+        ErrorCode::NotFound,
+        ErrorCode::Kicked,
     ];
 
     /// The code for a number, if it is one.
@@ -123,6 +129,8 @@ impl ErrorCode {
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
             ErrorCode::PreconditionFailed => "PRECONDITION_FAILED",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::Kicked => "KICKED",
         }
     }
 
@@ -142,6 +150,7 @@ impl ErrorCode {
                 | ErrorCode::TooManyConnections
                 | ErrorCode::Unauthenticated
                 | ErrorCode::TooManyPendingRequests
+                | ErrorCode::Kicked
         )
     }
 }

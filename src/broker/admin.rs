@@ -1,0 +1,472 @@
+//! `Admin`: the `/admin` namespace's requests. Listing reads the broker's
+//! tables; every change is written with the next commit and answered once
+//! it is on disk.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use roomq_wire::names::{check_name, check_namespace};
+use roomq_wire::{pb, ErrorCode};
+use tokio::time::Instant;
+use tracing::info;
+use uuid::Uuid;
+
+use super::room::MemberKey;
+use super::{error_frame, Broker, Outbound, PendingConfirm, PendingReply, RequestSlot};
+use crate::config::{DurabilityMode, NamespaceConfig, Quotas, TokenConfig};
+use crate::storage::RoomId;
+use crate::tenancy::{token, Tenant};
+
+/// A checked admin request.
+#[derive(Debug)]
+pub enum AdminReq {
+    ListNamespaces,
+    /// `None`: every namespace.
+    ListRooms(Option<String>),
+    CreateNamespace(String, NamespaceConfig),
+    DeleteNamespace(String),
+    CreateRoom(String, String),
+    DeleteRoom(String, String),
+    CreateToken(String, TokenConfig),
+    DeleteToken(String, String),
+    PurgeRoom(String, String),
+    Kick(Uuid),
+}
+
+fn bad(code: ErrorCode, e: impl ToString) -> pb::Error {
+    pb::Error::new(code, e.to_string())
+}
+
+fn namespace(name: &str) -> Result<String, pb::Error> {
+    check_namespace(name).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+    Ok(name.to_string())
+}
+
+fn room(name: &str) -> Result<String, pb::Error> {
+    check_name("room", name).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+    Ok(name.to_string())
+}
+
+fn patterns(list: Vec<String>) -> Result<Vec<String>, pb::Error> {
+    if list.is_empty() {
+        return Ok(vec!["*".to_string()]);
+    }
+    for p in &list {
+        check_name("room pattern", p).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+    }
+    Ok(list)
+}
+
+/// Checks an admin request; runs on the session's task.
+pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
+    use pb::admin::Op;
+    let Some(op) = a.op else {
+        return Err(bad(ErrorCode::InvalidRequest, "admin request has no operation"));
+    };
+    Ok(match op {
+        Op::ListNamespaces(_) => AdminReq::ListNamespaces,
+        Op::ListRooms(r) if r.namespace.is_empty() => AdminReq::ListRooms(None),
+        Op::ListRooms(r) => AdminReq::ListRooms(Some(namespace(&r.namespace)?)),
+        Op::CreateNamespace(c) => {
+            let durability = match pb::Durability::try_from(c.durability) {
+                Ok(pb::Durability::Unspecified | pb::Durability::Sync) => DurabilityMode::Sync,
+                Ok(pb::Durability::Batched) => DurabilityMode::Batched,
+                Err(_) => {
+                    let msg = format!("unknown durability {}", c.durability);
+                    return Err(bad(ErrorCode::InvalidRequest, msg));
+                }
+            };
+            let quotas = match c.quotas {
+                None => Quotas::default(),
+                Some(q) => Quotas {
+                    max_connections: q.max_connections,
+                    max_rooms: q.max_rooms,
+                    max_stored_bytes: q.max_stored_bytes,
+                    publish_rate: q.publish_rate,
+                    publish_burst: q.publish_burst,
+                    max_message_bytes: q.max_message_bytes,
+                },
+            };
+            let settings = NamespaceConfig {
+                open: c.open,
+                durability,
+                create_rooms: c.create_rooms.unwrap_or(true),
+                quotas,
+                tokens: Vec::new(),
+            };
+            AdminReq::CreateNamespace(namespace(&c.name)?, settings)
+        }
+        Op::DeleteNamespace(d) => AdminReq::DeleteNamespace(namespace(&d.name)?),
+        Op::CreateRoom(r) => AdminReq::CreateRoom(namespace(&r.namespace)?, room(&r.room)?),
+        Op::DeleteRoom(r) => AdminReq::DeleteRoom(namespace(&r.namespace)?, room(&r.room)?),
+        Op::PurgeRoom(r) => AdminReq::PurgeRoom(namespace(&r.namespace)?, room(&r.room)?),
+        Op::CreateToken(t) => {
+            check_name("token name", &t.name).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+            let token = TokenConfig {
+                name: t.name,
+                // Filled in by the broker, which makes the token.
+                hash: String::new(),
+                publish: patterns(t.publish)?,
+                subscribe: patterns(t.subscribe)?,
+            };
+            AdminReq::CreateToken(namespace(&t.namespace)?, token)
+        }
+        Op::DeleteToken(t) => {
+            check_name("token name", &t.name).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+            AdminReq::DeleteToken(namespace(&t.namespace)?, t.name)
+        }
+        Op::Kick(k) => match Uuid::from_slice(&k.session_id) {
+            Ok(id) => AdminReq::Kick(id),
+            Err(_) => return Err(bad(ErrorCode::InvalidRequest, "session_id must be 16 bytes")),
+        },
+    })
+}
+
+fn ok(request_id: u64, body: pb::AdminOk) -> pb::ServerFrame {
+    pb::ServerFrame {
+        request_id,
+        body: Some(pb::server_frame::Body::AdminOk(body)),
+    }
+}
+
+fn quotas_of(q: &Quotas) -> pb::NamespaceQuotas {
+    pb::NamespaceQuotas {
+        max_connections: q.max_connections,
+        max_rooms: q.max_rooms,
+        max_stored_bytes: q.max_stored_bytes,
+        publish_rate: q.publish_rate,
+        publish_burst: q.publish_burst,
+        max_message_bytes: q.max_message_bytes,
+    }
+}
+
+fn namespace_info(t: &Tenant) -> pb::NamespaceInfo {
+    let p = t.policy();
+    pb::NamespaceInfo {
+        name: t.name.to_string(),
+        open: p.open,
+        durability: match p.durability {
+            DurabilityMode::Sync => pb::Durability::Sync as i32,
+            DurabilityMode::Batched => pb::Durability::Batched as i32,
+        },
+        create_rooms: p.create_rooms,
+        from_config: t.from_config,
+        quotas: Some(quotas_of(&p.quotas)),
+        tokens: p.tokens.iter().map(|t| t.name.to_string()).collect(),
+        connections: t.usage.connections(),
+        rooms: t.usage.rooms(),
+        stored_bytes: t.usage.stored_bytes(),
+        published: t.usage.published(),
+    }
+}
+
+impl Broker {
+    pub(super) fn admin(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: RequestSlot,
+        req: AdminReq,
+    ) {
+        info!(session = %session, request = ?req, "admin request");
+        let result = match req {
+            AdminReq::ListNamespaces => {
+                let namespaces = self.tenants.list().iter().map(|t| namespace_info(t)).collect();
+                let body = pb::AdminOk {
+                    namespaces,
+                    ..Default::default()
+                };
+                return self.reply(session, ok(request_id, body), Some(permit));
+            }
+            AdminReq::ListRooms(ns) => {
+                let body = self.room_infos(ns.as_deref());
+                return self.reply(session, ok(request_id, body), Some(permit));
+            }
+            AdminReq::Kick(id) => self.kick(id),
+            AdminReq::CreateNamespace(name, settings) => self.create_namespace(&name, settings),
+            AdminReq::DeleteNamespace(name) => self.delete_namespace(&name),
+            AdminReq::CreateRoom(ns, name) => self.tenant(&ns).map(|_| {
+                let existed = self.find_room(&ns, &name).is_some();
+                self.room_id(&Arc::from(ns.as_str()), &name);
+                pb::AdminOk {
+                    count: u64::from(!existed),
+                    ..Default::default()
+                }
+            }),
+            AdminReq::DeleteRoom(ns, name) => self.tenant(&ns).and_then(|_| {
+                let id = self.find_room(&ns, &name).ok_or_else(|| no_room(&ns, &name))?;
+                self.delete_room(id);
+                Ok(pb::AdminOk {
+                    count: 1,
+                    ..Default::default()
+                })
+            }),
+            AdminReq::PurgeRoom(ns, name) => self.tenant(&ns).and_then(|tenant| {
+                let id = self.find_room(&ns, &name).ok_or_else(|| no_room(&ns, &name))?;
+                Ok(pb::AdminOk {
+                    count: self.purge_room(id, &tenant),
+                    ..Default::default()
+                })
+            }),
+            AdminReq::CreateToken(ns, mut t) => self.tenant(&ns).and_then(|tenant| {
+                let secret = token::generate().map_err(|e| bad(ErrorCode::Internal, e))?;
+                t.hash = token::TokenHash::of(&secret).to_text();
+                let record = self
+                    .tenants
+                    .add_token(&tenant, t)
+                    .map_err(|e| bad(ErrorCode::InvalidRequest, e))?;
+                self.store_namespace(&record);
+                Ok(pb::AdminOk {
+                    token: secret,
+                    ..Default::default()
+                })
+            }),
+            AdminReq::DeleteToken(ns, name) => self.tenant(&ns).and_then(|tenant| {
+                let record = self
+                    .tenants
+                    .delete_token(&tenant, &name)
+                    .map_err(|e| bad(ErrorCode::NotFound, e))?;
+                self.store_namespace(&record);
+                Ok(pb::AdminOk {
+                    count: 1,
+                    ..Default::default()
+                })
+            }),
+        };
+        match result {
+            Ok(body) => {
+                // Answered once what it changed is on disk.
+                self.open.confirms.push(PendingConfirm {
+                    session,
+                    reply: PendingReply::Frame(ok(request_id, body)),
+                    permit,
+                    then_pump: None,
+                });
+            }
+            Err(e) => {
+                info!(session = %session, code = e.name, message = %e.message, "admin request refused");
+                let frame = pb::ServerFrame {
+                    request_id,
+                    body: Some(pb::server_frame::Body::Error(e)),
+                };
+                self.reply(session, frame, Some(permit));
+            }
+        }
+    }
+
+    fn tenant(&self, name: &str) -> Result<Arc<Tenant>, pb::Error> {
+        self.tenants
+            .get(name)
+            .filter(|t| !t.is_admin())
+            .ok_or_else(|| bad(ErrorCode::NotFound, format!("there is no namespace {name}")))
+    }
+
+    fn store_namespace(&mut self, record: &crate::tenancy::StoredNamespace) {
+        let body = serde_json::to_vec(record).unwrap_or_default();
+        self.open
+            .write
+            .namespaces
+            .push((record.name.clone(), Some(body)));
+    }
+
+    fn create_namespace(
+        &mut self,
+        name: &str,
+        settings: NamespaceConfig,
+    ) -> Result<pb::AdminOk, pb::Error> {
+        let tenant = self
+            .tenants
+            .create(name, settings)
+            .map_err(|e| bad(ErrorCode::InvalidRequest, e))?;
+        let record = self.tenants.record_of(&tenant);
+        self.store_namespace(&record);
+        info!(namespace = %name, "namespace created");
+        Ok(pb::AdminOk {
+            namespaces: vec![namespace_info(&tenant)],
+            ..Default::default()
+        })
+    }
+
+    fn delete_namespace(&mut self, name: &str) -> Result<pb::AdminOk, pb::Error> {
+        let tenant = self.tenant(name)?;
+        self.tenants
+            .remove(name)
+            .map_err(|e| bad(ErrorCode::InvalidRequest, e))?;
+        let sessions: Vec<Uuid> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| &*s.info.namespace == name)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &sessions {
+            let mut e = pb::Error::new(ErrorCode::NotFound, format!("namespace {name} was deleted"));
+            e.fatal = true;
+            self.close_session(*id, e);
+        }
+        let rooms: Vec<RoomId> = self
+            .namespaces
+            .get(name)
+            .map(|r| r.values().copied().collect())
+            .unwrap_or_default();
+        for id in &rooms {
+            self.delete_room(*id);
+        }
+        self.namespaces.remove(name);
+        self.dedup.retain(|(ns, _), _| &**ns != name);
+        self.open.write.namespaces.push((name.to_string(), None));
+        info!(namespace = %tenant.name, rooms = rooms.len(), "namespace deleted");
+        Ok(pb::AdminOk {
+            count: rooms.len() as u64,
+            ..Default::default()
+        })
+    }
+
+    /// Sends `error` (fatal) to a session and forgets it; its writer closes
+    /// the connection once the error is written.
+    fn close_session(&mut self, id: Uuid, error: pb::Error) {
+        if let Some(s) = self.sessions.get(&id) {
+            let frame = pb::ServerFrame {
+                request_id: 0,
+                body: Some(pb::server_frame::Body::Error(error)),
+            };
+            if s.tx.try_send(Outbound::Reply { frame, permit: None }).is_err() {
+                s.kill.cancel();
+            }
+        }
+        self.unregister(id);
+    }
+
+    fn kick(&mut self, id: Uuid) -> Result<pb::AdminOk, pb::Error> {
+        if !self.sessions.contains_key(&id) {
+            return Err(bad(ErrorCode::NotFound, format!("there is no session {id}")));
+        }
+        info!(session = %id, "session kicked");
+        let e = pb::Error::new(ErrorCode::Kicked, "an administrator closed this session");
+        self.close_session(id, e);
+        Ok(pb::AdminOk {
+            count: 1,
+            ..Default::default()
+        })
+    }
+
+    /// Deletes a room: its members are told (a non-fatal NOT_FOUND push),
+    /// its data goes with the next commit.
+    fn delete_room(&mut self, id: RoomId) {
+        let Some(room) = self.rooms.remove(&id) else {
+            return;
+        };
+        if let Some(names) = self.namespaces.get_mut(&room.namespace) {
+            names.remove(&room.name);
+        }
+        for m in room.members.values() {
+            let Some(att) = &m.attached else {
+                continue;
+            };
+            if let Some(s) = self.sessions.get_mut(&att.session) {
+                s.memberships.remove(&(room.name.clone(), att.label.clone()));
+            }
+            let msg = format!("room {:?} was deleted", &*room.name);
+            self.reply(att.session, error_frame(0, ErrorCode::NotFound, msg), None);
+        }
+        self.dirty.retain(|(r, _)| *r != id);
+        self.open.write.deleted_rooms.push(id);
+        if let Some(t) = self.tenants.get(&room.namespace) {
+            t.usage.remove_stored(room.stored_bytes);
+            t.usage
+                .set_rooms(self.namespaces.get(&room.namespace).map_or(0, |r| r.len() as u64));
+        }
+        info!(namespace = %room.namespace, room = %room.name, "room deleted");
+    }
+
+    /// Purges a room; returns how many messages it held.
+    fn purge_room(&mut self, id: RoomId, tenant: &Tenant) -> u64 {
+        let Some(room) = self.rooms.get_mut(&id) else {
+            return 0;
+        };
+        let bytes = room.stored_bytes;
+        let purged = room.purge();
+        let stats = crate::storage::RoomStats {
+            first_seq: room.first_seq,
+            stored_bytes: 0,
+        };
+        for (key, m) in &room.members {
+            if m.durable {
+                self.dirty.insert((id, key.clone()));
+            }
+        }
+        tenant.usage.remove_stored(bytes);
+        self.open.write.room_stats.push((id, stats));
+        self.open.write.purged.push(id);
+        info!(namespace = %room.namespace, room = %room.name, purged, "room purged");
+        purged
+    }
+
+    fn room_infos(&mut self, namespace: Option<&str>) -> pb::AdminOk {
+        let now = Instant::now();
+        let mut ids: Vec<RoomId> = match namespace {
+            Some(ns) => self
+                .namespaces
+                .get(ns)
+                .map(|r| r.values().copied().collect())
+                .unwrap_or_default(),
+            None => self.rooms.keys().copied().collect(),
+        };
+        ids.sort_by(|a, b| {
+            let key = |id| self.rooms.get(id).map(|r| (r.namespace.clone(), r.name.clone()));
+            key(a).cmp(&key(b))
+        });
+        let budget = self.config.limits.max_frame().saturating_sub(256);
+        let mut used = 0;
+        let mut rooms = Vec::new();
+        let mut truncated = false;
+        for id in ids {
+            let Some(room) = self.rooms.get_mut(&id) else {
+                continue;
+            };
+            let members = room
+                .members
+                .iter()
+                .map(|(key, m)| pb::MemberInfo {
+                    name: match key {
+                        MemberKey::Durable(n) => n.to_string(),
+                        MemberKey::Ephemeral(..) => String::new(),
+                    },
+                    durable: m.durable,
+                    connected: m.attached.is_some(),
+                    session_id: m
+                        .attached
+                        .as_ref()
+                        .map(|a| bytes::Bytes::copy_from_slice(a.session.as_bytes()))
+                        .unwrap_or_default(),
+                    next_seq: m.next_seq,
+                    backlog: (room.committed_seq + 1).saturating_sub(m.next_seq),
+                    unacked: u32::try_from(m.unacked.len()).unwrap_or(u32::MAX),
+                })
+                .collect();
+            let info = pb::AdminRoomInfo {
+                namespace: room.namespace.to_string(),
+                name: room.name.to_string(),
+                first_seq: room.first_seq,
+                last_seq: room.committed_seq,
+                stored_bytes: room.stored_bytes,
+                publish_rate: room.rate.rate(now),
+                members,
+            };
+            used += info.encoded_len() + 8;
+            if used > budget {
+                truncated = true;
+                break;
+            }
+            rooms.push(info);
+        }
+        pb::AdminOk {
+            rooms,
+            truncated,
+            ..Default::default()
+        }
+    }
+}
+
+fn no_room(ns: &str, name: &str) -> pb::Error {
+    bad(ErrorCode::NotFound, format!("there is no room {name:?} in {ns}"))
+}
