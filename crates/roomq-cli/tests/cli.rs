@@ -22,10 +22,14 @@ fn roomq(addr: &str, args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subscribe_and_rooms() {
     let dir = tempfile::tempdir().unwrap();
-    let config = roomq::config::Config {
+    let mut config = roomq::config::Config {
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
+    config.namespaces.insert(
+        "/other".into(),
+        roomq::config::NamespaceConfig::open_default(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let shutdown = CancellationToken::new();
