@@ -551,4 +551,38 @@ mod tests {
             Err(ConfigError::Invalid(_))
         ));
     }
+
+    #[test]
+    fn namespaces_merge_with_the_open_root_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let hash = crate::tenancy::token::TokenHash::of("secret").to_text();
+        std::fs::write(
+            &path,
+            format!(
+                "[namespaces.\"/orders\"]\n[[namespaces.\"/orders\".tokens]]\nname = \"app\"\nhash = \"{hash}\"\npublish = [\"orders.*\"]\n"
+            ),
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), vec![]).unwrap();
+        assert!(c.namespaces["/"].open, "declaring /orders keeps / open");
+        let orders = &c.namespaces["/orders"];
+        assert!(!orders.open, "a declared namespace is closed by default");
+        assert_eq!(orders.tokens[0].publish, vec!["orders.*".to_string()]);
+        assert_eq!(orders.tokens[0].subscribe, vec!["*".to_string()]);
+
+        std::fs::write(&path, "[namespaces.\"/\"]\n").unwrap();
+        let c = Config::load(Some(&path), vec![]).unwrap();
+        assert!(!c.namespaces["/"].open, "declaring / closes it");
+
+        for bad in [
+            "[namespaces.\"/admin\"]\n",
+            "[namespaces.\"no-slash\"]\n",
+            "[[namespaces.\"/x\".tokens]]\nname = \"a\"\nhash = \"sha256:00\"\n",
+            "[namespaces.\"/x\"]\ndurability = \"eventually\"\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(Config::load(Some(&path), vec![]).is_err(), "{bad}");
+        }
+    }
 }

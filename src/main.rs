@@ -43,6 +43,9 @@ enum Cmd {
     PrintConfig,
     /// Check a configuration (file, environment, flags) and exit.
     CheckConfig,
+    /// Make a new random token and print it with the hash that goes in the
+    /// config file (the token itself is never stored).
+    Token,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,20 @@ fn main() -> ExitCode {
     if let Some(Cmd::PrintConfig) = cli.command {
         print!("{DEFAULT_TOML}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Cmd::Token) = cli.command {
+        return match roomq::tenancy::token::generate() {
+            Ok(token) => {
+                let hash = roomq::tenancy::token::TokenHash::of(&token).to_text();
+                println!("token = {token}");
+                println!("hash = \"{hash}\"");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("roomqd: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
     }
     let mut config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,

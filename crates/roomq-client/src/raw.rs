@@ -80,6 +80,12 @@ impl ConnectOptions {
         self.client_name = name.into();
         self
     }
+
+    /// Sets the namespace's token (an admin token for `/admin`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
+    }
 }
 
 /// Something the broker pushed without being asked.
@@ -396,6 +402,17 @@ impl Connection {
             .await?
         {
             pb::server_frame::Body::ListRoomsOk(ok) => Ok(ok.rooms),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// An administration request (the session must be in `/admin`).
+    pub async fn admin(&self, op: pb::admin::Op) -> Result<pb::AdminOk, ClientError> {
+        match self
+            .request(pb::client_frame::Body::Admin(pb::Admin { op: Some(op) }))
+            .await?
+        {
+            pb::server_frame::Body::AdminOk(ok) => Ok(ok),
             other => Err(unexpected(other)),
         }
     }
