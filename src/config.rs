@@ -298,12 +298,13 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
-        let mut config: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: file.map(|p| p.to_path_buf()).unwrap_or_default(),
-                source: Box::new(e),
-            })?;
+        let mut config: Config =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: file.map(|p| p.to_path_buf()).unwrap_or_default(),
+                    source: Box::new(e),
+                })?;
         // Declaring namespaces does not close `/`; declaring `/` does.
         config
             .namespaces

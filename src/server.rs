@@ -72,7 +72,10 @@ pub async fn run_with_store(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    Server::new(config).store(store).run(listener, shutdown).await
+    Server::new(config)
+        .store(store)
+        .run(listener, shutdown)
+        .await
 }
 
 /// The broker as a library: a configuration, optionally a store opened by

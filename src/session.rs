@@ -485,8 +485,7 @@ async fn write_loop(
                     durability,
                     permit,
                 } => {
-                    let frame =
-                        broker::publish::ok_frame(request_id, &seqs, duplicate, durability);
+                    let frame = broker::publish::ok_frame(request_id, &seqs, duplicate, durability);
                     if let Err(e) = encode_frame(&frame, max_frame, &mut buf) {
                         warn!(session = %session, error = %e, "confirmation not sent");
                     }

@@ -61,7 +61,10 @@ fn patterns(list: Vec<String>) -> Result<Vec<String>, pb::Error> {
 pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
     use pb::admin::Op;
     let Some(op) = a.op else {
-        return Err(bad(ErrorCode::InvalidRequest, "admin request has no operation"));
+        return Err(bad(
+            ErrorCode::InvalidRequest,
+            "admin request has no operation",
+        ));
     };
     Ok(match op {
         Op::ListNamespaces(_) => AdminReq::ListNamespaces,
@@ -117,7 +120,12 @@ pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
         }
         Op::Kick(k) => match Uuid::from_slice(&k.session_id) {
             Ok(id) => AdminReq::Kick(id),
-            Err(_) => return Err(bad(ErrorCode::InvalidRequest, "session_id must be 16 bytes")),
+            Err(_) => {
+                return Err(bad(
+                    ErrorCode::InvalidRequest,
+                    "session_id must be 16 bytes",
+                ))
+            }
         },
     })
 }
@@ -171,7 +179,12 @@ impl Broker {
         info!(session = %session, request = ?req, "admin request");
         let result = match req {
             AdminReq::ListNamespaces => {
-                let namespaces = self.tenants.list().iter().map(|t| namespace_info(t)).collect();
+                let namespaces = self
+                    .tenants
+                    .list()
+                    .iter()
+                    .map(|t| namespace_info(t))
+                    .collect();
                 let body = pb::AdminOk {
                     namespaces,
                     ..Default::default()
@@ -194,7 +207,9 @@ impl Broker {
                 }
             }),
             AdminReq::DeleteRoom(ns, name) => self.tenant(&ns).and_then(|_| {
-                let id = self.find_room(&ns, &name).ok_or_else(|| no_room(&ns, &name))?;
+                let id = self
+                    .find_room(&ns, &name)
+                    .ok_or_else(|| no_room(&ns, &name))?;
                 self.delete_room(id);
                 Ok(pb::AdminOk {
                     count: 1,
@@ -202,7 +217,9 @@ impl Broker {
                 })
             }),
             AdminReq::PurgeRoom(ns, name) => self.tenant(&ns).and_then(|tenant| {
-                let id = self.find_room(&ns, &name).ok_or_else(|| no_room(&ns, &name))?;
+                let id = self
+                    .find_room(&ns, &name)
+                    .ok_or_else(|| no_room(&ns, &name))?;
                 Ok(pb::AdminOk {
                     count: self.purge_room(id, &tenant),
                     ..Default::default()
@@ -299,7 +316,8 @@ impl Broker {
             .map(|(id, _)| *id)
             .collect();
         for id in &sessions {
-            let mut e = pb::Error::new(ErrorCode::NotFound, format!("namespace {name} was deleted"));
+            let mut e =
+                pb::Error::new(ErrorCode::NotFound, format!("namespace {name} was deleted"));
             e.fatal = true;
             self.close_session(*id, e);
         }
@@ -329,7 +347,13 @@ impl Broker {
                 request_id: 0,
                 body: Some(pb::server_frame::Body::Error(error)),
             };
-            if s.tx.try_send(Outbound::Reply { frame, permit: None }).is_err() {
+            if s.tx
+                .try_send(Outbound::Reply {
+                    frame,
+                    permit: None,
+                })
+                .is_err()
+            {
                 s.kill.cancel();
             }
         }
@@ -338,7 +362,10 @@ impl Broker {
 
     fn kick(&mut self, id: Uuid) -> Result<pb::AdminOk, pb::Error> {
         if !self.sessions.contains_key(&id) {
-            return Err(bad(ErrorCode::NotFound, format!("there is no session {id}")));
+            return Err(bad(
+                ErrorCode::NotFound,
+                format!("there is no session {id}"),
+            ));
         }
         info!(session = %id, "session kicked");
         let e = pb::Error::new(ErrorCode::Kicked, "an administrator closed this session");
@@ -363,7 +390,8 @@ impl Broker {
                 continue;
             };
             if let Some(s) = self.sessions.get_mut(&att.session) {
-                s.memberships.remove(&(room.name.clone(), att.label.clone()));
+                s.memberships
+                    .remove(&(room.name.clone(), att.label.clone()));
             }
             let msg = format!("room {:?} was deleted", &*room.name);
             self.reply(att.session, error_frame(0, ErrorCode::NotFound, msg), None);
@@ -372,8 +400,11 @@ impl Broker {
         self.open.write.deleted_rooms.push(id);
         if let Some(t) = self.tenants.get(&room.namespace) {
             t.usage.remove_stored(room.stored_bytes);
-            t.usage
-                .set_rooms(self.namespaces.get(&room.namespace).map_or(0, |r| r.len() as u64));
+            t.usage.set_rooms(
+                self.namespaces
+                    .get(&room.namespace)
+                    .map_or(0, |r| r.len() as u64),
+            );
         }
         info!(namespace = %room.namespace, room = %room.name, "room deleted");
     }
@@ -412,7 +443,11 @@ impl Broker {
             None => self.rooms.keys().copied().collect(),
         };
         ids.sort_by(|a, b| {
-            let key = |id| self.rooms.get(id).map(|r| (r.namespace.clone(), r.name.clone()));
+            let key = |id| {
+                self.rooms
+                    .get(id)
+                    .map(|r| (r.namespace.clone(), r.name.clone()))
+            };
             key(a).cmp(&key(b))
         });
         let budget = self.config.limits.max_frame().saturating_sub(256);
@@ -468,5 +503,8 @@ impl Broker {
 }
 
 fn no_room(ns: &str, name: &str) -> pb::Error {
-    bad(ErrorCode::NotFound, format!("there is no room {name:?} in {ns}"))
+    bad(
+        ErrorCode::NotFound,
+        format!("there is no room {name:?} in {ns}"),
+    )
 }

@@ -38,8 +38,8 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::tenancy::{Grant, StoredNamespace, Tenant, Tenants};
 use crate::storage::{RoomId, RoomStats, Store, StoreError, StoredMessage, WriteBatch};
+use crate::tenancy::{Grant, StoredNamespace, Tenant, Tenants};
 use commit::CommitOutcome;
 use room::{MemberKey, Outlet, Room, Timers};
 

@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use super::{now_ms, Broker, DedupState, PendingConfirm, PendingReply, SessionInfo};
 use crate::config::{DurabilityMode, Limits};
+use crate::storage::StoredMessage;
 use crate::tenancy::middleware::PublishCtx;
 use crate::tenancy::Verdict;
-use crate::storage::StoredMessage;
 
 /// A checked publish.
 #[derive(Debug)]

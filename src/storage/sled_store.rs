@@ -262,7 +262,11 @@ impl Store for SledStore {
             let kept: Vec<Arc<StoredMessage>>;
             let messages = match floors.get(room) {
                 Some(floor) => {
-                    kept = messages.iter().filter(|m| m.seq >= *floor).cloned().collect();
+                    kept = messages
+                        .iter()
+                        .filter(|m| m.seq >= *floor)
+                        .cloned()
+                        .collect();
                     &kept
                 }
                 None => messages,

@@ -24,7 +24,10 @@ use crate::broker::SessionInfo;
 pub enum Verdict {
     Allow,
     /// Refuse with this code; the reason is sent to the client.
-    Reject { code: ErrorCode, reason: String },
+    Reject {
+        code: ErrorCode,
+        reason: String,
+    },
 }
 
 impl Verdict {

@@ -276,7 +276,13 @@ impl Hooks {
             Arc::new(middleware::QuotaGuard),
         ];
         chain.extend(self.every.iter().cloned());
-        chain.extend(self.per_namespace.get(namespace).into_iter().flatten().cloned());
+        chain.extend(
+            self.per_namespace
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
         chain
     }
 }
@@ -409,14 +415,12 @@ impl Tenants {
                 (None, None) => continue,
             };
             match policy_of(&settings, &s.tokens) {
-                Ok(policy) => {
-                    match self.get(&s.name) {
-                        Some(t) => t.set_policy(policy),
-                        None => {
-                            self.insert(&s.name, policy, false);
-                        }
+                Ok(policy) => match self.get(&s.name) {
+                    Some(t) => t.set_policy(policy),
+                    None => {
+                        self.insert(&s.name, policy, false);
                     }
-                }
+                },
                 Err(e) => {
                     tracing::warn!(namespace = %s.name, error = %e, "stored namespace skipped")
                 }
@@ -450,7 +454,11 @@ impl Tenants {
     }
 
     /// Adds a token to `tenant`; returns what must be stored.
-    pub fn add_token(&self, tenant: &Tenant, token: TokenConfig) -> Result<StoredNamespace, String> {
+    pub fn add_token(
+        &self,
+        tenant: &Tenant,
+        token: TokenConfig,
+    ) -> Result<StoredNamespace, String> {
         let mut extra = self.stored_tokens(tenant);
         extra.push(token);
         self.apply_tokens(tenant, extra)

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use roomq_client::{Client, JoinOptions, Start};
 use serde_json::json;
 
+mod admin;
+
 #[derive(Debug, Parser)]
 #[command(name = "roomq", version, about = "roomq terminal client")]
 struct Cli {
@@ -80,6 +82,9 @@ enum Cmd {
     },
     /// List the rooms of the namespace.
     Rooms,
+    /// Administration: connects to /admin with --token.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -111,6 +116,9 @@ fn parse_start(from: &str) -> Result<Start> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Admin(cmd) = cli.command {
+        return admin::run(&cli.addr, &cli.token, cli.json, cmd).await;
+    }
     let mut builder = Client::builder(cli.addr.clone())
         .namespace(cli.namespace.clone())
         .token(cli.token.clone())
@@ -237,6 +245,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
+        Cmd::Admin(_) => {}
     }
     client.close().await;
     Ok(())

@@ -131,3 +131,81 @@ async fn publish_subscribe_and_rooms() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sets_up_a_tenant_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_token = roomq::tenancy::token::generate().unwrap();
+    let mut config = roomq::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    config.admin.tokens.push(roomq::config::TokenConfig {
+        name: "ops".into(),
+        hash: roomq::tenancy::token::TokenHash::of(&admin_token).to_text(),
+        publish: vec![],
+        subscribe: vec![],
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(roomq::server::run(listener, config, shutdown.clone()));
+
+    let a = addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let admin = |args: &[&str]| {
+            let mut all = vec!["--token", admin_token.as_str(), "admin"];
+            all.extend_from_slice(args);
+            roomq(&a, &all)
+        };
+        let created = admin(&["create-namespace", "/team", "--max-rooms", "5"]);
+        assert!(created.0, "{}", created.2);
+        let token = admin(&[
+            "--json",
+            "create-token",
+            "/team",
+            "app",
+            "--publish",
+            "jobs.*",
+        ]);
+        assert!(token.0, "{}", token.2);
+        let v: serde_json::Value = serde_json::from_str(token.1.trim()).unwrap();
+        let app_token = v["token"].as_str().unwrap().to_string();
+
+        let ns = ["--namespace", "/team", "--token", app_token.as_str()];
+        let mut publish = ns.to_vec();
+        publish.extend_from_slice(&["publish", "jobs.a", "e", "work"]);
+        let published = roomq(&a, &publish);
+        assert!(published.0, "{}", published.2);
+        let mut denied = ns.to_vec();
+        denied.extend_from_slice(&["publish", "other", "e", "x"]);
+        let denied = roomq(&a, &denied);
+        assert!(!denied.0);
+        assert!(denied.2.contains("PERMISSION_DENIED"), "{}", denied.2);
+        let wrong = roomq(&a, &["--namespace", "/team", "publish", "jobs.a", "e", "x"]);
+        assert!(!wrong.0);
+        assert!(wrong.2.contains("UNAUTHENTICATED"), "{}", wrong.2);
+
+        let rooms = admin(&["--json", "rooms", "/team"]);
+        assert!(rooms.0, "{}", rooms.2);
+        let v: serde_json::Value = serde_json::from_str(rooms.1.trim()).unwrap();
+        assert_eq!(
+            (v["room"].as_str(), v["last_seq"].as_u64()),
+            (Some("jobs.a"), Some(1))
+        );
+
+        let namespaces = admin(&["namespaces"]);
+        assert!(namespaces.1.contains("/team"), "{}", namespaces.1);
+        assert!(!namespaces.1.contains(&app_token), "never prints a token");
+
+        let purged = admin(&["purge", "/team", "jobs.a"]);
+        assert!(purged.1.contains("1 messages purged"), "{}", purged.1);
+        let not_admin = roomq(&a, &["admin", "namespaces"]);
+        assert!(!not_admin.0);
+        assert!(not_admin.2.contains("UNAUTHENTICATED"), "{}", not_admin.2);
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
