@@ -251,6 +251,10 @@ impl Broker {
             }),
         };
         match result {
+            Ok(body) if self.open.write.is_empty() => {
+                // Nothing to write (a kick, a room that existed).
+                self.reply(session, ok(request_id, body), Some(permit));
+            }
             Ok(body) => {
                 // Answered once what it changed is on disk.
                 self.open.confirms.push(PendingConfirm {
