@@ -238,6 +238,18 @@ impl Broker {
         if let Err((code, msg)) = self.check_rooms(&tenant, req.rooms.iter().map(String::as_str)) {
             return self.reply_error(session, request_id, permit, code, msg);
         }
+        // The middleware's check ran before earlier publishes of this
+        // session were counted; this one is exact.
+        let max_stored = tenant.policy().quotas.max_stored_bytes;
+        let adding = (req.encoded.len() as u64).saturating_mul(req.rooms.len() as u64);
+        let stored = tenant.usage.stored_bytes();
+        if max_stored > 0 && stored.saturating_add(adding) > max_stored {
+            let msg = format!(
+                "namespace {} stores {stored} of its {max_stored} bytes; this message needs {adding}",
+                tenant.name
+            );
+            return self.reply_error(session, request_id, permit, ErrorCode::QuotaExceeded, msg);
+        }
         let (except_session, except_client) = if req.except_self {
             (Some(*session.as_bytes()), client_id)
         } else {
