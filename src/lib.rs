@@ -10,9 +10,11 @@
 //!   file per operation.
 //! - [`storage`]: the [`storage::Store`] trait and its sled implementation.
 //! - [`config`]: layered configuration and its validation.
+//! - [`tls`]: the optional TLS acceptor and the per-connection TLS handshake.
 
 pub mod broker;
 pub mod config;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tls;
