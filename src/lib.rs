@@ -1,7 +1,7 @@
 //! roomq, the broker: durable pub/sub rooms with guaranteed, ordered
-//! delivery, served over length-prefixed protobuf on TCP. Usable as a
-//! library: build a [`config::Config`], bind a listener, and call
-//! [`server::run`] with a shutdown token.
+//! delivery, served over length-prefixed protobuf on TCP, optionally inside
+//! TLS. Usable as a library: build a [`config::Config`], bind a listener,
+//! and call [`server::run`] with a shutdown token.
 //!
 //! Layout:
 //! - [`server`]: accept loop and lifecycle (start, drain, stop).

@@ -1,8 +1,8 @@
-//! The protocol-level connection: one TCP (or TLS) connection, requests pipelined by
-//! request id, pushed deliveries handed to a [`Deliveries`] receiver. No
-//! reconnection, no ordering help: exactly what the broker says. The
-//! [`crate::Client`] SDK is built on it; tests and the load generator use it
-//! directly.
+//! The protocol-level connection: one TCP (or TLS) connection, requests
+//! pipelined by request id, pushed deliveries handed to a [`Deliveries`]
+//! receiver. No reconnection, no ordering help: exactly what the broker
+//! says. The [`crate::Client`] SDK is built on it; tests and the load
+//! generator use it directly.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), roomq_client::ClientError> {
