@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,7 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Credentials of the `/admin` namespace.
     pub admin: AdminConfig,
+    pub tls: TlsConfig,
 }
 
 /// One tenant (`[namespaces."/orders"]`).
@@ -211,6 +212,19 @@ pub struct StorageConfig {
     pub commit_timeout_ms: u64,
 }
 
+/// TLS for client connections: on when both files are set. An empty path
+/// means "not set" (rather than an `Option`), so that the keys appear in the
+/// defaults and get their `ROOMQ_TLS_*` variables like every other setting.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the broker's certificate chain, its own certificate
+    /// first.
+    pub cert_path: PathBuf,
+    /// PEM file with the private key of that certificate.
+    pub key_path: PathBuf,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -220,6 +234,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             namespaces: BTreeMap::from([("/".to_string(), NamespaceConfig::open_default())]),
             admin: AdminConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -318,7 +333,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let s = &self.storage;
-        let checks: [(bool, &str); 16] = [
+        let t = &self.tls;
+        let checks: [(bool, &str); 17] = [
             (
                 s.commit_timeout_ms > 0,
                 "storage.commit_timeout_ms must be > 0",
@@ -371,6 +387,10 @@ impl Config {
                 s.cursor_sync_interval_ms > 0,
                 "storage.cursor_sync_interval_ms must be > 0",
             ),
+            (
+                t.cert_path.as_os_str().is_empty() == t.key_path.as_os_str().is_empty(),
+                "tls.cert_path and tls.key_path must be set together",
+            ),
         ];
         // Durations are added to clock readings; an absurd value must be an
         // error here, not an overflow later.
@@ -419,6 +439,15 @@ impl Limits {
     }
     pub fn max_frame(&self) -> usize {
         self.max_frame_bytes as usize
+    }
+}
+
+impl TlsConfig {
+    /// The certificate and key files, if TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        (set(&self.cert_path) && set(&self.key_path))
+            .then_some((self.cert_path.as_path(), self.key_path.as_path()))
     }
 }
 
@@ -584,6 +613,27 @@ mod tests {
         ] {
             std::fs::write(&path, bad).unwrap();
             assert!(Config::load(Some(&path), vec![]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        assert_eq!(Config::default().tls.files(), None);
+        let var = |key: &str, value: &str| (format!("ROOMQ_TLS_{key}"), value.to_string());
+        let c = Config::load(
+            None,
+            vec![var("CERT_PATH", "c.pem"), var("KEY_PATH", "k.pem")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls.files(),
+            Some((Path::new("c.pem"), Path::new("k.pem")))
+        );
+        for only in ["CERT_PATH", "KEY_PATH"] {
+            match Config::load(None, vec![var(only, "x.pem")]) {
+                Err(ConfigError::Invalid(why)) => assert!(why.contains("together"), "{why}"),
+                other => panic!("only {only} set: {other:?}"),
+            }
         }
     }
 }

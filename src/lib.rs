@@ -1,7 +1,7 @@
 //! roomq, the broker: durable pub/sub rooms with guaranteed, ordered
-//! delivery, served over length-prefixed protobuf on TCP. Usable as a
-//! library: build a [`config::Config`], bind a listener, and call
-//! [`server::run`] with a shutdown token.
+//! delivery, served over length-prefixed protobuf on TCP, optionally inside
+//! TLS. Usable as a library: build a [`config::Config`], bind a listener,
+//! and call [`server::run`] with a shutdown token.
 //!
 //! Layout:
 //! - [`server`]: accept loop and lifecycle (start, drain, stop).
@@ -10,6 +10,7 @@
 //!   file per operation.
 //! - [`storage`]: the [`storage::Store`] trait and its sled implementation.
 //! - [`config`]: layered configuration and its validation.
+//! - [`tls`]: the optional TLS acceptor and the per-connection TLS handshake.
 
 pub mod broker;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod server;
 pub mod session;
 pub mod storage;
 pub mod tenancy;
+pub mod tls;

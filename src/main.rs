@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use roomq::config::{Config, DEFAULT_TOML};
+use roomq::server::ServerError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -82,6 +83,11 @@ fn main() -> ExitCode {
         config.data_dir = dir;
     }
     if let Some(Cmd::CheckConfig) = cli.command {
+        // The certificate and key are read as a start would read them.
+        if let Err(e) = roomq::tls::acceptor(&config.tls) {
+            eprintln!("roomqd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
@@ -115,6 +121,10 @@ async fn serve(config: Config) -> ExitCode {
     tokio::spawn(watch_signals(shutdown.clone()));
     match roomq::server::run(listener, config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ (ServerError::Config(_) | ServerError::Tls(_))) => {
+            error!(error = %e, "roomqd stopped");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             error!(error = %e, "roomqd stopped");
             ExitCode::from(EXIT_FAILURE)

@@ -12,9 +12,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use roomq_wire::codec::encode_frame;
 use roomq_wire::ErrorCode;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -24,6 +25,7 @@ use crate::config::Config;
 use crate::session;
 use crate::storage::{SledStore, Store, StoreError};
 use crate::tenancy::{Hooks, Middleware, Tenants};
+use crate::tls;
 
 /// Capacity of the broker's command queue.
 const COMMAND_QUEUE: usize = 8192;
@@ -38,6 +40,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
     #[error("broker task failed: {0}")]
@@ -147,12 +151,15 @@ impl Server {
     ) -> Result<(), ServerError> {
         // Embedders build a Config in code: check it as `roomqd` does.
         self.config.validate()?;
+        // Built once (before anything is created on disk); each
+        // connection's TLS handshake runs in its own task.
+        let tls = tls::acceptor(&self.config.tls)?;
+        let tenants = Arc::new(Tenants::new(&self.config, self.hooks)?);
         let store = match self.store {
             Some(s) => s,
             None => open_store(&self.config)?,
         };
-        let tenants = Arc::new(Tenants::new(&self.config, self.hooks)?);
-        serve(listener, self.config, store, tenants, shutdown).await
+        serve(listener, self.config, store, tenants, tls, shutdown).await
     }
 }
 
@@ -161,6 +168,7 @@ async fn serve(
     config: Config,
     store: Arc<dyn Store>,
     tenants: Arc<Tenants>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
@@ -176,6 +184,7 @@ async fn serve(
     info!(
         listen = %local,
         data_dir = %config.data_dir.display(),
+        tls = tls.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "roomqd serving"
     );
@@ -200,31 +209,47 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             warn!(%peer, max_connections = config.limits.max_connections, "connection refused: at the limit");
-            let config = config.clone();
-            tracker.spawn(async move {
-                let mut stream = stream;
-                let mut buf = BytesMut::new();
-                let frame = error_frame(
-                    0,
-                    ErrorCode::TooManyConnections,
-                    "the broker is at its connection limit",
-                );
-                if encode_frame(&frame, config.limits.max_frame(), &mut buf).is_ok() {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
-                }
-            });
+            tracker.spawn(refuse_at_limit(
+                stream,
+                tls.clone(),
+                config.limits.max_frame(),
+            ));
             continue;
         };
-        let (config, tenants, handle, shutdown, inner) = (
+        let (config, tenants, handle, shutdown, inner, tls) = (
             config.clone(),
             tenants.clone(),
             handle.clone(),
             shutdown.clone(),
             tracker.clone(),
+            tls.clone(),
         );
         tracker.spawn(async move {
-            session::serve(stream, peer, config, tenants, handle, shutdown, inner).await;
+            // One deadline for the TLS handshake and the roomq handshake.
+            let deadline = tokio::time::Instant::now() + config.limits.handshake_timeout();
+            match tls {
+                None => {
+                    // Owned halves: no lock between the reader and the writer.
+                    let (read_half, write_half) = stream.into_split();
+                    session::serve(
+                        read_half, write_half, peer, config, tenants, handle, shutdown, inner,
+                        deadline,
+                    )
+                    .await;
+                }
+                Some(acceptor) => {
+                    if let Some(stream) =
+                        tls::accept(&acceptor, stream, peer, deadline, &shutdown).await
+                    {
+                        let (read_half, write_half) = tokio::io::split(stream);
+                        session::serve(
+                            read_half, write_half, peer, config, tenants, handle, shutdown, inner,
+                            deadline,
+                        )
+                        .await;
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -245,4 +270,39 @@ async fn serve(
         Err(e) => error!(error = %e, "stopped on error"),
     }
     result
+}
+
+/// Tells a connection beyond `max_connections` why it is closed, within a
+/// second. Over TLS the refusal needs a TLS session, so the handshake is
+/// part of that second.
+async fn refuse_at_limit(stream: TcpStream, tls: Option<TlsAcceptor>, max_frame: usize) {
+    let mut buf = BytesMut::new();
+    let frame = error_frame(
+        0,
+        ErrorCode::TooManyConnections,
+        "the broker is at its connection limit",
+    );
+    if encode_frame(&frame, max_frame, &mut buf).is_err() {
+        return;
+    }
+    let refuse = async {
+        match tls {
+            None => {
+                let mut stream = stream;
+                stream.write_all(&buf).await
+            }
+            Some(acceptor) => {
+                let mut stream = acceptor.accept(stream).await?;
+                stream.write_all(&buf).await?;
+                stream.shutdown().await?;
+                // The client sends its handshake meanwhile. Closing with it
+                // unread would reset the connection, which can destroy the
+                // refusal before the client reads it: read until it closes.
+                let mut scratch = [0u8; 1024];
+                while stream.read(&mut scratch).await? > 0 {}
+                Ok(())
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
 }

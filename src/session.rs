@@ -1,6 +1,9 @@
 //! One client connection: a reader task (this module's [`serve`]) and a
 //! writer task joined by a bounded channel.
 //!
+//! The socket may be plain TCP or TLS: [`serve`] takes the two halves of
+//! any byte stream (TCP gives owned halves, TLS a `tokio::io::split`).
+//!
 //! The reader performs the handshake under its deadline, then decodes
 //! frames, checks each request and forwards it to the broker actor. Every
 //! request first takes a permit from the session's pending-request budget;
@@ -22,11 +25,9 @@ use futures::StreamExt;
 use roomq_wire::codec::{decode_client, encode_delivery_frame, encode_frame, DeliveryHead};
 use roomq_wire::names::{check_name, check_namespace};
 use roomq_wire::{pb, ErrorCode, FrameCodec, FrameError, PROTOCOL_VERSION};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -48,24 +49,32 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Queue slots beyond the request and delivery budgets, for pushes.
 const PUSH_SLOTS: usize = 8;
 
-/// Serves one accepted connection until it closes, the session is killed,
-/// or `shutdown` is cancelled.
-pub async fn serve(
-    stream: TcpStream,
+/// Serves one accepted connection, given as the read and write halves of
+/// its stream, until it closes, the session is killed, or `shutdown` is
+/// cancelled. The handshake frame must arrive by `handshake_deadline`,
+/// which the caller set when it accepted the connection (a TLS handshake
+/// has already used part of it).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<R, W>(
+    read_half: R,
+    mut write_half: W,
     peer: SocketAddr,
     config: Arc<Config>,
     tenants: Arc<Tenants>,
     broker: BrokerHandle,
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
-) {
+    handshake_deadline: Instant,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let limits = &config.limits;
-    let (read_half, mut write_half) = stream.into_split();
     let mut frames = FramedRead::new(read_half, FrameCodec::new(limits.max_frame()));
 
     let hello = tokio::select! {
         _ = shutdown.cancelled() => return,
-        r = timeout(limits.handshake_timeout(), frames.next()) => r,
+        r = timeout_at(handshake_deadline, frames.next()) => r,
     };
     let handshake = match hello {
         Err(_) => {
@@ -285,8 +294,8 @@ struct Budget {
 
 /// Reads and dispatches requests. Returns true if it stopped for shutdown.
 #[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+async fn read_loop<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, FrameCodec>,
     tx: &mpsc::Sender<Outbound>,
     budget: &Budget,
     broker: &BrokerHandle,
@@ -442,8 +451,8 @@ async fn join_hooks(info: &SessionInfo, req: &broker::join::JoinReq) -> Result<(
 
 /// Encodes queued frames in batches and writes them until the queue closes
 /// or the session is killed.
-async fn write_loop(
-    mut socket: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut socket: W,
     mut rx: mpsc::Receiver<Outbound>,
     blocked: Arc<AtomicBool>,
     broker: BrokerHandle,
@@ -539,6 +548,24 @@ async fn write_loop(
                 }
             }
         }
+        // TLS keeps encrypted bytes it could not write yet; TCP has none.
+        match timeout(limits.write_timeout(), socket.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                debug!(session = %session, "write failed; closing");
+                kill.cancel();
+                break 'outer;
+            }
+            Err(_) => {
+                warn!(
+                    session = %session,
+                    write_timeout_ms = limits.write_timeout_ms,
+                    "client is not reading; disconnecting (slow consumer)"
+                );
+                kill.cancel();
+                break 'outer;
+            }
+        }
         if buf.capacity() > 2 * WRITE_BATCH_BYTES {
             buf = BytesMut::new();
         } else {
@@ -560,9 +587,9 @@ async fn write_loop(
 /// after a short drain of what the client sent: closing a socket with unread
 /// input makes the kernel send a reset, which can destroy the error frame
 /// before the client reads it.
-async fn refuse(
-    socket: &mut OwnedWriteHalf,
-    input: &mut tokio::net::tcp::OwnedReadHalf,
+async fn refuse<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+    socket: &mut W,
+    input: &mut R,
     code: ErrorCode,
     message: impl Into<String>,
     config: &Config,
@@ -585,7 +612,7 @@ async fn refuse(
 
 /// Reads and discards input for a moment (at most [`LINGER`] and
 /// [`LINGER_BYTES`]) or until the client closes.
-async fn linger(input: &mut tokio::net::tcp::OwnedReadHalf) {
+async fn linger<R: AsyncRead + Unpin>(input: &mut R) {
     use tokio::io::AsyncReadExt;
     let mut scratch = [0u8; 4096];
     let mut total = 0;
@@ -600,9 +627,9 @@ async fn linger(input: &mut tokio::net::tcp::OwnedReadHalf) {
     let _ = timeout(LINGER, drain).await;
 }
 
-async fn refuse_frame_error(
-    socket: &mut OwnedWriteHalf,
-    input: &mut tokio::net::tcp::OwnedReadHalf,
+async fn refuse_frame_error<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+    socket: &mut W,
+    input: &mut R,
     e: FrameError,
     config: &Config,
 ) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use roomq_client::{Client, JoinOptions, Start};
+use roomq_client::{Client, JoinOptions, Start, TlsOptions};
 use serde_json::json;
 
 mod admin;
@@ -39,6 +39,14 @@ struct Cli {
     /// One JSON object per line instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Connect with TLS, trusting the CA (or self-signed broker
+    /// certificate) in this PEM file.
+    #[arg(long, global = true, value_name = "PATH")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name the broker's certificate must carry [default: the host part
+    /// of --addr, or localhost].
+    #[arg(long, global = true, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -100,6 +108,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The host part of a `host:port` address (brackets of an IPv6 address
+/// removed), or "localhost" when there is none.
+fn default_server_name(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        "localhost"
+    } else {
+        host
+    }
+}
+
 fn parse_start(from: &str) -> Result<Start> {
     Ok(match from {
         "earliest" => Start::Earliest,
@@ -125,6 +145,15 @@ async fn main() -> Result<()> {
         .client_name("roomq-cli");
     if let Some(id) = &cli.client_id {
         builder = builder.client_id(id.clone());
+    }
+    if let Some(ca) = &cli.tls_ca {
+        let name = cli
+            .tls_server_name
+            .as_deref()
+            .unwrap_or_else(|| default_server_name(&cli.addr));
+        let tls = TlsOptions::trusting_pem_file(ca, name)
+            .with_context(|| format!("--tls-ca {}", ca.display()))?;
+        builder = builder.tls(tls);
     }
     let client = builder
         .connect()
@@ -249,4 +278,21 @@ async fn main() -> Result<()> {
     }
     client.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_server_name;
+
+    #[test]
+    fn server_name_is_the_host_of_the_address() {
+        assert_eq!(
+            default_server_name("broker.example.com:7420"),
+            "broker.example.com"
+        );
+        assert_eq!(default_server_name("127.0.0.1:7420"), "127.0.0.1");
+        assert_eq!(default_server_name("[::1]:7420"), "::1");
+        assert_eq!(default_server_name(":7420"), "localhost");
+        assert_eq!(default_server_name("broker"), "broker");
+    }
 }

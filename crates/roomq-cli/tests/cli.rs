@@ -133,6 +133,61 @@ async fn publish_subscribe_and_rooms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_trusted_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let mut config = roomq::config::Config {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    config.tls.cert_path = cert.clone();
+    config.tls.key_path = key;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(roomq::server::run(listener, config, shutdown.clone()));
+
+    let ca = cert.to_str().unwrap().to_string();
+    let (published, named, plain, wrong_name) = tokio::task::spawn_blocking(move || {
+        // The server name defaults to the host of --addr: 127.0.0.1.
+        let published = roomq(&addr, &["--tls-ca", &ca, "publish", "general", "e", "hi"]);
+        let named = roomq(
+            &addr,
+            &["--tls-ca", &ca, "--tls-server-name", "localhost", "rooms"],
+        );
+        let plain = roomq(&addr, &["rooms"]);
+        let wrong_name = roomq(
+            &addr,
+            &[
+                "--tls-ca",
+                &ca,
+                "--tls-server-name",
+                "elsewhere.test",
+                "rooms",
+            ],
+        );
+        (published, named, plain, wrong_name)
+    })
+    .await
+    .unwrap();
+    assert!(published.0, "{}", published.2);
+    assert_eq!(published.1.trim(), "stored in general as seq 1");
+    assert!(named.0, "{}", named.2);
+    assert!(named.1.contains("general"), "{}", named.1);
+    assert!(!plain.0, "a plaintext client is refused");
+    assert!(!wrong_name.0, "a certificate for another name is refused");
+    assert!(wrong_name.2.contains("tls"), "{}", wrong_name.2);
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_sets_up_a_tenant_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let admin_token = roomq::tenancy::token::generate().unwrap();

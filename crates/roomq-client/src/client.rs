@@ -150,6 +150,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects with TLS; reconnects use it too. See [`crate::TlsOptions`].
+    pub fn tls(mut self, tls: crate::TlsOptions) -> Self {
+        self.connect.tls = Some(tls);
+        self
+    }
+
     /// Time allowed for one connection attempt, handshake included.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect.connect_timeout = timeout;

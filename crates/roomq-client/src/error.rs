@@ -23,6 +23,10 @@ pub enum ClientError {
     Timeout,
     #[error("protocol: {0}")]
     Protocol(String),
+    /// TLS could not be set up: an unreadable trust file, an invalid server
+    /// name, or a broker certificate that TLS refused.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl ClientError {

@@ -36,15 +36,20 @@
 //! - [`subscription`]: `Subscription`, `Delivery`, `JoinOptions`.
 //! - [`filter`]: the ordered-mode state machine (no I/O).
 //! - [`raw`]: the protocol-level connection the SDK is built on.
+//! - [`tls`]: TLS options for the connection (trusted roots, server name).
 
 pub mod client;
 mod error;
 pub mod filter;
 pub mod raw;
 pub mod subscription;
+pub mod tls;
 
 pub use client::{Client, ClientBuilder, Confirmation, Event, PublishBuilder, ReconnectPolicy};
 pub use error::ClientError;
 pub use raw::{ConnectOptions, Deliveries, Push};
 pub use roomq_wire::{pb as proto, ErrorCode};
 pub use subscription::{Delivery, JoinOptions, Start, Subscription};
+pub use tls::TlsOptions;
+/// The rustls this crate uses, for building a [`TlsOptions`] by hand.
+pub use tokio_rustls::rustls;

@@ -1,8 +1,8 @@
-//! The protocol-level connection: one TCP connection, requests pipelined by
-//! request id, pushed deliveries handed to a [`Deliveries`] receiver. No
-//! reconnection, no ordering help: exactly what the broker says. The
-//! [`crate::Client`] SDK is built on it; tests and the load generator use it
-//! directly.
+//! The protocol-level connection: one TCP (or TLS) connection, requests
+//! pipelined by request id, pushed deliveries handed to a [`Deliveries`]
+//! receiver. No reconnection, no ordering help: exactly what the broker
+//! says. The [`crate::Client`] SDK is built on it; tests and the load
+//! generator use it directly.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), roomq_client::ClientError> {
@@ -25,13 +25,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use roomq_wire::codec::{decode_server, encode_frame};
-use roomq_wire::{pb, FrameCodec, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
-use tokio::io::AsyncWriteExt;
+use roomq_wire::{pb, FrameCodec, FrameError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
-use crate::ClientError;
+use crate::{ClientError, TlsOptions};
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -45,6 +45,8 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Deliveries buffered before the client stops reading the socket.
     pub delivery_buffer: usize,
+    /// TLS, if the broker serves it (default: plain TCP).
+    pub tls: Option<TlsOptions>,
 }
 
 impl ConnectOptions {
@@ -60,7 +62,14 @@ impl ConnectOptions {
             max_frame: DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(10),
             delivery_buffer: 4096,
+            tls: None,
         }
+    }
+
+    /// Connects with TLS.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Sets the namespace.
@@ -140,13 +149,38 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects and performs the handshake.
+    /// Connects and performs the handshake (the TLS one first, if set).
     pub async fn connect(opts: ConnectOptions) -> Result<(Connection, Deliveries), ClientError> {
         let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&opts.addr))
             .await
             .map_err(|_| ClientError::Timeout)??;
         stream.set_nodelay(true)?;
-        let (read_half, mut write_half) = stream.into_split();
+        match &opts.tls {
+            None => {
+                let (read_half, write_half) = stream.into_split();
+                Connection::start(read_half, write_half, opts).await
+            }
+            Some(tls) => {
+                let stream = tokio::time::timeout(opts.connect_timeout, tls.connect(stream))
+                    .await
+                    .map_err(|_| ClientError::Timeout)??;
+                let (read_half, write_half) = tokio::io::split(stream);
+                Connection::start(read_half, write_half, opts).await
+            }
+        }
+    }
+
+    /// Performs the roomq handshake on a connected stream's halves and
+    /// starts the reader and writer tasks.
+    async fn start<R, W>(
+        read_half: R,
+        mut write_half: W,
+        opts: ConnectOptions,
+    ) -> Result<(Connection, Deliveries), ClientError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let mut frames = FramedRead::new(read_half, FrameCodec::new(opts.max_frame + 64 * 1024));
 
         let hello = pb::ClientFrame {
@@ -162,10 +196,19 @@ impl Connection {
         let mut buf = BytesMut::new();
         encode_frame(&hello, opts.max_frame, &mut buf)?;
         write_half.write_all(&buf).await?;
+        write_half.flush().await?;
         let reply = tokio::time::timeout(opts.connect_timeout, frames.next())
             .await
             .map_err(|_| ClientError::Timeout)?
-            .ok_or(ClientError::Closed)??;
+            .ok_or(ClientError::Closed)?
+            .map_err(|e| match e {
+                // A TLS record (an alert or a handshake message, version
+                // 3.x) read as a length: the broker expects TLS.
+                FrameError::TooLarge { len, .. } if matches!(len >> 16, 0x1503 | 0x1603) => {
+                    ClientError::Tls("the broker answered with TLS; connect with TLS".into())
+                }
+                e => ClientError::Frame(e),
+            })?;
         let hello = match decode_server(reply)?.body {
             Some(pb::server_frame::Body::HandshakeOk(ok)) => ok,
             Some(pb::server_frame::Body::Error(e)) => return Err(ClientError::from_wire(e)),
@@ -433,8 +476,8 @@ fn unexpected(body: pb::server_frame::Body) -> ClientError {
     ClientError::Protocol(format!("unexpected reply: {body:?}"))
 }
 
-async fn write_loop(
-    mut socket: tokio::net::tcp::OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut socket: W,
     mut rx: mpsc::Receiver<pb::ClientFrame>,
     max_frame: usize,
 ) {
@@ -450,7 +493,8 @@ async fn write_loop(
             }
             next = rx.try_recv().ok();
         }
-        if socket.write_all(&buf).await.is_err() {
+        // Flushing matters for TLS, which may keep encrypted bytes back.
+        if socket.write_all(&buf).await.is_err() || socket.flush().await.is_err() {
             return;
         }
         buf.clear();
@@ -458,8 +502,8 @@ async fn write_loop(
     let _ = socket.shutdown().await;
 }
 
-async fn read_loop(
-    mut frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut frames: FramedRead<R, FrameCodec>,
     shared: Arc<Shared>,
     pushes: mpsc::Sender<Push>,
 ) {
