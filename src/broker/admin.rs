@@ -477,8 +477,11 @@ impl Broker {
                         .as_ref()
                         .map(|a| bytes::Bytes::copy_from_slice(a.session.as_bytes()))
                         .unwrap_or_default(),
-                    next_seq: m.next_seq,
-                    backlog: (room.committed_seq + 1).saturating_sub(m.next_seq),
+                    // The lowest seq not yet acknowledged.
+                    next_seq: m.unacked.keys().next().copied().unwrap_or(m.next_seq),
+                    // Not yet delivered, plus delivered and not acknowledged.
+                    backlog: (room.committed_seq + 1).saturating_sub(m.next_seq)
+                        + m.unacked.len() as u64,
                     unacked: u32::try_from(m.unacked.len()).unwrap_or(u32::MAX),
                 })
                 .collect();
