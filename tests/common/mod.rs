@@ -35,7 +35,15 @@ pub fn test_config(dir: &TempDir) -> Config {
     };
     c.storage.cache_bytes = 16 * 1024 * 1024;
     // Open namespaces the tests use besides `/`.
-    for ns in ["/a", "/ab", "/administration", "/fuzz", "/orders", "/other", "/users"] {
+    for ns in [
+        "/a",
+        "/ab",
+        "/administration",
+        "/fuzz",
+        "/orders",
+        "/other",
+        "/users",
+    ] {
         c.namespaces
             .insert(ns.to_string(), NamespaceConfig::open_default());
     }
@@ -201,5 +209,301 @@ impl Daemon {
         // Child::kill sends SIGKILL on Unix.
         self.child.kill().expect("kill");
         self.child.wait().expect("reap");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tenancy helpers: tokens, closed namespaces, `/admin`, embedding with
+// middleware.
+// ---------------------------------------------------------------------------
+
+/// A new token and its config entry, allowed every room both ways.
+pub fn new_token(name: &str) -> (String, roomq::config::TokenConfig) {
+    new_token_for(name, &["*"], &["*"])
+}
+
+/// A new token and its config entry, limited to these room patterns.
+pub fn new_token_for(
+    name: &str,
+    publish: &[&str],
+    subscribe: &[&str],
+) -> (String, roomq::config::TokenConfig) {
+    let secret = roomq::tenancy::token::generate().expect("randomness");
+    let config = roomq::config::TokenConfig {
+        name: name.to_string(),
+        hash: roomq::tenancy::token::TokenHash::of(&secret).to_text(),
+        publish: publish.iter().map(|p| p.to_string()).collect(),
+        subscribe: subscribe.iter().map(|p| p.to_string()).collect(),
+    };
+    (secret, config)
+}
+
+/// A closed namespace (a token is required) with these tokens.
+pub fn closed_namespace(tokens: Vec<roomq::config::TokenConfig>) -> NamespaceConfig {
+    NamespaceConfig {
+        open: false,
+        tokens,
+        ..NamespaceConfig::default()
+    }
+}
+
+/// [`test_config`] with an `[admin]` token; returns the config and the token.
+pub fn admin_config(dir: &TempDir) -> (Config, String) {
+    let mut config = test_config(dir);
+    let (secret, token) = new_token("root");
+    config.admin.tokens.push(token);
+    (config, secret)
+}
+
+/// The error of a result that must have failed.
+pub fn refused<T: std::fmt::Debug>(
+    r: Result<T, roomq_client::ClientError>,
+) -> roomq_client::ClientError {
+    match r {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The broker's code of a result that must have failed.
+pub fn code<T: std::fmt::Debug>(
+    r: Result<T, roomq_client::ClientError>,
+) -> roomq_client::ErrorCode {
+    let e = refused(r);
+    e.code()
+        .unwrap_or_else(|| panic!("expected a broker error, got {e}"))
+}
+
+/// Reads pushes until the broker closes the connection (within [`WAIT`]);
+/// returns what was pushed.
+pub async fn pushes_until_closed(d: &mut Deliveries) -> Vec<roomq_client::Push> {
+    let mut pushes = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(p) = d.next_push().await {
+            pushes.push(p);
+        }
+    })
+    .await
+    .expect("the broker closes the connection within the wait");
+    pushes
+}
+
+/// The next push that is an error (deliveries before it are skipped).
+pub async fn next_error(d: &mut Deliveries) -> pb::Error {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match d.next_push().await {
+                Some(roomq_client::Push::Error(e)) => return e,
+                Some(roomq_client::Push::Delivery(_)) => continue,
+                None => panic!("connection closed before an error was pushed"),
+            }
+        }
+    })
+    .await
+    .expect("an error push within the wait")
+}
+
+/// Whether any file under `dir` contains `needle`.
+pub fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&path).expect("read file");
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+        }
+    }
+    assert!(files > 0, "no files under {}", dir.display());
+    false
+}
+
+/// Polls `check` (every few ms, for at most [`WAIT`]) until it holds. For
+/// waiting on something the broker does asynchronously (a disconnect being
+/// noticed), not for testing timers.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Admin requests, spelled shortly.
+pub mod admin {
+    use roomq_client::proto as pb;
+    use roomq_client::raw::Connection as Client;
+    use roomq_client::ClientError;
+
+    pub use pb::admin::Op;
+
+    pub async fn namespaces(admin: &Client) -> Vec<pb::NamespaceInfo> {
+        let op = Op::ListNamespaces(pb::AdminListNamespaces {});
+        admin.admin(op).await.expect("list namespaces").namespaces
+    }
+
+    pub async fn namespace(admin: &Client, name: &str) -> Option<pb::NamespaceInfo> {
+        namespaces(admin).await.into_iter().find(|n| n.name == name)
+    }
+
+    /// The rooms of `ns` ("" = every namespace).
+    pub async fn rooms(admin: &Client, ns: &str) -> Vec<pb::AdminRoomInfo> {
+        let op = Op::ListRooms(pb::AdminListRooms {
+            namespace: ns.to_string(),
+        });
+        admin.admin(op).await.expect("list rooms").rooms
+    }
+
+    pub async fn room(admin: &Client, ns: &str, name: &str) -> Option<pb::AdminRoomInfo> {
+        rooms(admin, ns).await.into_iter().find(|r| r.name == name)
+    }
+
+    pub async fn create_namespace(
+        admin: &Client,
+        c: pb::AdminCreateNamespace,
+    ) -> Result<pb::AdminOk, ClientError> {
+        admin.admin(Op::CreateNamespace(c)).await
+    }
+
+    pub async fn delete_namespace(admin: &Client, name: &str) -> Result<pb::AdminOk, ClientError> {
+        let op = Op::DeleteNamespace(pb::AdminDeleteNamespace {
+            name: name.to_string(),
+        });
+        admin.admin(op).await
+    }
+
+    pub async fn create_room(
+        admin: &Client,
+        ns: &str,
+        room: &str,
+    ) -> Result<pb::AdminOk, ClientError> {
+        let op = Op::CreateRoom(pb::AdminCreateRoom {
+            namespace: ns.to_string(),
+            room: room.to_string(),
+        });
+        admin.admin(op).await
+    }
+
+    pub async fn delete_room(
+        admin: &Client,
+        ns: &str,
+        room: &str,
+    ) -> Result<pb::AdminOk, ClientError> {
+        let op = Op::DeleteRoom(pb::AdminDeleteRoom {
+            namespace: ns.to_string(),
+            room: room.to_string(),
+        });
+        admin.admin(op).await
+    }
+
+    pub async fn purge_room(
+        admin: &Client,
+        ns: &str,
+        room: &str,
+    ) -> Result<pb::AdminOk, ClientError> {
+        let op = Op::PurgeRoom(pb::AdminPurgeRoom {
+            namespace: ns.to_string(),
+            room: room.to_string(),
+        });
+        admin.admin(op).await
+    }
+
+    /// Creates a token allowed every room; returns the token.
+    pub async fn create_token(admin: &Client, ns: &str, name: &str) -> Result<String, ClientError> {
+        let op = Op::CreateToken(pb::AdminCreateToken {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            ..Default::default()
+        });
+        admin.admin(op).await.map(|ok| ok.token)
+    }
+
+    pub async fn delete_token(
+        admin: &Client,
+        ns: &str,
+        name: &str,
+    ) -> Result<pb::AdminOk, ClientError> {
+        let op = Op::DeleteToken(pb::AdminDeleteToken {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        });
+        admin.admin(op).await
+    }
+
+    pub async fn kick(admin: &Client, session: &[u8]) -> Result<pb::AdminOk, ClientError> {
+        let op = Op::Kick(pb::AdminKick {
+            session_id: bytes::Bytes::copy_from_slice(session),
+        });
+        admin.admin(op).await
+    }
+}
+
+impl TestBroker {
+    /// Starts an embedded broker built with `build` (to add middleware), as
+    /// [`TestBroker::start_on`] does. Note: `restart` brings it back
+    /// without the middleware.
+    pub async fn start_server(
+        config: Config,
+        dir: Arc<TempDir>,
+        build: impl FnOnce(server::Server) -> server::Server,
+    ) -> TestBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let srv = build(server::Server::new(config.clone()));
+        let task = tokio::spawn(srv.run(listener, shutdown.clone()));
+        TestBroker {
+            addr,
+            dir,
+            config,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Connects with `opts` (the address is this broker's).
+    pub async fn connect_opts(&self, opts: ConnectOptions) -> (Client, Deliveries) {
+        let opts = ConnectOptions {
+            addr: self.addr.to_string(),
+            ..opts
+        };
+        Client::connect(opts).await.expect("connect")
+    }
+
+    /// Connects to `namespace` with `token` and `client_id` ("" for none).
+    pub async fn connect_token(
+        &self,
+        namespace: &str,
+        token: &str,
+        client_id: &str,
+    ) -> (Client, Deliveries) {
+        let opts = self
+            .options()
+            .namespace(namespace)
+            .token(token)
+            .client_id(client_id);
+        Client::connect(opts).await.expect("connect")
+    }
+
+    /// The error refusing a connection to `namespace` with `token`.
+    pub async fn refused_connect(&self, namespace: &str, token: &str) -> roomq_client::ClientError {
+        let opts = self.options().namespace(namespace).token(token);
+        refused(Client::connect(opts).await.map(|(c, _)| c.session_id()))
+    }
+
+    /// An `/admin` session.
+    pub async fn admin(&self, token: &str) -> Client {
+        self.connect_token("/admin", token, "").await.0
     }
 }
