@@ -216,7 +216,18 @@ pub async fn serve<R, W>(
         })
         .await;
     let resumed = match (registered, reply_rx.await) {
-        (Ok(()), Ok(resumed)) => resumed,
+        (Ok(()), Ok(Some(resumed))) => resumed,
+        (Ok(()), Ok(None)) => {
+            let msg = format!("namespace {} was deleted", info.namespace);
+            return refuse(
+                &mut write_half,
+                frames.get_mut(),
+                ErrorCode::NotFound,
+                msg,
+                &config,
+            )
+            .await;
+        }
         _ => {
             let msg = "the broker is shutting down";
             return refuse(

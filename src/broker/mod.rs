@@ -130,7 +130,8 @@ pub enum Command {
         tx: mpsc::Sender<Outbound>,
         blocked: Arc<AtomicBool>,
         kill: CancellationToken,
-        reply: oneshot::Sender<bool>,
+        /// `None`: the namespace was deleted while the handshake ran.
+        reply: oneshot::Sender<Option<bool>>,
     },
     /// The session's connection is gone.
     Unregister { session: Uuid },
@@ -529,6 +530,16 @@ impl Broker {
                 kill,
                 reply,
             } => {
+                // The namespace may have been deleted (or deleted and made
+                // again) since the session looked it up.
+                let current = self
+                    .tenants
+                    .get(&info.namespace)
+                    .is_some_and(|t| Arc::ptr_eq(&t, &info.tenant));
+                if !current {
+                    let _ = reply.send(None);
+                    return;
+                }
                 let resumed = self.has_durable_state(&info);
                 info!(
                     namespace = %info.namespace,
@@ -549,7 +560,7 @@ impl Broker {
                         memberships: HashMap::new(),
                     },
                 );
-                let _ = reply.send(resumed);
+                let _ = reply.send(Some(resumed));
             }
             Command::Unregister { session } => self.unregister(session),
             Command::Request {
