@@ -201,6 +201,9 @@ impl PartialOrd for Timer {
     }
 }
 
+/// The timer heap is never swept below this size.
+const TIMER_COMPACT_MIN: usize = 4096;
+
 /// (room, seq) per room of one publish, shared by its confirmation and its
 /// dedup record.
 pub type Seqs = Arc<[(Arc<str>, u64)]>;
@@ -269,6 +272,9 @@ pub struct Broker {
     sessions: HashMap<Uuid, SessionEntry>,
     timers: BinaryHeap<Reverse<Timer>>,
     timer_gen: u64,
+    /// Heap size at which stale timers are swept out (see
+    /// [`Broker::compact_timers`]).
+    timers_compact_at: usize,
     dedup: HashMap<DedupKey, DedupState>,
     dedup_expiry: VecDeque<(Instant, DedupKey)>,
     open: OpenBatch,
@@ -329,6 +335,7 @@ impl Broker {
             sessions: HashMap::new(),
             timers: BinaryHeap::new(),
             timer_gen: 0,
+            timers_compact_at: TIMER_COMPACT_MIN,
             dedup: HashMap::new(),
             dedup_expiry: VecDeque::new(),
             open: OpenBatch::default(),
@@ -484,7 +491,33 @@ impl Broker {
                 }
             }
             self.maybe_commit(false);
+            self.compact_timers();
         }
+    }
+
+    /// Drops timers that can no longer fire for anyone: their member left,
+    /// or re-armed for another deadline. Without this, members that come
+    /// and go would leave their timers in the heap until the deadline
+    /// (up to a day). Runs when the heap has doubled since the last sweep,
+    /// so its cost is amortised over the timers armed in between.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= self.timers_compact_at {
+            return;
+        }
+        let rooms = &self.rooms;
+        let live = |t: &Timer| {
+            rooms
+                .get(&t.room)
+                .and_then(|r| r.members.get(&t.member))
+                .is_some_and(|m| m.armed == Some(t.deadline))
+        };
+        let kept: Vec<Reverse<Timer>> = std::mem::take(&mut self.timers)
+            .into_vec()
+            .into_iter()
+            .filter(|Reverse(t)| live(t))
+            .collect();
+        self.timers = BinaryHeap::from(kept);
+        self.timers_compact_at = (2 * self.timers.len()).max(TIMER_COMPACT_MIN);
     }
 
     fn commit_timeout(&self) -> Duration {
