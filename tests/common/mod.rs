@@ -287,6 +287,13 @@ pub mod wire {
             }
         }
 
+        /// The socket back, with the bytes already read from it but not yet
+        /// returned as frames.
+        pub fn into_parts(self) -> (OwnedReadHalf, BytesMut) {
+            let buffered = self.frames.read_buffer().clone();
+            (self.frames.into_inner(), buffered)
+        }
+
         /// Every frame until the broker closes the stream.
         pub async fn until_closed(&mut self, wait: Duration) -> Vec<pb::ServerFrame> {
             let deadline = tokio::time::Instant::now() + wait;
