@@ -245,7 +245,12 @@ async fn a_client_that_never_reads_its_replies_is_slowed_and_others_are_not() {
     // together; a broker that kept reading would take all of it.
     const CAP: u64 = 64 * 1024 * 1024;
     const CHUNK: u64 = 1000;
-    let broker = TestBroker::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(&dir);
+    // This is about the read side: a slow machine must not turn the
+    // flooder into a slow consumer (tests/slow_consumer.rs) before it reads.
+    config.limits.write_timeout_ms = 600_000;
+    let broker = TestBroker::start_with(config, dir).await;
     let mut healthy = Healthy::connect(&broker, "sl-live").await;
 
     let stream = TcpStream::connect(broker.addr).await.unwrap();
