@@ -142,6 +142,22 @@ fn cursor_at_two(b: &Rep) -> bool {
     matches!(b, Rep::AckOk(ok) if ok.next_seq == 2)
 }
 
+/// A join of [`LOG`] (three messages) from a seq past its end.
+fn joined_at_the_end(b: &Rep) -> bool {
+    matches!(b, Rep::JoinOk(ok) if ok.next_seq == 4 && ok.last_seq == 3)
+}
+fn pong_max(b: &Rep) -> bool {
+    matches!(b, Rep::Pong(p) if p.nonce == u64::MAX)
+}
+fn is_nack_ok(b: &Rep) -> bool {
+    matches!(b, Rep::NackOk(_))
+}
+fn is_in_progress_ok(b: &Rep) -> bool {
+    matches!(b, Rep::InProgressOk(_))
+}
+
+const OK_NACK: Reply = Reply::Ok("NackOk", is_nack_ok);
+const OK_IN_PROGRESS: Reply = Reply::Ok("InProgressOk", is_in_progress_ok);
 const OK_HANDSHAKE: Reply = Reply::Ok("HandshakeOk", is_handshake_ok);
 const OK_PONG: Reply = Reply::Ok("Pong", is_pong);
 const OK_PUBLISH: Reply = Reply::Ok("PublishOk", is_publish_ok);
@@ -986,6 +1002,54 @@ fn corpus(max_frame: usize) -> Vec<Case> {
         .reply(2, OK_JOIN)
         .reply(3, err(C::AlreadyJoined))
         .reply(4, err(C::AlreadyJoined)),
+        post(
+            "numbers at their extremes are clamped or refused, never overflowed",
+            cat(&[
+                req(
+                    2,
+                    Req::Join(pb::Join {
+                        room: LOG.into(),
+                        subscription: "x".into(),
+                        mode: pb::MemberMode::Ephemeral as i32,
+                        start: pb::StartPosition::Seq as i32,
+                        start_seq: u64::MAX,
+                        max_in_flight: u32::MAX,
+                        ack_timeout_ms: u64::MAX,
+                    }),
+                ),
+                ack(3, LOG, "x", vec![], u64::MAX),
+                join_eph(4, LOG, "y", Earliest),
+                req(
+                    5,
+                    Req::Nack(pb::Nack {
+                        room: LOG.into(),
+                        subscription: "y".into(),
+                        seqs: vec![1],
+                        delay_ms: u64::MAX,
+                    }),
+                ),
+                in_progress(6, LOG, "y", vec![1, 2, 3]),
+                req(
+                    7,
+                    Req::Publish(pb::Publish {
+                        expected_last_seq: Some(u64::MAX),
+                        ..publish(&[LOG], "e")
+                    }),
+                ),
+                req(8, Req::Ping(pb::Ping { nonce: u64::MAX })),
+            ]),
+            Open,
+        )
+        .reply(
+            2,
+            Reply::Ok("JoinOk at the end of the log", joined_at_the_end),
+        )
+        .reply(3, err(C::UnknownSeq))
+        .reply(4, OK_JOIN)
+        .reply(5, OK_NACK)
+        .reply(6, OK_IN_PROGRESS)
+        .reply(7, err(C::PreconditionFailed))
+        .reply(8, Reply::Ok("Pong with nonce u64::MAX", pong_max)),
     ]);
     // -- too many of something in one request --
     let rooms_65: Vec<String> = (0..65).map(|i| format!("bi-many-{i}")).collect();
