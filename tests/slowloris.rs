@@ -352,3 +352,92 @@ async fn a_client_that_never_reads_its_replies_is_slowed_and_others_are_not() {
     drop(write);
     broker.stop().await;
 }
+
+/// Joins and leaves `cycles` times, pipelined 500 pairs at a time, an
+/// ephemeral membership of `room` that starts at its first message (so a
+/// join gets a delivery, which arms an ack timer of a day). Reads every
+/// reply and delivery.
+async fn churn(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    reader: &mut FrameReader,
+    next_id: &mut u64,
+    room: &str,
+    cycles: u64,
+) {
+    let label = format!("churn-{}", "x".repeat(249)); // 255 bytes, the longest name
+    for _ in 0..cycles / 500 {
+        let mut bytes = Vec::new();
+        for _ in 0..500 {
+            let join = pb::Join {
+                room: room.into(),
+                subscription: label.clone(),
+                mode: pb::MemberMode::Ephemeral as i32,
+                start: pb::StartPosition::Earliest as i32,
+                ack_timeout_ms: 86_400_000,
+                ..Default::default()
+            };
+            let leave = pb::Leave {
+                room: room.into(),
+                subscription: label.clone(),
+                forget: false,
+            };
+            bytes.extend(frame(&request(*next_id, Req::Join(join))));
+            bytes.extend(frame(&request(*next_id + 1, Req::Leave(leave))));
+            *next_id += 2;
+        }
+        write.write_all(&bytes).await.unwrap();
+        // Every request is answered; a delivery may or may not make it
+        // before its leave (the queue holds replies first).
+        let mut replies = 0;
+        while replies < 1000 {
+            let f = reader.next(WAIT).await.expect("the connection stays open");
+            match f.body {
+                Some(Rep::JoinOk(_) | Rep::LeaveOk(_)) => replies += 1,
+                Some(Rep::Delivery(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+/// A member that is gone costs nothing: a client that joins (getting a
+/// delivery, so an ack timer is armed) and leaves over and over must not
+/// leave memory behind for each membership it dropped. Memory grows by
+/// about the size of what is held at once, not with the number of cycles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_joins_and_leaves_leaves_no_memory_behind() {
+    const WARM_UP: u64 = 20_000;
+    const CYCLES: u64 = 50_000;
+    let broker = TestBroker::start().await;
+    let (p, _pd) = broker.connect("publisher").await;
+    p.publish("sl-churn", "e", "one message").await.unwrap();
+    let stream = TcpStream::connect(broker.addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(&frame(&handshake(1, "/", "")))
+        .await
+        .unwrap();
+    let mut reader = FrameReader::new(read);
+    let hello = reader.next(WAIT).await.unwrap();
+    assert!(matches!(hello.body, Some(Rep::HandshakeOk(_))));
+    let mut id = 2;
+
+    churn(&mut write, &mut reader, &mut id, "sl-churn", WARM_UP).await;
+    let before = common::wire::rss_bytes();
+    churn(&mut write, &mut reader, &mut id, "sl-churn", CYCLES).await;
+    let growth = common::wire::rss_bytes().saturating_sub(before);
+    println!(
+        "{CYCLES} join/leave cycles after a warm-up: RSS +{} KiB ({} bytes a cycle)",
+        growth / 1024,
+        growth / CYCLES
+    );
+    assert!(
+        growth < 6 * 1024 * 1024,
+        "memory grew by {} KiB over {CYCLES} join/leave cycles of one membership \
+         ({} bytes a cycle): something of every departed member is kept",
+        growth / 1024,
+        growth / CYCLES
+    );
+    drop(write);
+    broker.stop().await;
+}
