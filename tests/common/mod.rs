@@ -507,3 +507,134 @@ impl TestBroker {
         self.connect_token("/admin", token, "").await.0
     }
 }
+
+/// Helpers for tests that speak the wire protocol on a raw socket: frames
+/// built and read by hand, so a test can send what no client would.
+pub mod wire {
+    use super::pb;
+    use bytes::{BufMut, Bytes, BytesMut};
+    use futures::StreamExt;
+    use prost::Message as _;
+    use roomq_wire::codec::decode_server;
+    use roomq_wire::FrameCodec;
+    use std::time::Duration;
+    use tokio::net::tcp::OwnedReadHalf;
+    use tokio_util::codec::FramedRead;
+
+    /// `body` behind its 4-byte big-endian length.
+    pub fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(4 + body.len());
+        out.put_u32(u32::try_from(body.len()).expect("frame fits a u32 length"));
+        out.put_slice(body);
+        out.to_vec()
+    }
+
+    /// One client frame, length prefix included.
+    pub fn frame(msg: &pb::ClientFrame) -> Vec<u8> {
+        framed(&msg.encode_to_vec())
+    }
+
+    /// A client frame with `body` and `request_id`.
+    pub fn request(request_id: u64, body: pb::client_frame::Body) -> pb::ClientFrame {
+        pb::ClientFrame {
+            request_id,
+            body: Some(body),
+        }
+    }
+
+    /// A version-1 handshake for `namespace`, with an optional client id.
+    pub fn handshake(request_id: u64, namespace: &str, client_id: &str) -> pb::ClientFrame {
+        request(
+            request_id,
+            pb::client_frame::Body::Handshake(pb::Handshake {
+                protocol_version: 1,
+                namespace: namespace.into(),
+                client_id: client_id.into(),
+                ..Default::default()
+            }),
+        )
+    }
+
+    /// Reads and decodes server frames from one side of a socket.
+    pub struct FrameReader {
+        frames: FramedRead<OwnedReadHalf, FrameCodec>,
+    }
+
+    impl FrameReader {
+        pub fn new(read: OwnedReadHalf) -> Self {
+            // Deliveries may be a little larger than a publish's frame.
+            FrameReader {
+                frames: FramedRead::new(read, FrameCodec::new(64 * 1024 * 1024)),
+            }
+        }
+
+        /// The next frame; `None` at the end of the stream. Fails the test
+        /// if nothing arrives within `wait` (virtual under paused time) or
+        /// the bytes are not a valid server frame.
+        pub async fn next(&mut self, wait: Duration) -> Option<pb::ServerFrame> {
+            self.next_within(wait).await.expect("the broker's stream")
+        }
+
+        /// [`FrameReader::next`], returning what went wrong instead of
+        /// failing the test.
+        pub async fn next_within(
+            &mut self,
+            wait: Duration,
+        ) -> Result<Option<pb::ServerFrame>, String> {
+            let got = tokio::time::timeout(wait, self.frames.next())
+                .await
+                .map_err(|_| format!("nothing within {wait:?}"))?;
+            match got {
+                None => Ok(None),
+                Some(Err(e)) => Err(format!("reading the stream: {e}")),
+                Some(Ok(raw)) => {
+                    let raw: Bytes = raw;
+                    decode_server(raw)
+                        .map(Some)
+                        .map_err(|e| format!("not a server frame: {e}"))
+                }
+            }
+        }
+
+        /// The socket back, with the bytes already read from it but not yet
+        /// returned as frames.
+        pub fn into_parts(self) -> (OwnedReadHalf, BytesMut) {
+            let buffered = self.frames.read_buffer().clone();
+            (self.frames.into_inner(), buffered)
+        }
+
+        /// Every frame until the broker closes the stream.
+        pub async fn until_closed(&mut self, wait: Duration) -> Vec<pb::ServerFrame> {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut out = Vec::new();
+            while let Some(f) = self
+                .next(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .await
+            {
+                out.push(f);
+            }
+            out
+        }
+    }
+
+    /// The error in `frame`, if it is one.
+    pub fn error_of(frame: &pb::ServerFrame) -> Option<&pb::Error> {
+        match &frame.body {
+            Some(pb::server_frame::Body::Error(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// This process's resident set size, in bytes (from /proc; Linux only).
+    /// The broker runs in-process, so this covers its memory too.
+    pub fn rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("VmRSS in /proc/self/status");
+        kib * 1024
+    }
+}
