@@ -72,6 +72,9 @@ impl Healthy {
     }
 }
 
+/// Serialises the tests of this file (see each test's first line).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Connects and expects the connection-limit refusal, then the close.
 async fn expect_refused(broker: &TestBroker) {
     let stream = TcpStream::connect(broker.addr).await.unwrap();
@@ -86,6 +89,9 @@ async fn expect_refused(broker: &TestBroker) {
 
 #[tokio::test(start_paused = true)]
 async fn silent_connections_fill_the_limit_until_the_handshake_deadline() {
+    // One test of this file at a time: the flood test measures the
+    // process's memory, which the others would disturb.
+    let _serial = SERIAL.lock().await;
     const MAX: usize = 40;
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = test_config(&dir);
@@ -182,6 +188,9 @@ async fn trickle(
 /// last byte.
 #[tokio::test(start_paused = true)]
 async fn a_trickle_of_bytes_does_not_hold_a_connection_open() {
+    // One test of this file at a time: the flood test measures the
+    // process's memory, which the others would disturb.
+    let _serial = SERIAL.lock().await;
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let config = test_config(&dir);
     let handshake_deadline = config.limits.handshake_timeout();
@@ -241,6 +250,9 @@ fn flood_request(id: u64) -> pb::ClientFrame {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_its_replies_is_slowed_and_others_are_not() {
+    // One test of this file at a time: the flood test measures the
+    // process's memory, which the others would disturb.
+    let _serial = SERIAL.lock().await;
     // Far more than every socket buffer and the pending-request budget
     // together; a broker that kept reading would take all of it.
     const CAP: u64 = 64 * 1024 * 1024;
@@ -406,6 +418,9 @@ async fn churn(
 /// about the size of what is held at once, not with the number of cycles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_joins_and_leaves_leaves_no_memory_behind() {
+    // One test of this file at a time: the flood test measures the
+    // process's memory, which the others would disturb.
+    let _serial = SERIAL.lock().await;
     const WARM_UP: u64 = 20_000;
     const CYCLES: u64 = 50_000;
     let broker = TestBroker::start().await;
