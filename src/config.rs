@@ -160,6 +160,10 @@ pub struct Limits {
     pub max_frame_bytes: u32,
     /// Time a new connection has to send its handshake.
     pub handshake_timeout_ms: u64,
+    /// Largest first frame (the handshake) accepted, so that a connection
+    /// that has not authenticated cannot make the broker buffer a full
+    /// frame.
+    pub max_handshake_bytes: u32,
     /// A connection that sends nothing (not even a ping) for this long is
     /// closed.
     pub idle_timeout_ms: u64,
@@ -244,6 +248,7 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: 1024 * 1024,
             handshake_timeout_ms: 5_000,
+            max_handshake_bytes: 4_096,
             idle_timeout_ms: 60_000,
             write_timeout_ms: 10_000,
             max_connections: 10_000,
@@ -334,7 +339,7 @@ impl Config {
         let l = &self.limits;
         let s = &self.storage;
         let t = &self.tls;
-        let checks: [(bool, &str); 17] = [
+        let checks: [(bool, &str); 18] = [
             (
                 s.commit_timeout_ms > 0,
                 "storage.commit_timeout_ms must be > 0",
@@ -350,6 +355,10 @@ impl Config {
             (
                 l.handshake_timeout_ms > 0,
                 "limits.handshake_timeout_ms must be > 0",
+            ),
+            (
+                l.max_handshake_bytes >= 1024 && l.max_handshake_bytes <= l.max_frame_bytes,
+                "limits.max_handshake_bytes must be between 1024 and limits.max_frame_bytes",
             ),
             (l.idle_timeout_ms > 0, "limits.idle_timeout_ms must be > 0"),
             (

@@ -70,7 +70,9 @@ pub async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &config.limits;
-    let mut frames = FramedRead::new(read_half, FrameCodec::new(limits.max_frame()));
+    // Until the handshake is accepted, only a small frame is buffered.
+    let first_frame = limits.max_handshake_bytes as usize;
+    let mut frames = FramedRead::new(read_half, FrameCodec::new(first_frame));
 
     let hello = tokio::select! {
         _ = shutdown.cancelled() => return,
@@ -121,6 +123,7 @@ pub async fn serve<R, W>(
         },
     };
     let (hs_request, hs) = handshake;
+    frames.decoder_mut().set_max_frame(limits.max_frame());
     if hs.protocol_version != PROTOCOL_VERSION {
         let msg = format!(
             "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",

@@ -377,6 +377,7 @@ fn corpus(max_frame: usize) -> Vec<Case> {
     use pb::StartPosition::{Earliest, New};
     use End::{Fatal, Open, OpenOrFatal, Quiet};
     use ErrorCode as C;
+    let max_handshake = roomq::config::Limits::default().max_handshake_bytes as usize;
     let err = Reply::Err;
     let e_acute_128 = "é".repeat(128); // 128 characters, 256 bytes
     let e_acute_255 = format!("{}x", "é".repeat(127)); // 255 bytes
@@ -400,9 +401,19 @@ fn corpus(max_frame: usize) -> Vec<Case> {
             Fatal(C::MalformedFrame),
         ),
         pre(
-            "a frame of exactly max_frame_bytes of garbage before the handshake",
-            framed(&vec![0xFF; max_frame]),
+            "a frame of exactly max_handshake_bytes of garbage before the handshake",
+            framed(&vec![0xFF; max_handshake]),
             Fatal(C::MalformedFrame),
+        ),
+        pre(
+            "a frame over max_handshake_bytes before the handshake: refused unread",
+            framed(&vec![0xFF; max_handshake + 1]),
+            Fatal(C::FrameTooLarge),
+        ),
+        pre(
+            "a frame of exactly max_frame_bytes before the handshake: refused unread",
+            framed(&vec![0xFF; max_frame]),
+            Fatal(C::FrameTooLarge),
         ),
         post(
             "a frame of exactly max_frame_bytes of garbage after the handshake",
@@ -496,7 +507,7 @@ fn corpus(max_frame: usize) -> Vec<Case> {
         )
         .reply(7, OK_PONG),
         pre(
-            "5,000 nested unknown groups inside the handshake",
+            "1,000 nested unknown groups inside the handshake",
             framed(&envelope(
                 1,
                 2,
@@ -506,7 +517,7 @@ fn corpus(max_frame: usize) -> Vec<Case> {
                         ..Default::default()
                     }
                     .encode_to_vec(),
-                    nested_groups(5000),
+                    nested_groups(1000),
                 ]),
             )),
             OpenOrFatal(C::MalformedFrame),
@@ -1402,18 +1413,18 @@ async fn every_bad_input_is_answered_others_keep_working_and_memory_stays_flat()
 async fn a_partial_frame_then_silence_runs_into_the_deadlines() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let config = test_config(&dir);
-    let max_frame = config.limits.max_frame_bytes;
     let broker = TestBroker::start_with(config, dir).await;
     let handshake_deadline = Duration::from_secs(5);
     let idle = Duration::from_secs(60);
     let a_day = Duration::from_secs(24 * 3600);
 
-    let mut header_of_max = max_frame.to_be_bytes().to_vec();
+    let max_handshake = roomq::config::Limits::default().max_handshake_bytes;
+    let mut header_of_max = max_handshake.to_be_bytes().to_vec();
     header_of_max.extend_from_slice(&[0x08; 100]);
     let silent_before = [
         ("two bytes of a length prefix", vec![0, 0]),
         (
-            "a length of exactly max_frame_bytes and 100 bytes of body",
+            "a length of exactly max_handshake_bytes and 100 bytes of body",
             header_of_max,
         ),
     ];

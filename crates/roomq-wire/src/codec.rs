@@ -40,6 +40,12 @@ impl FrameCodec {
     }
 
     /// The maximum frame size.
+    /// Changes the limit for the frames decoded from now on (the broker
+    /// reads the handshake with a small one).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     pub fn max_frame(&self) -> usize {
         self.max_frame
     }
