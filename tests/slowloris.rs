@@ -414,15 +414,18 @@ async fn churn(
 
 /// A member that is gone costs nothing: a client that joins (getting a
 /// delivery, so an ack timer is armed) and leaves over and over must not
-/// leave memory behind for each membership it dropped. Memory grows by
-/// about the size of what is held at once, not with the number of cycles.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// leave memory behind for each membership it dropped. After a warm-up,
+/// the cycles run in phases: a leak grows the process in every phase,
+/// while allocator noise does not, so the smallest growth of a phase is
+/// what is bounded.
+#[tokio::test]
 async fn a_flood_of_joins_and_leaves_leaves_no_memory_behind() {
     // One test of this file at a time: the flood test measures the
     // process's memory, which the others would disturb.
     let _serial = SERIAL.lock().await;
     const WARM_UP: u64 = 20_000;
-    const CYCLES: u64 = 50_000;
+    const PHASE: u64 = 25_000;
+    const PHASES: usize = 3;
     let broker = TestBroker::start().await;
     let (p, _pd) = broker.connect("publisher").await;
     p.publish("sl-churn", "e", "one message").await.unwrap();
@@ -438,20 +441,23 @@ async fn a_flood_of_joins_and_leaves_leaves_no_memory_behind() {
     let mut id = 2;
 
     churn(&mut write, &mut reader, &mut id, "sl-churn", WARM_UP).await;
-    let before = common::wire::rss_bytes();
-    churn(&mut write, &mut reader, &mut id, "sl-churn", CYCLES).await;
-    let growth = common::wire::rss_bytes().saturating_sub(before);
+    let mut growth = Vec::new();
+    for _ in 0..PHASES {
+        let before = common::wire::rss_bytes();
+        churn(&mut write, &mut reader, &mut id, "sl-churn", PHASE).await;
+        growth.push(common::wire::rss_bytes().saturating_sub(before));
+    }
+    let least = growth.iter().copied().min().unwrap();
     println!(
-        "{CYCLES} join/leave cycles after a warm-up: RSS +{} KiB ({} bytes a cycle)",
-        growth / 1024,
-        growth / CYCLES
+        "RSS growth over {PHASES} phases of {PHASE} join/leave cycles: {:?} KiB",
+        growth.iter().map(|g| g / 1024).collect::<Vec<_>>()
     );
     assert!(
-        growth < 6 * 1024 * 1024,
-        "memory grew by {} KiB over {CYCLES} join/leave cycles of one membership \
-         ({} bytes a cycle): something of every departed member is kept",
-        growth / 1024,
-        growth / CYCLES
+        least < 2 * 1024 * 1024,
+        "memory grew in every phase of {PHASE} join/leave cycles of one membership, \
+         by at least {} KiB ({} bytes a cycle): something of every departed member is kept",
+        least / 1024,
+        least / PHASE
     );
     drop(write);
     broker.stop().await;
