@@ -65,6 +65,15 @@ pub enum DurabilityMode {
     Batched,
 }
 
+impl From<DurabilityMode> for roomq_wire::pb::Durability {
+    fn from(d: DurabilityMode) -> Self {
+        match d {
+            DurabilityMode::Sync => roomq_wire::pb::Durability::Sync,
+            DurabilityMode::Batched => roomq_wire::pb::Durability::Batched,
+        }
+    }
+}
+
 /// What one tenant may use. 0 means no limit for the settings that say so.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

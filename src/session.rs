@@ -74,175 +74,33 @@ pub async fn serve<R, W>(
     let first_frame = limits.max_handshake_bytes as usize;
     let mut frames = FramedRead::new(read_half, FrameCodec::new(first_frame));
 
-    let hello = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        r = timeout_at(handshake_deadline, frames.next()) => r,
-    };
-    let handshake = match hello {
-        Err(_) => {
-            let msg = format!("no handshake within {} ms", limits.handshake_timeout_ms);
-            return refuse(
-                &mut write_half,
-                frames.get_mut(),
-                ErrorCode::HandshakeTimeout,
-                msg,
-                &config,
-            )
-            .await;
+    let admitted = admit(
+        &mut frames,
+        handshake_deadline,
+        &shutdown,
+        &tenants,
+        &broker,
+        peer,
+        &config,
+    )
+    .await;
+    let Admitted {
+        request_id: hs_request,
+        info,
+        resumed,
+        tx,
+        rx,
+        blocked,
+        kill,
+        holds: _holds,
+    } = match admitted {
+        Ok(a) => a,
+        Err(None) => return,
+        Err(Some((code, message))) => {
+            return refuse(&mut write_half, frames.get_mut(), code, message, &config).await
         }
-        Ok(None) => return,
-        Ok(Some(Err(e))) => {
-            return refuse_frame_error(&mut write_half, frames.get_mut(), e, &config).await
-        }
-        Ok(Some(Ok(raw))) => match decode_client(raw) {
-            Err(e) => {
-                return refuse(
-                    &mut write_half,
-                    frames.get_mut(),
-                    ErrorCode::MalformedFrame,
-                    e.to_string(),
-                    &config,
-                )
-                .await
-            }
-            Ok(pb::ClientFrame {
-                request_id,
-                body: Some(pb::client_frame::Body::Handshake(h)),
-            }) => (request_id, h),
-            Ok(_) => {
-                let msg = "the first frame must be a handshake";
-                return refuse(
-                    &mut write_half,
-                    frames.get_mut(),
-                    ErrorCode::HandshakeRequired,
-                    msg,
-                    &config,
-                )
-                .await;
-            }
-        },
     };
-    let (hs_request, hs) = handshake;
-    frames.decoder_mut().set_max_frame(limits.max_frame());
-    if hs.protocol_version != PROTOCOL_VERSION {
-        let msg = format!(
-            "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
-            hs.protocol_version
-        );
-        return refuse(
-            &mut write_half,
-            frames.get_mut(),
-            ErrorCode::UnsupportedVersion,
-            msg,
-            &config,
-        )
-        .await;
-    }
-    let namespace = if hs.namespace.is_empty() {
-        "/".to_string()
-    } else {
-        hs.namespace
-    };
-    let checked = check_namespace(&namespace)
-        .and_then(|()| match hs.client_id.is_empty() {
-            true => Ok(()),
-            false => check_name("client id", &hs.client_id),
-        })
-        .and_then(|()| match hs.client_name.is_empty() {
-            true => Ok(()),
-            false => check_name("client name", &hs.client_name),
-        });
-    if let Err(e) = checked {
-        return refuse(
-            &mut write_half,
-            frames.get_mut(),
-            ErrorCode::InvalidName,
-            e.to_string(),
-            &config,
-        )
-        .await;
-    }
-    let Some(tenant) = tenants.get(&namespace) else {
-        let msg = format!("there is no namespace {namespace}");
-        return refuse(
-            &mut write_half,
-            frames.get_mut(),
-            ErrorCode::NotFound,
-            msg,
-            &config,
-        )
-        .await;
-    };
-    let peer_text = peer.to_string();
-    let mut setup = SessionSetup::default();
-    for hook in tenant.chain() {
-        let mut ctx = ConnectCtx {
-            tenant: &tenant,
-            token: &hs.token,
-            client_id: (!hs.client_id.is_empty()).then_some(hs.client_id.as_str()),
-            client_name: &hs.client_name,
-            peer: &peer_text,
-            setup: &mut setup,
-        };
-        if let Verdict::Reject { code, reason } = hook.connect(&mut ctx).await {
-            info!(namespace = %namespace, %peer, hook = hook.name(), "connection refused by middleware");
-            return refuse(&mut write_half, frames.get_mut(), code, reason, &config).await;
-        }
-    }
-    // Held (a connection-quota slot, say) until the session ends.
-    let _holds = setup.holds;
-
-    let id = Uuid::now_v7();
-    let info = Arc::new(SessionInfo {
-        id,
-        id_bytes: bytes::Bytes::copy_from_slice(id.as_bytes()),
-        namespace: Arc::from(namespace),
-        client_id: (!hs.client_id.is_empty()).then(|| Arc::from(hs.client_id)),
-        client_name: hs.client_name,
-        peer: peer_text,
-        tenant,
-        grant: setup.grant.unwrap_or_default(),
-        attributes: setup.attributes,
-    });
     let pending = limits.max_pending_requests as usize;
-    let (tx, rx) = mpsc::channel(pending + limits.max_queued_deliveries as usize + PUSH_SLOTS);
-    let blocked = Arc::new(AtomicBool::new(false));
-    let kill = CancellationToken::new();
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let registered = broker
-        .send(Command::Register {
-            info: info.clone(),
-            tx: tx.clone(),
-            blocked: blocked.clone(),
-            kill: kill.clone(),
-            reply: reply_tx,
-        })
-        .await;
-    let resumed = match (registered, reply_rx.await) {
-        (Ok(()), Ok(Some(resumed))) => resumed,
-        (Ok(()), Ok(None)) => {
-            let msg = format!("namespace {} was deleted", info.namespace);
-            return refuse(
-                &mut write_half,
-                frames.get_mut(),
-                ErrorCode::NotFound,
-                msg,
-                &config,
-            )
-            .await;
-        }
-        _ => {
-            let msg = "the broker is shutting down";
-            return refuse(
-                &mut write_half,
-                frames.get_mut(),
-                ErrorCode::ShuttingDown,
-                msg,
-                &config,
-            )
-            .await;
-        }
-    };
 
     tracker.spawn(write_loop(
         write_half,
@@ -297,6 +155,161 @@ pub async fn serve<R, W>(
         // session itself.
         let _ = broker.send(Command::Unregister { session: info.id }).await;
     }
+}
+
+/// A connection whose handshake was accepted and which the broker has
+/// registered as a session.
+struct Admitted {
+    request_id: u64,
+    info: Arc<SessionInfo>,
+    resumed: bool,
+    tx: mpsc::Sender<Outbound>,
+    rx: mpsc::Receiver<Outbound>,
+    blocked: Arc<AtomicBool>,
+    kill: CancellationToken,
+    /// What connect hooks hold for the session's life (a connection-quota
+    /// slot, say).
+    holds: Vec<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// Why a handshake was not accepted: the error to refuse it with, or
+/// `None` to close without a word (the client went away, or shutdown).
+type Refusal = Option<(ErrorCode, String)>;
+
+/// Reads the handshake under its deadline, checks it, runs the namespace's
+/// connect hooks and registers the session with the broker.
+async fn admit<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+    tenants: &Tenants,
+    broker: &BrokerHandle,
+    peer: SocketAddr,
+    config: &Config,
+) -> Result<Admitted, Refusal> {
+    let limits = &config.limits;
+    let refuse = |code: ErrorCode, message: String| Some((code, message));
+    let hello = tokio::select! {
+        _ = shutdown.cancelled() => return Err(None),
+        r = timeout_at(deadline, frames.next()) => r,
+    };
+    let raw = match hello {
+        Err(_) => {
+            let msg = format!("no handshake within {} ms", limits.handshake_timeout_ms);
+            return Err(refuse(ErrorCode::HandshakeTimeout, msg));
+        }
+        Ok(None) | Ok(Some(Err(FrameError::Io(_)))) => return Err(None),
+        Ok(Some(Err(e @ FrameError::TooLarge { .. }))) => {
+            return Err(refuse(ErrorCode::FrameTooLarge, e.to_string()))
+        }
+        Ok(Some(Err(e @ FrameError::Malformed(_)))) => {
+            return Err(refuse(ErrorCode::MalformedFrame, e.to_string()))
+        }
+        Ok(Some(Ok(raw))) => raw,
+    };
+    let (request_id, hs) = match decode_client(raw) {
+        Err(e) => return Err(refuse(ErrorCode::MalformedFrame, e.to_string())),
+        Ok(pb::ClientFrame {
+            request_id,
+            body: Some(pb::client_frame::Body::Handshake(h)),
+        }) => (request_id, h),
+        Ok(_) => {
+            let msg = "the first frame must be a handshake".to_string();
+            return Err(refuse(ErrorCode::HandshakeRequired, msg));
+        }
+    };
+    frames.decoder_mut().set_max_frame(limits.max_frame());
+    if hs.protocol_version != PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
+            hs.protocol_version
+        );
+        return Err(refuse(ErrorCode::UnsupportedVersion, msg));
+    }
+    let namespace = if hs.namespace.is_empty() {
+        "/".to_string()
+    } else {
+        hs.namespace
+    };
+    check_namespace(&namespace)
+        .and_then(|()| match hs.client_id.is_empty() {
+            true => Ok(()),
+            false => check_name("client id", &hs.client_id),
+        })
+        .and_then(|()| match hs.client_name.is_empty() {
+            true => Ok(()),
+            false => check_name("client name", &hs.client_name),
+        })
+        .map_err(|e| refuse(ErrorCode::InvalidName, e.to_string()))?;
+    let Some(tenant) = tenants.get(&namespace) else {
+        let msg = format!("there is no namespace {namespace}");
+        return Err(refuse(ErrorCode::NotFound, msg));
+    };
+    let peer_text = peer.to_string();
+    let mut setup = SessionSetup::default();
+    for hook in tenant.chain() {
+        let mut ctx = ConnectCtx {
+            tenant: &tenant,
+            token: &hs.token,
+            client_id: (!hs.client_id.is_empty()).then_some(hs.client_id.as_str()),
+            client_name: &hs.client_name,
+            peer: &peer_text,
+            setup: &mut setup,
+        };
+        if let Verdict::Reject { code, reason } = hook.connect(&mut ctx).await {
+            info!(namespace = %namespace, %peer, hook = hook.name(), "connection refused by middleware");
+            return Err(refuse(code, reason));
+        }
+    }
+
+    let id = Uuid::now_v7();
+    let info = Arc::new(SessionInfo {
+        id,
+        id_bytes: bytes::Bytes::copy_from_slice(id.as_bytes()),
+        namespace: Arc::from(namespace),
+        client_id: (!hs.client_id.is_empty()).then(|| Arc::from(hs.client_id)),
+        client_name: hs.client_name,
+        peer: peer_text,
+        tenant,
+        grant: setup.grant.unwrap_or_default(),
+        attributes: setup.attributes,
+    });
+    let queue =
+        limits.max_pending_requests as usize + limits.max_queued_deliveries as usize + PUSH_SLOTS;
+    let (tx, rx) = mpsc::channel(queue);
+    let blocked = Arc::new(AtomicBool::new(false));
+    let kill = CancellationToken::new();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let registered = broker
+        .send(Command::Register {
+            info: info.clone(),
+            tx: tx.clone(),
+            blocked: blocked.clone(),
+            kill: kill.clone(),
+            reply: reply_tx,
+        })
+        .await;
+    let resumed = match (registered, reply_rx.await) {
+        (Ok(()), Ok(Some(resumed))) => resumed,
+        (Ok(()), Ok(None)) => {
+            let msg = format!("namespace {} was deleted", info.namespace);
+            return Err(refuse(ErrorCode::NotFound, msg));
+        }
+        _ => {
+            let msg = "the broker is shutting down".to_string();
+            return Err(refuse(ErrorCode::ShuttingDown, msg));
+        }
+    };
+    Ok(Admitted {
+        request_id,
+        info,
+        resumed,
+        tx,
+        rx,
+        blocked,
+        kill,
+        holds: setup.holds,
+    })
 }
 
 /// A session's budgets for requests awaiting a reply: their count and their
@@ -405,7 +418,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Err(e) => Err(e),
             },
             Some(Body::Leave(l)) => broker::leave::check(l).map(Request::Leave),
-            Some(Body::Publish(p)) => broker::publish::check_with_hooks(p, info, limits)
+            Some(Body::Publish(p)) => broker::publish::check(p, info, limits)
                 .await
                 .map(Request::Publish),
             Some(Body::Ack(a)) => broker::ack::check(a).map(Request::Ack),
@@ -639,35 +652,4 @@ async fn linger<R: AsyncRead + Unpin>(input: &mut R) {
         }
     };
     let _ = timeout(LINGER, drain).await;
-}
-
-async fn refuse_frame_error<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
-    socket: &mut W,
-    input: &mut R,
-    e: FrameError,
-    config: &Config,
-) {
-    match e {
-        FrameError::TooLarge { .. } => {
-            refuse(
-                socket,
-                input,
-                ErrorCode::FrameTooLarge,
-                e.to_string(),
-                config,
-            )
-            .await
-        }
-        FrameError::Malformed(_) => {
-            refuse(
-                socket,
-                input,
-                ErrorCode::MalformedFrame,
-                e.to_string(),
-                config,
-            )
-            .await
-        }
-        FrameError::Io(_) => {}
-    }
 }

@@ -148,21 +148,18 @@ fn quotas_of(q: &Quotas) -> pb::NamespaceQuotas {
     }
 }
 
-fn namespace_info(t: &Tenant) -> pb::NamespaceInfo {
+fn namespace_info(t: &Tenant, rooms: usize) -> pb::NamespaceInfo {
     let p = t.policy();
     pb::NamespaceInfo {
         name: t.name.to_string(),
         open: p.open,
-        durability: match p.durability {
-            DurabilityMode::Sync => pb::Durability::Sync as i32,
-            DurabilityMode::Batched => pb::Durability::Batched as i32,
-        },
+        durability: pb::Durability::from(p.durability) as i32,
         create_rooms: p.create_rooms,
         from_config: t.from_config,
         quotas: Some(quotas_of(&p.quotas)),
         tokens: p.tokens.iter().map(|t| t.name.to_string()).collect(),
         connections: t.usage.connections(),
-        rooms: t.usage.rooms(),
+        rooms: rooms as u64,
         stored_bytes: t.usage.stored_bytes(),
         published: t.usage.published(),
     }
@@ -183,7 +180,7 @@ impl Broker {
                     .tenants
                     .list()
                     .iter()
-                    .map(|t| namespace_info(t))
+                    .map(|t| namespace_info(t, self.room_count(&t.name)))
                     .collect();
                 let body = pb::AdminOk {
                     namespaces,
@@ -303,7 +300,7 @@ impl Broker {
         self.store_namespace(&record);
         info!(namespace = %name, "namespace created");
         Ok(pb::AdminOk {
-            namespaces: vec![namespace_info(&tenant)],
+            namespaces: vec![namespace_info(&tenant, 0)],
             ..Default::default()
         })
     }
@@ -404,11 +401,6 @@ impl Broker {
         self.open.write.deleted_rooms.push(id);
         if let Some(t) = self.tenants.get(&room.namespace) {
             t.usage.remove_stored(room.stored_bytes);
-            t.usage.set_rooms(
-                self.namespaces
-                    .get(&room.namespace)
-                    .map_or(0, |r| r.len() as u64),
-            );
         }
         info!(namespace = %room.namespace, room = %room.name, "room deleted");
     }
@@ -446,13 +438,10 @@ impl Broker {
                 .unwrap_or_default(),
             None => self.rooms.keys().copied().collect(),
         };
-        ids.sort_by(|a, b| {
-            let key = |id| {
-                self.rooms
-                    .get(id)
-                    .map(|r| (r.namespace.clone(), r.name.clone()))
-            };
-            key(a).cmp(&key(b))
+        ids.sort_by_cached_key(|id| {
+            self.rooms
+                .get(id)
+                .map(|r| (r.namespace.clone(), r.name.clone()))
         });
         let budget = self.config.limits.max_frame().saturating_sub(256);
         let mut used = 0;

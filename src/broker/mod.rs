@@ -361,11 +361,6 @@ impl Broker {
             }
             broker.rooms.insert(r.id, room);
         }
-        for (ns, rooms) in &broker.namespaces {
-            if let Some(t) = broker.tenants.get(ns) {
-                t.usage.set_rooms(rooms.len() as u64);
-            }
-        }
         let limits = &config.limits;
         for (room_id, name, rec) in recovered.cursors {
             match broker.rooms.get_mut(&room_id) {
@@ -752,6 +747,11 @@ impl Broker {
         );
     }
 
+    /// How many rooms `namespace` has.
+    fn room_count(&self, namespace: &str) -> usize {
+        self.namespaces.get(namespace).map_or(0, |r| r.len())
+    }
+
     /// The room `name` of `namespace`, if it exists.
     fn find_room(&self, namespace: &str, name: &str) -> Option<RoomId> {
         self.namespaces.get(namespace)?.get(name).copied()
@@ -781,7 +781,7 @@ impl Broker {
                 ),
             ));
         }
-        let rooms = self.namespaces.get(&tenant.name).map_or(0, |r| r.len());
+        let rooms = self.room_count(&tenant.name);
         let max = policy.quotas.max_rooms as usize;
         if rooms + missing.len() > max {
             return Err((
@@ -812,10 +812,6 @@ impl Broker {
             .write
             .new_rooms
             .push((id, namespace.clone(), name.clone()));
-        if let Some(t) = self.tenants.get(namespace) {
-            t.usage
-                .set_rooms(self.namespaces.get(namespace).map_or(0, |r| r.len() as u64));
-        }
         info!(namespace = %namespace, room = %name, "room created");
         id
     }

@@ -12,7 +12,7 @@ use roomq_wire::{pb, ErrorCode};
 use uuid::Uuid;
 
 use super::{now_ms, Broker, DedupState, PendingConfirm, PendingReply, SessionInfo};
-use crate::config::{DurabilityMode, Limits};
+use crate::config::Limits;
 use crate::storage::StoredMessage;
 use crate::tenancy::middleware::PublishCtx;
 use crate::tenancy::Verdict;
@@ -30,20 +30,10 @@ pub struct PublishReq {
     pub encoded: Bytes,
 }
 
-/// Checks a publish and encodes its message; runs on the session's task.
-/// Middleware runs between the two steps, through [`check_with_hooks`].
-pub fn check(
-    p: pb::Publish,
-    session: &SessionInfo,
-    limits: &Limits,
-) -> Result<PublishReq, pb::Error> {
-    validate(&p, limits)?;
-    encode(p, session, limits)
-}
-
-/// [`check`] with the namespace's publish hooks run between the checks and
-/// the encoding (so a hook may add headers).
-pub async fn check_with_hooks(
+/// Checks a publish, runs the namespace's publish hooks, and encodes its
+/// message (after the hooks, so that a hook may add headers); runs on the
+/// session's task.
+pub async fn check(
     mut p: pb::Publish,
     session: &SessionInfo,
     limits: &Limits,
@@ -197,10 +187,8 @@ impl Broker {
         let namespace = entry.info.namespace.clone();
         let client_id = entry.info.client_id.clone();
         let tenant = entry.info.tenant.clone();
-        let durability = match tenant.policy().durability {
-            DurabilityMode::Sync => pb::Durability::Sync,
-            DurabilityMode::Batched => pb::Durability::Batched,
-        };
+        let policy = tenant.policy();
+        let durability = pb::Durability::from(policy.durability);
         if let Some(id) = req.dedup {
             let key = (namespace.clone(), id);
             match self.dedup.get_mut(&key) {
@@ -221,8 +209,8 @@ impl Broker {
             let last = req
                 .rooms
                 .first()
-                .and_then(|name| self.namespaces.get(&namespace)?.get(name.as_str()))
-                .and_then(|id| self.rooms.get(id))
+                .and_then(|name| self.find_room(&namespace, name))
+                .and_then(|id| self.rooms.get(&id))
                 .map_or(0, |room| room.last_seq);
             if last != expected {
                 let msg = format!("the room's last seq is {last}, not {expected}");
@@ -238,9 +226,9 @@ impl Broker {
         if let Err((code, msg)) = self.check_rooms(&tenant, req.rooms.iter().map(String::as_str)) {
             return self.reply_error(session, request_id, permit, code, msg);
         }
-        // The middleware's check ran before earlier publishes of this
-        // session were counted; this one is exact.
-        let max_stored = tenant.policy().quotas.max_stored_bytes;
+        // Checked here, not by the quota middleware: only the actor knows
+        // what the publishes accepted before this one add.
+        let max_stored = policy.quotas.max_stored_bytes;
         let adding = (req.encoded.len() as u64).saturating_mul(req.rooms.len() as u64);
         let stored = tenant.usage.stored_bytes();
         if max_stored > 0 && stored.saturating_add(adding) > max_stored {

@@ -4,7 +4,7 @@
 //!
 //! The broker's own policies are middleware too, and run first:
 //! [`Authenticate`] (tokens), [`Authorize`] (room patterns per token) and
-//! [`QuotaGuard`] (connections, message size, stored bytes, publish rate).
+//! [`QuotaGuard`] (connections, message size, publish rate).
 //! Hooks run on the session's own task, never on the broker actor, so a
 //! slow hook delays only its own connection.
 
@@ -222,8 +222,9 @@ impl Middleware for Authorize {
 }
 
 /// Enforces the namespace's quotas that a session can check on its own:
-/// connections, message size, stored bytes and publish rate. (The room
-/// count is enforced where rooms are created, by the broker.)
+/// connections, message size and publish rate. (The room count and the
+/// stored bytes depend on what other sessions did just before; the broker
+/// actor enforces them.)
 #[derive(Debug)]
 pub struct QuotaGuard;
 
@@ -264,17 +265,7 @@ impl Middleware for QuotaGuard {
                 ctx.tenant.name, q.max_message_bytes
             ));
         }
-        if q.max_stored_bytes > 0 {
-            let stored = ctx.tenant.usage.stored_bytes();
-            let adding = size.saturating_mul(ctx.rooms.len() as u64);
-            if stored.saturating_add(adding) > q.max_stored_bytes {
-                return quota(format!(
-                    "namespace {} stores {stored} of its {} bytes",
-                    ctx.tenant.name, q.max_stored_bytes
-                ));
-            }
-        }
-        if !ctx.tenant.take_publish_tokens(ctx.rooms.len() as u32) {
+        if !ctx.tenant.take_publish_tokens(q, ctx.rooms.len() as u32) {
             return quota(format!(
                 "namespace {} is over its rate of {} publishes per second",
                 ctx.tenant.name, q.publish_rate

@@ -92,11 +92,10 @@ pub struct StoredNamespace {
 }
 
 /// What a tenant uses now. Updated by sessions (connections) and the
-/// broker (rooms, stored bytes).
+/// broker (stored bytes). (Its rooms are counted in the broker's table.)
 #[derive(Debug, Default)]
 pub struct Usage {
     connections: Arc<AtomicU32>,
-    rooms: AtomicU64,
     stored_bytes: AtomicU64,
     published: AtomicU64,
 }
@@ -123,12 +122,6 @@ impl Usage {
     }
     pub fn connections(&self) -> u32 {
         self.connections.load(Ordering::Acquire)
-    }
-    pub fn rooms(&self) -> u64 {
-        self.rooms.load(Ordering::Acquire)
-    }
-    pub fn set_rooms(&self, n: u64) {
-        self.rooms.store(n, Ordering::Release);
     }
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Acquire)
@@ -204,9 +197,9 @@ impl Tenant {
         &*self.name == ADMIN_NAMESPACE
     }
 
-    /// Takes `n` publishes from the rate bucket; false if it holds fewer.
-    pub fn take_publish_tokens(&self, n: u32) -> bool {
-        let q = self.policy().quotas.clone();
+    /// Takes `n` publishes from the rate bucket set by `q`; false if it
+    /// holds fewer.
+    pub fn take_publish_tokens(&self, q: &Quotas, n: u32) -> bool {
         if q.publish_rate == 0 {
             return true;
         }
@@ -499,14 +492,9 @@ impl Tenants {
         tenant: &Tenant,
         extra: Vec<TokenConfig>,
     ) -> Result<StoredNamespace, String> {
-        let settings = self.settings_of(tenant);
-        let policy = policy_of(&settings, &extra)?;
+        let policy = policy_of(&self.settings_of(tenant), &extra)?;
         tenant.set_policy(policy);
-        Ok(StoredNamespace {
-            name: tenant.name.to_string(),
-            settings: (!tenant.from_config).then_some(settings),
-            tokens: extra,
-        })
+        Ok(self.record_of(tenant))
     }
 
     /// The settings a namespace was declared or created with (without its
