@@ -1053,18 +1053,20 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     }
     let publish_end_ns = clock.now_ns();
 
-    // Drain: tell each room what to wait for.
+    // Drain: tell each room what to wait for. Each target is stored once,
+    // as the maximum over all of its room's publishers: subscribers read it
+    // while this runs, and one publisher's last seq alone would let them
+    // stop before the others' messages arrived. (Rooms without publishers
+    // wait for nothing.)
+    let mut last_per_room = vec![0u64; ctx.targets.len()];
     for p in &publishers {
         let last = p.room_seqs.iter().copied().max().unwrap_or(0);
-        if let Some(t) = ctx.targets.get(p.room_index) {
-            let cur = t.load(Ordering::Relaxed);
-            let next = if cur == u64::MAX { last } else { cur.max(last) };
-            t.store(next, Ordering::Relaxed);
+        if let Some(slot) = last_per_room.get_mut(p.room_index) {
+            *slot = (*slot).max(last);
         }
     }
-    for t in &ctx.targets {
-        // Rooms without publishers wait for nothing.
-        let _ = t.compare_exchange(u64::MAX, 0, Ordering::Relaxed, Ordering::Relaxed);
+    for (t, last) in ctx.targets.iter().zip(last_per_room) {
+        t.store(last, Ordering::Relaxed);
     }
     ctx.drain_deadline_ns.store(
         clock.now_ns() + (args.drain_timeout * 1e9) as u64,
@@ -1081,7 +1083,11 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     progress.finish();
     let mut subscribers = Vec::new();
     for t in sub_tasks {
-        let (s, _ended) = t.await.context("a subscriber task failed")?;
+        let (s, ended) = t.await.context("a subscriber task failed")?;
+        if ended == Ended::ConnectionLost {
+            // Whatever it missed is counted as lost; say why.
+            ctx.note_error(|| format!("subscriber {} lost its connection", s.client_id));
+        }
         subscribers.push(s);
     }
     let end_ns = clock.now_ns();
