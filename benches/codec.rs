@@ -61,6 +61,7 @@ fn stored_message(size: usize) -> Vec<u8> {
         headers: BTreeMap::new(),
         publisher_session: Bytes::from_static(&[9; 16]),
         timestamp_ms: 1_700_000_000_000,
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -70,6 +71,7 @@ const HEAD: DeliveryHead<'static> = DeliveryHead {
     subscription: "",
     attempt: 1,
     redelivered: false,
+    volatile: false,
 };
 
 fn publish(c: &mut Criterion) {

@@ -425,6 +425,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Some(Body::Nack(n)) => broker::nack::check(n).map(Request::Nack),
             Some(Body::InProgress(p)) => broker::in_progress::check(p).map(Request::InProgress),
             Some(Body::ListRooms(_)) => Ok(Request::ListRooms),
+            Some(Body::Members(_)) => Err(pb::Error::new(
+                ErrorCode::Internal,
+                "members: work in progress",
+            )),
         };
         match checked {
             Ok(request) => {
@@ -539,6 +543,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         subscription: &label,
                         attempt,
                         redelivered,
+                        volatile: false,
                     };
                     if let Err(e) =
                         encode_delivery_frame(head, msg.seq, &msg.encoded, max_frame, &mut buf)

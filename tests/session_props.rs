@@ -407,6 +407,7 @@ impl Model {
                     start_seq,
                     max_in_flight: 0,
                     ack_timeout_ms: A_DAY_MS,
+                    ..Default::default()
                 }));
                 if !valid(room) {
                     return (req, O::Error(C::InvalidName));
@@ -526,6 +527,7 @@ impl Model {
                     subscription: label.into(),
                     seqs: seqs.clone(),
                     delay_ms: if later { A_DAY_MS } else { 0 },
+                    ..Default::default()
                 }));
                 if !valid(room) {
                     return (req, O::Error(C::InvalidName));

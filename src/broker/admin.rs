@@ -67,6 +67,7 @@ pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
         ));
     };
     Ok(match op {
+        Op::Redrive(_) => return Err(bad(ErrorCode::Internal, "redrive: work in progress")),
         Op::ListNamespaces(_) => AdminReq::ListNamespaces,
         Op::ListRooms(r) if r.namespace.is_empty() => AdminReq::ListRooms(None),
         Op::ListRooms(r) => AdminReq::ListRooms(Some(namespace(&r.namespace)?)),
@@ -74,7 +75,7 @@ pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
             let durability = match pb::Durability::try_from(c.durability) {
                 Ok(pb::Durability::Unspecified | pb::Durability::Sync) => DurabilityMode::Sync,
                 Ok(pb::Durability::Batched) => DurabilityMode::Batched,
-                Err(_) => {
+                Ok(pb::Durability::Volatile) | Err(_) => {
                     let msg = format!("unknown durability {}", c.durability);
                     return Err(bad(ErrorCode::InvalidRequest, msg));
                 }
@@ -162,6 +163,7 @@ fn namespace_info(t: &Tenant, rooms: usize) -> pb::NamespaceInfo {
         rooms: rooms as u64,
         stored_bytes: t.usage.stored_bytes(),
         published: t.usage.published(),
+        retention: Vec::new(),
     }
 }
 
@@ -472,6 +474,7 @@ impl Broker {
                     backlog: (room.committed_seq + 1).saturating_sub(m.next_seq)
                         + m.unacked.len() as u64,
                     unacked: u32::try_from(m.unacked.len()).unwrap_or(u32::MAX),
+                    ..Default::default()
                 })
                 .collect();
             let info = pb::AdminRoomInfo {

@@ -57,7 +57,7 @@ pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
         Ok(pb::StartPosition::New) => Start::New,
         Ok(pb::StartPosition::Earliest) => Start::Earliest,
         Ok(pb::StartPosition::Seq) => Start::Seq(j.start_seq),
-        Err(_) => {
+        Ok(pb::StartPosition::Time) | Err(_) => {
             return Err(pb::Error::new(
                 ErrorCode::InvalidRequest,
                 format!("unknown start position {}", j.start),

@@ -130,6 +130,7 @@ fn encode(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<Publ
         headers: p.headers,
         publisher_session: session.id_bytes.clone(),
         timestamp_ms: now_ms(),
+        ..Default::default()
     };
     let encoded = Bytes::from(message.encode_to_vec());
     let limit = limits

@@ -294,7 +294,7 @@ pub async fn next_error(d: &mut Deliveries) -> pb::Error {
         loop {
             match d.next_push().await {
                 Some(roomq_client::Push::Error(e)) => return e,
-                Some(roomq_client::Push::Delivery(_)) => continue,
+                Some(_) => continue,
                 None => panic!("connection closed before an error was pushed"),
             }
         }

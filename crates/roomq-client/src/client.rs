@@ -624,6 +624,8 @@ fn dispatch(inner: &Arc<Inner>, conn: &Connection, push: Push) {
             name: e.name,
             message: e.message,
         }),
+        // Not surfaced by the SDK yet.
+        Push::Gap(_) | Push::Presence(_) => {}
     }
 }
 

@@ -102,6 +102,10 @@ impl ConnectOptions {
 pub enum Push {
     Delivery(pb::Delivery),
     Error(pb::Error),
+    /// A membership's cursor was moved past messages it never got.
+    Gap(pb::Gap),
+    /// Someone joined or left a room whose membership asked for presence.
+    Presence(pb::PresenceEvent),
 }
 
 /// Pushed deliveries (and unsolicited errors) of one connection.
@@ -120,7 +124,7 @@ impl Deliveries {
         loop {
             match self.rx.recv().await? {
                 Push::Delivery(d) => return Some(d),
-                Push::Error(_) => continue,
+                Push::Error(_) | Push::Gap(_) | Push::Presence(_) => continue,
             }
         }
     }
@@ -413,6 +417,7 @@ impl Connection {
             subscription: subscription.to_string(),
             seqs: seqs.to_vec(),
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            reason: String::new(),
         };
         match self.request(pb::client_frame::Body::Nack(n)).await? {
             pb::server_frame::Body::NackOk(_) => Ok(()),
@@ -516,6 +521,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let push = match body {
                 pb::server_frame::Body::Delivery(d) => Push::Delivery(d),
                 pb::server_frame::Body::Error(e) => Push::Error(e),
+                pb::server_frame::Body::Gap(g) => Push::Gap(g),
+                pb::server_frame::Body::Presence(p) => Push::Presence(p),
                 _ => continue,
             };
             if pushes.send(push).await.is_err() {

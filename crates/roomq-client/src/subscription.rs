@@ -428,6 +428,7 @@ pub(crate) async fn join(
         ack_timeout_ms: options
             .ack_timeout
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        ..Default::default()
     };
     let (conn, _) = inner.connection().await?;
     let broker_max = conn.limits().map_or(1000, |l| l.max_in_flight);

@@ -130,6 +130,8 @@ pub struct DeliveryHead<'a> {
     pub subscription: &'a str,
     pub attempt: u32,
     pub redelivered: bool,
+    /// A volatile message (seq 0, never stored).
+    pub volatile: bool,
 }
 
 /// Appends a `ServerFrame { delivery }` frame to `dst`, splicing in a
@@ -153,6 +155,7 @@ pub fn encode_delivery_frame(
         attempt: head.attempt,
         redelivered: head.redelivered,
         message: None,
+        volatile: head.volatile,
     };
     const SEQ_FIELD: u32 = 1; // Message.seq
     let seq_len = if seq == 0 {
@@ -203,6 +206,9 @@ mod tests {
             headers,
             publisher_session: Bytes::from_static(&[7; 16]),
             timestamp_ms: 1_700_000_000_000,
+            key: "k1".into(),
+            expires_at_ms: 1_700_000_060_000,
+            deliver_at_ms: 1_700_000_001_000,
         }
     }
 
@@ -225,6 +231,13 @@ mod tests {
                 start_seq: 9,
                 max_in_flight: 3,
                 ack_timeout_ms: 100,
+                group: "g".into(),
+                group_mode: pb::GroupMode::Exclusive as i32,
+                backoff_ms: vec![10, 100],
+                max_deliveries: Some(0),
+                events: vec!["chat*".into()],
+                presence: true,
+                start_time_ms: 5,
             }),
             Body::Leave(pb::Leave {
                 room: "r".into(),
@@ -239,6 +252,13 @@ mod tests {
                 dedup_id: Bytes::from_static(&[1; 16]),
                 except_self: true,
                 expected_last_seq: Some(0),
+                key: "k".into(),
+                ttl_ms: 1000,
+                deliver_at_ms: 0,
+                delay_ms: 50,
+                volatile: false,
+                except_rooms: vec!["c".into()],
+                except_sessions: vec![Bytes::from_static(&[2; 16])],
             }),
             Body::Ack(pb::Ack {
                 room: "r".into(),
@@ -251,6 +271,7 @@ mod tests {
                 subscription: String::new(),
                 seqs: vec![3],
                 delay_ms: 10,
+                reason: "busy".into(),
             }),
             Body::Ping(pb::Ping { nonce: 77 }),
             Body::InProgress(pb::InProgress {
@@ -333,6 +354,7 @@ mod tests {
             subscription: "alice",
             attempt: 2,
             redelivered: true,
+            volatile: false,
         };
         encode_delivery_frame(head, 42, &encoded, 1 << 20, &mut buf).unwrap();
         let mut codec = FrameCodec::new(1 << 20);
@@ -347,6 +369,7 @@ mod tests {
                 attempt: 2,
                 redelivered: true,
                 message: Some(msg),
+                volatile: false,
             })),
         };
         assert_eq!(frame, expected);
