@@ -73,6 +73,13 @@ fn request(rng: &mut Rng) -> Vec<u8> {
             start_seq: rng.next(),
             max_in_flight: rng.below(3000) as u32,
             ack_timeout_ms: rng.next(),
+            group: if rng.below(3) == 0 { rng.name() } else { String::new() },
+            group_mode: rng.below(3) as i32,
+            backoff_ms: (0..rng.below(4)).map(|_| rng.next()).collect(),
+            max_deliveries: [None, Some(0), Some(1)][rng.below(3) as usize],
+            events: (0..rng.below(3)).map(|_| rng.name()).collect(),
+            presence: rng.below(2) == 0,
+            start_time_ms: rng.next(),
         }),
         1 => Body::Leave(pb::Leave {
             room,
@@ -88,6 +95,15 @@ fn request(rng: &mut Rng) -> Vec<u8> {
                 Bytes::from(rng.bytes(len))
             },
             except_self: rng.below(2) == 0,
+            key: if rng.below(2) == 0 { rng.name() } else { String::new() },
+            ttl_ms: [0, 1, rng.next()][rng.below(3) as usize],
+            delay_ms: [0, 1, rng.next()][rng.below(3) as usize],
+            deliver_at_ms: [0, rng.next()][rng.below(2) as usize],
+            volatile: rng.below(4) == 0,
+            except_rooms: (0..rng.below(3)).map(|_| rng.name()).collect(),
+            except_sessions: (0..rng.below(3))
+                .map(|_| Bytes::from(rng.bytes([16, 3][rng.below(2) as usize])))
+                .collect(),
             ..Default::default()
         }),
         4 => Body::Ack(pb::Ack {
@@ -101,12 +117,14 @@ fn request(rng: &mut Rng) -> Vec<u8> {
             subscription: sub,
             seqs,
             delay_ms: rng.next(),
+            reason: rng.name(),
         }),
         6 => Body::InProgress(pb::InProgress {
             room,
             subscription: sub,
             seqs,
         }),
+        7 if rng.below(2) == 0 => Body::Members(pb::Members { room }),
         7 => Body::ListRooms(pb::ListRooms {}),
         8 => Body::Handshake(pb::Handshake::default()),
         _ => Body::Ping(pb::Ping { nonce: rng.next() }),
