@@ -49,6 +49,7 @@ fn encoded(size: usize) -> Bytes {
             headers: Default::default(),
             publisher_session: Bytes::from_static(&[3; 16]),
             timestamp_ms: 1_700_000_000_000,
+            ..Default::default()
         }
         .encode_to_vec(),
     )
