@@ -102,7 +102,10 @@ fn request(rng: &mut Rng) -> Vec<u8> {
             volatile: rng.below(4) == 0,
             except_rooms: (0..rng.below(3)).map(|_| rng.name()).collect(),
             except_sessions: (0..rng.below(3))
-                .map(|_| Bytes::from(rng.bytes([16, 3][rng.below(2) as usize])))
+                .map(|_| {
+                    let len = [16, 3][rng.below(2) as usize];
+                    Bytes::from(rng.bytes(len))
+                })
                 .collect(),
             ..Default::default()
         }),
