@@ -311,6 +311,7 @@ fn nack(id: u64, room: &str, label: &str, seqs: Vec<u64>) -> Vec<u8> {
             subscription: label.into(),
             seqs,
             delay_ms: 0,
+            reason: String::new(),
         }),
     )
 }
@@ -1026,6 +1027,10 @@ fn corpus(max_frame: usize) -> Vec<Case> {
                         start_seq: u64::MAX,
                         max_in_flight: u32::MAX,
                         ack_timeout_ms: u64::MAX,
+                        backoff_ms: vec![u64::MAX, 0],
+                        max_deliveries: Some(u32::MAX),
+                        start_time_ms: u64::MAX,
+                        ..Default::default()
                     }),
                 ),
                 ack(3, LOG, "x", vec![], u64::MAX),
@@ -1037,6 +1042,7 @@ fn corpus(max_frame: usize) -> Vec<Case> {
                         subscription: "y".into(),
                         seqs: vec![1],
                         delay_ms: u64::MAX,
+                        reason: "x".repeat(10_000),
                     }),
                 ),
                 in_progress(6, LOG, "y", vec![1, 2, 3]),
