@@ -51,6 +51,7 @@ fn client_frame() -> impl Strategy<Value = pb::ClientFrame> {
                         dedup_id: Bytes::from(vec![7u8; dedup]),
                         except_self,
                         expected_last_seq: expected,
+                        ..Default::default()
                     }))
                 }
             ),
@@ -179,6 +180,9 @@ proptest! {
             headers: headers.into_iter().collect::<BTreeMap<_, _>>(),
             publisher_session: Bytes::from_static(&[9; 16]),
             timestamp_ms,
+            key: subscription.clone(),
+            expires_at_ms: timestamp_ms / 2,
+            deliver_at_ms: timestamp_ms / 3,
         };
         let whole = pb::ServerFrame {
             request_id: 0,
@@ -188,6 +192,7 @@ proptest! {
                 attempt,
                 redelivered,
                 message: Some(message.clone()),
+                volatile: attempt == 0,
             })),
         };
         // The stored form leaves the seq out; the splice puts it back.
@@ -197,6 +202,7 @@ proptest! {
             subscription: &subscription,
             attempt,
             redelivered,
+            volatile: attempt == 0,
         };
         // A limit around the frame's size, so both sides of it are tried.
         let max = usize::try_from(
