@@ -111,6 +111,7 @@ pub async fn run(addr: &str, token: &str, json_out: bool, cmd: AdminCmd) -> Resu
                     publish_burst: s.publish_burst,
                     max_message_bytes: s.max_message_bytes,
                 }),
+                retention: Vec::new(),
             })
         }
         AdminCmd::DeleteNamespace { name } => {
