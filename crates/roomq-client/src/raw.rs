@@ -120,7 +120,8 @@ impl Deliveries {
         self.rx.recv().await
     }
 
-    /// The next delivery, skipping pushed errors; `None` once closed.
+    /// The next delivery, skipping the other pushes (errors, gaps,
+    /// presence); `None` once closed.
     pub async fn next_delivery(&mut self) -> Option<pb::Delivery> {
         loop {
             match self.rx.recv().await? {
