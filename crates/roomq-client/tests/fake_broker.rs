@@ -226,20 +226,20 @@ async fn gaps_and_presence_reach_their_subscription() {
         other => panic!("{other:?}"),
     }
     // A gap for another room, and one for this membership.
-    broker.push(Reply::Gap(pb::Gap {
+    broker.push(Reply::Gap(Box::new(pb::Gap {
         room: "elsewhere".into(),
         subscription: String::new(),
         from_seq: 1,
         to_seq: 100,
         missed: 100,
-    }));
-    broker.push(Reply::Gap(pb::Gap {
+    })));
+    broker.push(Reply::Gap(Box::new(pb::Gap {
         room: "general".into(),
         subscription: String::new(),
         from_seq: 2,
         to_seq: 4,
         missed: 3,
-    }));
+    })));
     match next_event(&mut sub).await {
         SubscriptionEvent::Gap(g) => {
             assert_eq!(
@@ -249,7 +249,7 @@ async fn gaps_and_presence_reach_their_subscription() {
         }
         other => panic!("{other:?}"),
     }
-    broker.push(Reply::Presence(pb::PresenceEvent {
+    broker.push(Reply::Presence(Box::new(pb::PresenceEvent {
         room: "general".into(),
         subscription: String::new(),
         kind: pb::presence_event::Kind::Joined as i32,
@@ -257,7 +257,7 @@ async fn gaps_and_presence_reach_their_subscription() {
             client_id: "alice".into(),
             ..Default::default()
         }),
-    }));
+    })));
     match next_event(&mut sub).await {
         SubscriptionEvent::Presence(p) => {
             assert_eq!(p.kind, PresenceKind::Joined);
@@ -276,13 +276,13 @@ async fn gaps_and_presence_reach_their_subscription() {
     }
 
     // next() skips notices.
-    broker.push(Reply::Gap(pb::Gap {
+    broker.push(Reply::Gap(Box::new(pb::Gap {
         room: "general".into(),
         subscription: String::new(),
         from_seq: 6,
         to_seq: 6,
         missed: 1,
-    }));
+    })));
     broker.push(delivery("general", 7, false));
     let d = timeout(WAIT, sub.next()).await.unwrap().unwrap();
     assert_eq!(d.seq, 7);
