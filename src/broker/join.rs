@@ -232,6 +232,7 @@ impl Broker {
             {
                 m.detach(prev);
             }
+            self.presence_event(room_id, &key, prev, pb::presence_event::Kind::Left);
             let msg = format!(
                 "membership {:?} of room {:?} was joined by another session",
                 key_name(&key),

@@ -85,11 +85,12 @@ impl Broker {
         if count_floor <= first && !over_bytes && !oldest_may_be_old {
             return;
         }
-        // Read in small chunks: usually only the oldest few are looked at.
         let mut floor = first;
         let mut bytes = 0u64;
         'sweep: while floor <= committed && floor - first < MAX_TRIM_PER_SWEEP as u64 {
-            let msgs = match self.store.read(id, floor, 256, usize::MAX) {
+            // Usually only the oldest few are looked at: start small.
+            let chunk = if floor == first { 16 } else { 256 };
+            let msgs = match self.store.read(id, floor, chunk, usize::MAX) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(room_id = id, error = %e, "retention cannot read the room; not trimmed");
