@@ -260,6 +260,8 @@ struct Member {
     next: u64,
     /// Delivered, unacknowledged: seq -> (deliveries so far, due again).
     unacked: BTreeMap<u64, (u32, bool)>,
+    /// Nacked with a delay: not due before it, even across a leave.
+    waiting: std::collections::BTreeSet<u64>,
     /// The label of the session's handle, while attached.
     attached: Option<&'static str>,
 }
@@ -496,8 +498,8 @@ impl Model {
                     Key::Durable(_) => {
                         let m = r.members.get_mut(&key).expect("a held member exists");
                         m.attached = None;
-                        for (_, due) in m.unacked.values_mut() {
-                            *due = true;
+                        for (seq, (_, due)) in m.unacked.iter_mut() {
+                            *due = !m.waiting.contains(seq);
                         }
                     }
                 }
@@ -565,6 +567,11 @@ impl Model {
                 for s in seqs {
                     if let Some((_, due)) = m.unacked.get_mut(s) {
                         *due = !later;
+                    }
+                    if later {
+                        m.waiting.insert(*s);
+                    } else {
+                        m.waiting.remove(s);
                     }
                 }
                 let key = self.held[&(room, label)];

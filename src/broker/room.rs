@@ -552,10 +552,11 @@ impl Member {
         &mut self,
         msg: &StoredMessage,
         room: &str,
+        first: bool,
         blocked: &[Uuid],
         out: &impl Outlet,
     ) -> Result<Option<usize>, ()> {
-        let eligible = |c: &Consumer| !excluded_for(msg, c.session, room, out);
+        let eligible = |c: &Consumer| !excluded_for(msg, c.session, room, first, out);
         let ready = |c: &Consumer| c.has_room() && !blocked.contains(&c.session);
         let pick = match self.group {
             None | Some(GroupMode::Exclusive) => {
@@ -613,9 +614,17 @@ fn rendezvous(session: Uuid, key: u64) -> u64 {
 }
 
 /// Whether `msg` must not go to `session`, a consumer in `room`: its
-/// publisher's `except_self`, `except_sessions` and `except_rooms`, and
-/// "once per session" of a multi-room publish.
-fn excluded_for(msg: &StoredMessage, session: Uuid, room: &str, out: &impl Outlet) -> bool {
+/// publisher's `except_self` and `except_sessions`; and, when it is
+/// delivered for the `first` time, `except_rooms` and "once per session"
+/// of a multi-room publish, which depend on the session's memberships and
+/// so are decided once (a redelivery goes where the first delivery went).
+fn excluded_for(
+    msg: &StoredMessage,
+    session: Uuid,
+    room: &str,
+    first: bool,
+    out: &impl Outlet,
+) -> bool {
     if msg.except_session == Some(*session.as_bytes()) {
         return true;
     }
@@ -627,6 +636,9 @@ fn excluded_for(msg: &StoredMessage, session: Uuid, room: &str, out: &impl Outle
         .any(|s| s[..] == session.as_bytes()[..])
     {
         return true;
+    }
+    if !first {
+        return false;
     }
     if x.except_rooms.iter().any(|r| out.in_room(session, r)) {
         return true;
@@ -933,7 +945,7 @@ impl Room {
                 done.changed = true;
                 continue;
             }
-            let idx = match member.choose(&msg, &name, &blocked, &*out) {
+            let idx = match member.choose(&msg, &name, attempts == 0, &blocked, &*out) {
                 Ok(Some(i)) => i,
                 Ok(None) => continue,
                 Err(()) => {
@@ -1005,7 +1017,7 @@ impl Room {
                     done.changed = true;
                     continue;
                 }
-                let idx = match member.choose(&msg, &name, &blocked, &*out) {
+                let idx = match member.choose(&msg, &name, true, &blocked, &*out) {
                     Ok(Some(i)) => i,
                     Ok(None) if member.group.is_some() => {
                         // Its consumer is busy; the others go on, and it is
@@ -1072,14 +1084,14 @@ impl Room {
                 None | Some(GroupMode::Exclusive) => member
                     .consumers
                     .iter()
-                    .position(|c| !excluded_for(msg, c.session, &name, &*out)),
+                    .position(|c| !excluded_for(msg, c.session, &name, true, &*out)),
                 Some(GroupMode::KeyOrdered) => {
-                    match member.choose(msg, &name, &none_blocked, &*out) {
+                    match member.choose(msg, &name, true, &none_blocked, &*out) {
                         Ok(Some(i)) => Some(i),
                         Ok(None) => member
                             .consumers
                             .iter()
-                            .position(|c| !excluded_for(msg, c.session, &name, &*out)),
+                            .position(|c| !excluded_for(msg, c.session, &name, true, &*out)),
                         Err(()) => None,
                     }
                 }

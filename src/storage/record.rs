@@ -649,7 +649,10 @@ mod tests {
             ..c.clone()
         };
         assert_eq!(decode_cursor(b"k", &encode_cursor(&owed)).unwrap(), owed);
-        let owed_anonymous = CursorRecord { owner: None, ..owed };
+        let owed_anonymous = CursorRecord {
+            owner: None,
+            ..owed
+        };
         let value = encode_cursor(&owed_anonymous);
         assert_eq!(decode_cursor(b"k", &value).unwrap(), owed_anonymous);
         for len in 4..value.len() {
