@@ -73,7 +73,11 @@ fn request(rng: &mut Rng) -> Vec<u8> {
             start_seq: rng.next(),
             max_in_flight: rng.below(3000) as u32,
             ack_timeout_ms: rng.next(),
-            group: if rng.below(3) == 0 { rng.name() } else { String::new() },
+            group: if rng.below(3) == 0 {
+                rng.name()
+            } else {
+                String::new()
+            },
             group_mode: rng.below(3) as i32,
             backoff_ms: (0..rng.below(4)).map(|_| rng.next()).collect(),
             max_deliveries: [None, Some(0), Some(1)][rng.below(3) as usize],
@@ -95,7 +99,11 @@ fn request(rng: &mut Rng) -> Vec<u8> {
                 Bytes::from(rng.bytes(len))
             },
             except_self: rng.below(2) == 0,
-            key: if rng.below(2) == 0 { rng.name() } else { String::new() },
+            key: if rng.below(2) == 0 {
+                rng.name()
+            } else {
+                String::new()
+            },
             ttl_ms: [0, 1, rng.next()][rng.below(3) as usize],
             delay_ms: [0, 1, rng.next()][rng.below(3) as usize],
             deliver_at_ms: [0, rng.next()][rng.below(2) as usize],
