@@ -58,14 +58,7 @@ fn encoded(size: usize) -> Bytes {
 /// `n` messages of `ROOM` from `first`, sharing one encoding.
 fn batch(first: u64, n: usize, body: &Bytes) -> WriteBatch {
     let msgs = (first..first + n as u64)
-        .map(|seq| {
-            Arc::new(StoredMessage {
-                seq,
-                encoded: body.clone(),
-                except_session: None,
-                except_client: None,
-            })
-        })
+        .map(|seq| Arc::new(StoredMessage::new(seq, body.clone())))
         .collect();
     WriteBatch {
         appends: vec![(ROOM, msgs)],

@@ -54,6 +54,27 @@ pub struct NamespaceConfig {
     pub quotas: Quotas,
     /// Credentials; several may be valid at once, so they can be rotated.
     pub tokens: Vec<TokenConfig>,
+    /// How much of each room's log is kept; the first rule whose `rooms`
+    /// pattern matches a room applies to it. None: everything is kept
+    /// until a member-independent purge.
+    pub retention: Vec<RetentionRule>,
+}
+
+/// `[[namespaces."/x".retention]]`: limits on what a room keeps. Older
+/// messages are deleted in the background (see `storage.retention_interval_ms`)
+/// whether or not members have read them; a durable member left behind is
+/// told with a gap notice. 0 = no limit of that kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionRule {
+    /// Room pattern (`*` = any run of characters).
+    pub rooms: String,
+    /// Most messages kept.
+    pub max_messages: u64,
+    /// Most message bytes kept.
+    pub max_bytes: u64,
+    /// Messages older than this are deleted.
+    pub max_age_ms: u64,
 }
 
 /// When a publish is confirmed.
@@ -134,6 +155,7 @@ impl Default for NamespaceConfig {
             create_rooms: true,
             quotas: Quotas::default(),
             tokens: Vec::new(),
+            retention: Vec::new(),
         }
     }
 }
@@ -203,6 +225,14 @@ pub struct Limits {
     pub max_headers: u32,
     /// Memberships one connection may hold.
     pub max_memberships_per_session: u32,
+    /// Default for a join's `max_deliveries`: deliveries of one message to
+    /// a member before it goes to the dead-letter room (0 = unlimited).
+    pub max_deliveries: u32,
+    /// Furthest ahead a publish may schedule its delivery (`deliver_at_ms`,
+    /// `delay_ms`).
+    pub max_schedule_ms: u64,
+    /// Entries in a join's `backoff_ms` list.
+    pub max_backoff_steps: u32,
 }
 
 /// Storage tuning.
@@ -223,6 +253,8 @@ pub struct StorageConfig {
     /// treated as a storage failure: the broker stops (fail-stop) instead
     /// of hanging with every publish unconfirmed.
     pub commit_timeout_ms: u64,
+    /// How often retention rules are applied.
+    pub retention_interval_ms: u64,
 }
 
 /// TLS for client connections: on when both files are set. An empty path
@@ -270,6 +302,9 @@ impl Default for Limits {
             max_rooms_per_publish: 64,
             max_headers: 64,
             max_memberships_per_session: 1_024,
+            max_deliveries: 20,
+            max_schedule_ms: 90 * 24 * 3600 * 1000,
+            max_backoff_steps: 32,
         }
     }
 }
@@ -282,6 +317,7 @@ impl Default for StorageConfig {
             room_cache_bytes: 8 * 1024 * 1024,
             cursor_sync_interval_ms: 100,
             commit_timeout_ms: 30_000,
+            retention_interval_ms: 1_000,
         }
     }
 }
@@ -348,7 +384,7 @@ impl Config {
         let l = &self.limits;
         let s = &self.storage;
         let t = &self.tls;
-        let checks: [(bool, &str); 18] = [
+        let checks: [(bool, &str); 19] = [
             (
                 s.commit_timeout_ms > 0,
                 "storage.commit_timeout_ms must be > 0",
@@ -406,6 +442,10 @@ impl Config {
                 "storage.cursor_sync_interval_ms must be > 0",
             ),
             (
+                s.retention_interval_ms > 0,
+                "storage.retention_interval_ms must be > 0",
+            ),
+            (
                 t.cert_path.as_os_str().is_empty() == t.key_path.as_os_str().is_empty(),
                 "tls.cert_path and tls.key_path must be set together",
             ),
@@ -420,6 +460,8 @@ impl Config {
             ("limits.dedup_window_ms", l.dedup_window_ms),
             ("storage.cursor_sync_interval_ms", s.cursor_sync_interval_ms),
             ("storage.commit_timeout_ms", s.commit_timeout_ms),
+            ("storage.retention_interval_ms", s.retention_interval_ms),
+            ("limits.max_schedule_ms", l.max_schedule_ms),
         ];
         for (name, ns) in &self.namespaces {
             crate::tenancy::validate_namespace(name, ns)

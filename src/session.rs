@@ -425,10 +425,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Some(Body::Nack(n)) => broker::nack::check(n).map(Request::Nack),
             Some(Body::InProgress(p)) => broker::in_progress::check(p).map(Request::InProgress),
             Some(Body::ListRooms(_)) => Ok(Request::ListRooms),
-            Some(Body::Members(_)) => Err(pb::Error::new(
-                ErrorCode::Internal,
-                "members: work in progress",
-            )),
+            Some(Body::Members(m)) => broker::members::check(m, info).map(Request::Members),
         };
         match checked {
             Ok(request) => {
@@ -536,6 +533,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     label,
                     attempt,
                     redelivered,
+                    volatile,
                     msg,
                 } => {
                     let head = DeliveryHead {
@@ -543,7 +541,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         subscription: &label,
                         attempt,
                         redelivered,
-                        volatile: false,
+                        volatile,
                     };
                     if let Err(e) =
                         encode_delivery_frame(head, msg.seq, &msg.encoded, max_frame, &mut buf)

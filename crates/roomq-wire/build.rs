@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_build::Config::new()
         .bytes(["."])
         .btree_map(["."])
+        // Rare pushes, boxed so that every `ServerFrame` stays small.
+        .boxed(".roomq.v1.ServerFrame.body.presence")
+        .boxed(".roomq.v1.ServerFrame.body.gap")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -84,8 +84,8 @@ impl Broker {
                 "membership is gone",
             );
         };
-        if let Err(seq) = member.ack(&req.seqs, req.up_to) {
-            let msg = format!("seq {seq} has not been delivered to this member");
+        if let Err(seq) = member.ack(session, &req.seqs, req.up_to) {
+            let msg = format!("seq {seq} has not been delivered to this session");
             return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
         }
         let next_seq = member.ack_floor();

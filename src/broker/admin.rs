@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::room::MemberKey;
 use super::{error_frame, Broker, Outbound, PendingConfirm, PendingReply, RequestSlot};
-use crate::config::{DurabilityMode, NamespaceConfig, Quotas, TokenConfig};
+use crate::config::{DurabilityMode, NamespaceConfig, Quotas, RetentionRule, TokenConfig};
 use crate::storage::RoomId;
 use crate::tenancy::{token, Tenant};
 
@@ -31,6 +31,7 @@ pub enum AdminReq {
     DeleteToken(String, String),
     PurgeRoom(String, String),
     Kick(Uuid),
+    Redrive(String, String, u32),
 }
 
 fn bad(code: ErrorCode, e: impl ToString) -> pb::Error {
@@ -67,7 +68,7 @@ pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
         ));
     };
     Ok(match op {
-        Op::Redrive(_) => return Err(bad(ErrorCode::Internal, "redrive: work in progress")),
+        Op::Redrive(r) => AdminReq::Redrive(namespace(&r.namespace)?, room(&r.room)?, r.max),
         Op::ListNamespaces(_) => AdminReq::ListNamespaces,
         Op::ListRooms(r) if r.namespace.is_empty() => AdminReq::ListRooms(None),
         Op::ListRooms(r) => AdminReq::ListRooms(Some(namespace(&r.namespace)?)),
@@ -97,6 +98,16 @@ pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
                 create_rooms: c.create_rooms.unwrap_or(true),
                 quotas,
                 tokens: Vec::new(),
+                retention: c
+                    .retention
+                    .into_iter()
+                    .map(|r| RetentionRule {
+                        rooms: r.rooms,
+                        max_messages: r.max_messages,
+                        max_bytes: r.max_bytes,
+                        max_age_ms: r.max_age_ms,
+                    })
+                    .collect(),
             };
             AdminReq::CreateNamespace(namespace(&c.name)?, settings)
         }
@@ -149,6 +160,15 @@ fn quotas_of(q: &Quotas) -> pb::NamespaceQuotas {
     }
 }
 
+fn retention_of(r: &RetentionRule) -> pb::RetentionRule {
+    pb::RetentionRule {
+        rooms: r.rooms.clone(),
+        max_messages: r.max_messages,
+        max_bytes: r.max_bytes,
+        max_age_ms: r.max_age_ms,
+    }
+}
+
 fn namespace_info(t: &Tenant, rooms: usize) -> pb::NamespaceInfo {
     let p = t.policy();
     pb::NamespaceInfo {
@@ -163,7 +183,7 @@ fn namespace_info(t: &Tenant, rooms: usize) -> pb::NamespaceInfo {
         rooms: rooms as u64,
         stored_bytes: t.usage.stored_bytes(),
         published: t.usage.published(),
-        retention: Vec::new(),
+        retention: p.retention.iter().map(retention_of).collect(),
     }
 }
 
@@ -221,6 +241,17 @@ impl Broker {
                     .ok_or_else(|| no_room(&ns, &name))?;
                 Ok(pb::AdminOk {
                     count: self.purge_room(id, &tenant),
+                    ..Default::default()
+                })
+            }),
+            AdminReq::Redrive(ns, name, max) => self.tenant(&ns).and_then(|_| {
+                let id = self
+                    .find_room(&ns, &name)
+                    .ok_or_else(|| no_room(&ns, &name))?;
+                let (count, truncated) = self.redrive(id, max)?;
+                Ok(pb::AdminOk {
+                    count,
+                    truncated,
                     ..Default::default()
                 })
             }),
@@ -300,6 +331,7 @@ impl Broker {
             .map_err(|e| bad(ErrorCode::InvalidRequest, e))?;
         let record = self.tenants.record_of(&tenant);
         self.store_namespace(&record);
+        self.refresh_retention();
         info!(namespace = %name, "namespace created");
         Ok(pb::AdminOk {
             namespaces: vec![namespace_info(&tenant, 0)],
@@ -388,16 +420,12 @@ impl Broker {
         if let Some(names) = self.namespaces.get_mut(&room.namespace) {
             names.remove(&room.name);
         }
-        for m in room.members.values() {
-            let Some(att) = &m.attached else {
-                continue;
-            };
-            if let Some(s) = self.sessions.get_mut(&att.session) {
-                s.memberships
-                    .remove(&(room.name.clone(), att.label.clone()));
+        for c in room.members.values().flat_map(|m| m.consumers.iter()) {
+            if let Some(s) = self.sessions.get_mut(&c.session) {
+                s.memberships.remove(&(room.name.clone(), c.label.clone()));
             }
             let msg = format!("room {:?} was deleted", &*room.name);
-            self.reply(att.session, error_frame(0, ErrorCode::NotFound, msg), None);
+            self.reply(c.session, error_frame(0, ErrorCode::NotFound, msg), None);
         }
         self.dirty.retain(|(r, _)| *r != id);
         self.open.write.deleted_rooms.push(id);
@@ -409,24 +437,14 @@ impl Broker {
 
     /// Purges a room; returns how many messages it held.
     fn purge_room(&mut self, id: RoomId, tenant: &Tenant) -> u64 {
-        let Some(room) = self.rooms.get_mut(&id) else {
+        let Some(room) = self.rooms.get(&id) else {
             return 0;
         };
+        let floor = room.last_seq + 1;
+        let purged = floor.saturating_sub(room.first_seq);
         let bytes = room.stored_bytes;
-        let purged = room.purge();
-        let stats = crate::storage::RoomStats {
-            first_seq: room.first_seq,
-            stored_bytes: 0,
-        };
-        for (key, m) in &room.members {
-            if m.durable {
-                self.dirty.insert((id, key.clone()));
-            }
-        }
-        tenant.usage.remove_stored(bytes);
-        self.open.write.room_stats.push((id, stats));
-        self.open.write.purged.push(id);
         info!(namespace = %room.namespace, room = %room.name, purged, "room purged");
+        self.trim_room(id, floor, bytes, tenant);
         purged
     }
 
@@ -459,14 +477,19 @@ impl Broker {
                 .map(|(key, m)| pb::MemberInfo {
                     name: match key {
                         MemberKey::Durable(n) => n.to_string(),
-                        MemberKey::Ephemeral(..) => String::new(),
+                        MemberKey::Ephemeral(..) | MemberKey::Group(_) => String::new(),
                     },
+                    group: match key {
+                        MemberKey::Group(g) => g.to_string(),
+                        _ => String::new(),
+                    },
+                    consumers: u32::try_from(m.consumers.len()).unwrap_or(u32::MAX),
                     durable: m.durable,
-                    connected: m.attached.is_some(),
+                    connected: m.connected(),
                     session_id: m
-                        .attached
-                        .as_ref()
-                        .map(|a| bytes::Bytes::copy_from_slice(a.session.as_bytes()))
+                        .consumers
+                        .first()
+                        .map(|c| bytes::Bytes::copy_from_slice(c.session.as_bytes()))
                         .unwrap_or_default(),
                     // The lowest seq not yet acknowledged.
                     next_seq: m.unacked.keys().next().copied().unwrap_or(m.next_seq),
@@ -474,7 +497,6 @@ impl Broker {
                     backlog: (room.committed_seq + 1).saturating_sub(m.next_seq)
                         + m.unacked.len() as u64,
                     unacked: u32::try_from(m.unacked.len()).unwrap_or(u32::MAX),
-                    ..Default::default()
                 })
                 .collect();
             let info = pb::AdminRoomInfo {

@@ -66,15 +66,32 @@ impl Broker {
             let msg = format!("seq {bad} has not been delivered to this member");
             return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
         }
-        let outstanding: Vec<u64> = req
+        // Only what is in flight at this session; each by the ack timeout of
+        // its attempt.
+        let Some(consumer) = member.consumer(session) else {
+            let msg = "membership is gone";
+            return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg);
+        };
+        let now = Instant::now();
+        let extend: Vec<(u64, Instant)> = req
             .seqs
             .iter()
-            .copied()
-            .filter(|s| member.unacked.contains_key(s) && !member.due.contains(s))
+            .filter_map(|s| member.unacked.get(s).map(|u| (*s, u)))
+            .filter(|(_, u)| u.holder == Some(session))
+            .map(|(s, u)| (s, now + consumer.timeout(u.attempts)))
             .collect();
-        let deadline = Instant::now() + member.ack_timeout;
-        for seq in outstanding {
-            self.set_deadline(room_id, &key, seq, deadline);
+        if let Some(m) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.members.get_mut(&key))
+        {
+            let mut arm = super::TimerArm {
+                timers: &mut self.timers,
+                gen: &mut self.timer_gen,
+            };
+            for (seq, deadline) in extend {
+                m.extend(seq, session, deadline, room_id, &key, &mut arm);
+            }
         }
         let frame = pb::ServerFrame {
             request_id,

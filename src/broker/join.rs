@@ -10,9 +10,11 @@ use roomq_wire::{pb, ErrorCode};
 use tracing::info;
 use uuid::Uuid;
 
-use super::room::{Attachment, Member, MemberKey};
+use super::dead_letter;
+use super::room::{Consumer, GroupMode, Member, MemberKey};
 use super::{error_frame, Broker, PendingConfirm, PendingReply};
 use crate::config::Limits;
+use crate::storage::RoomId;
 
 /// Longest ack timeout a member may ask for: one day.
 pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -24,6 +26,8 @@ pub enum Start {
     New,
     Earliest,
     Seq(u64),
+    /// The first message accepted at or after this wall time (ms).
+    Time(u64),
 }
 
 /// A checked join.
@@ -36,33 +40,32 @@ pub struct JoinReq {
     pub start: Start,
     pub max_in_flight: u32,
     pub ack_timeout: Duration,
+    /// The group joined, if any, and how it hands out messages.
+    pub group: Option<(Arc<str>, GroupMode)>,
+    pub backoff: Arc<[Duration]>,
+    pub max_deliveries: u32,
+    pub events: Arc<[String]>,
+    pub presence: bool,
 }
 
 /// Checks a join; runs on the session's task.
 pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
     let bad_name =
         |e: roomq_wire::names::NameError| pb::Error::new(ErrorCode::InvalidName, e.to_string());
+    let invalid = |msg: String| pb::Error::new(ErrorCode::InvalidRequest, msg);
     check_name("room", &j.room).map_err(bad_name)?;
     if !j.subscription.is_empty() {
         check_name("subscription", &j.subscription).map_err(bad_name)?;
     }
-    let mode = pb::MemberMode::try_from(j.mode).map_err(|_| {
-        pb::Error::new(
-            ErrorCode::InvalidRequest,
-            format!("unknown member mode {}", j.mode),
-        )
-    })?;
+    let mode = pb::MemberMode::try_from(j.mode)
+        .map_err(|_| invalid(format!("unknown member mode {}", j.mode)))?;
     let start = match pb::StartPosition::try_from(j.start) {
         Ok(pb::StartPosition::Resume) => Start::Resume,
         Ok(pb::StartPosition::New) => Start::New,
         Ok(pb::StartPosition::Earliest) => Start::Earliest,
         Ok(pb::StartPosition::Seq) => Start::Seq(j.start_seq),
-        Ok(pb::StartPosition::Time) | Err(_) => {
-            return Err(pb::Error::new(
-                ErrorCode::InvalidRequest,
-                format!("unknown start position {}", j.start),
-            ))
-        }
+        Ok(pb::StartPosition::Time) => Start::Time(j.start_time_ms),
+        Err(_) => return Err(invalid(format!("unknown start position {}", j.start))),
     };
     let max_in_flight = match j.max_in_flight {
         0 => limits.max_in_flight,
@@ -72,6 +75,54 @@ pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
         0 => limits.ack_timeout(),
         ms => Duration::from_millis(ms).min(MAX_ACK_TIMEOUT),
     };
+    let group = if j.group.is_empty() {
+        None
+    } else {
+        check_name("group", &j.group).map_err(bad_name)?;
+        if mode == pb::MemberMode::Ephemeral {
+            return Err(invalid(
+                "a group is durable; it cannot be joined as ephemeral".into(),
+            ));
+        }
+        let gm = match pb::GroupMode::try_from(j.group_mode) {
+            Ok(pb::GroupMode::KeyOrdered) => GroupMode::KeyOrdered,
+            Ok(pb::GroupMode::Exclusive) => GroupMode::Exclusive,
+            Err(_) => return Err(invalid(format!("unknown group mode {}", j.group_mode))),
+        };
+        Some((Arc::from(j.group), gm))
+    };
+    if j.backoff_ms.len() > limits.max_backoff_steps as usize {
+        return Err(invalid(format!(
+            "backoff_ms has {} entries; the limit is {}",
+            j.backoff_ms.len(),
+            limits.max_backoff_steps
+        )));
+    }
+    if j.backoff_ms.contains(&0) {
+        return Err(invalid("backoff_ms entries must be at least 1 ms".into()));
+    }
+    let backoff: Arc<[Duration]> = j
+        .backoff_ms
+        .iter()
+        .map(|ms| Duration::from_millis(*ms).min(MAX_ACK_TIMEOUT))
+        .collect();
+    let max_deliveries = j.max_deliveries.unwrap_or(limits.max_deliveries);
+    if max_deliveries > 0 && dead_letter::room_of(&j.room).is_none() {
+        return Err(invalid(format!(
+            "room {:?} is too long to have a dead-letter room; join with max_deliveries 0",
+            j.room
+        )));
+    }
+    if j.events.len() > limits.max_headers as usize {
+        return Err(invalid(format!(
+            "{} event patterns; the limit is {}",
+            j.events.len(),
+            limits.max_headers
+        )));
+    }
+    for e in &j.events {
+        check_name("event pattern", e).map_err(bad_name)?;
+    }
     Ok(JoinReq {
         room: j.room,
         label: Arc::from(j.subscription),
@@ -79,6 +130,11 @@ pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
         start,
         max_in_flight,
         ack_timeout,
+        group,
+        backoff,
+        max_deliveries,
+        events: Arc::from(j.events),
+        presence: j.presence,
     })
 }
 
@@ -117,6 +173,7 @@ impl Broker {
             (pb::MemberMode::Ephemeral, _) => None,
             (pb::MemberMode::Auto, name) => name,
             (pb::MemberMode::Durable, Some(name)) => Some(name),
+            (pb::MemberMode::Durable, None) if req.group.is_some() => None,
             (pb::MemberMode::Durable, None) => {
                 let msg = "a durable membership needs a subscription name or a client id";
                 return self.reply_error(
@@ -132,50 +189,65 @@ impl Broker {
             return self.reply_error(session, request_id, permit, code, msg);
         }
         let room_id = self.room_id(&info.namespace, &req.room);
-        let key = match &durable_name {
-            Some(n) => MemberKey::Durable(n.clone()),
-            None => MemberKey::Ephemeral(session, req.label.clone()),
+        let key = match (&req.group, &durable_name) {
+            (Some((g, _)), _) => MemberKey::Group(g.clone()),
+            (None, Some(n)) => MemberKey::Durable(n.clone()),
+            (None, None) => MemberKey::Ephemeral(session, req.label.clone()),
         };
+        let group = req.group.as_ref().map(|(_, mode)| *mode);
 
-        // A durable member held by another session moves to this one.
-        let previous = self
+        // A durable member held by another session moves to this one (a
+        // group takes any number of sessions).
+        let previous = match group {
+            Some(_) => None,
+            None => self
+                .rooms
+                .get(&room_id)
+                .and_then(|r| r.members.get(&key))
+                .and_then(|m| m.consumers.first())
+                .map(|c| (c.session, c.label.clone())),
+        };
+        let holds_already = self
             .rooms
             .get(&room_id)
             .and_then(|r| r.members.get(&key))
-            .and_then(|m| m.attached.clone());
-        if let Some(prev) = previous.as_ref().filter(|p| p.session == session) {
+            .is_some_and(|m| m.consumer(session).is_some());
+        if holds_already {
             let msg = format!(
-                "this session already holds membership {:?} of room {:?} as {:?}",
-                durable_name.as_deref().unwrap_or(""),
+                "this session already holds membership {:?} of room {:?}",
+                key_name(&key),
                 req.room,
-                &*prev.label
             );
             return self.reply_error(session, request_id, permit, ErrorCode::AlreadyJoined, msg);
         }
-        if let Some(prev) = previous {
+        if let Some((prev, prev_label)) = previous {
             let room_name: Arc<str> = Arc::from(req.room.as_str());
-            if let Some(other) = self.sessions.get_mut(&prev.session) {
-                other.memberships.remove(&(room_name, prev.label.clone()));
+            if let Some(other) = self.sessions.get_mut(&prev) {
+                other.memberships.remove(&(room_name, prev_label));
             }
             if let Some(m) = self
                 .rooms
                 .get_mut(&room_id)
                 .and_then(|r| r.members.get_mut(&key))
             {
-                m.detach();
+                m.detach(prev);
             }
             let msg = format!(
                 "membership {:?} of room {:?} was joined by another session",
-                durable_name.as_deref().unwrap_or(""),
+                key_name(&key),
                 req.room
             );
             self.reply(
-                prev.session,
+                prev,
                 error_frame(0, ErrorCode::MembershipTakenOver, msg),
                 None,
             );
         }
 
+        let time_position = match req.start {
+            Start::Time(ms) => Some(self.seq_at_time(room_id, ms)),
+            _ => None,
+        };
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
@@ -185,36 +257,45 @@ impl Broker {
             Start::Resume | Start::New => end,
             Start::Earliest => room.first_seq,
             Start::Seq(s) => s.clamp(room.first_seq, end),
+            Start::Time(_) => time_position.unwrap_or(end).clamp(room.first_seq, end),
         };
         let is_new = !room.members.contains_key(&key);
-        let member = room.members.entry(key.clone()).or_insert_with(|| {
-            Member::new(
-                durable_name.is_some(),
-                position,
-                req.max_in_flight,
-                req.ack_timeout,
-            )
-        });
-        if req.start != Start::Resume {
+        let durable = durable_name.is_some() || group.is_some();
+        let member = room
+            .members
+            .entry(key.clone())
+            .or_insert_with(|| Member::new(durable, position, req.max_deliveries));
+        // A group's cursor is shared: only its first join places it.
+        let reposition = req.start != Start::Resume && (group.is_none() || is_new);
+        if reposition && !is_new {
             member.reposition(position);
         }
         // A durable member's new position must be on disk before the client
         // is told it joined. Otherwise a crash could forget the member while a
         // publish that was already being written when it joined is confirmed;
         // it would come back "new", past that confirmed message.
-        let must_persist = member.durable && (is_new || req.start != Start::Resume);
-        member.max_in_flight = req.max_in_flight;
-        member.ack_timeout = req.ack_timeout;
-        if member.durable {
+        let must_persist = member.durable && (is_new || reposition);
+        member.group = group;
+        member.max_deliveries = req.max_deliveries;
+        member.events = req.events.clone();
+        if member.durable && group.is_none() {
             member.owner = info.client_id.clone();
         }
-        member.attached = Some(Attachment {
+        let mut consumer = Consumer::new(
             session,
-            label: req.label.clone(),
-        });
+            req.label.clone(),
+            req.max_in_flight,
+            req.ack_timeout,
+        );
+        consumer.backoff = req.backoff.clone();
+        consumer.presence = req.presence;
+        member.attach(consumer);
         let reply = pb::JoinOk {
             room: req.room.clone(),
-            subscription: durable_name.as_deref().unwrap_or("").to_string(),
+            subscription: match &key {
+                MemberKey::Durable(n) | MemberKey::Group(n) => n.to_string(),
+                MemberKey::Ephemeral(..) => String::new(),
+            },
             durable: member.durable,
             next_seq: member.ack_floor(),
             last_seq: room.committed_seq,
@@ -222,13 +303,13 @@ impl Broker {
         let room_name = room.name.clone();
         if must_persist {
             member.joining = true;
-            if let Some(name) = &durable_name {
+            if let Some(name) = key.stored_name() {
                 self.open
                     .write
                     .cursors
-                    .push((room_id, name.clone(), Some(member.record())));
+                    .push((room_id, name, Some(member.record())));
             }
-        } else if durable_name.is_some() {
+        } else if member.durable {
             self.dirty.insert((room_id, key.clone()));
         }
         if let Some(entry) = self.sessions.get_mut(&session) {
@@ -240,11 +321,13 @@ impl Broker {
             namespace = %info.namespace,
             session = %session,
             room = %req.room,
-            subscription = durable_name.as_deref().unwrap_or(""),
+            member = key_name(&key),
+            group = group.is_some(),
             durable = reply.durable,
             next_seq = reply.next_seq,
             "joined"
         );
+        self.presence_event(room_id, &key, session, pb::presence_event::Kind::Joined);
         let frame = pb::ServerFrame {
             request_id,
             body: Some(pb::server_frame::Body::JoinOk(reply)),
@@ -260,5 +343,42 @@ impl Broker {
             self.reply(session, frame, Some(permit));
             self.pump(room_id, &key);
         }
+    }
+
+    /// The first committed seq of `room_id` accepted at or after wall time
+    /// `ms` (the end of the log if none). A binary search over the stored
+    /// log: accept times grow with seqs.
+    fn seq_at_time(&mut self, room_id: RoomId, ms: u64) -> u64 {
+        let Some(room) = self.rooms.get(&room_id) else {
+            return 1;
+        };
+        let (mut lo, mut hi) = (room.first_seq, room.committed_seq + 1);
+        // Invariant: every seq below `lo` is older than `ms`; `hi` is
+        // the end or at/after `ms`.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let found = match self.store.read(room_id, mid, 1, usize::MAX) {
+                Ok(v) => v.into_iter().next(),
+                Err(e) => {
+                    tracing::error!(room_id, error = %e, "cannot read the log to find a start time");
+                    return hi;
+                }
+            };
+            match found {
+                // `mid` itself may be trimmed: the next stored one stands in.
+                Some(m) if m.seq < hi && m.info.timestamp_ms < ms => lo = m.seq + 1,
+                Some(m) if m.seq < hi => hi = mid.max(lo).min(m.seq),
+                _ => hi = mid,
+            }
+        }
+        lo
+    }
+}
+
+/// A member's name for logs and errors.
+fn key_name(key: &MemberKey) -> &str {
+    match key {
+        MemberKey::Durable(n) | MemberKey::Group(n) => n,
+        MemberKey::Ephemeral(_, label) => label,
     }
 }

@@ -48,10 +48,15 @@ impl Broker {
         };
         self.release_member(room_id, &key, session);
         if req.forget {
-            if let MemberKey::Durable(_) = &key {
-                if let Some(room) = self.rooms.get_mut(&room_id) {
-                    room.members.remove(&key);
-                }
+            let removed = match &key {
+                MemberKey::Ephemeral(..) => false,
+                // A group is forgotten only by its last consumer.
+                _ => self.rooms.get_mut(&room_id).is_some_and(|room| {
+                    let idle = room.members.get(&key).is_some_and(|m| !m.connected());
+                    idle && room.members.remove(&key).is_some()
+                }),
+            };
+            if removed {
                 self.dirty.insert((room_id, key));
             }
         }

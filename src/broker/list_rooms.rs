@@ -26,10 +26,7 @@ impl Broker {
                         last_seq: room.committed_seq,
                         members: u32::try_from(room.members.len()).unwrap_or(u32::MAX),
                         connected_members: u32::try_from(
-                            room.members
-                                .values()
-                                .filter(|m| m.attached.is_some())
-                                .count(),
+                            room.members.values().filter(|m| m.connected()).count(),
                         )
                         .unwrap_or(u32::MAX),
                     })

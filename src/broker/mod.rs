@@ -16,12 +16,15 @@
 pub mod ack;
 pub mod admin;
 pub mod commit;
+pub mod dead_letter;
 pub mod in_progress;
 pub mod join;
 pub mod leave;
 pub mod list_rooms;
+pub mod members;
 pub mod nack;
 pub mod publish;
+pub mod retention;
 pub mod room;
 
 use std::cmp::Reverse;
@@ -41,7 +44,7 @@ use crate::config::Config;
 use crate::storage::{RoomId, RoomStats, Store, StoreError, StoredMessage, WriteBatch};
 use crate::tenancy::{Grant, StoredNamespace, Tenant, Tenants};
 use commit::CommitOutcome;
-use room::{MemberKey, Outlet, Room, Timers};
+use room::{Gap, Handout, MemberKey, Now, Outlet, Room, Timers};
 
 /// A request's share of its session's budgets (requests awaiting a reply,
 /// and their bytes). Held until the reply is written, then released.
@@ -62,6 +65,9 @@ impl RequestSlot {
 }
 
 /// A frame on its way to one session's socket.
+// A reply frame is the largest variant; boxing it would cost an allocation
+// per reply to save a few dozen bytes per queued item.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outbound {
     /// A reply (or push). The permit, if any, is the request's slot in the
@@ -85,6 +91,7 @@ pub enum Outbound {
         label: Arc<str>,
         attempt: u32,
         redelivered: bool,
+        volatile: bool,
         msg: Arc<StoredMessage>,
     },
 }
@@ -117,6 +124,7 @@ pub enum Request {
     Nack(nack::NackReq),
     InProgress(in_progress::InProgressReq),
     ListRooms,
+    Members(members::MembersReq),
     Admin(admin::AdminReq),
 }
 
@@ -145,6 +153,21 @@ pub enum Command {
     /// A session whose queue was full has drained.
     Writable { session: Uuid },
 }
+
+/// The [`ActorOutlet`] over the broker's sessions, store and timers (a
+/// macro, so that it borrows only those fields of the broker).
+macro_rules! outlet {
+    ($broker:ident) => {
+        ActorOutlet {
+            sessions: &mut $broker.sessions,
+            store: $broker.store.as_ref(),
+            timers: &mut $broker.timers,
+            gen: &mut $broker.timer_gen,
+            reserve: $broker.config.limits.max_pending_requests as usize + 8,
+        }
+    };
+}
+pub(crate) use outlet;
 
 /// A cheap, cloneable way to reach the broker.
 #[derive(Debug, Clone)]
@@ -209,6 +232,7 @@ const TIMER_COMPACT_MIN: usize = 4096;
 pub type Seqs = Arc<[(Arc<str>, u64)]>;
 
 /// What a pending reply will say.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum PendingReply {
     /// A prepared frame (a join's reply).
@@ -286,14 +310,36 @@ pub struct Broker {
     /// Durable members whose stored cursor is behind.
     dirty: HashSet<(RoomId, MemberKey)>,
     last_cursor_sync: Instant,
+    /// When retention next trims the rooms it covers.
+    next_retention: Instant,
+    /// Some namespace has retention rules.
+    retention_active: bool,
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, as the broker keeps time: the wall
+/// clock read once, advanced by tokio's monotonic clock. Message
+/// timestamps, TTLs and deliver-at times all use it, so they agree with the
+/// broker's timers (and move with paused time in tests); a wall clock that
+/// is stepped while the broker runs does not move it.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    static BASE: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (instant, wall) = *BASE.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        (std::time::Instant::now(), wall)
+    });
+    let elapsed = Instant::now().into_std().saturating_duration_since(instant);
+    wall.saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The delivery rules' clock now.
+fn clock_now() -> Now {
+    Now {
+        instant: Instant::now(),
+        wall_ms: now_ms(),
+    }
 }
 
 /// An error frame answering `request_id`.
@@ -344,7 +390,10 @@ impl Broker {
             commit_started: Instant::now(),
             dirty: HashSet::new(),
             last_cursor_sync: Instant::now(),
+            next_retention: Instant::now(),
+            retention_active: false,
         };
+        broker.refresh_retention();
         broker.next_room_id = recovered.next_room_id.max(1);
         for r in recovered.rooms {
             broker.next_room_id = broker.next_room_id.max(r.id + 1);
@@ -365,19 +414,21 @@ impl Broker {
         for (room_id, name, rec) in recovered.cursors {
             match broker.rooms.get_mut(&room_id) {
                 Some(room) => {
-                    let mut m =
-                        room::Member::from_record(&rec, limits.max_in_flight, limits.ack_timeout());
+                    let mut m = room::Member::from_record(&rec, limits.max_deliveries);
                     // A cursor never moves past the log.
                     if m.next_seq > room.committed_seq + 1 {
                         warn!(room = %room.name, member = %name, "cursor past the end of the log; clamped");
                         m.next_seq = room.committed_seq + 1;
                     }
-                    // Nor stays before it (the room was purged before the
-                    // cursor was written).
-                    if m.next_seq < room.first_seq {
-                        m.reposition(room.first_seq);
+                    // Nor stays before it (the room was trimmed before the
+                    // cursor was written): it is owed a gap notice.
+                    m.trim(room.first_seq);
+                    let key = MemberKey::from_stored(name);
+                    if matches!(key, MemberKey::Group(_)) {
+                        m.group = Some(room::GroupMode::KeyOrdered);
+                        m.owner = None;
                     }
-                    room.members.insert(MemberKey::Durable(name), m);
+                    room.members.insert(key, m);
                 }
                 None => warn!(room_id, member = %name, "cursor of an unknown room ignored"),
             }
@@ -483,6 +534,7 @@ impl Broker {
                 _ = sleep_until_opt(wake) => {
                     self.check_commit_stall()?;
                     self.on_timers();
+                    self.maybe_trim();
                 }
             }
             self.maybe_commit(false);
@@ -541,6 +593,9 @@ impl Broker {
         }
         if let Some((t, _)) = self.dedup_expiry.front() {
             consider(*t);
+        }
+        if self.retention_active {
+            consider(self.next_retention);
         }
         wake
     }
@@ -608,6 +663,7 @@ impl Broker {
                     Request::Nack(r) => self.nack(session, request_id, permit, r),
                     Request::InProgress(r) => self.in_progress(session, request_id, permit, r),
                     Request::ListRooms => self.list_rooms(session, request_id, permit),
+                    Request::Members(r) => self.members(session, request_id, permit, r),
                     Request::Admin(r) => self.admin(session, request_id, permit, r),
                 }
             }
@@ -655,22 +711,29 @@ impl Broker {
         }
     }
 
-    /// Detaches a durable member from `session` (or drops an ephemeral one).
+    /// Takes `session` off member `key` (dropping an ephemeral member);
+    /// what it had in flight goes to the member's other consumers, if any,
+    /// or waits for the next. Tells the room's presence listeners.
     fn release_member(&mut self, room_id: RoomId, key: &MemberKey, session: Uuid) {
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
-        match key {
-            MemberKey::Ephemeral(..) => {
-                room.members.remove(key);
-            }
-            MemberKey::Durable(_) => {
-                if let Some(m) = room.members.get_mut(key) {
-                    if m.attached.as_ref().is_some_and(|a| a.session == session) {
-                        m.detach();
-                    }
-                }
-            }
+        let Some(m) = room.members.get_mut(key) else {
+            return;
+        };
+        let label = m.consumer(session).map(|c| c.label.clone());
+        if !m.detach(session) {
+            return;
+        }
+        let others = m.connected();
+        if let MemberKey::Ephemeral(..) = key {
+            room.members.remove(key);
+        }
+        if label.is_some() {
+            self.presence_event(room_id, key, session, pb::presence_event::Kind::Left);
+        }
+        if others {
+            self.pump(room_id, key);
         }
     }
 
@@ -816,31 +879,28 @@ impl Broker {
         id
     }
 
-    /// Delivers what member `key` of `room_id` may have now.
+    /// Delivers what member `key` of `room_id` may have now, and moves what
+    /// it gave up on to the dead-letter room.
     fn pump(&mut self, room_id: RoomId, key: &MemberKey) {
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
-        let mut outlet = ActorOutlet {
-            sessions: &mut self.sessions,
-            store: self.store.as_ref(),
-            timers: &mut self.timers,
-            gen: &mut self.timer_gen,
-            reserve: self.config.limits.max_pending_requests as usize + 8,
-        };
-        let changed = room.pump(key, Instant::now(), &mut outlet);
-        if changed && matches!(key, MemberKey::Durable(_)) {
+        let pumped = room.pump(key, clock_now(), &mut outlet!(self));
+        if pumped.changed && !matches!(key, MemberKey::Ephemeral(..)) {
             self.dirty.insert((room_id, key.clone()));
+        }
+        for dead in pumped.dead {
+            self.dead_letter(room_id, dead);
         }
     }
 
-    /// Pumps every attached member of `room_id`.
+    /// Pumps every connected member of `room_id`.
     fn pump_room(&mut self, room_id: RoomId) {
         let keys: Vec<MemberKey> = match self.rooms.get(&room_id) {
             Some(room) => room
                 .members
                 .iter()
-                .filter(|(_, m)| m.attached.is_some())
+                .filter(|(_, m)| m.connected())
                 .map(|(k, _)| k.clone())
                 .collect(),
             None => return,
@@ -895,22 +955,6 @@ impl Broker {
         }
     }
 
-    /// Sets the redelivery deadline of `seq` for member `key` of `room`.
-    fn set_deadline(&mut self, room: RoomId, key: &MemberKey, seq: u64, deadline: Instant) {
-        let Some(m) = self
-            .rooms
-            .get_mut(&room)
-            .and_then(|r| r.members.get_mut(key))
-        else {
-            return;
-        };
-        let mut arm = TimerArm {
-            timers: &mut self.timers,
-            gen: &mut self.timer_gen,
-        };
-        m.set_deadline(seq, deadline, room, key, &mut arm);
-    }
-
     fn sync_all_cursors(&mut self) {
         for (id, room) in &self.rooms {
             for (key, m) in &room.members {
@@ -935,7 +979,7 @@ impl Broker {
                 || now >= self.last_cursor_sync + self.cursor_interval());
         if cursors_due {
             for (room_id, key) in std::mem::take(&mut self.dirty) {
-                let MemberKey::Durable(name) = &key else {
+                let Some(name) = key.stored_name() else {
                     continue;
                 };
                 let record = self
@@ -943,10 +987,7 @@ impl Broker {
                     .get(&room_id)
                     .and_then(|r| r.members.get(&key))
                     .map(|m| m.record());
-                self.open
-                    .write
-                    .cursors
-                    .push((room_id, name.clone(), record));
+                self.open.write.cursors.push((room_id, name, record));
             }
             self.last_cursor_sync = now;
         }
@@ -1094,16 +1135,10 @@ struct ActorOutlet<'a> {
     reserve: usize,
 }
 
-impl Outlet for ActorOutlet<'_> {
-    fn deliver(
-        &mut self,
-        session: Uuid,
-        room: &Arc<str>,
-        label: &Arc<str>,
-        attempt: u32,
-        redelivered: bool,
-        msg: &Arc<StoredMessage>,
-    ) -> bool {
+impl ActorOutlet<'_> {
+    /// Queues `out` for `session` if its queue has room beyond the slots
+    /// kept for replies.
+    fn offer(&mut self, session: Uuid, out: Outbound) -> bool {
         let Some(s) = self.sessions.get(&session) else {
             return false;
         };
@@ -1115,13 +1150,6 @@ impl Outlet for ActorOutlet<'_> {
                 return false;
             }
         }
-        let out = Outbound::Delivery {
-            room: room.clone(),
-            label: label.clone(),
-            attempt,
-            redelivered,
-            msg: msg.clone(),
-        };
         match s.tx.try_send(out) {
             Ok(()) => true,
             Err(_) => {
@@ -1129,6 +1157,44 @@ impl Outlet for ActorOutlet<'_> {
                 false
             }
         }
+    }
+}
+
+impl Outlet for ActorOutlet<'_> {
+    fn deliver(&mut self, to: Handout<'_>, msg: &Arc<StoredMessage>) -> bool {
+        let out = Outbound::Delivery {
+            room: to.room.clone(),
+            label: to.label.clone(),
+            attempt: to.attempt,
+            redelivered: to.redelivered,
+            volatile: to.volatile,
+            msg: msg.clone(),
+        };
+        self.offer(to.session, out)
+    }
+
+    fn gap(&mut self, session: Uuid, room: &Arc<str>, label: &Arc<str>, gap: Gap) -> bool {
+        let frame = pb::ServerFrame {
+            request_id: 0,
+            body: Some(pb::server_frame::Body::Gap(Box::new(pb::Gap {
+                room: room.to_string(),
+                subscription: label.to_string(),
+                from_seq: gap.from,
+                to_seq: gap.to,
+                missed: gap.missed,
+            }))),
+        };
+        let out = Outbound::Reply {
+            frame,
+            permit: None,
+        };
+        self.offer(session, out)
+    }
+
+    fn in_room(&self, session: Uuid, room: &str) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| s.memberships.keys().any(|(r, _)| &**r == room))
     }
 
     fn read(&mut self, room: RoomId, from: u64, max: usize, last: u64) -> Vec<Arc<StoredMessage>> {

@@ -20,7 +20,11 @@ pub struct NackReq {
     pub label: Arc<str>,
     pub seqs: Vec<u64>,
     pub delay: Duration,
+    pub reason: Option<Arc<str>>,
 }
+
+/// Longest nack reason kept, in bytes.
+pub const MAX_REASON_BYTES: usize = 255;
 
 /// Checks a nack; runs on the session's task.
 pub fn check(n: pb::Nack) -> Result<NackReq, pb::Error> {
@@ -32,11 +36,25 @@ pub fn check(n: pb::Nack) -> Result<NackReq, pb::Error> {
             format!("a nack lists 1 to {MAX_SEQS} seqs, not {}", n.seqs.len()),
         ));
     }
+    if n.reason.len() > MAX_REASON_BYTES {
+        return Err(pb::Error::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "a nack reason is at most {MAX_REASON_BYTES} bytes, not {}",
+                n.reason.len()
+            ),
+        ));
+    }
     Ok(NackReq {
         room: Arc::from(n.room),
         label: Arc::from(n.subscription),
         seqs: n.seqs,
         delay: Duration::from_millis(n.delay_ms).min(MAX_ACK_TIMEOUT),
+        reason: Some(Arc::from(if n.reason.is_empty() {
+            "nacked".to_string()
+        } else {
+            n.reason
+        })),
     })
 }
 
@@ -63,26 +81,39 @@ impl Broker {
                 "membership is gone",
             );
         };
-        if let Some(bad) = req.seqs.iter().find(|s| !member.unacked.contains_key(s)) {
-            let msg = format!("seq {bad} is not an unacknowledged delivery of this member");
+        // Only what was delivered, and is not in flight at another
+        // consumer of a group.
+        let handed_back = |s: &u64| {
+            member
+                .unacked
+                .get(s)
+                .is_some_and(|u| u.attempts > 0 && u.holder.is_none_or(|h| h == session))
+        };
+        if let Some(bad) = req.seqs.iter().find(|s| !handed_back(s)) {
+            let msg = format!("seq {bad} is not an unacknowledged delivery of this session");
             return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
         }
         let deadline = Instant::now() + req.delay;
-        for seq in &req.seqs {
-            if req.delay.is_zero() {
-                if let Some(m) = self
-                    .rooms
-                    .get_mut(&room_id)
-                    .and_then(|r| r.members.get_mut(&key))
-                {
-                    if let Some(u) = m.unacked.get_mut(seq) {
-                        u.deadline = None;
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            if let Some(m) = room.members.get_mut(&key) {
+                for seq in &req.seqs {
+                    if req.delay.is_zero() {
+                        m.make_due(*seq, req.reason.clone());
+                    } else {
+                        m.wait(*seq, deadline, req.reason.clone());
                     }
-                    m.due.insert(*seq);
                 }
-            } else {
-                self.set_deadline(room_id, &key, *seq, deadline);
+                if !req.delay.is_zero() {
+                    let mut arm = super::TimerArm {
+                        timers: &mut self.timers,
+                        gen: &mut self.timer_gen,
+                    };
+                    m.schedule(deadline, room_id, &key, &mut arm);
+                }
             }
+        }
+        if !matches!(key, super::room::MemberKey::Ephemeral(..)) {
+            self.dirty.insert((room_id, key.clone()));
         }
         let frame = pb::ServerFrame {
             request_id,

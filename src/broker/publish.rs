@@ -11,9 +11,11 @@ use roomq_wire::names::check_name;
 use roomq_wire::{pb, ErrorCode};
 use uuid::Uuid;
 
-use super::{now_ms, Broker, DedupState, PendingConfirm, PendingReply, SessionInfo};
+use super::{
+    now_ms, outlet, ActorOutlet, Broker, DedupState, PendingConfirm, PendingReply, SessionInfo,
+};
 use crate::config::Limits;
-use crate::storage::StoredMessage;
+use crate::storage::{Extra, MessageInfo, RoomId, StoredMessage};
 use crate::tenancy::middleware::PublishCtx;
 use crate::tenancy::Verdict;
 
@@ -23,6 +25,13 @@ pub struct PublishReq {
     pub rooms: Vec<String>,
     pub dedup: Option<[u8; 16]>,
     pub except_self: bool,
+    /// Not stored; delivered to whoever is joined now.
+    pub volatile: bool,
+    /// `except_sessions`, `except_rooms` and the rooms of a multi-room
+    /// publish.
+    pub extra: Option<Arc<Extra>>,
+    /// The routing fields of `encoded`.
+    pub info: MessageInfo,
     /// Store only if the (single) room's last seq is this.
     pub expected_last_seq: Option<u64>,
     /// The wire `Message` without its seq, encoded once for every room and
@@ -102,6 +111,56 @@ fn validate(p: &pb::Publish, limits: &Limits) -> Result<(), pb::Error> {
             ),
         ));
     }
+    if !p.key.is_empty() {
+        check_name("key", &p.key).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+    }
+    if p.deliver_at_ms != 0 && p.delay_ms != 0 {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "deliver_at_ms and delay_ms exclude each other".into(),
+        ));
+    }
+    let ahead = p.delay_ms.max(p.deliver_at_ms.saturating_sub(now_ms()));
+    if ahead > limits.max_schedule_ms {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "delivery is scheduled {ahead} ms ahead; the limit is {} ms",
+                limits.max_schedule_ms
+            ),
+        ));
+    }
+    if p.volatile {
+        let stored_only = [
+            (!p.dedup_id.is_empty(), "dedup_id"),
+            (p.expected_last_seq.is_some(), "expected_last_seq"),
+            (p.ttl_ms != 0, "ttl_ms"),
+            (p.deliver_at_ms != 0, "deliver_at_ms"),
+            (p.delay_ms != 0, "delay_ms"),
+        ];
+        if let Some((_, field)) = stored_only.iter().find(|(set, _)| *set) {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                format!("a volatile publish is not stored: {field} does not apply"),
+            ));
+        }
+    }
+    let most = limits.max_rooms_per_publish as usize;
+    if p.except_rooms.len() > most || p.except_sessions.len() > most {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!("a publish may name at most {most} except rooms and {most} except sessions"),
+        ));
+    }
+    for room in &p.except_rooms {
+        check_name("room", room).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+    }
+    if let Some(bad) = p.except_sessions.iter().find(|s| s.len() != 16) {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!("except_sessions entries are 16 bytes, not {}", bad.len()),
+        ));
+    }
     Ok(())
 }
 
@@ -123,16 +182,39 @@ fn encode(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<Publ
             .map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
     }
     let dedup = <[u8; 16]>::try_from(&p.dedup_id[..]).ok();
+    let now = now_ms();
+    let deliver_at_ms = match (p.deliver_at_ms, p.delay_ms) {
+        (0, 0) => 0,
+        (0, delay) => now.saturating_add(delay),
+        (at, _) => at,
+    };
     let message = pb::Message {
         seq: 0,
         event: p.event,
         payload: p.payload,
         headers: p.headers,
         publisher_session: session.id_bytes.clone(),
-        timestamp_ms: now_ms(),
-        ..Default::default()
+        timestamp_ms: now,
+        key: p.key,
+        expires_at_ms: match p.ttl_ms {
+            0 => 0,
+            ttl => now.saturating_add(ttl),
+        },
+        deliver_at_ms,
     };
     let encoded = Bytes::from(message.encode_to_vec());
+    let info = MessageInfo::of(&encoded);
+    let extra = Extra {
+        except_sessions: p.except_sessions.iter().map(|s| s.to_vec()).collect(),
+        except_rooms: p.except_rooms,
+        rooms: if p.rooms.len() > 1 {
+            p.rooms.clone()
+        } else {
+            Vec::new()
+        },
+    };
+    let empty =
+        extra.except_sessions.is_empty() && extra.except_rooms.is_empty() && extra.rooms.is_empty();
     let limit = limits
         .max_frame()
         .saturating_sub(roomq_wire::DELIVERY_OVERHEAD);
@@ -146,6 +228,9 @@ fn encode(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<Publ
         rooms: p.rooms,
         dedup,
         except_self: p.except_self,
+        volatile: p.volatile,
+        extra: (!empty).then(|| Arc::new(extra)),
+        info,
         expected_last_seq: p.expected_last_seq,
         encoded,
     })
@@ -175,6 +260,72 @@ pub fn ok_frame(
 }
 
 impl Broker {
+    /// Gives `msg` the next seq of room `room_id` and adds it to the open
+    /// batch; it is delivered once that batch is on disk. Returns the seq.
+    pub(super) fn append(&mut self, room_id: RoomId, mut msg: StoredMessage) -> u64 {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return 0;
+        };
+        room.last_seq += 1;
+        room.stored_bytes += msg.encoded.len() as u64;
+        room.rate.record(tokio::time::Instant::now(), 1);
+        msg.seq = room.last_seq;
+        let slot = match self.open.rooms.get(&room_id) {
+            Some(i) => *i,
+            None => {
+                self.open.write.appends.push((room_id, Vec::new()));
+                let i = self.open.write.appends.len() - 1;
+                self.open.rooms.insert(room_id, i);
+                i
+            }
+        };
+        if let Some((_, v)) = self.open.write.appends.get_mut(slot) {
+            v.push(Arc::new(msg));
+        }
+        room.last_seq
+    }
+
+    /// A volatile publish: handed to the consumers joined now, once per
+    /// session across its rooms, and answered at once; nothing is stored.
+    fn publish_volatile(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: RequestSlot,
+        req: PublishReq,
+    ) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        let namespace = entry.info.namespace.clone();
+        let msg = Arc::new(StoredMessage {
+            seq: 0,
+            encoded: req.encoded,
+            except_session: req.except_self.then(|| *session.as_bytes()),
+            except_client: if req.except_self {
+                entry.info.client_id.clone()
+            } else {
+                None
+            },
+            extra: req.extra,
+            info: req.info,
+        });
+        let mut served = Vec::new();
+        for name in &req.rooms {
+            let Some(id) = self.find_room(&namespace, name) else {
+                continue;
+            };
+            let Some(room) = self.rooms.get_mut(&id) else {
+                continue;
+            };
+            let mut out: ActorOutlet<'_> = outlet!(self);
+            room.volatile(&msg, &mut served, &mut out);
+        }
+        let seqs: super::Seqs = Arc::from(Vec::new());
+        let volatile = pb::Durability::Volatile;
+        self.confirm_publish(session, request_id, seqs, false, volatile, permit);
+    }
+
     pub(super) fn publish(
         &mut self,
         session: Uuid,
@@ -188,6 +339,9 @@ impl Broker {
         let namespace = entry.info.namespace.clone();
         let client_id = entry.info.client_id.clone();
         let tenant = entry.info.tenant.clone();
+        if req.volatile {
+            return self.publish_volatile(session, request_id, permit, req);
+        }
         let policy = tenant.policy();
         let durability = pb::Durability::from(policy.durability);
         if let Some(id) = req.dedup {
@@ -246,35 +400,21 @@ impl Broker {
         };
         let mut seqs = Vec::with_capacity(req.rooms.len());
         let mut stored = Vec::with_capacity(req.rooms.len());
-        let now = tokio::time::Instant::now();
         let size = req.encoded.len() as u64;
+        let template = StoredMessage {
+            seq: 0,
+            encoded: req.encoded.clone(),
+            except_session,
+            except_client,
+            extra: req.extra.clone(),
+            info: req.info,
+        };
         for name in &req.rooms {
             let room_id = self.room_id(&namespace, name);
-            let Some(room) = self.rooms.get_mut(&room_id) else {
-                continue;
-            };
-            room.last_seq += 1;
-            room.stored_bytes += size;
-            room.rate.record(now, 1);
-            let msg = Arc::new(StoredMessage {
-                seq: room.last_seq,
-                encoded: req.encoded.clone(),
-                except_session,
-                except_client: except_client.clone(),
-            });
-            seqs.push((room.name.clone(), room.last_seq));
-            stored.push((room_id, room.last_seq));
-            let slot = match self.open.rooms.get(&room_id) {
-                Some(i) => *i,
-                None => {
-                    self.open.write.appends.push((room_id, Vec::new()));
-                    let i = self.open.write.appends.len() - 1;
-                    self.open.rooms.insert(room_id, i);
-                    i
-                }
-            };
-            if let Some((_, v)) = self.open.write.appends.get_mut(slot) {
-                v.push(msg);
+            let seq = self.append(room_id, template.clone());
+            if let Some(room) = self.rooms.get(&room_id) {
+                seqs.push((room.name.clone(), seq));
+                stored.push((room_id, seq));
             }
         }
         tenant

@@ -2,6 +2,15 @@
 //! member the cursor, the unacknowledged deliveries and the rules that decide
 //! what it gets next. Nothing here touches a socket: deliveries go out
 //! through the [`Outlet`] trait, so the rules can be tested on their own.
+//!
+//! A member is read by *consumers*, the sessions joined to it: exactly one
+//! for an ordinary member, any number for a group (competing consumers that
+//! share the member's cursor). Every unacknowledged message of a member is
+//! in one of three states:
+//! - *in flight*: delivered to a consumer (`holder`), until its deadline;
+//! - *waiting*: not to be delivered before its deadline (scheduled with
+//!   deliver-at, or nacked with a delay);
+//! - *due*: to be delivered as soon as a consumer can take it (`due`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -12,6 +21,11 @@ use uuid::Uuid;
 
 use crate::storage::{CursorRecord, RoomId, StoredMessage};
 
+/// Prefix of a group's name in its stored cursor key. Names from the wire
+/// cannot contain control characters, so it cannot clash with a durable
+/// member's name.
+pub const GROUP_PREFIX: char = '\u{1}';
+
 /// How a member is found in its room.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MemberKey {
@@ -19,42 +33,134 @@ pub enum MemberKey {
     Durable(Arc<str>),
     /// Ephemeral, by the session holding it and the label it joined with.
     Ephemeral(Uuid, Arc<str>),
+    /// A group of competing consumers, by group name; durable.
+    Group(Arc<str>),
 }
 
-/// One delivered, unacknowledged message of a member.
-#[derive(Debug, Clone, Copy)]
-pub struct Unacked {
-    /// Deliveries so far.
-    pub attempts: u32,
-    /// When it is due for redelivery; `None` while it is waiting to be
-    /// redelivered (it is in `Member::due` then) or the member is detached.
-    pub deadline: Option<Instant>,
+impl MemberKey {
+    /// The name its cursor is stored under, if it has one.
+    pub fn stored_name(&self) -> Option<Arc<str>> {
+        match self {
+            MemberKey::Durable(n) => Some(n.clone()),
+            MemberKey::Group(n) => Some(Arc::from(format!("{GROUP_PREFIX}{n}"))),
+            MemberKey::Ephemeral(..) => None,
+        }
+    }
+
+    /// The key of a stored cursor name.
+    pub fn from_stored(name: Arc<str>) -> Self {
+        match name.strip_prefix(GROUP_PREFIX) {
+            Some(group) => MemberKey::Group(Arc::from(group)),
+            None => MemberKey::Durable(name),
+        }
+    }
 }
 
-/// Where a member's deliveries go.
+/// How a group hands out messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupMode {
+    /// Same ordering key, same consumer (see the protocol).
+    KeyOrdered,
+    /// The first consumer gets everything; the others stand by.
+    Exclusive,
+}
+
+/// One unacknowledged message of a member.
 #[derive(Debug, Clone)]
-pub struct Attachment {
+pub struct Unacked {
+    /// Deliveries so far (0 for a message not yet delivered).
+    pub attempts: u32,
+    /// In flight: when it is due again. Waiting: when it becomes due.
+    /// `None` while it is due.
+    pub deadline: Option<Instant>,
+    /// The consumer it is in flight at.
+    pub holder: Option<Uuid>,
+    /// Hash of its ordering key (0 = none), for a group's key pins.
+    pub key: u64,
+    /// Why it was last handed back (a nack's reason, "ack timeout", ...).
+    pub reason: Option<Arc<str>>,
+}
+
+/// A session reading a member.
+#[derive(Debug, Clone)]
+pub struct Consumer {
     pub session: Uuid,
     /// The subscription label the session joined with; deliveries carry it.
     pub label: Arc<str>,
+    pub max_in_flight: u32,
+    pub ack_timeout: Duration,
+    /// Ack timeouts by attempt (empty: `ack_timeout` for every attempt).
+    pub backoff: Arc<[Duration]>,
+    /// Wants presence events of its room.
+    pub presence: bool,
+    /// Messages in flight at it.
+    pub in_flight: u32,
 }
 
-/// A reader of a room.
+impl Consumer {
+    /// A consumer with nothing in flight.
+    pub fn new(session: Uuid, label: Arc<str>, max_in_flight: u32, ack_timeout: Duration) -> Self {
+        Consumer {
+            session,
+            label,
+            max_in_flight,
+            ack_timeout,
+            backoff: Arc::from(Vec::new()),
+            presence: false,
+            in_flight: 0,
+        }
+    }
+
+    /// How long delivery number `attempt` (1, 2, ...) may stay unacked.
+    pub fn timeout(&self, attempt: u32) -> Duration {
+        let i = usize::try_from(attempt.max(1) - 1).unwrap_or(usize::MAX);
+        self.backoff
+            .get(i)
+            .or_else(|| self.backoff.last())
+            .copied()
+            .unwrap_or(self.ack_timeout)
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight < self.max_in_flight
+    }
+}
+
+/// A gap notice a member is owed: seqs `from..=to` were deleted before it
+/// had them, `missed` of them not acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub from: u64,
+    pub to: u64,
+    pub missed: u64,
+}
+
+/// A reader of a room: a cursor, what is unacknowledged, its consumers.
 #[derive(Debug)]
 pub struct Member {
     pub durable: bool,
+    /// `Some` for a group.
+    pub group: Option<GroupMode>,
     /// Client id of the session that last joined it (for `except_self`).
     pub owner: Option<Arc<str>>,
-    pub attached: Option<Attachment>,
-    /// The next seq to deliver for the first time.
+    /// Sessions reading it, in join order (at most one unless a group).
+    pub consumers: Vec<Consumer>,
+    /// The next seq to take from the log.
     pub next_seq: u64,
-    /// Delivered and unacknowledged. Every seq below `next_seq` that is not
-    /// here is acknowledged (or was filtered out for this member).
+    /// Taken and unacknowledged. Every seq below `next_seq` that is not
+    /// here is acknowledged (or was skipped for this member).
     pub unacked: BTreeMap<u64, Unacked>,
-    /// Unacknowledged seqs due for redelivery now, in seq order.
+    /// Unacknowledged seqs due for delivery now, in seq order.
     pub due: BTreeSet<u64>,
-    pub max_in_flight: u32,
-    pub ack_timeout: Duration,
+    /// How many unacknowledged seqs are waiting (neither in flight nor due).
+    pub waiting: usize,
+    /// A group's ordering keys with messages in flight: the consumer they
+    /// are at and how many. Later messages with the key go to it too.
+    pins: HashMap<u64, (Uuid, u32)>,
+    /// Deliveries before a message is dead-lettered (0 = no limit).
+    pub max_deliveries: u32,
+    /// Event patterns it wants (empty: all).
+    pub events: Arc<[String]>,
     /// Set while the member's new cursor is being written: nothing is
     /// delivered until the join is confirmed.
     pub joining: bool,
@@ -62,29 +168,43 @@ pub struct Member {
     /// per member, not per delivery, so the timer heap stays as small as the
     /// number of members no matter how many deliveries are in flight.
     pub armed: Option<Instant>,
+    /// A gap notice not yet sent.
+    pub gap: Option<Gap>,
+    /// Turns of the keyless round robin of a group.
+    turn: usize,
+}
+
+/// Whether the member may take `msg` given its event filter.
+fn wants(events: &[String], msg: &StoredMessage) -> bool {
+    events.is_empty() || crate::tenancy::pattern::any_matches(events, msg.event())
 }
 
 impl Member {
-    /// A member starting at `next_seq` with nothing in flight.
-    pub fn new(durable: bool, next_seq: u64, max_in_flight: u32, ack_timeout: Duration) -> Self {
+    /// A member starting at `next_seq` with nothing taken.
+    pub fn new(durable: bool, next_seq: u64, max_deliveries: u32) -> Self {
         Member {
             durable,
+            group: None,
             owner: None,
-            attached: None,
+            consumers: Vec::new(),
             next_seq,
             unacked: BTreeMap::new(),
             due: BTreeSet::new(),
-            max_in_flight,
-            ack_timeout,
+            waiting: 0,
+            pins: HashMap::new(),
+            max_deliveries,
+            events: Arc::from(Vec::new()),
             joining: false,
             armed: None,
+            gap: None,
+            turn: 0,
         }
     }
 
-    /// A durable member restored from its stored cursor. Everything it had in
-    /// flight is due for redelivery once it is joined again.
-    pub fn from_record(rec: &CursorRecord, max_in_flight: u32, ack_timeout: Duration) -> Self {
-        let mut m = Member::new(true, rec.next_seq.max(1), max_in_flight, ack_timeout);
+    /// A durable member (or group) restored from its stored cursor.
+    /// Everything it had taken is due once a consumer joins.
+    pub fn from_record(rec: &CursorRecord, max_deliveries: u32) -> Self {
+        let mut m = Member::new(true, rec.next_seq.max(1), max_deliveries);
         m.owner = rec.owner.as_deref().map(Arc::from);
         for (seq, attempts) in &rec.unacked {
             if *seq < m.next_seq {
@@ -93,6 +213,9 @@ impl Member {
                     Unacked {
                         attempts: *attempts,
                         deadline: None,
+                        holder: None,
+                        key: 0,
+                        reason: None,
                     },
                 );
                 m.due.insert(*seq);
@@ -115,37 +238,179 @@ impl Member {
         self.unacked.keys().next().copied().unwrap_or(self.next_seq)
     }
 
-    /// Moves the member to `next_seq`, forgetting what was in flight.
+    /// Whether any session reads it.
+    pub fn connected(&self) -> bool {
+        !self.consumers.is_empty()
+    }
+
+    /// The consumer that is `session`.
+    pub fn consumer(&self, session: Uuid) -> Option<&Consumer> {
+        self.consumers.iter().find(|c| c.session == session)
+    }
+
+    /// Messages in flight at all consumers.
+    pub fn in_flight(&self) -> usize {
+        self.unacked.len() - self.due.len() - self.waiting
+    }
+
+    /// Moves the member to `next_seq`, forgetting what it had taken.
     pub fn reposition(&mut self, next_seq: u64) {
         self.next_seq = next_seq.max(1);
         self.unacked.clear();
         self.due.clear();
-    }
-
-    /// Detaches from its session; what was in flight will be redelivered
-    /// when a session joins it again.
-    pub fn detach(&mut self) {
-        self.attached = None;
-        for (seq, u) in self.unacked.iter_mut() {
-            u.deadline = None;
-            self.due.insert(*seq);
+        self.waiting = 0;
+        self.pins.clear();
+        for c in &mut self.consumers {
+            c.in_flight = 0;
         }
     }
 
-    /// Sets the redelivery deadline of an unacknowledged `seq` and makes
-    /// sure the member's timer fires by then.
-    pub fn set_deadline(
+    /// Takes `seq` out of whatever state it is in (in flight, waiting or
+    /// due), keeping the counters right. Returns its entry.
+    fn unstate(&mut self, seq: u64) -> Option<&mut Unacked> {
+        let u = self.unacked.get_mut(&seq)?;
+        match u.holder.take() {
+            Some(holder) => {
+                if let Some(c) = self.consumers.iter_mut().find(|c| c.session == holder) {
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                }
+                if u.key != 0 {
+                    if let Some(pin) = self.pins.get_mut(&u.key) {
+                        pin.1 = pin.1.saturating_sub(1);
+                        if pin.1 == 0 {
+                            self.pins.remove(&u.key);
+                        }
+                    }
+                }
+            }
+            None if u.deadline.is_some() => self.waiting = self.waiting.saturating_sub(1),
+            None => {
+                self.due.remove(&seq);
+            }
+        }
+        u.deadline = None;
+        Some(u)
+    }
+
+    /// Acknowledges (or drops) `seq`.
+    pub fn remove(&mut self, seq: u64) {
+        if self.unstate(seq).is_some() {
+            self.unacked.remove(&seq);
+        }
+    }
+
+    /// Makes `seq` due for delivery now, remembering why.
+    pub fn make_due(&mut self, seq: u64, reason: Option<Arc<str>>) {
+        if let Some(u) = self.unstate(seq) {
+            if reason.is_some() {
+                u.reason = reason;
+            }
+            self.due.insert(seq);
+        }
+    }
+
+    /// Makes `seq` wait until `until`, then become due. The caller arms
+    /// the member's timer ([`Member::schedule`]).
+    pub fn wait(&mut self, seq: u64, until: Instant, reason: Option<Arc<str>>) {
+        if let Some(u) = self.unstate(seq) {
+            u.deadline = Some(until);
+            if reason.is_some() {
+                u.reason = reason;
+            }
+            self.waiting += 1;
+        }
+    }
+
+    /// Takes the next message from the log into the member as due (or
+    /// waiting until `until`), without delivering it.
+    fn take(&mut self, msg: &StoredMessage, until: Option<Instant>) {
+        let u = Unacked {
+            attempts: 0,
+            deadline: until,
+            holder: None,
+            key: msg.info.key_hash,
+            reason: None,
+        };
+        self.unacked.insert(msg.seq, u);
+        match until {
+            Some(_) => self.waiting += 1,
+            None => {
+                self.due.insert(msg.seq);
+            }
+        }
+        self.next_seq = msg.seq + 1;
+    }
+
+    /// Records that `seq` was delivered to consumer `idx` for the
+    /// `attempt`th time; returns when it is due again.
+    fn hold(&mut self, seq: u64, idx: usize, attempt: u32, key: u64, now: Instant) -> Instant {
+        let Some(c) = self.consumers.get_mut(idx) else {
+            return now;
+        };
+        let session = c.session;
+        c.in_flight += 1;
+        let deadline = now + c.timeout(attempt);
+        self.unstate(seq);
+        let entry = self.unacked.entry(seq).or_insert(Unacked {
+            attempts: 0,
+            deadline: None,
+            holder: None,
+            key,
+            reason: None,
+        });
+        entry.attempts = attempt;
+        entry.deadline = Some(deadline);
+        entry.holder = Some(session);
+        entry.key = key;
+        if self.group.is_some() && key != 0 {
+            let pin = self.pins.entry(key).or_insert((session, 0));
+            pin.0 = session;
+            pin.1 += 1;
+        }
+        deadline
+    }
+
+    /// Adds a consumer.
+    pub fn attach(&mut self, consumer: Consumer) {
+        self.consumers.push(consumer);
+    }
+
+    /// Removes consumer `session`: what it had in flight becomes due, for
+    /// the others or for whoever joins next. Returns whether it was one.
+    pub fn detach(&mut self, session: Uuid) -> bool {
+        let Some(i) = self.consumers.iter().position(|c| c.session == session) else {
+            return false;
+        };
+        let held: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.holder == Some(session))
+            .map(|(s, _)| *s)
+            .collect();
+        let reason: Arc<str> = Arc::from("consumer left");
+        for seq in held {
+            self.make_due(seq, Some(reason.clone()));
+        }
+        self.consumers.remove(i);
+        true
+    }
+
+    /// Sets the deadline of `seq`, in flight at `session`, to `deadline`
+    /// and makes sure the member's timer fires by then.
+    pub fn extend(
         &mut self,
         seq: u64,
+        session: Uuid,
         deadline: Instant,
         room: RoomId,
         key: &MemberKey,
         out: &mut impl Timers,
     ) {
         if let Some(u) = self.unacked.get_mut(&seq) {
-            u.deadline = Some(deadline);
-            self.due.remove(&seq);
-            self.schedule(deadline, room, key, out);
+            if u.holder == Some(session) {
+                u.deadline = Some(deadline);
+                self.schedule(deadline, room, key, out);
+            }
         }
     }
 
@@ -163,9 +428,10 @@ impl Member {
         }
     }
 
-    /// Handles the member's timer firing at `fired`: every delivery whose
+    /// Handles the member's timer firing at `fired`: every message whose
     /// deadline has passed becomes due, and the timer is re-armed for the
-    /// next deadline. Returns false for a stale timer (one since replaced).
+    /// next deadline. Returns false for a stale timer (one since replaced)
+    /// or when nothing became due.
     pub fn on_timer(
         &mut self,
         fired: Instant,
@@ -178,36 +444,31 @@ impl Member {
             return false;
         }
         self.armed = None;
-        if self.attached.is_none() {
-            // Everything becomes due when a session joins again.
-            return false;
-        }
         let mut next: Option<Instant> = None;
-        let mut expired = false;
-        for (seq, u) in self.unacked.iter_mut() {
+        let mut expired = Vec::new();
+        for (seq, u) in &self.unacked {
             match u.deadline {
-                Some(d) if d <= now => {
-                    u.deadline = None;
-                    self.due.insert(*seq);
-                    expired = true;
-                }
+                Some(d) if d <= now => expired.push((*seq, u.holder.is_some())),
                 Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
                 None => {}
             }
         }
+        let timeout: Arc<str> = Arc::from("ack timeout");
+        for (seq, in_flight) in &expired {
+            let reason = in_flight.then(|| timeout.clone());
+            self.make_due(*seq, reason);
+        }
         if let Some(d) = next {
             self.schedule(d, room, key, out);
         }
-        expired
+        !expired.is_empty()
     }
 
-    /// Whether `msg` is excluded for this member by its publisher's
-    /// `except_self`.
-    pub fn excludes(&self, msg: &StoredMessage) -> bool {
-        if let (Some(s), Some(a)) = (&msg.except_session, &self.attached) {
-            if *s == *a.session.as_bytes() {
-                return true;
-            }
+    /// Whether `msg` is excluded for this member as a whole: its event
+    /// filter, or `except_self` of a durable member's own client.
+    fn skips(&self, msg: &StoredMessage) -> bool {
+        if !wants(&self.events, msg) {
+            return true;
         }
         if self.durable {
             if let (Some(c), Some(o)) = (&msg.except_client, &self.owner) {
@@ -217,28 +478,162 @@ impl Member {
         false
     }
 
-    /// Acknowledges `seqs` and everything delivered up to `up_to` (0 = none).
-    /// Fails without changing anything if a seq was never delivered.
-    pub fn ack(&mut self, seqs: &[u64], up_to: u64) -> Result<(), u64> {
+    /// Acknowledges, for consumer `session`, `seqs` and everything it was
+    /// delivered up to `up_to` (0 = none). Fails without changing anything
+    /// if a seq was never delivered, or is in flight at another consumer.
+    pub fn ack(&mut self, session: Uuid, seqs: &[u64], up_to: u64) -> Result<(), u64> {
         if up_to >= self.next_seq {
             return Err(up_to);
         }
-        if let Some(bad) = seqs.iter().find(|s| **s == 0 || **s >= self.next_seq) {
-            return Err(*bad);
+        let foreign = |u: &Unacked| u.holder.is_some_and(|h| h != session);
+        for s in seqs {
+            if *s == 0 || *s >= self.next_seq {
+                return Err(*s);
+            }
+            if let Some(u) = self.unacked.get(s) {
+                if u.attempts == 0 || foreign(u) {
+                    return Err(*s);
+                }
+            }
         }
         for s in seqs {
-            self.unacked.remove(s);
-            self.due.remove(s);
+            self.remove(*s);
         }
         if up_to > 0 {
-            let keep = self.unacked.split_off(&(up_to + 1));
-            for s in self.unacked.keys() {
-                self.due.remove(s);
+            // Only what this consumer was delivered: never a scheduled
+            // message it has not seen, nor one in flight elsewhere.
+            let done: Vec<u64> = self
+                .unacked
+                .range(..=up_to)
+                .filter(|(_, u)| u.attempts > 0 && !foreign(u))
+                .map(|(s, _)| *s)
+                .collect();
+            for s in done {
+                self.remove(s);
             }
-            self.unacked = keep;
         }
         Ok(())
     }
+
+    /// Moves the cursor to `floor` (messages below it were deleted),
+    /// owing the member a gap notice for what it had not acknowledged.
+    pub fn trim(&mut self, floor: u64) {
+        if self.ack_floor() >= floor {
+            return;
+        }
+        let from = self.ack_floor();
+        let lost: Vec<u64> = self.unacked.range(..floor).map(|(s, _)| *s).collect();
+        let mut missed = floor.saturating_sub(self.next_seq.max(from));
+        missed += lost.len() as u64;
+        for s in lost {
+            self.remove(s);
+        }
+        self.next_seq = self.next_seq.max(floor);
+        self.gap = Some(match self.gap {
+            Some(g) => Gap {
+                from: g.from.min(from),
+                to: floor - 1,
+                missed: g.missed + missed,
+            },
+            None => Gap {
+                from,
+                to: floor - 1,
+                missed,
+            },
+        });
+    }
+
+    /// Which consumer gets `msg` now, if any may: `None` when none may
+    /// have it at all (`Err`), or when the one that must have it is full
+    /// (`Ok(None)`).
+    fn choose(
+        &mut self,
+        msg: &StoredMessage,
+        room: &str,
+        blocked: &[Uuid],
+        out: &impl Outlet,
+    ) -> Result<Option<usize>, ()> {
+        let eligible = |c: &Consumer| !excluded_for(msg, c.session, room, out);
+        let ready = |c: &Consumer| c.has_room() && !blocked.contains(&c.session);
+        let pick = match self.group {
+            None | Some(GroupMode::Exclusive) => {
+                self.consumers.iter().position(eligible).ok_or(())?
+            }
+            Some(GroupMode::KeyOrdered) => {
+                let key = msg.info.key_hash;
+                let pinned = self.pins.get(&key).and_then(|(s, _)| {
+                    self.consumers
+                        .iter()
+                        .position(|c| c.session == *s && eligible(c))
+                });
+                if let Some(i) = pinned {
+                    i
+                } else if key != 0 {
+                    // Rendezvous hashing: a key stays with its consumer as
+                    // long as that consumer is joined, and only the keys of
+                    // a consumer that leaves (or of one that joins) move.
+                    self.consumers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| eligible(c))
+                        .max_by_key(|(_, c)| rendezvous(c.session, key))
+                        .map(|(i, _)| i)
+                        .ok_or(())?
+                } else {
+                    // No key: the consumer with the most free slots, taking
+                    // turns among equals.
+                    let n = self.consumers.len();
+                    let start = self.turn % n.max(1);
+                    self.turn = self.turn.wrapping_add(1);
+                    let best = (0..n)
+                        .map(|k| (start + k) % n)
+                        .filter(|i| self.consumers.get(*i).is_some_and(eligible))
+                        .max_by_key(|i| {
+                            let c = self.consumers.get(*i);
+                            let free = c.map_or(0, |c| c.max_in_flight.saturating_sub(c.in_flight));
+                            (free, std::cmp::Reverse(*i))
+                        });
+                    best.ok_or(())?
+                }
+            }
+        };
+        Ok(self.consumers.get(pick).filter(|c| ready(c)).map(|_| pick))
+    }
+}
+
+/// The rendezvous score of `key` for `session`.
+fn rendezvous(session: Uuid, key: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    session.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// Whether `msg` must not go to `session`, a consumer in `room`: its
+/// publisher's `except_self`, `except_sessions` and `except_rooms`, and
+/// "once per session" of a multi-room publish.
+fn excluded_for(msg: &StoredMessage, session: Uuid, room: &str, out: &impl Outlet) -> bool {
+    if msg.except_session == Some(*session.as_bytes()) {
+        return true;
+    }
+    let Some(x) = &msg.extra else {
+        return false;
+    };
+    if x.except_sessions
+        .iter()
+        .any(|s| s[..] == session.as_bytes()[..])
+    {
+        return true;
+    }
+    if x.except_rooms.iter().any(|r| out.in_room(session, r)) {
+        return true;
+    }
+    // Delivered only in the first of the publish's rooms the session is in.
+    x.rooms
+        .iter()
+        .take_while(|r| r.as_str() != room)
+        .any(|r| out.in_room(session, r))
 }
 
 /// Arms redelivery timers on behalf of the member logic.
@@ -247,24 +642,72 @@ pub trait Timers {
     fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey);
 }
 
+/// A delivery, as the room logic hands it out.
+#[derive(Debug, Clone, Copy)]
+pub struct Handout<'a> {
+    pub session: Uuid,
+    pub room: &'a Arc<str>,
+    pub label: &'a Arc<str>,
+    pub attempt: u32,
+    pub redelivered: bool,
+    pub volatile: bool,
+}
+
 /// Sends deliveries (and reads the store) on behalf of the room logic.
 pub trait Outlet: Timers {
-    /// Hands one delivery to `session`. Returns false when the session cannot
-    /// take more now (its queue is full, or it is gone); nothing is sent then.
-    #[allow(clippy::too_many_arguments)]
-    fn deliver(
-        &mut self,
-        session: Uuid,
-        room: &Arc<str>,
-        label: &Arc<str>,
-        attempt: u32,
-        redelivered: bool,
-        msg: &Arc<StoredMessage>,
-    ) -> bool;
+    /// Hands one delivery to its session. Returns false when the session
+    /// cannot take more now (its queue is full, or it is gone); nothing is
+    /// sent then.
+    fn deliver(&mut self, to: Handout<'_>, msg: &Arc<StoredMessage>) -> bool;
+
+    /// Sends a gap notice; false when the session cannot take it now.
+    fn gap(&mut self, session: Uuid, room: &Arc<str>, label: &Arc<str>, gap: Gap) -> bool;
 
     /// Messages of `room` from `from`, in order, at most `max`, all <= `last`.
     fn read(&mut self, room: RoomId, from: u64, max: usize, last: u64) -> Vec<Arc<StoredMessage>>;
+
+    /// Whether `session` is a member of the room named `room` (in the
+    /// namespace being served).
+    fn in_room(&self, session: Uuid, room: &str) -> bool;
 }
+
+/// The clock the delivery rules read: the monotonic instant (timers) and
+/// the wall time it stands for (TTLs and deliver-at times, which are wall
+/// times).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub instant: Instant,
+    pub wall_ms: u64,
+}
+
+impl Now {
+    /// The instant at which wall time `ms` arrives (now if it has).
+    pub fn instant_of(&self, ms: u64) -> Instant {
+        self.instant + Duration::from_millis(ms.saturating_sub(self.wall_ms))
+    }
+}
+
+/// A message a member gave up on: it goes to the room's dead-letter room.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub msg: Arc<StoredMessage>,
+    pub attempts: u32,
+    pub reason: Option<Arc<str>>,
+    /// Who gave up: the member's or group's name ("" if ephemeral).
+    pub member: Arc<str>,
+}
+
+/// What a pump did.
+#[derive(Debug, Default)]
+pub struct Pumped {
+    /// The member's stored cursor changed.
+    pub changed: bool,
+    pub dead: Vec<DeadLetter>,
+}
+
+/// Most messages one member keeps waiting for their deliver-at time.
+/// Beyond it the member stops taking from the log until some are due.
+pub const MAX_WAITING: usize = 10_000;
 
 /// A room: its name, its committed log tail, its members.
 #[derive(Debug)]
@@ -280,7 +723,7 @@ pub struct Room {
     pub cache: VecDeque<Arc<StoredMessage>>,
     pub cache_bytes: usize,
     pub members: HashMap<MemberKey, Member>,
-    /// First stored seq: everything below was purged.
+    /// First stored seq: everything below was purged or trimmed.
     pub first_seq: u64,
     /// Bytes of the stored messages (assigned ones included).
     pub stored_bytes: u64,
@@ -348,20 +791,23 @@ impl Room {
         }
     }
 
-    /// Deletes every stored message (on disk, with the next commit): seqs
-    /// go on from `last_seq`, every member moves past the purged messages.
-    /// Returns how many messages were stored.
-    pub fn purge(&mut self) -> u64 {
-        let floor = self.last_seq + 1;
-        let purged = floor.saturating_sub(self.first_seq);
-        self.first_seq = floor;
-        self.stored_bytes = 0;
-        self.cache.clear();
-        self.cache_bytes = 0;
-        for m in self.members.values_mut() {
-            m.reposition(floor);
+    /// Deletes the stored messages below `floor`, which hold `bytes` (on
+    /// disk, with the next commit). Members behind it move up to it and are
+    /// owed a gap notice.
+    pub fn trim(&mut self, floor: u64, bytes: u64) {
+        if floor <= self.first_seq {
+            return;
         }
-        purged
+        self.first_seq = floor;
+        self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
+        while self.cache.front().is_some_and(|m| m.seq < floor) {
+            if let Some(old) = self.cache.pop_front() {
+                self.cache_bytes -= old.size();
+            }
+        }
+        for m in self.members.values_mut() {
+            m.trim(floor);
+        }
     }
 
     /// Records that `msgs` (the next consecutive seqs) are on disk.
@@ -398,113 +844,272 @@ impl Room {
         out.read(self.id, seq, max, self.committed_seq)
     }
 
-    /// Delivers to member `key` whatever it may have now: due redeliveries
-    /// first, then new messages in seq order, up to its in-flight limit.
-    /// Returns true if the member's stored cursor changed.
-    pub fn pump(&mut self, key: &MemberKey, now: Instant, out: &mut impl Outlet) -> bool {
-        let Some(member) = self.members.get(key) else {
-            return false;
-        };
-        let Some(att) = member.attached.clone() else {
-            return false;
-        };
-        if member.joining {
-            return false;
+    /// The message `seq`, from the cache or the store.
+    fn message(&self, seq: u64, out: &mut impl Outlet) -> Option<Arc<StoredMessage>> {
+        match self.cached(seq) {
+            Some(m) => Some(m.clone()),
+            None => self.fetch(seq, 1, out).into_iter().find(|m| m.seq == seq),
         }
-        let mut changed = false;
+    }
 
-        // Redeliveries, lowest seq first.
-        let due: Vec<u64> = member.due.iter().copied().collect();
-        for seq in due {
-            let msg = match self.cached(seq) {
-                Some(m) => Some(m.clone()),
-                None => self.fetch(seq, 1, out).into_iter().find(|m| m.seq == seq),
-            };
-            let Some(member) = self.members.get_mut(key) else {
-                return changed;
-            };
-            // Redeliveries count against the in-flight limit too: with
-            // max_in_flight = 1 a member is handed one message at a time,
-            // also after a reconnect.
-            let outstanding = member.unacked.len() - member.due.len();
-            if outstanding >= usize::try_from(member.max_in_flight).unwrap_or(usize::MAX) {
-                return changed;
+    /// Sends a member's pending gap notice to its consumers. False if one
+    /// could not take it (it is sent again on the next pump).
+    fn send_gap(&mut self, key: &MemberKey, out: &mut impl Outlet) -> bool {
+        let Some(member) = self.members.get_mut(key) else {
+            return false;
+        };
+        let Some(gap) = member.gap else {
+            return true;
+        };
+        for c in &member.consumers {
+            if !out.gap(c.session, &self.name, &c.label, gap) {
+                return false;
             }
+        }
+        member.gap = None;
+        true
+    }
+
+    /// Delivers to member `key` whatever it may have now: what is due
+    /// first, in seq order, then new messages in seq order, each to the
+    /// consumer it belongs to, within each consumer's in-flight limit.
+    pub fn pump(&mut self, key: &MemberKey, now: Now, out: &mut impl Outlet) -> Pumped {
+        let mut done = Pumped::default();
+        match self.members.get(key) {
+            Some(m) if m.connected() && !m.joining => {}
+            _ => return done,
+        }
+        if !self.send_gap(key, out) {
+            return done;
+        }
+        // Consumers whose queues are full for the rest of this pump.
+        let mut blocked: Vec<Uuid> = Vec::new();
+        let name = self.name.clone();
+
+        let due: Vec<u64> = self
+            .members
+            .get(key)
+            .map(|m| m.due.iter().copied().collect())
+            .unwrap_or_default();
+        for seq in due {
+            let msg = self.message(seq, out);
+            let Some(member) = self.members.get_mut(key) else {
+                return done;
+            };
             let Some(msg) = msg else {
                 // Unreadable (the read failed and was logged): the member
                 // waits here rather than lose the message.
-                return changed;
+                return done;
             };
-            let attempt = member
-                .unacked
-                .get(&seq)
-                .map_or(1, |u| u.attempts.saturating_add(1));
-            if !out.deliver(att.session, &self.name, &att.label, attempt, true, &msg) {
-                return changed;
+            let Some(entry) = member.unacked.get(&seq) else {
+                continue;
+            };
+            let attempts = entry.attempts;
+            if expired(&msg, now) || member.skips(&msg) {
+                member.remove(seq);
+                done.changed = true;
+                continue;
             }
-            let deadline = now + member.ack_timeout;
-            member.due.remove(&seq);
-            member.unacked.insert(
-                seq,
-                Unacked {
-                    attempts: attempt,
-                    deadline: Some(deadline),
-                },
-            );
+            if msg.info.deliver_at_ms > now.wall_ms {
+                let until = now.instant_of(msg.info.deliver_at_ms);
+                member.wait(seq, until, None);
+                member.schedule(until, self.id, key, out);
+                continue;
+            }
+            if member.max_deliveries > 0 && attempts >= member.max_deliveries {
+                let reason = entry.reason.clone();
+                member.remove(seq);
+                done.dead.push(DeadLetter {
+                    msg,
+                    attempts,
+                    reason,
+                    member: dead_letter_member(key),
+                });
+                done.changed = true;
+                continue;
+            }
+            let idx = match member.choose(&msg, &name, &blocked, &*out) {
+                Ok(Some(i)) => i,
+                Ok(None) => continue,
+                Err(()) => {
+                    member.remove(seq);
+                    done.changed = true;
+                    continue;
+                }
+            };
+            let Some(c) = member.consumers.get(idx) else {
+                continue;
+            };
+            let send = Handout {
+                session: c.session,
+                room: &name,
+                label: &c.label,
+                attempt: attempts.saturating_add(1),
+                redelivered: attempts > 0,
+                volatile: false,
+            };
+            if !out.deliver(send, &msg) {
+                blocked.push(send.session);
+                continue;
+            }
+            let key_hash = msg.info.key_hash;
+            let deadline = member.hold(seq, idx, send.attempt, key_hash, now.instant);
             member.schedule(deadline, self.id, key, out);
-            changed = true;
+            done.changed = true;
         }
 
-        // First deliveries.
+        // New messages.
         loop {
             let Some(member) = self.members.get(key) else {
-                return changed;
+                return done;
             };
-            let room_free = usize::try_from(member.max_in_flight)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(member.unacked.len());
-            if room_free == 0 || member.next_seq > self.committed_seq {
-                return changed;
+            let window: usize = member
+                .consumers
+                .iter()
+                .map(|c| usize::try_from(c.max_in_flight).unwrap_or(usize::MAX))
+                .sum();
+            let taken = member.in_flight() + member.due.len();
+            if taken >= window || member.next_seq > self.committed_seq {
+                return done;
             }
-            let batch = self.fetch(member.next_seq, room_free.min(256), out);
+            let batch = self.fetch(member.next_seq, (window - taken).min(256), out);
             if batch.is_empty() {
-                return changed;
+                return done;
             }
             for msg in batch {
                 let Some(member) = self.members.get_mut(key) else {
-                    return changed;
+                    return done;
                 };
-                if msg.seq != member.next_seq {
-                    // The log has a hole (trimmed): skip to what exists.
-                    if msg.seq < member.next_seq {
-                        continue;
-                    }
-                    member.next_seq = msg.seq;
-                }
-                if member.excludes(&msg) {
-                    member.next_seq += 1;
-                    changed = true;
+                if msg.seq < member.next_seq {
                     continue;
                 }
-                if member.unacked.len() >= usize::try_from(member.max_in_flight).unwrap_or(0) {
-                    return changed;
+                // (A gap in the log, where messages were trimmed, is skipped.)
+                member.next_seq = msg.seq;
+                if expired(&msg, now) || member.skips(&msg) {
+                    member.next_seq += 1;
+                    done.changed = true;
+                    continue;
                 }
-                if !out.deliver(att.session, &self.name, &att.label, 1, false, &msg) {
-                    return changed;
+                if msg.info.deliver_at_ms > now.wall_ms {
+                    if member.waiting >= MAX_WAITING {
+                        return done;
+                    }
+                    let until = now.instant_of(msg.info.deliver_at_ms);
+                    member.take(&msg, Some(until));
+                    member.schedule(until, self.id, key, out);
+                    done.changed = true;
+                    continue;
                 }
-                let deadline = now + member.ack_timeout;
-                member.unacked.insert(
-                    msg.seq,
-                    Unacked {
-                        attempts: 1,
-                        deadline: Some(deadline),
-                    },
-                );
-                member.schedule(deadline, self.id, key, out);
+                let idx = match member.choose(&msg, &name, &blocked, &*out) {
+                    Ok(Some(i)) => i,
+                    Ok(None) if member.group.is_some() => {
+                        // Its consumer is busy; the others go on, and it is
+                        // handed out from `due` when that consumer has room.
+                        if member.in_flight() + member.due.len() >= window {
+                            return done;
+                        }
+                        member.take(&msg, None);
+                        done.changed = true;
+                        continue;
+                    }
+                    Ok(None) => return done,
+                    Err(()) => {
+                        member.next_seq += 1;
+                        done.changed = true;
+                        continue;
+                    }
+                };
+                let Some(c) = member.consumers.get(idx) else {
+                    return done;
+                };
+                let send = Handout {
+                    session: c.session,
+                    room: &name,
+                    label: &c.label,
+                    attempt: 1,
+                    redelivered: false,
+                    volatile: false,
+                };
+                if !out.deliver(send, &msg) {
+                    if member.group.is_none() {
+                        return done;
+                    }
+                    blocked.push(send.session);
+                    member.take(&msg, None);
+                    done.changed = true;
+                    continue;
+                }
                 member.next_seq = msg.seq + 1;
-                changed = true;
+                let deadline = member.hold(msg.seq, idx, 1, msg.info.key_hash, now.instant);
+                member.schedule(deadline, self.id, key, out);
+                done.changed = true;
             }
         }
+    }
+
+    /// Delivers a volatile message to the consumers joined now, at most
+    /// once per session (`served`, shared by the rooms of one publish).
+    /// Dropped wherever a queue is full.
+    pub fn volatile(
+        &mut self,
+        msg: &Arc<StoredMessage>,
+        served: &mut Vec<Uuid>,
+        out: &mut impl Outlet,
+    ) {
+        let name = self.name.clone();
+        for member in self.members.values_mut() {
+            if !member.connected() || member.joining || member.skips(msg) {
+                continue;
+            }
+            let none_blocked: [Uuid; 0] = [];
+            // Capacity does not matter: volatile messages are not tracked.
+            let pick = match member.group {
+                None | Some(GroupMode::Exclusive) => member
+                    .consumers
+                    .iter()
+                    .position(|c| !excluded_for(msg, c.session, &name, &*out)),
+                Some(GroupMode::KeyOrdered) => {
+                    match member.choose(msg, &name, &none_blocked, &*out) {
+                        Ok(Some(i)) => Some(i),
+                        Ok(None) => member
+                            .consumers
+                            .iter()
+                            .position(|c| !excluded_for(msg, c.session, &name, &*out)),
+                        Err(()) => None,
+                    }
+                }
+            };
+            let Some(c) = pick.and_then(|i| member.consumers.get(i)) else {
+                continue;
+            };
+            if served.contains(&c.session) {
+                continue;
+            }
+            let send = Handout {
+                session: c.session,
+                room: &name,
+                label: &c.label,
+                attempt: 1,
+                redelivered: false,
+                volatile: true,
+            };
+            if out.deliver(send, msg) {
+                served.push(c.session);
+            }
+        }
+    }
+}
+
+/// Whether `msg` has expired by `now`.
+fn expired(msg: &StoredMessage, now: Now) -> bool {
+    msg.info.expires_at_ms != 0 && msg.info.expires_at_ms <= now.wall_ms
+}
+
+/// The name a dead letter records for member `key`.
+fn dead_letter_member(key: &MemberKey) -> Arc<str> {
+    match key {
+        MemberKey::Durable(n) | MemberKey::Group(n) => n.clone(),
+        MemberKey::Ephemeral(..) => Arc::from(""),
     }
 }
 
@@ -512,32 +1117,41 @@ impl Room {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use prost::Message as _;
 
     #[derive(Default)]
     struct Recorder {
-        sent: Vec<(u64, u32, bool)>,
+        /// (session, seq, attempt, redelivered)
+        sent: Vec<(Uuid, u64, u32, bool)>,
         capacity: usize,
         gen: u64,
+        gaps: Vec<Gap>,
+    }
+
+    impl Recorder {
+        fn seqs(&self) -> Vec<u64> {
+            self.sent.iter().map(|s| s.1).collect()
+        }
     }
 
     impl Outlet for Recorder {
-        fn deliver(
-            &mut self,
-            _: Uuid,
-            _: &Arc<str>,
-            _: &Arc<str>,
-            attempt: u32,
-            redelivered: bool,
-            msg: &Arc<StoredMessage>,
-        ) -> bool {
+        fn deliver(&mut self, to: Handout<'_>, msg: &Arc<StoredMessage>) -> bool {
             if self.sent.len() >= self.capacity {
                 return false;
             }
-            self.sent.push((msg.seq, attempt, redelivered));
+            self.sent
+                .push((to.session, msg.seq, to.attempt, to.redelivered));
+            true
+        }
+        fn gap(&mut self, _: Uuid, _: &Arc<str>, _: &Arc<str>, gap: Gap) -> bool {
+            self.gaps.push(gap);
             true
         }
         fn read(&mut self, _: RoomId, _: u64, _: usize, _: u64) -> Vec<Arc<StoredMessage>> {
             Vec::new()
+        }
+        fn in_room(&self, _: Uuid, _: &str) -> bool {
+            false
         }
     }
 
@@ -547,13 +1161,42 @@ mod tests {
         }
     }
 
+    fn out() -> Recorder {
+        Recorder {
+            capacity: 10_000,
+            ..Default::default()
+        }
+    }
+
+    fn now() -> Now {
+        Now {
+            instant: Instant::now(),
+            wall_ms: 1_000_000,
+        }
+    }
+
+    fn keyed(seq: u64, key: &str) -> Arc<StoredMessage> {
+        let m = roomq_wire::pb::Message {
+            event: "e".into(),
+            key: key.into(),
+            ..Default::default()
+        };
+        Arc::new(StoredMessage::new(seq, Bytes::from(m.encode_to_vec())))
+    }
+
     fn msg(seq: u64, except_session: Option<Uuid>) -> Arc<StoredMessage> {
-        Arc::new(StoredMessage {
-            seq,
-            encoded: Bytes::new(),
-            except_session: except_session.map(|u| *u.as_bytes()),
-            except_client: None,
-        })
+        let mut m = StoredMessage::new(seq, Bytes::new());
+        m.except_session = except_session.map(|u| *u.as_bytes());
+        Arc::new(m)
+    }
+
+    fn consumer(max_in_flight: u32) -> Consumer {
+        Consumer::new(
+            Uuid::new_v4(),
+            "".into(),
+            max_in_flight,
+            Duration::from_secs(1),
+        )
     }
 
     fn room_with(n: u64, max_in_flight: u32) -> (Room, MemberKey, Uuid) {
@@ -561,56 +1204,49 @@ mod tests {
         let msgs: Vec<_> = (1..=n).map(|s| msg(s, None)).collect();
         room.last_seq = n;
         room.committed(&msgs, 1000, usize::MAX);
-        let session = Uuid::new_v4();
         let key = MemberKey::Durable("m".into());
-        let mut m = Member::new(true, 1, max_in_flight, Duration::from_secs(1));
-        m.attached = Some(Attachment {
-            session,
-            label: "".into(),
-        });
+        let mut m = Member::new(true, 1, 0);
+        let c = consumer(max_in_flight);
+        let session = c.session;
+        m.attach(c);
         room.members.insert(key.clone(), m);
         (room, key, session)
     }
 
     #[test]
     fn in_flight_limit_and_order() {
-        let (mut room, key, _) = room_with(10, 3);
-        let mut out = Recorder {
-            capacity: 100,
-            ..Default::default()
-        };
-        room.pump(&key, Instant::now(), &mut out);
-        assert_eq!(out.sent, vec![(1, 1, false), (2, 1, false), (3, 1, false)]);
+        let (mut room, key, s) = room_with(10, 3);
+        let mut out = out();
+        room.pump(&key, now(), &mut out);
+        assert_eq!(out.seqs(), vec![1, 2, 3]);
         let m = room.members.get_mut(&key).unwrap();
-        m.ack(&[2], 0).unwrap();
+        m.ack(s, &[2], 0).unwrap();
         assert_eq!(m.ack_floor(), 1);
-        room.pump(&key, Instant::now(), &mut out);
-        assert_eq!(out.sent.last(), Some(&(4, 1, false)));
+        room.pump(&key, now(), &mut out);
+        assert_eq!(out.seqs().last(), Some(&4));
         let m = room.members.get_mut(&key).unwrap();
-        m.ack(&[], 4).unwrap();
+        m.ack(s, &[], 4).unwrap();
         assert_eq!(m.ack_floor(), 5);
-        assert!(m.ack(&[], 5).is_err(), "seq 5 was never delivered");
-        assert!(m.ack(&[99], 0).is_err());
-        assert!(m.ack(&[1], 0).is_ok(), "acking twice is harmless");
+        assert!(m.ack(s, &[], 5).is_err(), "seq 5 was never delivered");
+        assert!(m.ack(s, &[99], 0).is_err());
+        assert!(m.ack(s, &[1], 0).is_ok(), "acking twice is harmless");
+        assert_eq!(m.in_flight(), 0);
+        assert_eq!(m.consumers[0].in_flight, 0);
     }
 
     #[test]
     fn detach_makes_unacked_due_and_redelivery_comes_first() {
-        let (mut room, key, _) = room_with(5, 2);
-        let mut out = Recorder {
-            capacity: 100,
-            ..Default::default()
-        };
-        room.pump(&key, Instant::now(), &mut out);
+        let (mut room, key, s) = room_with(5, 2);
+        let mut out = out();
+        room.pump(&key, now(), &mut out);
         let m = room.members.get_mut(&key).unwrap();
-        m.detach();
-        m.attached = Some(Attachment {
-            session: Uuid::new_v4(),
-            label: "".into(),
-        });
+        assert!(m.detach(s));
+        let c = consumer(2);
+        let s2 = c.session;
+        m.attach(c);
         out.sent.clear();
-        room.pump(&key, Instant::now(), &mut out);
-        assert_eq!(out.sent, vec![(1, 2, true), (2, 2, true)]);
+        room.pump(&key, now(), &mut out);
+        assert_eq!(out.sent, vec![(s2, 1, 2, true), (s2, 2, 2, true)]);
     }
 
     #[test]
@@ -620,12 +1256,11 @@ mod tests {
             capacity: 2,
             ..Default::default()
         };
-        room.pump(&key, Instant::now(), &mut out);
+        room.pump(&key, now(), &mut out);
         assert_eq!(room.members[&key].next_seq, 3);
         out.capacity = 100;
-        room.pump(&key, Instant::now(), &mut out);
-        let seqs: Vec<u64> = out.sent.iter().map(|s| s.0).collect();
-        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        room.pump(&key, now(), &mut out);
+        assert_eq!(out.seqs(), vec![1, 2, 3, 4, 5]);
     }
 
     #[test]
@@ -633,35 +1268,236 @@ mod tests {
         let (mut room, key, session) = room_with(0, 10);
         let msgs = vec![msg(1, Some(session)), msg(2, None)];
         room.committed(&msgs, 1000, usize::MAX);
-        let mut out = Recorder {
-            capacity: 100,
-            ..Default::default()
-        };
-        room.pump(&key, Instant::now(), &mut out);
-        assert_eq!(out.sent, vec![(2, 1, false)]);
+        let mut out = out();
+        room.pump(&key, now(), &mut out);
+        assert_eq!(out.seqs(), vec![2]);
         assert_eq!(room.members[&key].ack_floor(), 2);
     }
 
     #[test]
     fn one_timer_per_member_however_many_deliveries() {
-        let (mut room, key, _) = room_with(100, 1000);
-        let mut out = Recorder {
-            capacity: 1000,
-            ..Default::default()
-        };
-        let t0 = Instant::now();
+        let (mut room, key, s) = room_with(100, 1000);
+        let mut out = out();
+        let t0 = now();
         room.pump(&key, t0, &mut out);
         assert_eq!(out.sent.len(), 100);
         assert_eq!(out.gen, 1, "one timer armed for 100 deliveries");
         let m = room.members.get_mut(&key).unwrap();
-        m.ack(&[], 50).unwrap();
-        let fired = t0 + Duration::from_secs(1);
+        m.ack(s, &[], 50).unwrap();
+        let fired = t0.instant + Duration::from_secs(1);
         assert!(
             !m.on_timer(fired - Duration::from_millis(1), fired, 1, &key, &mut out),
             "stale timer ignored"
         );
         assert!(m.on_timer(fired, fired, 1, &key, &mut out));
         assert_eq!(m.due.len(), 50);
+        assert_eq!(m.in_flight(), 0);
         assert_eq!(m.armed, None, "nothing left to time");
+    }
+
+    fn group_room(msgs: &[Arc<StoredMessage>], consumers: usize, mif: u32) -> (Room, MemberKey) {
+        let mut room = Room::new(1, "/".into(), "r".into(), 0);
+        room.last_seq = msgs.len() as u64;
+        room.committed(msgs, 10_000, usize::MAX);
+        let key = MemberKey::Group("g".into());
+        let mut m = Member::new(true, 1, 0);
+        m.group = Some(GroupMode::KeyOrdered);
+        for _ in 0..consumers {
+            m.attach(consumer(mif));
+        }
+        room.members.insert(key.clone(), m);
+        (room, key)
+    }
+
+    /// Acks everything in flight at `session`, as its client would.
+    fn ack_all(room: &mut Room, key: &MemberKey, session: Uuid) {
+        let m = room.members.get_mut(key).unwrap();
+        let held: Vec<u64> = m
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.holder == Some(session))
+            .map(|(s, _)| *s)
+            .collect();
+        m.ack(session, &held, 0).unwrap();
+    }
+
+    #[test]
+    fn group_keys_stay_with_one_consumer_and_each_message_goes_once() {
+        let keys = ["a", "b", "c", "d", "e", "f"];
+        let msgs: Vec<_> = (1..=60).map(|s| keyed(s, keys[(s % 6) as usize])).collect();
+        let (mut room, key) = group_room(&msgs, 3, 1000);
+        let mut out = out();
+        room.pump(&key, now(), &mut out);
+        assert_eq!(out.sent.len(), 60, "every message handed out");
+        let mut owner: HashMap<u64, Uuid> = HashMap::new();
+        for (session, seq, _, _) in &out.sent {
+            let k = seq % 6;
+            assert_eq!(*owner.entry(k).or_insert(*session), *session, "key {k}");
+        }
+        let mut seqs = out.seqs();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_departing_consumer_hands_its_keys_over_in_order() {
+        let msgs: Vec<_> = (1..=40).map(|s| keyed(s, &format!("k{}", s % 4))).collect();
+        let (mut room, key) = group_room(&msgs, 2, 5);
+        let mut out = out();
+        room.pump(&key, now(), &mut out);
+        let first = out.sent.clone();
+        let leaving = first[0].0;
+        let staying = room.members[&key]
+            .consumers
+            .iter()
+            .map(|c| c.session)
+            .find(|s| *s != leaving)
+            .unwrap();
+        ack_all(&mut room, &key, staying);
+        room.members.get_mut(&key).unwrap().detach(leaving);
+        out.sent.clear();
+        for _ in 0..40 {
+            room.pump(&key, now(), &mut out);
+            ack_all(&mut room, &key, staying);
+        }
+        // Every seq is processed by someone; what `leaving` never acked
+        // comes again, and each key's messages reach `staying` in order.
+        let mut got: Vec<u64> = out.seqs();
+        let mut by_key: HashMap<u64, Vec<u64>> = HashMap::new();
+        for s in &got {
+            by_key.entry(s % 4).or_default().push(*s);
+        }
+        for (k, v) in by_key {
+            assert!(v.windows(2).all(|w| w[0] < w[1]), "key {k}: {v:?}");
+        }
+        got.extend(first.iter().filter(|f| f.0 == staying).map(|f| f.1));
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got, (1..=40).collect::<Vec<_>>());
+        assert_eq!(room.members[&key].ack_floor(), 41);
+    }
+
+    #[test]
+    fn a_pinned_key_waits_for_its_busy_consumer_while_others_go_on() {
+        // Key "x" everywhere but seq 2 and 4, which have keys of their own.
+        let msgs = vec![keyed(1, "x"), keyed(2, "y"), keyed(3, "x"), keyed(4, "z")];
+        let (mut room, key) = group_room(&msgs, 2, 1);
+        let mut out = out();
+        room.pump(&key, now(), &mut out);
+        let m = &room.members[&key];
+        // Seq 1 is in flight; seq 3 (same key) must not go elsewhere.
+        let at_1 = m.unacked[&1].holder.unwrap();
+        if let Some(u) = m.unacked.get(&3) {
+            assert!(u.holder.is_none() || u.holder == Some(at_1));
+        }
+        ack_all(&mut room, &key, at_1);
+        room.pump(&key, now(), &mut out);
+        let pos = |s: u64| out.sent.iter().position(|x| x.1 == s).unwrap();
+        assert!(pos(1) < pos(3));
+        assert_eq!(out.sent[pos(3)].0, at_1);
+    }
+
+    #[test]
+    fn exclusive_group_feeds_only_the_first_consumer() {
+        let msgs: Vec<_> = (1..=5).map(|s| msg(s, None)).collect();
+        let (mut room, key) = group_room(&msgs, 2, 10);
+        room.members.get_mut(&key).unwrap().group = Some(GroupMode::Exclusive);
+        let mut out = out();
+        room.pump(&key, now(), &mut out);
+        let active = room.members[&key].consumers[0].session;
+        assert!(out.sent.iter().all(|s| s.0 == active));
+        room.members.get_mut(&key).unwrap().detach(active);
+        out.sent.clear();
+        room.pump(&key, now(), &mut out);
+        let standby = room.members[&key].consumers[0].session;
+        assert_eq!(out.seqs(), vec![1, 2, 3, 4, 5]);
+        assert!(out.sent.iter().all(|s| s.0 == standby && s.3));
+    }
+
+    #[test]
+    fn dead_letter_after_max_deliveries() {
+        let (mut room, key, s) = room_with(2, 10);
+        room.members.get_mut(&key).unwrap().max_deliveries = 2;
+        let mut out = out();
+        let reason: Arc<str> = Arc::from("bad input");
+        for round in 0..3 {
+            let p = room.pump(&key, now(), &mut out);
+            let m = room.members.get_mut(&key).unwrap();
+            if round < 2 {
+                assert!(p.dead.is_empty());
+                m.ack(s, &[2], 0).unwrap();
+                m.make_due(1, Some(reason.clone()));
+            } else {
+                assert_eq!(p.dead.len(), 1);
+                assert_eq!(p.dead[0].msg.seq, 1);
+                assert_eq!(p.dead[0].attempts, 2);
+                assert_eq!(p.dead[0].reason.as_deref(), Some("bad input"));
+            }
+        }
+        assert_eq!(room.members[&key].ack_floor(), 3, "the cursor moved on");
+    }
+
+    #[test]
+    fn scheduled_messages_wait_without_blocking_later_ones() {
+        let t = now();
+        let later = roomq_wire::pb::Message {
+            deliver_at_ms: t.wall_ms + 5_000,
+            ..Default::default()
+        };
+        let mut room = Room::new(1, "/".into(), "r".into(), 0);
+        let msgs = vec![
+            Arc::new(StoredMessage::new(1, Bytes::from(later.encode_to_vec()))),
+            msg(2, None),
+        ];
+        room.last_seq = 2;
+        room.committed(&msgs, 100, usize::MAX);
+        let key = MemberKey::Durable("m".into());
+        let mut m = Member::new(true, 1, 0);
+        let c = consumer(1);
+        let s = c.session;
+        m.attach(c);
+        room.members.insert(key.clone(), m);
+        let mut out = out();
+        room.pump(&key, t, &mut out);
+        assert_eq!(out.seqs(), vec![2], "seq 1 waits; it does not use a slot");
+        let m = room.members.get_mut(&key).unwrap();
+        assert!(m.ack(s, &[], 2).is_ok());
+        assert_eq!(
+            m.ack_floor(),
+            1,
+            "a cumulative ack skips what was never delivered"
+        );
+        let at = t.instant + Duration::from_secs(5);
+        assert!(m.on_timer(m.armed.unwrap(), at, 1, &key, &mut out));
+        let later = Now {
+            instant: at,
+            wall_ms: t.wall_ms + 5_000,
+        };
+        room.pump(&key, later, &mut out);
+        assert_eq!(out.seqs(), vec![2, 1]);
+    }
+
+    #[test]
+    fn trimming_owes_a_gap_notice() {
+        let (mut room, key, s) = room_with(10, 3);
+        let mut out = out();
+        room.pump(&key, now(), &mut out);
+        room.members.get_mut(&key).unwrap().ack(s, &[1], 0).unwrap();
+        room.trim(8, 0);
+        let m = &room.members[&key];
+        assert_eq!(m.ack_floor(), 8);
+        assert_eq!(
+            m.gap,
+            Some(Gap {
+                from: 2,
+                to: 7,
+                missed: 6
+            })
+        );
+        out.sent.clear();
+        room.pump(&key, now(), &mut out);
+        assert_eq!(out.gaps.len(), 1);
+        assert_eq!(out.seqs(), vec![8, 9, 10]);
+        assert_eq!(room.members[&key].gap, None);
     }
 }

@@ -17,7 +17,7 @@ pub mod sled_store;
 
 use std::sync::Arc;
 
-pub use record::{CursorRecord, DedupRecord, StoredMessage};
+pub use record::{CursorRecord, DedupRecord, Extra, MessageInfo, StoredMessage};
 
 /// What a room keeps beside its log: where the log starts (messages below
 /// were purged) and how many message bytes it stores.

@@ -26,12 +26,149 @@ pub struct StoredMessage {
     pub except_session: Option<[u8; 16]>,
     /// Client id that published with `except_self`, if it had one.
     pub except_client: Option<Arc<str>>,
+    /// Who else must not get it, and the rooms of a multi-room publish.
+    pub extra: Option<Arc<Extra>>,
+    /// What the broker reads from `encoded` (not stored separately).
+    pub info: MessageInfo,
+}
+
+/// Routing data of a message that its receivers never see.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Extra {
+    /// Sessions (16 bytes each) it is not delivered to.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub except_sessions: Vec<Vec<u8>>,
+    /// Sessions that are members of these rooms do not get it.
+    #[prost(string, repeated, tag = "2")]
+    pub except_rooms: Vec<String>,
+    /// All the rooms of a publish to more than one, in the order given: a
+    /// session gets the message only in the first of them it is in.
+    #[prost(string, repeated, tag = "3")]
+    pub rooms: Vec<String>,
+}
+
+/// Fields of the encoded wire `Message` the broker routes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MessageInfo {
+    /// Hash of the ordering key; 0 when there is none.
+    pub key_hash: u64,
+    /// When the broker accepted it (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// 0 = never expires.
+    pub expires_at_ms: u64,
+    /// 0 = deliverable at once.
+    pub deliver_at_ms: u64,
+}
+
+/// Field numbers of the wire `Message` (see proto/roomq.proto).
+mod field {
+    pub const EVENT: u32 = 2;
+    pub const TIMESTAMP: u32 = 6;
+    pub const KEY: u32 = 7;
+    pub const EXPIRES_AT: u32 = 8;
+    pub const DELIVER_AT: u32 = 9;
+}
+
+fn read_varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Walks the top-level fields of an encoded message, handing each varint
+/// or length-delimited field to `f`; stops at the first malformed byte.
+fn scan<'a>(mut buf: &'a [u8], mut f: impl FnMut(u32, Option<u64>, &'a [u8])) {
+    while !buf.is_empty() {
+        let Some(tag) = read_varint(&mut buf) else {
+            return;
+        };
+        let number = u32::try_from(tag >> 3).unwrap_or(0);
+        match tag & 7 {
+            0 => match read_varint(&mut buf) {
+                Some(v) => f(number, Some(v), &[]),
+                None => return,
+            },
+            1 => match buf.get(8..) {
+                Some(rest) => buf = rest,
+                None => return,
+            },
+            2 => {
+                let Some(len) = read_varint(&mut buf).and_then(|l| usize::try_from(l).ok()) else {
+                    return;
+                };
+                let Some(bytes) = buf.get(..len) else {
+                    return;
+                };
+                f(number, None, bytes);
+                buf = buf.get(len..).unwrap_or_default();
+            }
+            5 => match buf.get(4..) {
+                Some(rest) => buf = rest,
+                None => return,
+            },
+            _ => return,
+        }
+    }
+}
+
+impl MessageInfo {
+    /// Reads the routing fields of an encoded wire `Message`.
+    pub fn of(encoded: &[u8]) -> Self {
+        let mut info = MessageInfo::default();
+        scan(encoded, |number, varint, bytes| match (number, varint) {
+            (field::TIMESTAMP, Some(v)) => info.timestamp_ms = v,
+            (field::EXPIRES_AT, Some(v)) => info.expires_at_ms = v,
+            (field::DELIVER_AT, Some(v)) => info.deliver_at_ms = v,
+            (field::KEY, None) if !bytes.is_empty() => info.key_hash = key_hash(bytes),
+            _ => {}
+        });
+        info
+    }
+}
+
+/// A nonzero hash of an ordering key, stable within one broker process.
+pub fn key_hash(key: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish().max(1)
 }
 
 impl StoredMessage {
+    /// A message with nothing excluded.
+    pub fn new(seq: u64, encoded: Bytes) -> Self {
+        let info = MessageInfo::of(&encoded);
+        StoredMessage {
+            seq,
+            encoded,
+            except_session: None,
+            except_client: None,
+            extra: None,
+            info,
+        }
+    }
+
     /// Bytes this message occupies in memory, for cache accounting.
     pub fn size(&self) -> usize {
         self.encoded.len() + 64
+    }
+
+    /// The message's event name (read from its encoding).
+    pub fn event(&self) -> &str {
+        let mut event = "";
+        scan(&self.encoded, |number, varint, bytes| {
+            if number == field::EVENT && varint.is_none() {
+                event = std::str::from_utf8(bytes).unwrap_or("");
+            }
+        });
+        event
     }
 }
 
@@ -60,6 +197,7 @@ pub struct DedupRecord {
 const LOG_VERSION: u8 = 1;
 const FLAG_EXCEPT_SESSION: u8 = 1;
 const FLAG_EXCEPT_CLIENT: u8 = 2;
+const FLAG_EXTRA: u8 = 4;
 
 fn corrupt(key: &[u8], why: &'static str) -> StoreError {
     StoreError::Corrupt { key: hex(key), why }
@@ -105,6 +243,9 @@ pub fn encode_log_batch(messages: &[Arc<StoredMessage>]) -> Vec<u8> {
         if m.except_client.is_some() {
             flags |= FLAG_EXCEPT_CLIENT;
         }
+        if m.extra.is_some() {
+            flags |= FLAG_EXTRA;
+        }
         entry.put_u8(flags);
         if let Some(s) = &m.except_session {
             entry.put_slice(s);
@@ -113,6 +254,11 @@ pub fn encode_log_batch(messages: &[Arc<StoredMessage>]) -> Vec<u8> {
             // Client ids are validated to at most 255 bytes.
             entry.put_u8(u8::try_from(c.len()).unwrap_or(u8::MAX));
             entry.put_slice(c.as_bytes().get(..255).unwrap_or(c.as_bytes()));
+        }
+        if let Some(x) = &m.extra {
+            use prost::Message as _;
+            entry.put_u32(u32::try_from(x.encoded_len()).unwrap_or(u32::MAX));
+            x.encode_raw(&mut entry);
         }
         entry.put_slice(&m.encoded);
         body.put_u32(u32::try_from(entry.len()).unwrap_or(u32::MAX));
@@ -192,11 +338,28 @@ pub fn decode_log_batch(
             let s = std::str::from_utf8(&raw).map_err(|_| corrupt(key, "client id not UTF-8"))?;
             except_client = Some(Arc::from(s));
         }
+        let mut extra = None;
+        if flags & FLAG_EXTRA != 0 {
+            use prost::Message as _;
+            if entry.remaining() < 4 {
+                return Err(corrupt(key, "truncated routing data"));
+            }
+            let n = entry.get_u32() as usize;
+            if entry.remaining() < n {
+                return Err(corrupt(key, "truncated routing data"));
+            }
+            let raw = entry.split_to(n);
+            let x = Extra::decode(raw).map_err(|_| corrupt(key, "routing data undecodable"))?;
+            extra = Some(Arc::new(x));
+        }
+        let info = MessageInfo::of(&entry);
         out.push(Arc::new(StoredMessage {
             seq,
             encoded: entry,
             except_session,
             except_client,
+            extra,
+            info,
         }));
     }
     Ok(())
@@ -380,12 +543,43 @@ mod tests {
     use super::*;
 
     fn msg(seq: u64, except: bool) -> Arc<StoredMessage> {
-        Arc::new(StoredMessage {
-            seq,
-            encoded: Bytes::from(format!("message {seq}")),
-            except_session: except.then_some([9; 16]),
-            except_client: except.then(|| Arc::from("alice")),
-        })
+        let mut m = StoredMessage::new(seq, Bytes::from(format!("message {seq}")));
+        m.except_session = except.then_some([9; 16]);
+        m.except_client = except.then(|| Arc::from("alice"));
+        if seq % 3 == 0 {
+            m.extra = Some(Arc::new(Extra {
+                except_sessions: vec![vec![1; 16]],
+                except_rooms: vec!["x".into()],
+                rooms: vec!["a".into(), "b".into()],
+            }));
+        }
+        Arc::new(m)
+    }
+
+    #[test]
+    fn message_info_is_read_from_the_encoding() {
+        use prost::Message as _;
+        let m = roomq_wire::pb::Message {
+            event: "chat".into(),
+            payload: Bytes::from_static(b"\x38\x01 not a field"),
+            timestamp_ms: 1_000,
+            key: "k".into(),
+            expires_at_ms: 5_000,
+            deliver_at_ms: 2_000,
+            ..Default::default()
+        };
+        let stored = StoredMessage::new(1, Bytes::from(m.encode_to_vec()));
+        assert_eq!(stored.event(), "chat");
+        assert_eq!(stored.info.timestamp_ms, 1_000);
+        assert_eq!(stored.info.expires_at_ms, 5_000);
+        assert_eq!(stored.info.deliver_at_ms, 2_000);
+        assert_eq!(stored.info.key_hash, key_hash(b"k"));
+        let plain = StoredMessage::new(2, Bytes::from_static(b"\xff\xff"));
+        assert_eq!(
+            plain.info,
+            MessageInfo::default(),
+            "garbage reads as nothing"
+        );
     }
 
     #[test]

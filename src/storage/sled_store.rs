@@ -386,35 +386,21 @@ mod tests {
     use crate::storage::{CursorRecord, DedupRecord};
 
     fn msg(seq: u64) -> Arc<StoredMessage> {
-        Arc::new(StoredMessage {
-            seq,
-            encoded: Bytes::from(format!("m{seq}")),
-            except_session: None,
-            except_client: None,
-        })
+        Arc::new(StoredMessage::new(seq, Bytes::from(format!("m{seq}"))))
     }
 
     #[test]
     fn large_commits_are_split_below_the_blob_limit() {
-        let big = |seq| {
-            Arc::new(StoredMessage {
-                seq,
-                encoded: Bytes::from(vec![7u8; 1000]),
-                except_session: None,
-                except_client: None,
-            })
-        };
+        let big = |seq| Arc::new(StoredMessage::new(seq, Bytes::from(vec![7u8; 1000])));
         let msgs: Vec<_> = (1..=300).map(big).collect();
         let parts = chunks(&msgs, LOG_VALUE_BYTES);
         assert!(parts.len() >= 4);
         assert_eq!(parts.iter().map(|c| c.len()).sum::<usize>(), 300);
         assert!(parts.iter().all(|c| c.len() * 1048 <= LOG_VALUE_BYTES));
-        let one_huge = vec![Arc::new(StoredMessage {
-            seq: 1,
-            encoded: Bytes::from(vec![0u8; 200_000]),
-            except_session: None,
-            except_client: None,
-        })];
+        let one_huge = vec![Arc::new(StoredMessage::new(
+            1,
+            Bytes::from(vec![0u8; 200_000]),
+        ))];
         assert_eq!(chunks(&one_huge, LOG_VALUE_BYTES).len(), 1);
         assert!(chunks(&[], LOG_VALUE_BYTES).is_empty());
 

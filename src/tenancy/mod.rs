@@ -77,6 +77,7 @@ pub struct Policy {
     pub create_rooms: bool,
     pub quotas: Quotas,
     pub tokens: Vec<TokenEntry>,
+    pub retention: Vec<crate::config::RetentionRule>,
 }
 
 /// A namespace as kept in the data directory: one created through `/admin`
@@ -302,12 +303,16 @@ fn policy_of(settings: &NamespaceConfig, extra: &[TokenConfig]) -> Result<Policy
     if let Some(w) = names.windows(2).find(|w| w.first() == w.get(1)) {
         return Err(format!("token name {:?} is used twice", w.first()));
     }
+    if settings.retention.iter().any(|r| r.rooms.is_empty()) {
+        return Err("a retention rule needs a `rooms` pattern".to_string());
+    }
     Ok(Policy {
         open: settings.open,
         durability: settings.durability,
         create_rooms: settings.create_rooms,
         quotas: settings.quotas.clone(),
         tokens,
+        retention: settings.retention.clone(),
     })
 }
 
@@ -510,6 +515,7 @@ impl Tenants {
             create_rooms: p.create_rooms,
             quotas: p.quotas.clone(),
             tokens: Vec::new(),
+            retention: p.retention.clone(),
         }
     }
 

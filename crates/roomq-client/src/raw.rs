@@ -521,8 +521,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let push = match body {
                 pb::server_frame::Body::Delivery(d) => Push::Delivery(d),
                 pb::server_frame::Body::Error(e) => Push::Error(e),
-                pb::server_frame::Body::Gap(g) => Push::Gap(g),
-                pb::server_frame::Body::Presence(p) => Push::Presence(p),
+                pb::server_frame::Body::Gap(g) => Push::Gap(*g),
+                pb::server_frame::Body::Presence(p) => Push::Presence(*p),
                 _ => continue,
             };
             if pushes.send(push).await.is_err() {

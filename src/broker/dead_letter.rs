@@ -1,0 +1,154 @@
+//! Dead letters: a message a member could not get acknowledged in
+//! `max_deliveries` attempts is stored in the room's dead-letter room
+//! (`<room>.dlq`), with headers saying where it came from, and the member
+//! moves on. `/admin` redrive moves a dead-letter room's messages back.
+//!
+//! The dead letter is appended in the same batch as the member's moved
+//! cursor, so a crash keeps either both or neither (then the member gets
+//! the message again).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+use roomq_wire::names::MAX_NAME_BYTES;
+use roomq_wire::{pb, ErrorCode};
+use tracing::{info, warn};
+
+use super::room::DeadLetter;
+use super::Broker;
+use crate::storage::{RoomId, StoredMessage};
+
+/// Suffix of a room's dead-letter room.
+pub const SUFFIX: &str = ".dlq";
+/// Headers a dead letter carries.
+pub const ROOM_HEADER: &str = "roomq-dead-room";
+pub const SEQ_HEADER: &str = "roomq-dead-seq";
+pub const DELIVERIES_HEADER: &str = "roomq-dead-deliveries";
+pub const REASON_HEADER: &str = "roomq-dead-reason";
+pub const MEMBER_HEADER: &str = "roomq-dead-member";
+const HEADERS: [&str; 5] = [
+    ROOM_HEADER,
+    SEQ_HEADER,
+    DELIVERIES_HEADER,
+    REASON_HEADER,
+    MEMBER_HEADER,
+];
+
+/// Most messages one redrive moves when the request does not say.
+pub const DEFAULT_REDRIVE: u32 = 10_000;
+
+/// The dead-letter room of `room`, if its name fits.
+pub fn room_of(room: &str) -> Option<String> {
+    let name = format!("{room}{SUFFIX}");
+    (name.len() <= MAX_NAME_BYTES).then_some(name)
+}
+
+impl Broker {
+    /// Stores `dead`, given up on by a member of `room_id`, in the room's
+    /// dead-letter room.
+    pub(super) fn dead_letter(&mut self, room_id: RoomId, dead: DeadLetter) {
+        let Some(room) = self.rooms.get(&room_id) else {
+            return;
+        };
+        let namespace = room.namespace.clone();
+        let origin = room.name.clone();
+        let Some(target) = room_of(&origin) else {
+            // Not reachable through the wire: the join refuses dead
+            // lettering in rooms whose dead-letter room name is too long.
+            warn!(room = %origin, seq = dead.msg.seq, "no dead-letter room for a name this long; message dropped");
+            return;
+        };
+        let Ok(mut message) = pb::Message::decode(dead.msg.encoded.clone()) else {
+            warn!(room = %origin, seq = dead.msg.seq, "stored message undecodable; not dead-lettered");
+            return;
+        };
+        let reason = dead.reason.as_deref().unwrap_or("not acknowledged");
+        let headers: [(&str, String); 5] = [
+            (ROOM_HEADER, origin.to_string()),
+            (SEQ_HEADER, dead.msg.seq.to_string()),
+            (DELIVERIES_HEADER, dead.attempts.to_string()),
+            (REASON_HEADER, reason.to_string()),
+            (MEMBER_HEADER, dead.member.to_string()),
+        ];
+        for (k, v) in headers {
+            message.headers.insert(k.to_string(), v);
+        }
+        // The dead letter does not expire or wait again where it lands.
+        message.expires_at_ms = 0;
+        message.deliver_at_ms = 0;
+        let encoded = Bytes::from(message.encode_to_vec());
+        let size = encoded.len() as u64;
+        let target_id = self.room_id(&namespace, &target);
+        let seq = self.append(target_id, StoredMessage::new(0, encoded));
+        if let Some(t) = self.tenants.get(&namespace) {
+            t.usage.add_stored(size, 1);
+        }
+        info!(
+            namespace = %namespace,
+            room = %origin,
+            seq = dead.msg.seq,
+            member = %dead.member,
+            deliveries = dead.attempts,
+            dead_letter_seq = seq,
+            "message dead-lettered"
+        );
+    }
+
+    /// Moves up to `max` stored messages of dead-letter room `room_id` back
+    /// to the rooms named in their headers, without the dead-letter
+    /// headers, and deletes them from the dead-letter room. Returns how
+    /// many moved and whether more remain.
+    pub(super) fn redrive(&mut self, room_id: RoomId, max: u32) -> Result<(u64, bool), pb::Error> {
+        let Some(room) = self.rooms.get(&room_id) else {
+            return Ok((0, false));
+        };
+        let namespace = room.namespace.clone();
+        let dlq = room.name.clone();
+        let from = room.first_seq;
+        let last = room.committed_seq;
+        let max = if max == 0 { DEFAULT_REDRIVE } else { max } as usize;
+        let msgs = self
+            .store
+            .read(room_id, from, max, usize::MAX)
+            .map_err(|e| pb::Error::new(ErrorCode::StorageFailure, e.to_string()))?;
+        let msgs: Vec<Arc<StoredMessage>> = msgs.into_iter().filter(|m| m.seq <= last).collect();
+        let mut moved = 0u64;
+        let mut bytes = 0u64;
+        let mut added = 0u64;
+        let mut floor = from;
+        for msg in &msgs {
+            floor = msg.seq + 1;
+            bytes += msg.encoded.len() as u64;
+            let Ok(mut message) = pb::Message::decode(msg.encoded.clone()) else {
+                warn!(room = %dlq, seq = msg.seq, "stored message undecodable; left out of the redrive");
+                continue;
+            };
+            let origin = message
+                .headers
+                .get(ROOM_HEADER)
+                .cloned()
+                .or_else(|| dlq.strip_suffix(SUFFIX).map(str::to_string));
+            let Some(origin) = origin.filter(|o| !o.is_empty()) else {
+                continue;
+            };
+            message.headers = std::mem::take(&mut message.headers)
+                .into_iter()
+                .filter(|(k, _)| !HEADERS.contains(&k.as_str()))
+                .collect::<BTreeMap<_, _>>();
+            let encoded = Bytes::from(message.encode_to_vec());
+            let target = self.room_id(&namespace, &origin);
+            added += encoded.len() as u64;
+            self.append(target, StoredMessage::new(0, encoded));
+            moved += 1;
+        }
+        let more = floor <= last;
+        if let Some(t) = self.tenants.get(&namespace) {
+            t.usage.add_stored(added, moved);
+            self.trim_room(room_id, floor, bytes, &t);
+        }
+        info!(namespace = %namespace, room = %dlq, moved, more, "dead letters redriven");
+        Ok((moved, more))
+    }
+}

@@ -1,0 +1,153 @@
+//! Presence: `Members` lists who is in a room; members that joined with
+//! `presence` are told, live, when others join or leave. Presence events
+//! are never stored, and are dropped for a session whose queue is full.
+
+use roomq_wire::names::check_name;
+use roomq_wire::{pb, ErrorCode};
+use uuid::Uuid;
+
+use super::room::{Member, MemberKey};
+use super::{outlet, ActorOutlet, Broker, Outbound, RequestSlot, SessionInfo};
+use crate::storage::RoomId;
+use crate::tenancy::pattern;
+
+/// Most entries in one `MembersOk`.
+pub const MAX_LISTED: usize = 10_000;
+
+/// A checked `Members` request.
+#[derive(Debug)]
+pub struct MembersReq {
+    pub room: String,
+}
+
+/// Checks a `Members` request; runs on the session's task. Listing a room's
+/// members needs the permission to join it.
+pub fn check(m: pb::Members, session: &SessionInfo) -> Result<MembersReq, pb::Error> {
+    check_name("room", &m.room)
+        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+    if !pattern::any_matches(&session.grant.subscribe, &m.room) {
+        return Err(pb::Error::new(
+            ErrorCode::PermissionDenied,
+            format!("this session may not see the members of room {:?}", m.room),
+        ));
+    }
+    Ok(MembersReq { room: m.room })
+}
+
+impl Broker {
+    /// How consumer `session` of member `key` looks to others.
+    fn presence_of(&self, key: &MemberKey, member: &Member, session: Uuid) -> pb::Presence {
+        let info = self.sessions.get(&session).map(|s| &s.info);
+        let (subscription, group) = match key {
+            MemberKey::Durable(n) => (n.to_string(), String::new()),
+            MemberKey::Group(g) => (String::new(), g.to_string()),
+            MemberKey::Ephemeral(..) => (String::new(), String::new()),
+        };
+        pb::Presence {
+            session_id: bytes::Bytes::copy_from_slice(session.as_bytes()),
+            client_id: info
+                .and_then(|i| i.client_id.as_deref())
+                .unwrap_or("")
+                .to_string(),
+            client_name: info.map(|i| i.client_name.clone()).unwrap_or_default(),
+            subscription,
+            durable: member.durable,
+            group,
+        }
+    }
+
+    pub(super) fn members(
+        &mut self,
+        session: Uuid,
+        request_id: u64,
+        permit: RequestSlot,
+        req: MembersReq,
+    ) {
+        let namespace = match self.sessions.get(&session) {
+            Some(s) => s.info.namespace.clone(),
+            None => return,
+        };
+        let mut members = Vec::new();
+        let mut truncated = false;
+        let room = self
+            .find_room(&namespace, &req.room)
+            .and_then(|id| self.rooms.get(&id));
+        if let Some(room) = room {
+            'all: for (key, m) in &room.members {
+                for c in &m.consumers {
+                    if members.len() >= MAX_LISTED {
+                        truncated = true;
+                        break 'all;
+                    }
+                    members.push(self.presence_of(key, m, c.session));
+                }
+            }
+        }
+        // A stable order for the reader.
+        members.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        let frame = pb::ServerFrame {
+            request_id,
+            body: Some(pb::server_frame::Body::MembersOk(pb::MembersOk {
+                members,
+                truncated,
+            })),
+        };
+        self.reply(session, frame, Some(permit));
+    }
+
+    /// Tells the consumers of `room_id` that asked for presence that
+    /// consumer `session` of member `key` joined or left.
+    pub(super) fn presence_event(
+        &mut self,
+        room_id: RoomId,
+        key: &MemberKey,
+        session: Uuid,
+        kind: pb::presence_event::Kind,
+    ) {
+        let Some(room) = self.rooms.get(&room_id) else {
+            return;
+        };
+        let listeners: Vec<(Uuid, std::sync::Arc<str>)> = room
+            .members
+            .values()
+            .flat_map(|m| m.consumers.iter())
+            .filter(|c| c.presence && c.session != session)
+            .map(|c| (c.session, c.label.clone()))
+            .collect();
+        if listeners.is_empty() {
+            return;
+        }
+        let room_name = room.name.to_string();
+        // The member may be gone already (an ephemeral member that left):
+        // describe it from a stand-in with its durability.
+        let member = match room.members.get(key) {
+            Some(m) => self.presence_of(key, m, session),
+            None => {
+                let durable = !matches!(key, MemberKey::Ephemeral(..));
+                self.presence_of(key, &Member::new(durable, 0, 0), session)
+            }
+        };
+        let mut out: ActorOutlet<'_> = outlet!(self);
+        for (to, label) in listeners {
+            let frame = pb::ServerFrame {
+                request_id: 0,
+                body: Some(pb::server_frame::Body::Presence(Box::new(
+                    pb::PresenceEvent {
+                        room: room_name.clone(),
+                        subscription: label.to_string(),
+                        kind: kind as i32,
+                        member: Some(member.clone()),
+                    },
+                ))),
+            };
+            // Live only: dropped if the listener's queue is full.
+            let _ = out.offer(
+                to,
+                Outbound::Reply {
+                    frame,
+                    permit: None,
+                },
+            );
+        }
+    }
+}
