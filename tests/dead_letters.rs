@@ -403,3 +403,60 @@ async fn redrive_moves_dead_letters_back_to_their_room_without_the_dead_headers(
     assert!(read_all(&broker, "jobs.dlq").await.is_empty());
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn the_default_max_deliveries_comes_from_the_config_and_a_join_overrides_it() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(&dir);
+    config.limits.max_deliveries = 2;
+    let broker = TestBroker::start_with(config, dir).await;
+    let (p, _pd) = broker.connect("").await;
+    let (w, mut wd) = broker.connect("worker").await;
+    w.join_with(worker_join("a", None, HOUR_MS)).await.unwrap();
+    let (o, mut od) = broker.connect("overrider").await;
+    o.join_with(worker_join("b", Some(4), HOUR_MS))
+        .await
+        .unwrap();
+    p.publish("a", "job", "x").await.unwrap();
+    p.publish("b", "job", "y").await.unwrap();
+    for attempt in 1..=2 {
+        assert_eq!(next(&mut wd).await.attempt, attempt);
+        nack_why(&w, "a", 1, "no").await;
+    }
+    assert_quiet(&mut wd, Duration::from_millis(200)).await;
+    for attempt in 1..=4 {
+        assert_eq!(next(&mut od).await.attempt, attempt);
+        nack_why(&o, "b", 1, "no").await;
+    }
+    assert_quiet(&mut od, Duration::from_millis(200)).await;
+    assert_dead_letter(&read_all(&broker, "a.dlq").await[0], "a", 1, 2);
+    assert_dead_letter(&read_all(&broker, "b.dlq").await[0], "b", 1, 4);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_backoff_list_is_checked() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(&dir);
+    config.limits.max_backoff_steps = 3;
+    let broker = TestBroker::start_with(config, dir).await;
+    let (w, _wd) = broker.connect("worker").await;
+    let with = |backoff_ms: Vec<u64>| pb::Join {
+        backoff_ms,
+        ..worker_join("jobs", None, HOUR_MS)
+    };
+    assert_eq!(
+        code(w.join_with(with(vec![1_000; 4])).await),
+        roomq_client::ErrorCode::InvalidRequest,
+        "more steps than limits.max_backoff_steps"
+    );
+    assert_eq!(
+        code(w.join_with(with(vec![1_000, 0])).await),
+        roomq_client::ErrorCode::InvalidRequest,
+        "a step of 0 ms"
+    );
+    w.join_with(with(vec![1, 1_000, 24 * HOUR_MS]))
+        .await
+        .unwrap();
+    broker.stop().await;
+}

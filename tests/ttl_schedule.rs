@@ -310,3 +310,53 @@ async fn invalid_combinations_are_refused() {
     assert_eq!(p.publish("r", "e", "ok").await.unwrap(), 1);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn scheduling_further_ahead_than_max_schedule_ms_is_refused() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(&dir);
+    config.limits.max_schedule_ms = 60_000;
+    let broker = TestBroker::start_with(config, dir).await;
+    let (p, _pd) = broker.connect("").await;
+    let now_ms = || {
+        u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+    };
+    let refused = [
+        pb::Publish {
+            delay_ms: 60_001,
+            ..publish_to("r", "e", "x")
+        },
+        pb::Publish {
+            deliver_at_ms: now_ms() + 120_000,
+            ..publish_to("r", "e", "x")
+        },
+    ];
+    for publish in refused {
+        let what = format!("{publish:?}");
+        assert_eq!(
+            code(p.publish_with(publish).await),
+            ErrorCode::InvalidRequest,
+            "{what}"
+        );
+    }
+    let accepted = [
+        pb::Publish {
+            delay_ms: 60_000,
+            ..publish_to("r", "e", "x")
+        },
+        pb::Publish {
+            deliver_at_ms: now_ms() + 30_000,
+            ..publish_to("r", "e", "x")
+        },
+    ];
+    for (i, publish) in accepted.into_iter().enumerate() {
+        assert_eq!(published_seq(&p, publish).await, i as u64 + 1);
+    }
+    broker.stop().await;
+}
