@@ -522,3 +522,43 @@ async fn a_group_cannot_be_ephemeral() {
     c.ping().await.unwrap();
     broker.stop().await;
 }
+
+/// A key whose consumer is full waits for it: its messages do not spill
+/// over to a consumer with free slots, while unkeyed ones do.
+#[tokio::test]
+async fn a_key_waits_for_its_consumer_instead_of_spilling_over() {
+    let broker = TestBroker::start().await;
+    let mut g = Consumers::new();
+    let j = group_join("jobs", "workers", pb::GroupMode::KeyOrdered, 2);
+    g.add(&broker, "a", j.clone()).await;
+    g.add(&broker, "b", j.clone()).await;
+    let (p, _pd) = broker.connect("").await;
+    for i in 0..8 {
+        p.publish_with(keyed("jobs", "k", format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..4 {
+        p.publish("jobs", "job", format!("free{i}")).await.unwrap();
+    }
+    let mut keyed_at = BTreeSet::new();
+    let mut keyed_seqs = Vec::new();
+    let mut unkeyed = 0;
+    // Each delivery is acked after it is read, so the key's consumer keeps
+    // being freed; the other consumer must still not get the key.
+    for _ in 0..12 {
+        let (i, d) = next_any(&mut g.ds).await;
+        if key_of(&d) == "k" {
+            keyed_at.insert(i);
+            keyed_seqs.push(seq(&d));
+        } else {
+            unkeyed += 1;
+        }
+        g.conns[i].ack("jobs", "", &[seq(&d)]).await.unwrap();
+    }
+    assert_eq!(keyed_at.len(), 1, "key k went to {keyed_at:?}");
+    assert_eq!(keyed_seqs, (1..=8).collect::<Vec<_>>());
+    assert_eq!(unkeyed, 4);
+    g.assert_all_quiet(&[]).await;
+    broker.stop().await;
+}

@@ -291,3 +291,33 @@ async fn members_needs_subscribe_permission_for_the_room() {
     c.ping().await.unwrap();
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_consumer_is_announced_with_its_group() {
+    let broker = TestBroker::start().await;
+    let (watcher, mut wd) = broker.connect("watcher").await;
+    watcher
+        .join_with(presence_join("r", "watch"))
+        .await
+        .unwrap();
+    let (c, _cd) = broker.connect("w1").await;
+    c.join_with(pb::Join {
+        room: "r".into(),
+        group: "workers".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = next_presence(&mut wd).await;
+    let m = e.member.as_ref().unwrap();
+    assert_eq!(kind(&e), pb::presence_event::Kind::Joined);
+    assert_eq!(
+        (&m.session_id[..], m.group.as_str(), m.durable),
+        (&c.session_id().as_bytes()[..], "workers", true)
+    );
+    c.leave("r", "", false).await.unwrap();
+    let e = next_presence(&mut wd).await;
+    assert_eq!(kind(&e), pb::presence_event::Kind::Left);
+    assert_eq!(e.member.as_ref().unwrap().group, "workers");
+    broker.stop().await;
+}

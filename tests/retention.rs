@@ -467,3 +467,29 @@ async fn the_disk_space_of_trimmed_messages_is_reused() {
     );
     s.broker.stop().await;
 }
+
+/// Gap notices are for purges too ("because retention or a purge deleted
+/// them").
+#[tokio::test(start_paused = true)]
+async fn a_purge_sends_gap_notices_to_members_left_behind() {
+    let s = Setup::start(Vec::new()).await;
+    let (m, mut md) = s.connect("m").await;
+    m.join_with(join("r", pb::StartPosition::Earliest, 2, HOUR_MS))
+        .await
+        .unwrap();
+    let (p, _pd) = s.connect("").await;
+    publish_n(&p, "r", 5).await;
+    assert_eq!(seq(&next_paused(&mut md).await), 1);
+    assert_eq!(seq(&next_paused(&mut md).await), 2);
+    assert_eq!(m.ack("r", "", &[1]).await.unwrap(), 2);
+    assert_eq!(seq(&next_paused(&mut md).await), 3);
+    let admin = s.admin().await;
+    let ok = admin::purge_room(&admin, NS, "r").await.unwrap();
+    assert_eq!(ok.count, 5);
+    let (gaps, ds) = gaps_and_deliveries(&mut md, 5, 0).await;
+    assert!(ds.is_empty(), "{ds:?}");
+    assert_gaps(&gaps, "r", 2, 5, 4);
+    p.publish("r", "e", "after").await.unwrap();
+    assert_eq!(seq(&next_paused(&mut md).await), 6);
+    s.broker.stop().await;
+}

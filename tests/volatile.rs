@@ -185,3 +185,40 @@ async fn volatile_with_a_storage_option_is_refused() {
     assert_eq!(p.publish("r", "e", "ok").await.unwrap(), 1);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_volatile_publish_reaches_a_session_once_and_a_group_once() {
+    let broker = TestBroker::start().await;
+    let (both, mut bd) = broker.connect("both").await;
+    both.join("a").await.unwrap();
+    both.join("b").await.unwrap();
+    let group = pb::Join {
+        room: "a".into(),
+        group: "workers".into(),
+        ..Default::default()
+    };
+    let (g1, mut g1d) = broker.connect("g1").await;
+    g1.join_with(group.clone()).await.unwrap();
+    let (g2, mut g2d) = broker.connect("g2").await;
+    g2.join_with(group).await.unwrap();
+    let (p, _pd) = broker.connect("").await;
+    p.publish_with(pb::Publish {
+        rooms: vec!["a".into(), "b".into()],
+        ..volatile("unused", "v")
+    })
+    .await
+    .unwrap();
+    let d = next(&mut bd).await;
+    assert!(d.volatile && d.room == "a", "{d:?}");
+    assert_quiet(&mut bd, Duration::from_millis(200)).await;
+    // One consumer of the group gets it, not both.
+    let mut ds = [g1d, g2d];
+    let (_, d) = next_any(&mut ds).await;
+    assert!(d.volatile);
+    for d in ds.iter_mut() {
+        assert_quiet(d, Duration::from_millis(200)).await;
+    }
+    [g1d, g2d] = ds;
+    drop((g1, g2, g1d, g2d));
+    broker.stop().await;
+}
