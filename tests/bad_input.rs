@@ -1027,7 +1027,7 @@ fn corpus(max_frame: usize) -> Vec<Case> {
                         start_seq: u64::MAX,
                         max_in_flight: u32::MAX,
                         ack_timeout_ms: u64::MAX,
-                        backoff_ms: vec![u64::MAX, 0],
+                        backoff_ms: vec![u64::MAX, 1],
                         max_deliveries: Some(u32::MAX),
                         start_time_ms: u64::MAX,
                         ..Default::default()
@@ -1042,7 +1042,7 @@ fn corpus(max_frame: usize) -> Vec<Case> {
                         subscription: "y".into(),
                         seqs: vec![1],
                         delay_ms: u64::MAX,
-                        reason: "x".repeat(10_000),
+                        reason: "x".repeat(255),
                     }),
                 ),
                 in_progress(6, LOG, "y", vec![1, 2, 3]),

@@ -43,8 +43,12 @@ async fn confirmed_messages_survive_sigkill() {
         );
         assert!(ok.next_seq <= ok.last_seq + 1, "cursor past the log");
         let ack_task = tokio::spawn(async move {
+            // The highest seq an ack was sent for: the broker may store an
+            // ack and be killed before its reply leaves, so an unanswered
+            // ack still counts.
             let mut high = 0;
             while let Some(d) = reader_d.next_delivery().await {
+                high = seq(&d);
                 if reader
                     .ack_up_to(&d.room, &d.subscription, seq(&d))
                     .await
@@ -52,7 +56,6 @@ async fn confirmed_messages_survive_sigkill() {
                 {
                     break;
                 }
-                high = seq(&d);
             }
             high
         });

@@ -274,6 +274,8 @@ impl Member {
 struct Room {
     last: u64,
     members: HashMap<Key, Member>,
+    /// The rooms of each multi-room publish stored here, by seq.
+    multi: HashMap<u64, Vec<&'static str>>,
 }
 
 /// The model: rooms, members, the session's handles, and the deliveries
@@ -297,6 +299,20 @@ impl Model {
             return;
         };
         let last = r.last;
+        // A multi-room publish reaches the session once: in the first of
+        // its rooms the session is in when it is first delivered.
+        let held = &self.held;
+        let elsewhere = |seq: u64| {
+            r.multi.get(&seq).is_some_and(|rooms| {
+                rooms
+                    .iter()
+                    .take_while(|n| **n != room)
+                    .any(|n| held.keys().any(|(hr, _)| hr == n))
+            })
+        };
+        let skip: Vec<u64> = (r.members.get(&key).map_or(last + 1, |m| m.next)..=last)
+            .filter(|s| elsewhere(*s))
+            .collect();
         let Some(m) = r.members.get_mut(&key) else {
             return;
         };
@@ -315,8 +331,10 @@ impl Model {
             }
         }
         while m.next <= last {
-            m.unacked.insert(m.next, (1, false));
-            out.push((m.next, 1));
+            if !skip.contains(&m.next) {
+                m.unacked.insert(m.next, (1, false));
+                out.push((m.next, 1));
+            }
             m.next += 1;
         }
     }
@@ -376,6 +394,9 @@ impl Model {
                 for n in &names {
                     let r = self.rooms.entry(n).or_default();
                     r.last += 1;
+                    if names.len() > 1 {
+                        r.multi.insert(r.last, names.clone());
+                    }
                     seqs.push((n.to_string(), r.last));
                 }
                 for n in &names {

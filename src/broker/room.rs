@@ -1390,8 +1390,14 @@ mod tests {
         if let Some(u) = m.unacked.get(&3) {
             assert!(u.holder.is_none() || u.holder == Some(at_1));
         }
-        ack_all(&mut room, &key, at_1);
-        room.pump(&key, now(), &mut out);
+        let sessions: Vec<Uuid> = m.consumers.iter().map(|c| c.session).collect();
+        for _ in 0..4 {
+            for s in &sessions {
+                ack_all(&mut room, &key, *s);
+            }
+            room.pump(&key, now(), &mut out);
+        }
+        assert_eq!(out.sent.len(), 4, "each message once: {:?}", out.sent);
         let pos = |s: u64| out.sent.iter().position(|x| x.1 == s).unwrap();
         assert!(pos(1) < pos(3));
         assert_eq!(out.sent[pos(3)].0, at_1);

@@ -8,6 +8,8 @@ use roomq_client::raw::Connection;
 use roomq_client::ConnectOptions;
 use serde_json::json;
 
+use crate::args::{describe_retention, parse_retention};
+
 #[derive(Debug, Subcommand)]
 pub enum AdminCmd {
     /// List namespaces with their settings and figures.
@@ -44,6 +46,16 @@ pub enum AdminCmd {
     DeleteToken { namespace: String, name: String },
     /// Close a session (its id as a UUID, from `roomq admin rooms`).
     Kick { session: String },
+    /// Move the messages of a dead-letter room (e.g. orders.dlq) back to
+    /// the rooms they came from.
+    Redrive {
+        namespace: String,
+        /// The dead-letter room.
+        room: String,
+        /// At most this many in one call (0: the broker's default, 10000).
+        #[arg(long, default_value_t = 0)]
+        max: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +82,11 @@ pub struct NamespaceArgs {
     publish_burst: u32,
     #[arg(long, default_value_t = 0)]
     max_message_bytes: u32,
+    /// A retention rule, PATTERN:MAX_MESSAGES:MAX_BYTES:MAX_AGE_MS (empty or
+    /// 0 = no limit of that kind; the age also takes 30s, 12h, 7d).
+    /// Repeatable: the first rule whose pattern matches a room applies.
+    #[arg(long, value_name = "RULE", value_parser = parse_retention)]
+    retention: Vec<pb::RetentionRule>,
 }
 
 fn uuid_text(bytes: &[u8]) -> String {
@@ -111,7 +128,7 @@ pub async fn run(addr: &str, token: &str, json_out: bool, cmd: AdminCmd) -> Resu
                     publish_burst: s.publish_burst,
                     max_message_bytes: s.max_message_bytes,
                 }),
-                retention: Vec::new(),
+                retention: s.retention.clone(),
             })
         }
         AdminCmd::DeleteNamespace { name } => {
@@ -151,6 +168,15 @@ pub async fn run(addr: &str, token: &str, json_out: bool, cmd: AdminCmd) -> Resu
                 session_id: id.as_bytes().to_vec().into(),
             })
         }
+        AdminCmd::Redrive {
+            namespace,
+            room,
+            max,
+        } => Op::Redrive(pb::AdminRedrive {
+            namespace: namespace.clone(),
+            room: room.clone(),
+            max: *max,
+        }),
     };
     let ok = conn.admin(op).await?;
     match cmd {
@@ -167,6 +193,24 @@ pub async fn run(addr: &str, token: &str, json_out: bool, cmd: AdminCmd) -> Resu
             } else {
                 println!("token {name:?} for {namespace} (shown once; keep it safe):");
                 println!("{}", ok.token);
+            }
+        }
+        AdminCmd::Redrive {
+            namespace, room, ..
+        } => {
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"ok": true, "count": ok.count, "truncated": ok.truncated})
+                );
+            } else {
+                println!(
+                    "done: {} messages moved from {room} in {namespace} back to their rooms",
+                    ok.count
+                );
+                if ok.truncated {
+                    println!("(more remain in {room}: run it again)");
+                }
             }
         }
         other => {
@@ -219,6 +263,10 @@ fn print_namespaces(list: &[pb::NamespaceInfo], json_out: bool) {
                     "create_rooms": n.create_rooms, "from_config": n.from_config, "tokens": n.tokens,
                     "connections": n.connections, "rooms": n.rooms, "stored_bytes": n.stored_bytes,
                     "published": n.published,
+                    "retention": n.retention.iter().map(|r| json!({
+                        "rooms": r.rooms, "max_messages": r.max_messages,
+                        "max_bytes": r.max_bytes, "max_age_ms": r.max_age_ms,
+                    })).collect::<Vec<_>>(),
                     "quotas": {
                         "max_connections": q.max_connections, "max_rooms": q.max_rooms,
                         "max_stored_bytes": q.max_stored_bytes, "publish_rate": q.publish_rate,
@@ -245,6 +293,9 @@ fn print_namespaces(list: &[pb::NamespaceInfo], json_out: bool) {
             n.published,
             n.tokens.join(",")
         );
+        for r in &n.retention {
+            println!("  retention {}", describe_retention(r));
+        }
     }
 }
 
@@ -259,6 +310,7 @@ fn print_rooms(ok: &pb::AdminOk, json_out: bool) {
                         "name": m.name, "durable": m.durable, "connected": m.connected,
                         "session": uuid_text(&m.session_id), "next_seq": m.next_seq,
                         "backlog": m.backlog, "unacked": m.unacked,
+                        "group": m.group, "consumers": m.consumers,
                     })
                 })
                 .collect();
@@ -277,12 +329,16 @@ fn print_rooms(ok: &pb::AdminOk, json_out: bool) {
             r.namespace, r.name, r.first_seq, r.last_seq, r.stored_bytes, r.publish_rate
         );
         for m in &r.members {
-            let name = if m.name.is_empty() {
-                "(ephemeral)"
+            let name = if !m.group.is_empty() {
+                format!("group {}", m.group)
+            } else if m.name.is_empty() {
+                "(ephemeral)".to_string()
             } else {
-                &m.name
+                m.name.clone()
             };
-            let session = if m.connected {
+            let session = if !m.group.is_empty() {
+                format!("{} consumers", m.consumers)
+            } else if m.connected {
                 uuid_text(&m.session_id)
             } else {
                 "offline".to_string()

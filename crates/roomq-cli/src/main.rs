@@ -1,14 +1,20 @@
 //! `roomq`, the terminal CLI: publish, subscribe, list rooms. Readable output
 //! for people; `--json` gives one JSON object per line for scripts.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use roomq_client::{Client, JoinOptions, Start, TlsOptions};
+use roomq_client::{
+    Client, Delivery, Gap, JoinOptions, PresenceChange, PresenceKind, Start, SubscriptionEvent,
+    TlsOptions,
+};
 use serde_json::json;
 
 mod admin;
+mod args;
+
+use args::{parse_backoff, parse_ms_duration, parse_time};
 
 #[derive(Debug, Parser)]
 #[command(name = "roomq", version, about = "roomq terminal client")]
@@ -70,6 +76,30 @@ enum Cmd {
         /// Store only if ROOM's last seq is this (0: empty room).
         #[arg(long)]
         expect_last_seq: Option<u64>,
+        /// Ordering key: a group hands messages with the same key to the
+        /// same consumer, in order.
+        #[arg(long)]
+        key: Option<String>,
+        /// Not delivered once this long has passed (ms, or 30s, 5m, 1h, 7d).
+        #[arg(long, value_name = "MS", value_parser = parse_ms_duration)]
+        ttl: Option<Duration>,
+        /// Not delivered before this long has passed (ms, or 30s, 5m, ...).
+        #[arg(long, value_name = "MS", value_parser = parse_ms_duration, conflicts_with = "deliver_at")]
+        delay: Option<Duration>,
+        /// Not delivered before this time: ms since the Unix epoch, or
+        /// RFC 3339 (2024-05-01T12:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        deliver_at: Option<SystemTime>,
+        /// Do not store it: only members joined now get it, if their
+        /// queues have room; no seq, no redelivery.
+        #[arg(long, conflicts_with_all = ["ttl", "delay", "deliver_at", "expect_last_seq"])]
+        volatile: bool,
+        /// Not to sessions that are members of this room (repeatable).
+        #[arg(long, value_name = "ROOM")]
+        except_room: Vec<String>,
+        /// Not to this session id, a UUID (repeatable; see `roomq members`).
+        #[arg(long, value_name = "UUID")]
+        except_session: Vec<uuid::Uuid>,
     },
     /// Print (and acknowledge) what arrives in ROOM.
     Subscribe {
@@ -77,10 +107,34 @@ enum Cmd {
         /// Where to start: earliest, new, resume, or a seq.
         #[arg(long, default_value = "resume")]
         from: String,
+        /// Start from the first message stored at or after this time: ms
+        /// since the Unix epoch, or RFC 3339 (2024-05-01T12:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "from")]
+        from_time: Option<SystemTime>,
         /// Durable membership name (default: the client id, if any;
         /// otherwise ephemeral).
         #[arg(long)]
         durable: Option<String>,
+        /// Consume for this group: its consumers share the messages.
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
+        /// With --group: only the first consumer gets messages, the others
+        /// stand by.
+        #[arg(long, requires = "group")]
+        exclusive: bool,
+        /// Ack timeout per delivery attempt, e.g. 100,1000,5000 (ms).
+        #[arg(long, value_name = "MS,MS,...", value_parser = parse_backoff)]
+        backoff: Option<args::Backoff>,
+        /// Move a message to ROOM.dlq after this many deliveries (0 =
+        /// never; default: the broker's, 20).
+        #[arg(long, value_name = "N")]
+        max_deliveries: Option<u32>,
+        /// Only events matching this pattern (`*` = anything; repeatable).
+        #[arg(long = "events", value_name = "PATTERN")]
+        events: Vec<String>,
+        /// Also print who joins and leaves the room.
+        #[arg(long)]
+        presence: bool,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
@@ -90,6 +144,8 @@ enum Cmd {
     },
     /// List the rooms of the namespace.
     Rooms,
+    /// List who is in ROOM now (one line per session).
+    Members { room: String },
     /// Administration: connects to /admin with --token.
     #[command(subcommand)]
     Admin(admin::AdminCmd),
@@ -133,6 +189,93 @@ fn parse_start(from: &str) -> Result<Start> {
     })
 }
 
+fn print_delivery(d: &Delivery, json_out: bool) {
+    let text = String::from_utf8_lossy(&d.payload);
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "room": d.room, "seq": d.seq, "event": d.event, "data": text,
+                "headers": d.headers, "timestamp_ms": d.timestamp_ms,
+                "attempt": d.attempt, "redelivered": d.redelivered,
+                "key": d.key, "volatile": d.volatile,
+                "expires_at_ms": d.expires_at_ms, "deliver_at_ms": d.deliver_at_ms,
+            })
+        );
+        return;
+    }
+    let position = if d.volatile {
+        "volatile".to_string()
+    } else {
+        format!("#{}", d.seq)
+    };
+    let key = if d.key.is_empty() {
+        String::new()
+    } else {
+        format!(" key={}", d.key)
+    };
+    let again = if d.redelivered {
+        format!(" (redelivered, attempt {})", d.attempt)
+    } else {
+        String::new()
+    };
+    println!("[{}{position}{key}] {}: {text}{again}", d.room, d.event);
+}
+
+/// Gaps are printed on stderr as text, or as a `"type": "gap"` object with
+/// `--json`, so message lines stay as they were.
+fn print_gap(g: &Gap, json_out: bool) {
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "type": "gap", "room": g.room, "subscription": g.subscription,
+                "from_seq": g.from_seq, "to_seq": g.to_seq, "missed": g.missed,
+            })
+        );
+    } else {
+        eprintln!(
+            "gap in {}: seqs {}..={} were deleted before they were acknowledged ({} missed)",
+            g.room, g.from_seq, g.to_seq, g.missed
+        );
+    }
+}
+
+fn print_presence(p: &PresenceChange, json_out: bool) {
+    let kind = match p.kind {
+        PresenceKind::Joined => "joined",
+        PresenceKind::Left => "left",
+    };
+    let m = &p.member;
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "type": "presence", "room": p.room, "kind": kind,
+                "session": m.session_id.to_string(), "client_id": m.client_id,
+                "client_name": m.client_name, "subscription": m.subscription,
+                "durable": m.durable, "group": m.group,
+            })
+        );
+        return;
+    }
+    let who = match (m.client_name.is_empty(), m.client_id.is_empty()) {
+        (false, false) => format!("{} ({})", m.client_name, m.client_id),
+        (false, true) => m.client_name.clone(),
+        (true, false) => m.client_id.clone(),
+        (true, true) => "a session".to_string(),
+    };
+    let group = if m.group.is_empty() {
+        String::new()
+    } else {
+        format!(", group {}", m.group)
+    };
+    eprintln!(
+        "presence {}: {who} {kind} [session {}{group}]",
+        p.room, m.session_id
+    );
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -168,6 +311,13 @@ async fn main() -> Result<()> {
             headers,
             except_self,
             expect_last_seq,
+            key,
+            ttl,
+            delay,
+            deliver_at,
+            volatile,
+            except_room,
+            except_session,
         } => {
             let mut message = client.message(&event, data).to(&room);
             for r in &also {
@@ -182,8 +332,39 @@ async fn main() -> Result<()> {
             if except_self {
                 message = message.except_self();
             }
+            if let Some(key) = &key {
+                message = message.key(key);
+            }
+            for r in &except_room {
+                message = message.except_room(r);
+            }
+            for s in &except_session {
+                message = message.except_session(*s);
+            }
+            if volatile {
+                message.volatile().send().await?;
+                let rooms: Vec<&str> = std::iter::once(room.as_str())
+                    .chain(also.iter().map(String::as_str))
+                    .collect();
+                if cli.json {
+                    println!("{}", json!({"rooms": rooms, "volatile": true}));
+                } else {
+                    println!("sent to {} (volatile: not stored)", rooms.join(", "));
+                }
+                client.close().await;
+                return Ok(());
+            }
             if let Some(seq) = expect_last_seq {
                 message = message.expect_last_seq(seq);
+            }
+            if let Some(ttl) = ttl {
+                message = message.ttl(ttl);
+            }
+            if let Some(delay) = delay {
+                message = message.delay(delay);
+            }
+            if let Some(at) = deliver_at {
+                message = message.deliver_at(at);
             }
             let ok = message.send().await?;
             for (room, seq) in &ok.seqs {
@@ -200,20 +381,46 @@ async fn main() -> Result<()> {
         Cmd::Subscribe {
             room,
             from,
+            from_time,
             durable,
+            group,
+            exclusive,
+            backoff,
+            max_deliveries,
+            events,
+            presence,
             count,
             idle_exit,
         } => {
-            let mut options = JoinOptions::new().start(parse_start(&from)?);
+            let start = match from_time {
+                Some(t) => Start::Time(t),
+                None => parse_start(&from)?,
+            };
+            let mut options = JoinOptions::new().start(start).presence(presence);
             if let Some(name) = durable {
                 options = options.durable(name);
             }
+            if let Some(name) = &group {
+                options = options.group(name.clone());
+            }
+            if exclusive {
+                options = options.exclusive();
+            }
+            if let Some(args::Backoff(steps)) = backoff {
+                options = options.backoff(steps);
+            }
+            if let Some(n) = max_deliveries {
+                options = options.max_deliveries(n);
+            }
+            if !events.is_empty() {
+                options = options.events(events);
+            }
             let mut sub = client.join(&room, options).await?;
             if !cli.json {
-                let kind = if sub.is_durable() {
-                    format!("durable {:?}", sub.durable_name())
-                } else {
-                    "ephemeral".to_string()
+                let kind = match sub.group() {
+                    Some(g) => format!("group {g:?}"),
+                    None if sub.is_durable() => format!("durable {:?}", sub.durable_name()),
+                    None => "ephemeral".to_string(),
                 };
                 eprintln!(
                     "joined {room} ({kind}), from seq {}; room has {} stored",
@@ -222,33 +429,72 @@ async fn main() -> Result<()> {
                 );
             }
             let mut received = 0u64;
+            let mut idle_since = tokio::time::Instant::now();
             while count.is_none_or(|c| received < c) {
                 let next = match idle_exit {
-                    Some(idle) => match tokio::time::timeout(idle, sub.next()).await {
-                        Ok(d) => d,
-                        Err(_) => break,
-                    },
-                    None => sub.next().await,
+                    Some(idle) => {
+                        match tokio::time::timeout_at(idle_since + idle, sub.next_event()).await {
+                            Ok(event) => event,
+                            Err(_) => break,
+                        }
+                    }
+                    None => sub.next_event().await,
                 };
-                let Some(d) = next else { break };
-                let text = String::from_utf8_lossy(&d.payload).into_owned();
-                if cli.json {
+                let Some(event) = next else { break };
+                match event {
+                    SubscriptionEvent::Message(d) => {
+                        print_delivery(&d, cli.json);
+                        d.ack().await?;
+                        received += 1;
+                        idle_since = tokio::time::Instant::now();
+                    }
+                    SubscriptionEvent::Gap(g) => print_gap(&g, cli.json),
+                    SubscriptionEvent::Presence(p) => print_presence(&p, cli.json),
+                }
+            }
+            if sub.dropped() > 0 && !cli.json {
+                eprintln!(
+                    "({} volatile messages or notices dropped: not read in time)",
+                    sub.dropped()
+                );
+            }
+            sub.leave().await?;
+        }
+        Cmd::Members { room } => {
+            let list = client.members(&room).await?;
+            if cli.json {
+                for m in &list.members {
                     println!(
                         "{}",
                         json!({
-                            "room": d.room, "seq": d.seq, "event": d.event, "data": text,
-                            "headers": d.headers, "timestamp_ms": d.timestamp_ms,
-                            "attempt": d.attempt, "redelivered": d.redelivered,
+                            "room": room, "session": m.session_id.to_string(),
+                            "client_id": m.client_id, "client_name": m.client_name,
+                            "subscription": m.subscription, "durable": m.durable, "group": m.group,
                         })
                     );
-                } else {
-                    let again = if d.redelivered { " (redelivered)" } else { "" };
-                    println!("[{}#{}] {}: {}{again}", d.room, d.seq, d.event, text);
                 }
-                d.ack().await?;
-                received += 1;
+            } else if list.members.is_empty() {
+                println!("nobody in {room}");
+            } else {
+                println!(
+                    "{:<36}  {:<20} {:<20} {:<20} GROUP",
+                    "SESSION", "CLIENT ID", "NAME", "SUBSCRIPTION"
+                );
+                for m in &list.members {
+                    let subscription = if m.durable {
+                        m.subscription.as_str()
+                    } else {
+                        "(ephemeral)"
+                    };
+                    println!(
+                        "{:<36}  {:<20} {:<20} {:<20} {}",
+                        m.session_id, m.client_id, m.client_name, subscription, m.group
+                    );
+                }
             }
-            sub.leave().await?;
+            if list.truncated && !cli.json {
+                println!("(more members exist than fit in one reply)");
+            }
         }
         Cmd::Rooms => {
             let rooms = client.rooms().await?;
@@ -282,7 +528,141 @@ async fn main() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::default_server_name;
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn publish_and_subscribe_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "roomq",
+            "publish",
+            "orders",
+            "created",
+            "{}",
+            "--key",
+            "c7",
+            "--ttl",
+            "30s",
+            "--delay",
+            "250",
+            "--except-room",
+            "muted",
+            "--except-room",
+            "banned",
+            "--except-session",
+            "0190b4a2-7c5e-7000-8000-000000000001",
+        ])
+        .unwrap();
+        let Cmd::Publish {
+            key,
+            ttl,
+            delay,
+            except_room,
+            except_session,
+            volatile,
+            ..
+        } = cli.command
+        else {
+            panic!("not a publish")
+        };
+        assert_eq!(key.as_deref(), Some("c7"));
+        assert_eq!(ttl, Some(Duration::from_secs(30)));
+        assert_eq!(delay, Some(Duration::from_millis(250)));
+        assert_eq!(except_room, vec!["muted", "banned"]);
+        assert_eq!(except_session.len(), 1);
+        assert!(!volatile);
+
+        // Volatile excludes what only a stored message can have.
+        let both = Cli::try_parse_from([
+            "roomq",
+            "publish",
+            "r",
+            "e",
+            "d",
+            "--volatile",
+            "--ttl",
+            "5",
+        ]);
+        assert!(both.is_err());
+        let both = Cli::try_parse_from([
+            "roomq",
+            "publish",
+            "r",
+            "e",
+            "d",
+            "--delay",
+            "5",
+            "--deliver-at",
+            "1700000000000",
+        ]);
+        assert!(both.is_err(), "delay and deliver-at exclude each other");
+        let bad = Cli::try_parse_from(["roomq", "publish", "r", "e", "d", "--except-session", "x"]);
+        assert!(bad.is_err());
+
+        let cli = Cli::try_parse_from([
+            "roomq",
+            "subscribe",
+            "jobs",
+            "--group",
+            "workers",
+            "--exclusive",
+            "--backoff",
+            "100,1000,5000",
+            "--max-deliveries",
+            "0",
+            "--events",
+            "order.*",
+            "--events",
+            "refund",
+            "--presence",
+            "--from-time",
+            "2023-11-14T22:13:20Z",
+        ])
+        .unwrap();
+        let Cmd::Subscribe {
+            group,
+            exclusive,
+            backoff,
+            max_deliveries,
+            events,
+            presence,
+            from_time,
+            ..
+        } = cli.command
+        else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(group.as_deref(), Some("workers"));
+        assert!(exclusive && presence);
+        assert_eq!(
+            backoff,
+            Some(args::Backoff(vec![
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+                Duration::from_secs(5)
+            ]))
+        );
+        assert_eq!(max_deliveries, Some(0));
+        assert_eq!(events, vec!["order.*", "refund"]);
+        assert_eq!(from_time.map(args::epoch_ms), Some(1_700_000_000_000));
+
+        assert!(Cli::try_parse_from(["roomq", "subscribe", "jobs", "--exclusive"]).is_err());
+        assert!(Cli::try_parse_from([
+            "roomq",
+            "subscribe",
+            "jobs",
+            "--from",
+            "earliest",
+            "--from-time",
+            "0"
+        ])
+        .is_err());
+    }
 
     #[test]
     fn server_name_is_the_host_of_the_address() {

@@ -10,8 +10,9 @@
 //! application sees one confirmation and the room holds one copy.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use roomq_wire::pb;
@@ -19,8 +20,9 @@ use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::presence::Members;
 use crate::raw::{ConnectOptions, Connection, Deliveries, Push};
-use crate::subscription::{JoinOptions, SubShared, Subscription};
+use crate::subscription::{epoch_ms, whole_ms, JoinOptions, SubShared, Subscription};
 use crate::ClientError;
 
 /// How the client reconnects after losing its connection.
@@ -349,8 +351,9 @@ impl Client {
         self.message(event, payload).to(room).send().await
     }
 
-    /// Starts a publish with more options: several rooms, headers,
-    /// `except_self`, an explicit dedup id.
+    /// Starts a publish with more options: several rooms, headers, an
+    /// ordering key, a TTL or delay, exclusions, an explicit dedup id, or
+    /// a volatile (unstored) send.
     ///
     /// ```no_run
     /// # async fn demo(client: roomq_client::Client) -> Result<(), roomq_client::ClientError> {
@@ -373,6 +376,7 @@ impl Client {
                 ..Default::default()
             },
             dedup_id: None,
+            kind: PhantomData,
         }
     }
 
@@ -392,13 +396,27 @@ impl Client {
         conn.list_rooms().await
     }
 
+    /// Who is in `room` now: one [`crate::Member`] per joined session (per
+    /// consumer, for a group). Needs permission to join the room.
+    pub async fn members(&self, room: &str) -> Result<Members, ClientError> {
+        let (conn, _) = self.inner.connection().await?;
+        conn.members(room).await.map(Members::from)
+    }
+
     /// Closes the client: no reconnects, subscriptions end.
     pub async fn close(&self) {
         self.inner.closed.cancel();
         self.inner.link.send_replace(Link::Closed);
     }
 
-    async fn send_publish(&self, publish: pb::Publish) -> Result<pb::PublishOk, ClientError> {
+    /// Sends a publish within the publish window. With `retry`, a publish
+    /// whose connection broke is sent again on the next one (safe only with
+    /// a dedup id).
+    async fn send_publish(
+        &self,
+        publish: pb::Publish,
+        retry: bool,
+    ) -> Result<pb::PublishOk, ClientError> {
         let _slot = self
             .inner
             .window
@@ -412,7 +430,7 @@ impl Client {
             match sent {
                 Err(_) => return Err(ClientError::Timeout),
                 Ok(Ok(ok)) => return Ok(ok),
-                Ok(Err(e)) if e.is_connection_loss() => {
+                Ok(Err(e)) if retry && e.is_connection_loss() => {
                     // Same dedup id on the next connection: stored once.
                     let wait = self.inner.next_generation(generation);
                     if tokio::time::timeout_at(deadline, wait).await.is_err() {
@@ -425,17 +443,57 @@ impl Client {
     }
 }
 
-/// A publish being built; see [`Client::message`].
-pub struct PublishBuilder {
+/// Marks a [`PublishBuilder`] for a stored message (the default): it gets a
+/// seq in each room and a [`Confirmation`].
+#[derive(Debug, Clone, Copy)]
+pub struct Stored;
+
+/// Marks a [`PublishBuilder`] for a volatile message (see
+/// [`PublishBuilder::volatile`]): not stored, no seq, no confirmation.
+#[derive(Debug, Clone, Copy)]
+pub struct Volatile;
+
+/// A publish being built; see [`Client::message`]. `K` is [`Stored`] until
+/// [`PublishBuilder::volatile`] makes it [`Volatile`]; the options that
+/// only make sense for a stored message (TTL, delay, dedup id, ...) exist
+/// only on the stored kind.
+pub struct PublishBuilder<K = Stored> {
     client: Client,
     publish: pb::Publish,
     dedup_id: Option<Uuid>,
+    kind: PhantomData<K>,
 }
 
-impl PublishBuilder {
-    /// Adds a room (a message may go to several).
+impl<K> PublishBuilder<K> {
+    /// Adds a room (a message may go to several). The message is stored
+    /// once in each, but a session that is a member of several of them
+    /// gets it once: in the first room listed that it is a member of.
     pub fn to(mut self, room: &str) -> Self {
         self.publish.rooms.push(room.to_string());
+        self
+    }
+
+    /// The ordering key: within a group (see [`JoinOptions::group`]),
+    /// messages with the same key go to the same consumer, in order. At
+    /// most 255 bytes.
+    pub fn key(mut self, key: &str) -> Self {
+        self.publish.key = key.to_string();
+        self
+    }
+
+    /// Not to sessions that are members of `room` (Socket.IO's
+    /// `except(room)`), decided at delivery. Repeatable.
+    pub fn except_room(mut self, room: &str) -> Self {
+        self.publish.except_rooms.push(room.to_string());
+        self
+    }
+
+    /// Not to the session `session` (e.g. a [`crate::Member`]'s
+    /// `session_id`). Repeatable.
+    pub fn except_session(mut self, session: Uuid) -> Self {
+        self.publish
+            .except_sessions
+            .push(Bytes::copy_from_slice(session.as_bytes()));
         self
     }
 
@@ -453,7 +511,9 @@ impl PublishBuilder {
         self.publish.except_self = true;
         self
     }
+}
 
+impl PublishBuilder<Stored> {
     /// Stores the message only if the room's last seq is `seq` (0: the room
     /// is empty); otherwise the publish fails with `PRECONDITION_FAILED`.
     /// Optimistic concurrency for a single room.
@@ -469,18 +529,97 @@ impl PublishBuilder {
         self
     }
 
+    /// Not delivered (first or again) once `ttl` has passed since the
+    /// broker accepted it. Sent in whole ms, rounded up; `Duration::ZERO`
+    /// means it never expires (the default).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        let ms = whole_ms(ttl);
+        self.publish.ttl_ms = if Duration::from_millis(ms) < ttl {
+            ms.saturating_add(1)
+        } else {
+            ms
+        };
+        self
+    }
+
+    /// Not delivered before `delay` has passed since the broker accepted
+    /// it (whole ms). Replaces an earlier [`PublishBuilder::deliver_at`].
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.publish.delay_ms = whole_ms(delay);
+        self.publish.deliver_at_ms = 0;
+        self
+    }
+
+    /// Not delivered before `at` (the broker's clock decides). Replaces an
+    /// earlier [`PublishBuilder::delay`]. The broker refuses times too far
+    /// ahead.
+    pub fn deliver_at(mut self, at: SystemTime) -> Self {
+        self.publish.deliver_at_ms = epoch_ms(at);
+        self.publish.delay_ms = 0;
+        self
+    }
+
+    /// Makes it volatile (Socket.IO's `volatile.emit`): not stored, no seq,
+    /// delivered only to the members joined now whose queues have room, and
+    /// never redelivered. Its `send` returns once the broker has taken it,
+    /// with no confirmation to speak of, and is not retried if the
+    /// connection breaks. Set no TTL, delay, deliver-at, dedup id or
+    /// expected seq before this: the broker refuses them with a volatile
+    /// message.
+    pub fn volatile(self) -> PublishBuilder<Volatile> {
+        PublishBuilder {
+            client: self.client,
+            publish: self.publish,
+            dedup_id: self.dedup_id,
+            kind: PhantomData,
+        }
+    }
+
     /// Sends and waits for the confirmation.
     pub async fn send(self) -> Result<Confirmation, ClientError> {
         let mut publish = self.publish;
         let id = self.dedup_id.unwrap_or_else(Uuid::now_v7);
         publish.dedup_id = Bytes::copy_from_slice(id.as_bytes());
-        let ok = self.client.send_publish(publish).await?;
+        let ok = self.client.send_publish(publish, true).await?;
         Ok(Confirmation {
             seqs: ok.seqs.into_iter().map(|s| (s.room, s.seq)).collect(),
             duplicate: ok.duplicate,
             durable_on_disk: ok.durability == pb::Durability::Sync as i32,
             dedup_id: id,
         })
+    }
+}
+
+impl PublishBuilder<Volatile> {
+    /// Sends it and waits for the broker to take it. `Ok` promises nothing
+    /// about delivery: the message was not stored, and members whose
+    /// queues were full did not get it. Not retried after a connection
+    /// loss (without a dedup id a retry could deliver it twice).
+    pub async fn send(self) -> Result<(), ClientError> {
+        let mut publish = self.publish;
+        publish.volatile = true;
+        if let Some(id) = self.dedup_id {
+            // Refused by the broker; sent so that it says so.
+            publish.dedup_id = Bytes::copy_from_slice(id.as_bytes());
+        }
+        let ok = self.client.send_publish(publish, false).await?;
+        check_volatile_reply(&ok)
+    }
+}
+
+/// A volatile publish must come back with no seqs and VOLATILE durability;
+/// anything else means the broker stored it (a broker that does not know
+/// volatile publishes).
+fn check_volatile_reply(ok: &pb::PublishOk) -> Result<(), ClientError> {
+    if ok.seqs.is_empty() && ok.durability == pb::Durability::Volatile as i32 {
+        Ok(())
+    } else {
+        Err(ClientError::Protocol(format!(
+            "a volatile publish was answered as stored ({} seqs, durability {}): \
+             the broker does not support volatile publishes",
+            ok.seqs.len(),
+            ok.durability
+        )))
     }
 }
 
@@ -608,11 +747,7 @@ async fn route(inner: &Arc<Inner>, conn: &Connection, deliveries: &mut Deliverie
 fn dispatch(inner: &Arc<Inner>, conn: &Connection, push: Push) {
     match push {
         Push::Delivery(d) => {
-            let key = (d.room.clone(), d.subscription.clone());
-            let sub = match inner.subs.lock() {
-                Ok(s) => s.get(&key).cloned(),
-                Err(poisoned) => poisoned.into_inner().get(&key).cloned(),
-            };
+            let sub = find_sub(inner, &d.room, &d.subscription);
             // Without a subscription (left or dropped) there is nothing to
             // do: the broker redelivers to the membership's next holder.
             if let Some(sub) = sub {
@@ -624,8 +759,25 @@ fn dispatch(inner: &Arc<Inner>, conn: &Connection, push: Push) {
             name: e.name,
             message: e.message,
         }),
-        // Not surfaced by the SDK yet.
-        Push::Gap(_) | Push::Presence(_) => {}
+        Push::Gap(g) => {
+            if let Some(sub) = find_sub(inner, &g.room, &g.subscription) {
+                sub.gap(g);
+            }
+        }
+        Push::Presence(p) => {
+            if let Some(sub) = find_sub(inner, &p.room, &p.subscription) {
+                sub.presence(p);
+            }
+        }
+    }
+}
+
+/// The subscription a push names, by room and subscription label.
+fn find_sub(inner: &Inner, room: &str, label: &str) -> Option<Arc<SubShared>> {
+    let key = (room.to_string(), label.to_string());
+    match inner.subs.lock() {
+        Ok(s) => s.get(&key).cloned(),
+        Err(poisoned) => poisoned.into_inner().get(&key).cloned(),
     }
 }
 
@@ -654,5 +806,112 @@ async fn reconnect(inner: &Arc<Inner>) -> Option<(Connection, Deliveries)> {
                 attempt = attempt.saturating_add(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose link is closed: enough to build requests.
+    fn offline() -> Client {
+        let (link, _) = watch::channel(Link::Closed);
+        let (events, _) = broadcast::channel(1);
+        let inner = Arc::new(Inner {
+            window: Arc::new(Semaphore::new(1)),
+            settings: ClientBuilder::new("127.0.0.1:1"),
+            link,
+            subs: Mutex::new(HashMap::new()),
+            events,
+            closed: CancellationToken::new(),
+        });
+        Client {
+            _alive: Arc::new(inner.closed.clone().drop_guard()),
+            inner,
+        }
+    }
+
+    #[test]
+    fn publish_options_map_onto_the_request() {
+        let session = Uuid::now_v7();
+        let b = offline()
+            .message("order.created", "{}")
+            .to("orders")
+            .to("audit")
+            .key("customer-7")
+            .ttl(Duration::from_micros(1500))
+            .delay(Duration::from_secs(2))
+            .except_room("muted")
+            .except_room("banned")
+            .except_session(session);
+        let p = &b.publish;
+        assert_eq!(p.rooms, vec!["orders", "audit"]);
+        assert_eq!(p.key, "customer-7");
+        // Rounded up: a TTL below a millisecond must not mean "never".
+        assert_eq!(p.ttl_ms, 2);
+        assert_eq!(p.delay_ms, 2000);
+        assert_eq!(p.except_rooms, vec!["muted", "banned"]);
+        assert_eq!(p.except_sessions, vec![session.as_bytes().to_vec()]);
+        assert!(!p.volatile);
+
+        // deliver_at and delay exclude each other: the later call wins.
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000);
+        let b = b.deliver_at(at);
+        assert_eq!(
+            (b.publish.deliver_at_ms, b.publish.delay_ms),
+            (1_800_000_000_000, 0)
+        );
+        let b = b.delay(Duration::from_millis(5));
+        assert_eq!((b.publish.deliver_at_ms, b.publish.delay_ms), (0, 5));
+        let b = b.ttl(Duration::ZERO);
+        assert_eq!(b.publish.ttl_ms, 0);
+    }
+
+    #[test]
+    fn volatile_keeps_the_common_options() {
+        let v = offline()
+            .message("typing", "")
+            .to("general")
+            .volatile()
+            .except_self()
+            .key("k");
+        assert_eq!(v.publish.rooms, vec!["general"]);
+        assert!(v.publish.except_self);
+        assert_eq!(v.publish.key, "k");
+        assert!(v.dedup_id.is_none(), "no automatic dedup id");
+    }
+
+    #[test]
+    fn a_volatile_publish_answered_as_stored_is_an_error() {
+        let volatile = pb::PublishOk {
+            seqs: vec![],
+            duplicate: false,
+            durability: pb::Durability::Volatile as i32,
+        };
+        assert!(check_volatile_reply(&volatile).is_ok());
+        let stored = pb::PublishOk {
+            seqs: vec![pb::RoomSeq {
+                room: "general".into(),
+                seq: 3,
+            }],
+            duplicate: false,
+            durability: pb::Durability::Sync as i32,
+        };
+        assert!(matches!(
+            check_volatile_reply(&stored),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_volatile_send_on_a_closed_client_fails_without_retrying() {
+        let err = offline()
+            .message("typing", "")
+            .to("general")
+            .volatile()
+            .send()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Closed), "{err}");
     }
 }

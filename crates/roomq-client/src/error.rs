@@ -23,6 +23,10 @@ pub enum ClientError {
     Timeout,
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The call does not apply to this value, e.g. giving back (nack) a
+    /// volatile delivery, which the broker never redelivers.
+    #[error("invalid use: {0}")]
+    InvalidUse(String),
     /// TLS could not be set up: an unreadable trust file, an invalid server
     /// name, or a broker certificate that TLS refused.
     #[error("tls: {0}")]

@@ -12,6 +12,17 @@
 //!
 //! Unordered mode passes everything through except messages already
 //! acknowledged.
+//!
+//! Shared mode is for a consumer of a group. The group's messages are split
+//! between its consumers, so one consumer sees a subset of the seqs, with
+//! holes; and when a consumer leaves, its unacknowledged messages move to
+//! the others, so a consumer may get a lower seq after a higher one. Order
+//! within a group is the broker's business (per ordering key), so this mode
+//! only drops what the application must not see twice: a copy of a message
+//! it still holds, or one it has already acknowledged.
+//!
+//! Volatile deliveries (seq 0, never stored) do not pass through the filter
+//! at all: there is nothing to order, hold or acknowledge.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,10 +39,29 @@ pub enum Verdict {
     Drop,
 }
 
+/// How a [`Filter`] treats deliveries; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Seq order; nothing seen twice unless given back.
+    Ordered,
+    /// Everything except what was already acknowledged.
+    Unordered,
+    /// A consumer of a group: everything except what was acknowledged or
+    /// is still held, in whatever order the broker sends it.
+    Shared,
+}
+
+/// In shared mode, how many acknowledged seqs above the floor are
+/// remembered. The floor is the group's cursor, which another consumer can
+/// hold back for as long as it keeps a message; past this many, the oldest
+/// are forgotten (a redelivery of one would then be handed over again,
+/// which at-least-once allows).
+const SHARED_ACKED_CAP: usize = 65_536;
+
 /// The filter's state for one subscription.
 #[derive(Debug)]
 pub struct Filter {
-    ordered: bool,
+    mode: Mode,
     /// Every seq below this is acknowledged by the application.
     acked_floor: u64,
     /// Seqs at or above `acked_floor` the application acknowledged.
@@ -50,8 +80,17 @@ pub struct Filter {
 impl Filter {
     /// A filter in ordered or unordered mode.
     pub fn new(ordered: bool) -> Self {
+        Filter::with_mode(if ordered {
+            Mode::Ordered
+        } else {
+            Mode::Unordered
+        })
+    }
+
+    /// A filter in any mode.
+    pub fn with_mode(mode: Mode) -> Self {
         Filter {
-            ordered,
+            mode,
             acked_floor: 1,
             acked: BTreeSet::new(),
             held: BTreeMap::new(),
@@ -65,12 +104,23 @@ impl Filter {
         if seq < self.acked_floor || self.acked.contains(&seq) {
             return Verdict::Reack;
         }
-        if self.ordered {
-            if self.held.contains_key(&seq) {
-                return Verdict::Drop;
+        match self.mode {
+            Mode::Ordered => {
+                if self.held.contains_key(&seq) {
+                    return Verdict::Drop;
+                }
+                if seq <= self.last_handed && !self.released.remove(&seq) {
+                    return Verdict::Drop;
+                }
             }
-            if seq <= self.last_handed && !self.released.remove(&seq) {
-                return Verdict::Drop;
+            Mode::Shared => {
+                if self.held.contains_key(&seq) {
+                    return Verdict::Drop;
+                }
+                self.released.remove(&seq);
+            }
+            Mode::Unordered => {
+                self.released.remove(&seq);
             }
         }
         self.held.insert(seq, now);
@@ -86,6 +136,9 @@ impl Filter {
             self.acked.insert(seq);
         }
         self.compact();
+        if self.mode == Mode::Shared && self.acked.len() > SHARED_ACKED_CAP {
+            self.acked.pop_first();
+        }
     }
 
     /// The application acknowledged everything up to `up_to`.
@@ -103,6 +156,33 @@ impl Filter {
             self.acked = self.acked.split_off(&next_seq);
         }
         self.compact();
+    }
+
+    /// The broker moved the cursor past `from_seq..=to_seq` because those
+    /// messages were deleted (retention or a purge): nothing there will be
+    /// delivered again, so stop holding any of them and treat everything
+    /// below `to_seq + 1` as done.
+    pub fn skipped(&mut self, from_seq: u64, to_seq: u64) {
+        if from_seq <= to_seq {
+            let gone: Vec<u64> = self
+                .held
+                .range(from_seq..=to_seq)
+                .map(|(s, _)| *s)
+                .collect();
+            for s in gone {
+                self.held.remove(&s);
+            }
+            let gone: Vec<u64> = self.released.range(from_seq..=to_seq).copied().collect();
+            for s in gone {
+                self.released.remove(&s);
+            }
+        }
+        self.advance_floor(to_seq.saturating_add(1));
+    }
+
+    /// The mode it was made with.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// The application gave `seq` back: its redelivery will be let through.
@@ -208,5 +288,73 @@ mod tests {
         assert_eq!(f.offer(4, now), Verdict::Hand);
         f.acked(5);
         assert_eq!(f.offer(5, now), Verdict::Reack);
+    }
+
+    #[test]
+    fn shared_hands_holes_and_lower_seqs_after_a_handoff() {
+        let now = Instant::now();
+        let mut f = Filter::with_mode(Mode::Shared);
+        // This consumer's share of the group: a subset, with holes.
+        assert_eq!(f.offer(2, now), Verdict::Hand);
+        assert_eq!(f.offer(5, now), Verdict::Hand);
+        assert_eq!(f.offer(9, now), Verdict::Hand);
+        // Another consumer left: its unacked 3 and 4 move here, after 9.
+        assert_eq!(f.offer(3, now), Verdict::Hand);
+        assert_eq!(f.offer(4, now), Verdict::Hand);
+        // A copy of something still held (e.g. after a reconnect): dropped.
+        assert_eq!(f.offer(5, now), Verdict::Drop);
+        f.acked(5);
+        assert_eq!(f.offer(5, now), Verdict::Reack);
+        // Given back: its redelivery comes through, once.
+        f.released(9);
+        assert_eq!(f.offer(9, now), Verdict::Hand);
+        assert_eq!(f.offer(9, now), Verdict::Drop);
+        assert_eq!(f.held(), vec![2, 3, 4, 9]);
+    }
+
+    #[test]
+    fn ordered_mode_would_lose_a_group_handoff() {
+        // Why groups do not use ordered mode: the lower seqs moved here
+        // after a handoff would be dropped as stale.
+        let now = Instant::now();
+        let mut f = Filter::new(true);
+        assert_eq!(f.offer(9, now), Verdict::Hand);
+        assert_eq!(f.offer(3, now), Verdict::Drop);
+    }
+
+    #[test]
+    fn shared_forgets_the_oldest_acks_past_its_cap() {
+        let now = Instant::now();
+        let mut f = Filter::with_mode(Mode::Shared);
+        // Seq 1 is held by another consumer: the group's floor stays at 1.
+        let last = 2 + SHARED_ACKED_CAP as u64;
+        for s in 2..=last {
+            f.offer(s, now);
+            f.acked(s);
+        }
+        assert_eq!(f.acked.len(), SHARED_ACKED_CAP);
+        assert_eq!(f.offer(2, now), Verdict::Hand, "forgotten: handed again");
+        assert_eq!(f.offer(last, now), Verdict::Reack);
+    }
+
+    #[test]
+    fn a_gap_releases_held_seqs_and_moves_the_floor() {
+        let now = Instant::now();
+        let mut f = Filter::new(true);
+        for s in 1..=4 {
+            assert_eq!(f.offer(s, now), Verdict::Hand);
+        }
+        f.released(4);
+        // Retention deleted 1..=5; 1..=4 were delivered, 5 never was.
+        f.skipped(1, 5);
+        assert!(f.held().is_empty());
+        assert!(f.released.is_empty());
+        assert_eq!(f.acked_floor, 6);
+        assert_eq!(f.offer(5, now), Verdict::Reack);
+        assert_eq!(f.offer(6, now), Verdict::Hand);
+        // A gap the floor is already past changes nothing.
+        f.skipped(2, 3);
+        assert_eq!(f.acked_floor, 6);
+        assert_eq!(f.held(), vec![6]);
     }
 }

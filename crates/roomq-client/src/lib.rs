@@ -29,11 +29,14 @@
 //! - A [`Subscription`] is a `Stream` of [`Delivery`] values. Durable
 //!   subscriptions are *ordered*: the application sees messages in seq
 //!   order, never one it has already acknowledged, and never a second copy
-//!   of one it still holds.
+//!   of one it still holds. A group's consumers share the work instead
+//!   ([`JoinOptions::group`]). [`Subscription::next_event`] also yields
+//!   [`Gap`] notices and [`PresenceChange`]s.
 //!
 //! Layout:
 //! - [`client`]: `Client`, its builder, publishing, the reconnecting supervisor.
-//! - [`subscription`]: `Subscription`, `Delivery`, `JoinOptions`.
+//! - [`subscription`]: `Subscription`, `Delivery`, `JoinOptions`, gap notices.
+//! - [`presence`]: who is in a room (`Client::members`, presence changes).
 //! - [`filter`]: the ordered-mode state machine (no I/O).
 //! - [`raw`]: the protocol-level connection the SDK is built on.
 //! - [`tls`]: TLS options for the connection (trusted roots, server name).
@@ -41,15 +44,19 @@
 pub mod client;
 mod error;
 pub mod filter;
+pub mod presence;
 pub mod raw;
 pub mod subscription;
 pub mod tls;
 
-pub use client::{Client, ClientBuilder, Confirmation, Event, PublishBuilder, ReconnectPolicy};
+pub use client::{
+    Client, ClientBuilder, Confirmation, Event, PublishBuilder, ReconnectPolicy, Stored, Volatile,
+};
 pub use error::ClientError;
+pub use presence::{Member, Members, PresenceChange, PresenceKind};
 pub use raw::{ConnectOptions, Deliveries, Push};
 pub use roomq_wire::{pb as proto, ErrorCode};
-pub use subscription::{Delivery, JoinOptions, Start, Subscription};
+pub use subscription::{Delivery, Gap, JoinOptions, Start, Subscription, SubscriptionEvent};
 pub use tls::TlsOptions;
 /// The rustls this crate uses, for building a [`TlsOptions`] by hand.
 pub use tokio_rustls::rustls;

@@ -108,7 +108,8 @@ pub enum Push {
     Presence(pb::PresenceEvent),
 }
 
-/// Pushed deliveries (and unsolicited errors) of one connection.
+/// What the broker pushes to one connection: deliveries, unsolicited
+/// errors, gap notices and presence events.
 pub struct Deliveries {
     rx: mpsc::Receiver<Push>,
 }
@@ -119,7 +120,8 @@ impl Deliveries {
         self.rx.recv().await
     }
 
-    /// The next delivery, skipping pushed errors; `None` once closed.
+    /// The next delivery, skipping the other pushes (errors, gaps,
+    /// presence); `None` once closed.
     pub async fn next_delivery(&mut self) -> Option<pb::Delivery> {
         loop {
             match self.rx.recv().await? {
@@ -412,12 +414,27 @@ impl Connection {
         seqs: &[u64],
         delay: Duration,
     ) -> Result<(), ClientError> {
+        self.nack_with_reason(room, subscription, seqs, delay, "")
+            .await
+    }
+
+    /// Hands deliveries back for redelivery after `delay`, saying why. If
+    /// one of them ends in the dead-letter room, `reason` is kept there as
+    /// its `roomq-dead-reason` header (at most 255 bytes).
+    pub async fn nack_with_reason(
+        &self,
+        room: &str,
+        subscription: &str,
+        seqs: &[u64],
+        delay: Duration,
+        reason: &str,
+    ) -> Result<(), ClientError> {
         let n = pb::Nack {
             room: room.to_string(),
             subscription: subscription.to_string(),
             seqs: seqs.to_vec(),
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            reason: String::new(),
+            reason: reason.to_string(),
         };
         match self.request(pb::client_frame::Body::Nack(n)).await? {
             pb::server_frame::Body::NackOk(_) => Ok(()),
@@ -450,6 +467,18 @@ impl Connection {
             .await?
         {
             pb::server_frame::Body::ListRoomsOk(ok) => Ok(ok.rooms),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Who is in `room` now: one entry per joined session (per consumer of
+    /// a group). `truncated` says more exist than fit in one reply.
+    pub async fn members(&self, room: &str) -> Result<pb::MembersOk, ClientError> {
+        let m = pb::Members {
+            room: room.to_string(),
+        };
+        match self.request(pb::client_frame::Body::Members(m)).await? {
+            pb::server_frame::Body::MembersOk(ok) => Ok(ok),
             other => Err(unexpected(other)),
         }
     }

@@ -1,16 +1,21 @@
 //! Subscriptions: [`Client::join`] returns a [`Subscription`], a stream of
-//! [`Delivery`] values that the application acknowledges one by one.
+//! [`Delivery`] values that the application acknowledges one by one, and —
+//! for those who ask with [`Subscription::next_event`] — of the notices
+//! about the membership: [`Gap`]s and [`PresenceChange`]s.
 //!
 //! Each subscription owns a [`Filter`] (ordered mode by default for durable
-//! members) and a small task that keeps the ack deadline of deliveries the
-//! application holds from expiring, up to the client's `max_hold`.
+//! members, shared mode for a group's consumers) and a small task that
+//! keeps the ack deadline of deliveries the application holds from
+//! expiring, up to the client's `max_hold`. The filter sits behind a short
+//! `std::sync::Mutex`, never held across an `.await`: the supervisor offers
+//! deliveries, the application's acks and the keep-alive task update it.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use roomq_wire::pb;
@@ -20,9 +25,17 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::client::{Client, Event, Inner};
-use crate::filter::{Filter, Verdict};
+use crate::filter::{Filter, Mode, Verdict};
+use crate::presence::PresenceChange;
 use crate::raw::Connection;
 use crate::ClientError;
+
+/// Volatile deliveries and notices (gaps, presence changes) that may wait in
+/// a subscription's queue, on top of the room kept for ordinary deliveries.
+/// Neither is bounded by `max_in_flight`, so they have their own budget: a
+/// flood of them must not push out the deliveries the broker waits to see
+/// acknowledged. Past it they are dropped (see [`Subscription::dropped`]).
+pub const EXTRA_QUEUE: usize = 1024;
 
 /// Where a new membership starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,6 +49,9 @@ pub enum Start {
     Earliest,
     /// From this seq.
     Seq(u64),
+    /// From the first message the broker accepted at or after this time
+    /// (the end of the log when there is none).
+    Time(SystemTime),
 }
 
 /// How to join a room.
@@ -48,6 +64,12 @@ pub struct JoinOptions {
     ack_timeout: Option<Duration>,
     auto_ack: bool,
     ordered: Option<bool>,
+    group: Option<String>,
+    exclusive: bool,
+    backoff: Vec<Duration>,
+    max_deliveries: Option<u32>,
+    events: Vec<String>,
+    presence: bool,
 }
 
 impl JoinOptions {
@@ -98,9 +120,183 @@ impl JoinOptions {
     }
 
     /// Ordered mode on or off (default: on for durable, off for ephemeral).
+    /// A group's consumers never use it; see [`JoinOptions::group`].
     pub fn ordered(mut self, ordered: bool) -> Self {
         self.ordered = Some(ordered);
         self
+    }
+
+    /// Consumes for the group `name`: its consumers (in any number of
+    /// clients) share one durable cursor, and each message goes to one of
+    /// them. Messages with the same ordering key (see
+    /// [`crate::PublishBuilder::key`]) go to the same consumer, in order.
+    /// A group is durable; its start position applies only when the group
+    /// is new.
+    ///
+    /// A consumer sees a subset of the room's seqs, and after another
+    /// consumer leaves it may get that consumer's unacknowledged messages
+    /// with lower seqs than some it already has; so the SDK hands them over
+    /// as they come ([`JoinOptions::ordered`] does not apply), dropping only
+    /// copies of what the application holds or has acknowledged.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        self.group = Some(name.into());
+        self
+    }
+
+    /// With [`JoinOptions::group`]: only the consumer that joined first gets
+    /// messages; the others stand by, and the next one in join order takes
+    /// over (with what was unacknowledged) when it leaves.
+    pub fn exclusive(mut self) -> Self {
+        self.exclusive = true;
+        self
+    }
+
+    /// Ack timeouts per delivery attempt: attempt n waits `backoff[n-1]`
+    /// (the last entry for later attempts) instead of the ack timeout. Each
+    /// is sent in whole ms (at least 1); the broker caps the number of
+    /// steps and their length (1 ms to 1 day).
+    pub fn backoff(mut self, steps: Vec<Duration>) -> Self {
+        self.backoff = steps;
+        self
+    }
+
+    /// A message delivered this many times and still not acknowledged is
+    /// moved to the dead-letter room `<room>.dlq` and the membership moves
+    /// on. 0 = never. Default: the broker's (20).
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = Some(n);
+        self
+    }
+
+    /// Only messages whose event matches one of these patterns (`*` = any
+    /// run of characters); the others are skipped as if acknowledged. Adds
+    /// to the patterns already given; none = every event.
+    pub fn events<I, S>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.events.extend(patterns.into_iter().map(Into::into));
+        self
+    }
+
+    /// Receive a [`PresenceChange`] when someone joins or leaves the room;
+    /// read them with [`Subscription::next_event`].
+    pub fn presence(mut self, on: bool) -> Self {
+        self.presence = on;
+        self
+    }
+
+    /// The join request these options make for `room`, and the filter mode
+    /// of the subscription. `has_client_id`: whether the client has one.
+    pub(crate) fn plan(&self, room: &str, has_client_id: bool) -> (pb::Join, Mode) {
+        let label = self.subscription.clone().unwrap_or_default();
+        let group = self.group.clone().unwrap_or_default();
+        let durable = self
+            .durable
+            .unwrap_or(!label.is_empty() || has_client_id || !group.is_empty());
+        let mode = if group.is_empty() {
+            if self.ordered.unwrap_or(durable) {
+                Mode::Ordered
+            } else {
+                Mode::Unordered
+            }
+        } else {
+            Mode::Shared
+        };
+        let member_mode = match self.durable {
+            Some(true) => pb::MemberMode::Durable,
+            Some(false) => pb::MemberMode::Ephemeral,
+            None => pb::MemberMode::Auto,
+        };
+        let (start, start_seq, start_time_ms) = match self.start {
+            Start::Resume => (pb::StartPosition::Resume, 0, 0),
+            Start::New => (pb::StartPosition::New, 0, 0),
+            Start::Earliest => (pb::StartPosition::Earliest, 0, 0),
+            Start::Seq(s) => (pb::StartPosition::Seq, s, 0),
+            Start::Time(t) => (pb::StartPosition::Time, 0, epoch_ms(t)),
+        };
+        let group_mode = if self.exclusive {
+            pb::GroupMode::Exclusive
+        } else {
+            pb::GroupMode::KeyOrdered
+        };
+        let join = pb::Join {
+            room: room.to_string(),
+            subscription: label,
+            mode: member_mode as i32,
+            start: start as i32,
+            start_seq,
+            max_in_flight: self.max_in_flight,
+            ack_timeout_ms: self.ack_timeout.map_or(0, whole_ms),
+            group,
+            group_mode: group_mode as i32,
+            backoff_ms: self.backoff.iter().map(|d| whole_ms(*d).max(1)).collect(),
+            max_deliveries: self.max_deliveries,
+            events: self.events.clone(),
+            presence: self.presence,
+            start_time_ms,
+        };
+        (join, mode)
+    }
+}
+
+/// `d` in whole milliseconds, saturating.
+pub(crate) fn whole_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `t` in ms since the Unix epoch (0 for a time before it).
+pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, whole_ms)
+}
+
+/// The broker moved a membership's cursor past messages it never
+/// acknowledged, because retention or a purge deleted them: seqs
+/// `from_seq..=to_seq`, `missed` of them. The SDK has already stopped
+/// waiting for them; this tells the application what it lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub room: String,
+    /// The subscription label it concerns.
+    pub subscription: String,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub missed: u64,
+}
+
+impl From<pb::Gap> for Gap {
+    fn from(g: pb::Gap) -> Self {
+        Gap {
+            room: g.room,
+            subscription: g.subscription,
+            from_seq: g.from_seq,
+            to_seq: g.to_seq,
+            missed: g.missed,
+        }
+    }
+}
+
+/// What [`Subscription::next_event`] yields: a message, or a notice about
+/// the membership, in the order the broker sent them.
+#[derive(Debug)]
+pub enum SubscriptionEvent {
+    Message(Delivery),
+    /// Messages this membership will never get (deleted before it got to
+    /// them); see [`Gap`].
+    Gap(Gap),
+    /// Someone joined or left the room (only with
+    /// [`JoinOptions::presence`]).
+    Presence(PresenceChange),
+}
+
+impl SubscriptionEvent {
+    /// Whether it counts against [`EXTRA_QUEUE`].
+    fn is_extra(&self) -> bool {
+        match self {
+            SubscriptionEvent::Message(d) => d.volatile,
+            SubscriptionEvent::Gap(_) | SubscriptionEvent::Presence(_) => true,
+        }
     }
 }
 
@@ -115,7 +311,13 @@ pub(crate) struct SubShared {
     join: pb::Join,
     auto_ack: bool,
     filter: Mutex<Filter>,
-    tx: Mutex<Option<mpsc::Sender<Delivery>>>,
+    tx: Mutex<Option<mpsc::Sender<SubscriptionEvent>>>,
+    /// Volatile deliveries and notices in the queue now (at most
+    /// [`EXTRA_QUEUE`]).
+    extras: AtomicUsize,
+    /// Volatile deliveries and notices dropped because the application
+    /// did not read them in time.
+    dropped: AtomicU64,
     closed: CancellationToken,
     inner: std::sync::Weak<Inner>,
 }
@@ -131,37 +333,103 @@ impl SubShared {
     /// A delivery arrived on `conn` for this subscription.
     pub(crate) fn offer(self: &Arc<Self>, d: pb::Delivery, conn: &Connection) {
         let Some(m) = d.message else { return };
-        let verdict = lock(&self.filter).offer(m.seq, Instant::now());
+        if d.volatile {
+            // Never stored, never redelivered, not to be acked: nothing for
+            // the filter to order or remember. If the application is not
+            // keeping up, it is lost, as a volatile message may be.
+            let delivery = self.delivery(d.room, d.subscription, d.attempt, d.redelivered, true, m);
+            self.send_extra(SubscriptionEvent::Message(delivery));
+            return;
+        }
+        let seq = m.seq;
+        let verdict = lock(&self.filter).offer(seq, Instant::now());
         match verdict {
             Verdict::Drop => {}
-            Verdict::Reack => self.spawn_ack(conn, m.seq),
+            Verdict::Reack => self.spawn_ack(conn, seq),
             Verdict::Hand => {
                 if self.auto_ack {
-                    lock(&self.filter).acked(m.seq);
-                    self.spawn_ack(conn, m.seq);
+                    lock(&self.filter).acked(seq);
+                    self.spawn_ack(conn, seq);
                 }
-                let delivery = Delivery {
-                    room: d.room,
-                    subscription: d.subscription,
-                    seq: m.seq,
-                    event: m.event,
-                    payload: m.payload,
-                    headers: m.headers,
-                    publisher_session: Uuid::from_slice(&m.publisher_session).ok(),
-                    timestamp_ms: m.timestamp_ms,
-                    attempt: d.attempt,
-                    redelivered: d.redelivered,
-                    sub: self.clone(),
-                };
+                let delivery =
+                    self.delivery(d.room, d.subscription, d.attempt, d.redelivered, false, m);
                 let sent = lock(&self.tx)
                     .as_ref()
-                    .map(|tx| tx.try_send(delivery).is_ok());
+                    .map(|tx| tx.try_send(SubscriptionEvent::Message(delivery)).is_ok());
                 if sent != Some(true) {
                     // The application is not reading (or left): let the
                     // broker redeliver it later.
-                    lock(&self.filter).released(m.seq);
+                    lock(&self.filter).released(seq);
                 }
             }
+        }
+    }
+
+    fn delivery(
+        self: &Arc<Self>,
+        room: String,
+        subscription: String,
+        attempt: u32,
+        redelivered: bool,
+        volatile: bool,
+        m: pb::Message,
+    ) -> Delivery {
+        Delivery {
+            room,
+            subscription,
+            seq: m.seq,
+            event: m.event,
+            payload: m.payload,
+            headers: m.headers,
+            publisher_session: Uuid::from_slice(&m.publisher_session).ok(),
+            timestamp_ms: m.timestamp_ms,
+            attempt,
+            redelivered,
+            key: m.key,
+            expires_at_ms: m.expires_at_ms,
+            deliver_at_ms: m.deliver_at_ms,
+            volatile,
+            sub: self.clone(),
+        }
+    }
+
+    /// The broker moved this membership's cursor past deleted messages.
+    pub(crate) fn gap(&self, g: pb::Gap) {
+        lock(&self.filter).skipped(g.from_seq, g.to_seq);
+        self.send_extra(SubscriptionEvent::Gap(Gap::from(g)));
+    }
+
+    /// Someone joined or left the room.
+    pub(crate) fn presence(&self, e: pb::PresenceEvent) {
+        if let Some(change) = PresenceChange::from_wire(e) {
+            self.send_extra(SubscriptionEvent::Presence(change));
+        }
+    }
+
+    /// Queues a volatile delivery or a notice, within [`EXTRA_QUEUE`].
+    fn send_extra(&self, event: SubscriptionEvent) {
+        let tx = lock(&self.tx);
+        let Some(tx) = tx.as_ref() else { return };
+        let queued = self
+            .extras
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < EXTRA_QUEUE).then_some(n + 1)
+            })
+            .is_ok();
+        if !queued {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if tx.try_send(event).is_err() {
+            self.extras.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The application took `event` from the queue.
+    fn taken(&self, event: &SubscriptionEvent) {
+        if event.is_extra() {
+            self.extras.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -234,6 +502,17 @@ pub struct Delivery {
     /// The member may have seen it before (a previous connection, or a
     /// previous run of the application).
     pub redelivered: bool,
+    /// The publish's ordering key ("" if none).
+    pub key: String,
+    /// When it expires, ms since the Unix epoch (0 = never).
+    pub expires_at_ms: u64,
+    /// When it could first be delivered, ms since the Unix epoch (0 = at
+    /// once).
+    pub deliver_at_ms: u64,
+    /// A volatile message: never stored, `seq` 0, never redelivered.
+    /// [`Delivery::ack`] and [`Delivery::in_progress`] do nothing for it,
+    /// and [`Delivery::nack`] is refused.
+    pub volatile: bool,
     sub: Arc<SubShared>,
 }
 
@@ -246,6 +525,8 @@ impl std::fmt::Debug for Delivery {
             .field("payload_len", &self.payload.len())
             .field("attempt", &self.attempt)
             .field("redelivered", &self.redelivered)
+            .field("key", &self.key)
+            .field("volatile", &self.volatile)
             .finish()
     }
 }
@@ -254,7 +535,12 @@ impl Delivery {
     /// Acknowledges it: it will not be delivered to this member again. If
     /// the connection is down, the acknowledgement is completed when the
     /// broker redelivers it after the reconnect (the SDK acks it silently).
+    ///
+    /// A volatile delivery needs no acknowledgement: this does nothing.
     pub async fn ack(self) -> Result<(), ClientError> {
+        if self.volatile {
+            return Ok(());
+        }
         lock(&self.sub.filter).acked(self.seq);
         let Some(conn) = self.sub.connection().await else {
             return Ok(());
@@ -269,14 +555,28 @@ impl Delivery {
         }
     }
 
-    /// Gives it back, to be delivered again after `delay`.
+    /// Gives it back, to be delivered again after `delay`. A volatile
+    /// delivery cannot be given back: [`ClientError::InvalidUse`].
     pub async fn nack(self, delay: Duration) -> Result<(), ClientError> {
+        self.nack_with_reason(delay, "").await
+    }
+
+    /// Gives it back like [`Delivery::nack`], saying why: if this was its
+    /// last allowed delivery (see [`JoinOptions::max_deliveries`]), the
+    /// dead-letter copy keeps `reason` in its `roomq-dead-reason` header.
+    /// At most 255 bytes.
+    pub async fn nack_with_reason(self, delay: Duration, reason: &str) -> Result<(), ClientError> {
+        if self.volatile {
+            return Err(ClientError::InvalidUse(
+                "a volatile delivery is never redelivered, so it cannot be given back".into(),
+            ));
+        }
         lock(&self.sub.filter).released(self.seq);
         let Some(conn) = self.sub.connection().await else {
             return Ok(());
         };
         match conn
-            .nack(&self.room, &self.subscription, &[self.seq], delay)
+            .nack_with_reason(&self.room, &self.subscription, &[self.seq], delay, reason)
             .await
         {
             Err(e) if !e.is_connection_loss() => Err(e),
@@ -286,8 +586,12 @@ impl Delivery {
 
     /// Tells the broker it is still being worked on (restarts its ack
     /// timer). The SDK does this by itself while the delivery is held; call
-    /// it to be explicit.
+    /// it to be explicit. A volatile delivery has no timer: this does
+    /// nothing.
     pub async fn in_progress(&self) -> Result<(), ClientError> {
+        if self.volatile {
+            return Ok(());
+        }
         match self.sub.connection().await {
             Some(conn) => {
                 conn.in_progress(&self.room, &self.subscription, &[self.seq])
@@ -300,11 +604,16 @@ impl Delivery {
 
 /// A membership of a room: a stream of deliveries.
 ///
+/// [`Subscription::next`] (and the `Stream` impl) yields messages only;
+/// [`Subscription::next_event`] yields them together with the notices
+/// about the membership (gaps, presence changes), in the order the broker
+/// sent them. Use one or the other: `next` discards the notices it meets.
+///
 /// Dropping it stops routing deliveries to it (a durable membership keeps
 /// its cursor; unacknowledged deliveries are redelivered later). Call
 /// [`Subscription::leave`] to leave explicitly.
 pub struct Subscription {
-    rx: mpsc::Receiver<Delivery>,
+    rx: mpsc::Receiver<SubscriptionEvent>,
     shared: Arc<SubShared>,
     client: Client,
     joined: pb::JoinOk,
@@ -313,9 +622,50 @@ pub struct Subscription {
 
 impl Subscription {
     /// The next delivery; `None` once the subscription has ended (left, or
-    /// the client closed).
+    /// the client closed). Gap and presence notices met on the way are
+    /// discarded (the SDK has already acted on a gap).
     pub async fn next(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
+        futures::future::poll_fn(|cx| self.poll_delivery(cx)).await
+    }
+
+    /// The next message or notice; `None` once the subscription has ended.
+    pub async fn next_event(&mut self) -> Option<SubscriptionEvent> {
+        futures::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// Messages and notices as a `Stream` (see [`Subscription::next_event`]).
+    pub fn event_stream(&mut self) -> impl futures::Stream<Item = SubscriptionEvent> + '_ {
+        futures::stream::poll_fn(move |cx| self.poll_event(cx))
+    }
+
+    /// Volatile deliveries and notices dropped so far because more than
+    /// [`EXTRA_QUEUE`] of them were waiting to be read.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The group this subscription consumes for, if any.
+    pub fn group(&self) -> Option<&str> {
+        Some(self.shared.join.group.as_str()).filter(|g| !g.is_empty())
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<SubscriptionEvent>> {
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(event)) = &polled {
+            self.shared.taken(event);
+        }
+        polled
+    }
+
+    fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        loop {
+            match self.poll_event(cx) {
+                Poll::Ready(Some(SubscriptionEvent::Message(d))) => return Poll::Ready(Some(d)),
+                Poll::Ready(Some(_notice)) => continue,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     /// The room.
@@ -391,7 +741,7 @@ impl futures::Stream for Subscription {
     type Item = Delivery;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        self.rx.poll_recv(cx)
+        self.poll_delivery(cx)
     }
 }
 
@@ -402,34 +752,9 @@ pub(crate) async fn join(
     options: JoinOptions,
 ) -> Result<Subscription, ClientError> {
     let inner = &client.inner;
-    let label = options.subscription.clone().unwrap_or_default();
+    let (request, filter_mode) = options.plan(room, !inner.settings.connect.client_id.is_empty());
+    let label = request.subscription.clone();
     let key = (room.to_string(), label.clone());
-    let has_name = !label.is_empty() || !inner.settings.connect.client_id.is_empty();
-    let durable = options.durable.unwrap_or(has_name);
-    let ordered = options.ordered.unwrap_or(durable);
-    let mode = match options.durable {
-        Some(true) => pb::MemberMode::Durable,
-        Some(false) => pb::MemberMode::Ephemeral,
-        None => pb::MemberMode::Auto,
-    };
-    let (start, start_seq) = match options.start {
-        Start::Resume => (pb::StartPosition::Resume, 0),
-        Start::New => (pb::StartPosition::New, 0),
-        Start::Earliest => (pb::StartPosition::Earliest, 0),
-        Start::Seq(s) => (pb::StartPosition::Seq, s),
-    };
-    let request = pb::Join {
-        room: room.to_string(),
-        subscription: label.clone(),
-        mode: mode as i32,
-        start: start as i32,
-        start_seq,
-        max_in_flight: options.max_in_flight,
-        ack_timeout_ms: options
-            .ack_timeout
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        ..Default::default()
-    };
     let (conn, _) = inner.connection().await?;
     let broker_max = conn.limits().map_or(1000, |l| l.max_in_flight);
     let in_flight = match options.max_in_flight {
@@ -439,15 +764,17 @@ pub(crate) async fn join(
     let ack_timeout = options.ack_timeout.unwrap_or_else(|| {
         Duration::from_millis(conn.limits().map_or(30_000, |l| l.ack_timeout_ms))
     });
-    let (tx, rx) = mpsc::channel(in_flight as usize + 64);
+    let (tx, rx) = mpsc::channel(in_flight as usize + 64 + EXTRA_QUEUE);
     let shared = Arc::new(SubShared {
         created: NEXT_SUB.fetch_add(1, Ordering::Relaxed),
         room: room.to_string(),
         label: label.clone(),
         join: request.clone(),
         auto_ack: options.auto_ack,
-        filter: Mutex::new(Filter::new(ordered)),
+        filter: Mutex::new(Filter::with_mode(filter_mode)),
         tx: Mutex::new(Some(tx)),
+        extras: AtomicUsize::new(0),
+        dropped: AtomicU64::new(0),
         closed: CancellationToken::new(),
         inner: Arc::downgrade(inner),
     });
@@ -507,5 +834,73 @@ async fn keep_alive(shared: Arc<SubShared>, ack_timeout: Duration, max_hold: Dur
                 let _ = conn.in_progress(&shared.room, &shared.label, chunk).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_options_map_onto_the_join_request() {
+        let opts = JoinOptions::new()
+            .group("billing")
+            .exclusive()
+            .backoff(vec![
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+                Duration::from_micros(10),
+            ])
+            .max_deliveries(0)
+            .events(["order.*"])
+            .events(vec!["refund".to_string()])
+            .presence(true)
+            .ordered(true);
+        let (join, mode) = opts.plan("orders", false);
+        assert_eq!(join.room, "orders");
+        assert_eq!(join.group, "billing");
+        assert_eq!(join.group_mode, pb::GroupMode::Exclusive as i32);
+        // A sub-millisecond step is sent as 1 ms, never as 0.
+        assert_eq!(join.backoff_ms, vec![100, 1000, 1]);
+        // 0 is "unlimited" and must be sent, not left absent.
+        assert_eq!(join.max_deliveries, Some(0));
+        assert_eq!(join.events, vec!["order.*", "refund"]);
+        assert!(join.presence);
+        assert_eq!(join.mode, pb::MemberMode::Auto as i32);
+        // Groups never use the ordered filter, even when asked.
+        assert_eq!(mode, Mode::Shared);
+    }
+
+    #[test]
+    fn defaults_leave_the_new_fields_unset() {
+        let (join, mode) = JoinOptions::new().plan("general", true);
+        assert_eq!(join.group, "");
+        assert_eq!(join.group_mode, pb::GroupMode::KeyOrdered as i32);
+        assert!(join.backoff_ms.is_empty());
+        assert_eq!(join.max_deliveries, None, "absent = the broker's default");
+        assert!(join.events.is_empty());
+        assert!(!join.presence);
+        assert_eq!(join.start, pb::StartPosition::Resume as i32);
+        assert_eq!(mode, Mode::Ordered, "durable by client id: ordered");
+        let (_, mode) = JoinOptions::new().plan("general", false);
+        assert_eq!(mode, Mode::Unordered, "ephemeral: unordered");
+        let (join, mode) = JoinOptions::new().group("g").plan("general", false);
+        assert_eq!(join.group, "g");
+        assert_eq!(mode, Mode::Shared);
+    }
+
+    #[test]
+    fn start_positions_map_onto_the_join_request() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let (join, _) = JoinOptions::new().start(Start::Time(at)).plan("r", true);
+        assert_eq!(join.start, pb::StartPosition::Time as i32);
+        assert_eq!(join.start_time_ms, 1_700_000_000_123);
+        let (join, _) = JoinOptions::new().start(Start::Seq(42)).plan("r", true);
+        assert_eq!(
+            (join.start, join.start_seq, join.start_time_ms),
+            (pb::StartPosition::Seq as i32, 42, 0)
+        );
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(epoch_ms(before), 0);
     }
 }
