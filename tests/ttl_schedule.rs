@@ -69,7 +69,7 @@ async fn a_message_is_delivered_before_its_ttl_and_skipped_after_it() {
 
     assert_eq!(published_seq(&p, with_ttl("r", "two", 10_000)).await, 2);
     assert_eq!(seq(&next_paused(&mut md).await), 2);
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
 
     // A member that joins after both expired gets neither; the next
     // message is its first delivery, and its cursor moves past all three.
@@ -112,7 +112,7 @@ async fn an_unacked_message_that_expires_is_not_redelivered() {
         .unwrap();
     assert_eq!(seq(&next_paused(&mut md).await), 3);
     drop((m, md));
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let (m, mut md) = broker.connect("worker").await;
     m.join_with(join("r", pb::StartPosition::Resume, 100, 4_000))
         .await
@@ -242,7 +242,7 @@ async fn ttl_and_delay_apply_to_groups() {
         .await
         .unwrap();
     p.publish("r", "e", "stays").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
 
     let (a, mut ad) = broker.connect("a").await;
     a.join_with(group).await.unwrap();
