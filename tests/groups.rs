@@ -562,3 +562,82 @@ async fn a_key_waits_for_its_consumer_instead_of_spilling_over() {
     g.assert_all_quiet(&[]).await;
     broker.stop().await;
 }
+
+/// "Group-wide settings (group_mode, events, max_deliveries) are those of
+/// the latest join."
+#[tokio::test]
+async fn group_wide_settings_are_those_of_the_latest_join() {
+    let broker = TestBroker::start().await;
+    let mut g = Consumers::new();
+    let base = group_join("jobs", "workers", pb::GroupMode::KeyOrdered, 100);
+    g.add(
+        &broker,
+        "a",
+        pb::Join {
+            events: vec!["a*".into()],
+            max_deliveries: Some(5),
+            ..base.clone()
+        },
+    )
+    .await;
+    g.add(
+        &broker,
+        "b",
+        pb::Join {
+            events: vec!["b*".into()],
+            max_deliveries: Some(1),
+            ..base
+        },
+    )
+    .await;
+    let (p, _pd) = broker.connect("").await;
+    p.publish("jobs", "apple", "1").await.unwrap();
+    p.publish("jobs", "banana", "2").await.unwrap();
+    let (i, d) = next_any(&mut g.ds).await;
+    assert_eq!(
+        (seq(&d), message(&d).event.as_str()),
+        (2, "banana"),
+        "the latest join's filter applies to the whole group"
+    );
+    g.assert_all_quiet(&[]).await;
+    // One delivery is the group's limit now: a nack dead-letters it.
+    g.conns[i]
+        .nack("jobs", "", &[2], Duration::ZERO)
+        .await
+        .unwrap();
+    g.assert_all_quiet(&[]).await;
+    p.publish("jobs", "banana", "3").await.unwrap();
+    let (i, d) = next_any(&mut g.ds).await;
+    assert_eq!(seq(&d), 3);
+    assert_eq!(g.conns[i].ack("jobs", "", &[3]).await.unwrap(), 4);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn admin_lists_a_group_as_one_member_with_its_consumers() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let (config, admin_token) = admin_config(&dir);
+    let broker = TestBroker::start_with(config, dir).await;
+    let mut g = Consumers::new();
+    let j = group_join("jobs", "workers", pb::GroupMode::KeyOrdered, 100);
+    g.add(&broker, "a", j.clone()).await;
+    g.add(&broker, "b", j).await;
+    let (p, _pd) = broker.connect("").await;
+    for i in 1..=4 {
+        p.publish("jobs", "job", format!("{i}")).await.unwrap();
+    }
+    let got = g.collect(4).await;
+    let (i, d) = &got[0];
+    g.conns[*i].ack("jobs", "", &[seq(d)]).await.unwrap();
+    let admin = broker.admin(&admin_token).await;
+    let room = admin::room(&admin, "/", "jobs").await.unwrap();
+    assert_eq!(room.members.len(), 1, "{room:?}");
+    let m = &room.members[0];
+    assert_eq!(
+        (m.group.as_str(), m.durable, m.connected, m.consumers),
+        ("workers", true, true, 2),
+        "{m:?}"
+    );
+    assert_eq!(m.unacked, 3, "{m:?}");
+    broker.stop().await;
+}
