@@ -206,6 +206,7 @@ impl Member {
     pub fn from_record(rec: &CursorRecord, max_deliveries: u32) -> Self {
         let mut m = Member::new(true, rec.next_seq.max(1), max_deliveries);
         m.owner = rec.owner.as_deref().map(Arc::from);
+        m.gap = rec.gap.map(|(from, to, missed)| Gap { from, to, missed });
         for (seq, attempts) in &rec.unacked {
             if *seq < m.next_seq {
                 m.unacked.insert(
@@ -230,6 +231,7 @@ impl Member {
             next_seq: self.next_seq,
             unacked: self.unacked.iter().map(|(s, u)| (*s, u.attempts)).collect(),
             owner: self.owner.as_deref().map(str::to_string),
+            gap: self.gap.map(|g| (g.from, g.to, g.missed)),
         }
     }
 
@@ -852,22 +854,23 @@ impl Room {
         }
     }
 
-    /// Sends a member's pending gap notice to its consumers. False if one
-    /// could not take it (it is sent again on the next pump).
-    fn send_gap(&mut self, key: &MemberKey, out: &mut impl Outlet) -> bool {
+    /// Sends a member's pending gap notice to its consumers: `Ok(true)`
+    /// if one was sent, `Err` if a consumer could not take it (it is sent
+    /// again on the next pump).
+    fn send_gap(&mut self, key: &MemberKey, out: &mut impl Outlet) -> Result<bool, ()> {
         let Some(member) = self.members.get_mut(key) else {
-            return false;
+            return Err(());
         };
         let Some(gap) = member.gap else {
-            return true;
+            return Ok(false);
         };
         for c in &member.consumers {
             if !out.gap(c.session, &self.name, &c.label, gap) {
-                return false;
+                return Err(());
             }
         }
         member.gap = None;
-        true
+        Ok(true)
     }
 
     /// Delivers to member `key` whatever it may have now: what is due
@@ -879,8 +882,10 @@ impl Room {
             Some(m) if m.connected() && !m.joining => {}
             _ => return done,
         }
-        if !self.send_gap(key, out) {
-            return done;
+        match self.send_gap(key, out) {
+            // The stored cursor no longer owes it.
+            Ok(sent) => done.changed = sent,
+            Err(()) => return done,
         }
         // Consumers whose queues are full for the rest of this pump.
         let mut blocked: Vec<Uuid> = Vec::new();

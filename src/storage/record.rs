@@ -183,6 +183,8 @@ pub struct CursorRecord {
     /// Client id of the session that last joined this membership, used by
     /// `except_self`.
     pub owner: Option<String>,
+    /// A gap notice the member is owed: (from seq, to seq, missed).
+    pub gap: Option<(u64, u64, u64)>,
 }
 
 /// What a dedup id resolved to.
@@ -198,6 +200,8 @@ const LOG_VERSION: u8 = 1;
 const FLAG_EXCEPT_SESSION: u8 = 1;
 const FLAG_EXCEPT_CLIENT: u8 = 2;
 const FLAG_EXTRA: u8 = 4;
+/// Marks a gap notice in a cursor value.
+const GAP_TAG: u8 = 2;
 
 fn corrupt(key: &[u8], why: &'static str) -> StoreError {
     StoreError::Corrupt { key: hex(key), why }
@@ -374,6 +378,14 @@ pub fn encode_cursor(c: &CursorRecord) -> Vec<u8> {
         body.put_u64(*seq);
         body.put_u32(*attempts);
     }
+    // (Records written before gap notices existed start here with the
+    // owner flag, 0 or 1.)
+    if let Some((from, to, missed)) = c.gap {
+        body.put_u8(GAP_TAG);
+        body.put_u64(from);
+        body.put_u64(to);
+        body.put_u64(missed);
+    }
     match &c.owner {
         Some(owner) => {
             body.put_u8(1);
@@ -399,6 +411,14 @@ pub fn decode_cursor(key: &[u8], value: &[u8]) -> Result<CursorRecord, StoreErro
     for _ in 0..n {
         unacked.push((body.get_u64(), body.get_u32()));
     }
+    let mut gap = None;
+    if body.first() == Some(&GAP_TAG) {
+        if body.remaining() < 25 {
+            return Err(corrupt(key, "cursor gap truncated"));
+        }
+        body.advance(1);
+        gap = Some((body.get_u64(), body.get_u64(), body.get_u64()));
+    }
     let owner = match body.first() {
         Some(1) => Some(
             std::str::from_utf8(body.get(1..).unwrap_or_default())
@@ -411,6 +431,7 @@ pub fn decode_cursor(key: &[u8], value: &[u8]) -> Result<CursorRecord, StoreErro
         next_seq,
         unacked,
         owner,
+        gap,
     })
 }
 
@@ -620,8 +641,21 @@ mod tests {
             next_seq: 77,
             unacked: vec![(70, 1), (75, 3)],
             owner: Some("bob".into()),
+            gap: None,
         };
         assert_eq!(decode_cursor(b"k", &encode_cursor(&c)).unwrap(), c);
+        let owed = CursorRecord {
+            gap: Some((3, 60, 41)),
+            ..c.clone()
+        };
+        assert_eq!(decode_cursor(b"k", &encode_cursor(&owed)).unwrap(), owed);
+        let owed_anonymous = CursorRecord { owner: None, ..owed };
+        let value = encode_cursor(&owed_anonymous);
+        assert_eq!(decode_cursor(b"k", &value).unwrap(), owed_anonymous);
+        for len in 4..value.len() {
+            // Every prefix fails its checksum or its layout check.
+            assert!(decode_cursor(b"k", &value[..len]).is_err());
+        }
         let c = CursorRecord::default();
         assert_eq!(decode_cursor(b"k", &encode_cursor(&c)).unwrap(), c);
         let group = vec![

@@ -437,6 +437,7 @@ mod tests {
                     next_seq: 3,
                     unacked: vec![(2, 1)],
                     owner: None,
+                    gap: None,
                 }),
             ));
             b.dedup_put.push((
