@@ -415,6 +415,7 @@ async fn the_default_max_deliveries_comes_from_the_config_and_a_join_overrides_i
     let broker = TestBroker::start_with(config, dir).await;
     let (p, _pd) = broker.connect("").await;
     let (w, mut wd) = broker.connect("worker").await;
+    assert_eq!(w.limits().unwrap().max_deliveries, 2, "announced in Limits");
     w.join_with(worker_join("a", None, HOUR_MS)).await.unwrap();
     let (o, mut od) = broker.connect("overrider").await;
     o.join_with(worker_join("b", Some(4), HOUR_MS))
@@ -444,6 +445,11 @@ async fn a_backoff_list_is_checked() {
     config.limits.max_backoff_steps = 3;
     let broker = TestBroker::start_with(config, dir).await;
     let (w, _wd) = broker.connect("worker").await;
+    assert_eq!(
+        w.limits().unwrap().max_backoff_steps,
+        3,
+        "announced in Limits"
+    );
     let with = |backoff_ms: Vec<u64>| pb::Join {
         backoff_ms,
         ..worker_join("jobs", None, HOUR_MS)

@@ -139,19 +139,50 @@ fn assert_gaps(gaps: &[pb::Gap], room: &str, from: u64, to: u64, missed: u64) {
     assert_eq!(total, missed, "{gaps:?}");
 }
 
-/// Reads pushes until the gap notices reach `to_seq` and `n` deliveries
-/// came, or until nothing more comes for a while once `n` deliveries did
-/// (then the caller's checks say what is missing). Deliveries are not acked.
+/// [`gaps_and_deliveries`], asserting that every gap notice came before
+/// every delivery ("before any later delivery").
+async fn gaps_before_deliveries(
+    md: &mut Deliveries,
+    to_seq: u64,
+    n: usize,
+) -> (Vec<pb::Gap>, Vec<pb::Delivery>) {
+    let (gaps, ds, order) = gaps_and_deliveries_in_order(md, to_seq, n).await;
+    let first_delivery = order.iter().position(|is_gap| !is_gap);
+    let last_gap = order.iter().rposition(|is_gap| *is_gap);
+    if let (Some(d), Some(g)) = (first_delivery, last_gap) {
+        let seqs: Vec<u64> = ds.iter().map(seq).collect();
+        assert!(
+            g < d,
+            "a gap notice came after a delivery: gaps {gaps:?}, seqs {seqs:?}, order (gap?) {order:?}"
+        );
+    }
+    (gaps, ds)
+}
+
 async fn gaps_and_deliveries(
     md: &mut Deliveries,
     to_seq: u64,
     n: usize,
 ) -> (Vec<pb::Gap>, Vec<pb::Delivery>) {
+    let (gaps, ds, _) = gaps_and_deliveries_in_order(md, to_seq, n).await;
+    (gaps, ds)
+}
+
+/// Reads pushes until the gap notices reach `to_seq` and `n` deliveries
+/// came, or until nothing more comes for a while once `n` deliveries did
+/// (then the caller's checks say what is missing). Deliveries are not acked.
+/// Also returns the order of the pushes (true for a gap).
+async fn gaps_and_deliveries_in_order(
+    md: &mut Deliveries,
+    to_seq: u64,
+    n: usize,
+) -> (Vec<pb::Gap>, Vec<pb::Delivery>, Vec<bool>) {
     let (mut gaps, mut ds) = (Vec::<pb::Gap>::new(), Vec::new());
+    let mut order = Vec::new();
     for _ in 0..100 {
         let gaps_done = gaps.last().map(|g| g.to_seq) == Some(to_seq);
         if ds.len() >= n && gaps_done {
-            return (gaps, ds);
+            return (gaps, ds, order);
         }
         let wait = if ds.len() >= n {
             Duration::from_secs(5)
@@ -159,10 +190,16 @@ async fn gaps_and_deliveries(
             VIRTUAL_DAY
         };
         match tokio::time::timeout(wait, md.next_push()).await {
-            Ok(Some(Push::Gap(g))) => gaps.push(g),
-            Ok(Some(Push::Delivery(d))) => ds.push(d),
+            Ok(Some(Push::Gap(g))) => {
+                gaps.push(g);
+                order.push(true);
+            }
+            Ok(Some(Push::Delivery(d))) => {
+                ds.push(d);
+                order.push(false);
+            }
             Ok(other) => panic!("{other:?}"),
-            Err(_) => return (gaps, ds),
+            Err(_) => return (gaps, ds, order),
         }
     }
     let seqs: Vec<(u64, u32)> = ds.iter().map(|d| (seq(d), d.attempt)).collect();
@@ -260,7 +297,7 @@ async fn a_durable_member_left_behind_gets_a_gap_when_it_rejoins() {
     m.join_with(join("r", pb::StartPosition::Resume, 0, HOUR_MS))
         .await
         .unwrap();
-    let (gaps, ds) = gaps_and_deliveries(&mut md, 7, 5).await;
+    let (gaps, ds) = gaps_before_deliveries(&mut md, 7, 5).await;
     assert_gaps(&gaps, "r", 3, 7, 5);
     let got: Vec<(u64, u32)> = ds.iter().map(|d| (seq(d), d.attempt)).collect();
     assert_eq!(got, [(8, 1), (9, 1), (10, 1), (11, 1), (12, 1)]);
@@ -290,6 +327,11 @@ async fn a_connected_member_left_behind_gets_a_gap_and_goes_on() {
             Push::Gap(g) => gaps.push(g),
             Push::Delivery(d) => {
                 assert_eq!((seq(&d), d.attempt), (next_seq, 1), "{d:?}");
+                assert_eq!(
+                    gaps.last().map(|g: &pb::Gap| g.to_seq),
+                    Some(7),
+                    "seq {next_seq} delivered before the gap notice"
+                );
                 assert_eq!(m.ack("r", "", &[next_seq]).await.unwrap(), next_seq + 1);
                 next_seq += 1;
             }
@@ -364,7 +406,7 @@ async fn a_gap_owed_to_a_detached_member_survives_a_restart() {
     m.join_with(join("r", pb::StartPosition::Resume, 0, HOUR_MS))
         .await
         .unwrap();
-    let (gaps, ds) = gaps_and_deliveries(&mut md, 7, 5).await;
+    let (gaps, ds) = gaps_before_deliveries(&mut md, 7, 5).await;
     assert_gaps(&gaps, "r", 1, 7, 7);
     let seqs: Vec<u64> = ds.iter().map(seq).collect();
     assert_eq!(seqs, [8, 9, 10, 11, 12]);
@@ -490,6 +532,7 @@ async fn a_purge_sends_gap_notices_to_members_left_behind() {
     assert!(ds.is_empty(), "{ds:?}");
     assert_gaps(&gaps, "r", 2, 5, 4);
     p.publish("r", "e", "after").await.unwrap();
-    assert_eq!(seq(&next_paused(&mut md).await), 6);
+    let d = delivery(next_push_paused(&mut md).await);
+    assert_eq!(seq(&d), 6);
     s.broker.stop().await;
 }

@@ -318,6 +318,11 @@ async fn scheduling_further_ahead_than_max_schedule_ms_is_refused() {
     config.limits.max_schedule_ms = 60_000;
     let broker = TestBroker::start_with(config, dir).await;
     let (p, _pd) = broker.connect("").await;
+    assert_eq!(
+        p.limits().unwrap().max_schedule_ms,
+        60_000,
+        "announced in Limits"
+    );
     let now_ms = || {
         u64::try_from(
             SystemTime::now()

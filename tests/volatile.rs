@@ -222,3 +222,50 @@ async fn a_volatile_publish_reaches_a_session_once_and_a_group_once() {
     drop((g1, g2, g1d, g2d));
     broker.stop().await;
 }
+
+/// "Event filters and the except fields apply."
+#[tokio::test]
+async fn event_filters_and_except_fields_apply_to_volatile_messages() {
+    let broker = TestBroker::start().await;
+    let (filtered, mut fd) = broker.connect("filtered").await;
+    filtered
+        .join_with(pb::Join {
+            room: "r".into(),
+            events: vec!["chat*".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (excepted, mut xd) = broker.connect("excepted").await;
+    excepted.join("r").await.unwrap();
+    let (in_c, mut cd) = broker.connect("in-c").await;
+    in_c.join("r").await.unwrap();
+    in_c.join("c").await.unwrap();
+    let (plain, mut pd) = broker.connect("plain").await;
+    plain.join("r").await.unwrap();
+    let (p, _ppd) = broker.connect("").await;
+    p.publish_with(pb::Publish {
+        except_sessions: vec![bytes::Bytes::copy_from_slice(
+            excepted.session_id().as_bytes(),
+        )],
+        except_rooms: vec!["c".into()],
+        ..volatile("r", "v")
+    })
+    .await
+    .unwrap();
+    let d = next(&mut pd).await;
+    assert!(d.volatile && message(&d).event == "cursor");
+    for d in [&mut fd, &mut xd, &mut cd] {
+        assert_quiet(d, Duration::from_millis(200)).await;
+    }
+    // The filter lets a matching volatile event through.
+    p.publish_with(pb::Publish {
+        event: "chat typing".into(),
+        ..volatile("r", "t")
+    })
+    .await
+    .unwrap();
+    let d = next(&mut fd).await;
+    assert!(d.volatile && message(&d).event == "chat typing");
+    broker.stop().await;
+}
