@@ -638,3 +638,130 @@ pub mod wire {
         kib * 1024
     }
 }
+
+// ---------------------------------------------------------------------------
+// Paused-time helpers and multi-consumer reading (issue 6 tests).
+// ---------------------------------------------------------------------------
+
+/// A virtual decade in ms: connection timers set to this cannot fire while a
+/// test auto-advances paused time.
+pub const NEVER_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// A virtual day: the wait of the `*_paused` helpers.
+pub const VIRTUAL_DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// [`test_config`] whose connection timers (handshake, idle, write) cannot
+/// fire in a paused-time test: only the timers under test matter.
+pub fn paused_config(dir: &TempDir) -> Config {
+    let mut config = test_config(dir);
+    config.limits.idle_timeout_ms = NEVER_MS;
+    config.limits.handshake_timeout_ms = NEVER_MS;
+    config.limits.write_timeout_ms = NEVER_MS;
+    config
+}
+
+/// A broker with [`paused_config`].
+pub async fn paused_broker() -> TestBroker {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let config = paused_config(&dir);
+    TestBroker::start_with(config, dir).await
+}
+
+/// The next push of any kind within a virtual day (paused time) or a real
+/// day (which [`WAIT`]-bounded callers never reach).
+pub async fn next_push_paused(d: &mut Deliveries) -> roomq_client::Push {
+    tokio::time::timeout(VIRTUAL_DAY, d.next_push())
+        .await
+        .expect("a push within a virtual day")
+        .expect("connection open")
+}
+
+/// The next push of any kind within [`WAIT`].
+pub async fn next_push(d: &mut Deliveries) -> roomq_client::Push {
+    tokio::time::timeout(WAIT, d.next_push())
+        .await
+        .expect("a push within the wait")
+        .expect("connection open")
+}
+
+/// The delivery in `push`, failing the test on any other push.
+pub fn delivery(push: roomq_client::Push) -> pb::Delivery {
+    match push {
+        roomq_client::Push::Delivery(d) => d,
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+/// The next delivery on any of `ds`, with the index of the connection it
+/// came on. Gaps and presence events are skipped; a pushed error fails the
+/// test. Bounded by [`WAIT`].
+pub async fn next_any(ds: &mut [Deliveries]) -> (usize, pb::Delivery) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let futs: Vec<_> = ds.iter_mut().map(|d| Box::pin(d.next_push())).collect();
+            let (push, i, _) = futures::future::select_all(futs).await;
+            match push {
+                Some(roomq_client::Push::Delivery(d)) => return (i, d),
+                Some(roomq_client::Push::Error(e)) => panic!("connection {i}: error pushed: {e:?}"),
+                Some(_) => continue,
+                None => panic!("connection {i} closed"),
+            }
+        }
+    })
+    .await
+    .expect("a delivery on one of the connections within the wait")
+}
+
+/// The header `name` of a delivered message.
+pub fn header<'a>(d: &'a pb::Delivery, name: &str) -> Option<&'a str> {
+    d.message
+        .as_ref()
+        .and_then(|m| m.headers.get(name))
+        .map(String::as_str)
+}
+
+/// The message of a delivery (fails the test when it has none).
+pub fn message(d: &pb::Delivery) -> &pb::Message {
+    d.message.as_ref().expect("a delivery carries its message")
+}
+
+/// A publish of `payload` as `event` to one room, with no other option set.
+pub fn publish_to(room: &str, event: &str, payload: &str) -> pb::Publish {
+    pb::Publish {
+        rooms: vec![room.to_string()],
+        event: event.to_string(),
+        payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        ..Default::default()
+    }
+}
+
+/// The `Members` of a room, through the raw request.
+pub async fn members(c: &Client, room: &str) -> Result<pb::MembersOk, roomq_client::ClientError> {
+    let body = pb::client_frame::Body::Members(pb::Members {
+        room: room.to_string(),
+    });
+    match c.request(body).await? {
+        pb::server_frame::Body::MembersOk(ok) => Ok(ok),
+        other => Err(roomq_client::ClientError::Protocol(format!(
+            "unexpected reply to Members: {other:?}"
+        ))),
+    }
+}
+
+/// Total size in bytes of the files under `dir`.
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut total = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let entry = entry.expect("dir entry");
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                total += entry.metadata().expect("metadata").len();
+            }
+        }
+    }
+    total
+}
