@@ -367,6 +367,7 @@ impl Broker {
         self.namespaces.remove(name);
         self.dedup.retain(|(ns, _), _| &**ns != name);
         self.open.write.namespaces.push((name.to_string(), None));
+        self.refresh_retention();
         info!(namespace = %tenant.name, rooms = rooms.len(), "namespace deleted");
         Ok(pb::AdminOk {
             count: rooms.len() as u64,

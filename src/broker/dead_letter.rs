@@ -75,9 +75,23 @@ impl Broker {
         for (k, v) in headers {
             message.headers.insert(k.to_string(), v);
         }
-        // The dead letter does not expire or wait again where it lands.
+        // The dead letter does not expire or wait again where it lands, and
+        // its age (for retention and start-by-time) counts from now.
         message.expires_at_ms = 0;
         message.deliver_at_ms = 0;
+        message.timestamp_ms = super::now_ms();
+        // It must stay deliverable: a delivery adds the room and a
+        // subscription label (each up to 255 bytes) around it. Where the
+        // headers would not fit, the free-text ones are left out.
+        let limit = self
+            .config
+            .limits
+            .max_frame()
+            .saturating_sub(target.len() + MAX_NAME_BYTES + 64);
+        if message.encoded_len() > limit {
+            message.headers.remove(REASON_HEADER);
+            message.headers.remove(MEMBER_HEADER);
+        }
         let encoded = Bytes::from(message.encode_to_vec());
         let size = encoded.len() as u64;
         let target_id = self.room_id(&namespace, &target);
@@ -106,13 +120,23 @@ impl Broker {
         };
         let namespace = room.namespace.clone();
         let dlq = room.name.clone();
+        // Only back to the room this is the dead-letter room of (whatever a
+        // message's headers say: anyone who may publish to the dead-letter
+        // room could have written them).
+        let Some(origin) = dlq.strip_suffix(SUFFIX).filter(|o| !o.is_empty()) else {
+            return Err(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                format!("{dlq:?} is not a dead-letter room (its name does not end in {SUFFIX:?})"),
+            ));
+        };
+        let origin = origin.to_string();
         let from = room.first_seq;
         let last = room.committed_seq;
         let max = if max == 0 { DEFAULT_REDRIVE } else { max } as usize;
         let msgs = self
             .store
             .read(room_id, from, max, usize::MAX)
-            .map_err(|e| pb::Error::new(ErrorCode::StorageFailure, e.to_string()))?;
+            .map_err(|e| pb::Error::new(ErrorCode::Internal, e.to_string()))?;
         let msgs: Vec<Arc<StoredMessage>> = msgs.into_iter().filter(|m| m.seq <= last).collect();
         let mut moved = 0u64;
         let mut bytes = 0u64;
@@ -125,14 +149,7 @@ impl Broker {
                 warn!(room = %dlq, seq = msg.seq, "stored message undecodable; left out of the redrive");
                 continue;
             };
-            let origin = message
-                .headers
-                .get(ROOM_HEADER)
-                .cloned()
-                .or_else(|| dlq.strip_suffix(SUFFIX).map(str::to_string));
-            let Some(origin) = origin.filter(|o| !o.is_empty()) else {
-                continue;
-            };
+            message.timestamp_ms = super::now_ms();
             message.headers = std::mem::take(&mut message.headers)
                 .into_iter()
                 .filter(|(k, _)| !HEADERS.contains(&k.as_str()))

@@ -69,17 +69,22 @@ impl Broker {
         };
         let mut members = Vec::new();
         let mut truncated = false;
+        // Keep the reply within the frame limit.
+        let budget = self.config.limits.max_frame().saturating_sub(256);
+        let mut used = 0;
         let room = self
             .find_room(&namespace, &req.room)
             .and_then(|id| self.rooms.get(&id));
         if let Some(room) = room {
             'all: for (key, m) in &room.members {
                 for c in &m.consumers {
-                    if members.len() >= MAX_LISTED {
+                    let p = self.presence_of(key, m, c.session);
+                    used += prost::Message::encoded_len(&p) + 4;
+                    if members.len() >= MAX_LISTED || used > budget {
                         truncated = true;
                         break 'all;
                     }
-                    members.push(self.presence_of(key, m, c.session));
+                    members.push(p);
                 }
             }
         }

@@ -10,8 +10,11 @@
 //! - [`room`]: rooms and members, the delivery rules (no I/O).
 //! - [`commit`]: group commit on the blocking pool.
 //! - one file per operation: [`join`], [`leave`], [`publish`], [`ack`],
-//!   [`nack`], [`in_progress`], [`list_rooms`], each holding the request's
-//!   checks (run by the session) and the actor's handling.
+//!   [`nack`], [`in_progress`], [`list_rooms`], [`members`], [`admin`],
+//!   each holding the request's checks (run by the session) and the
+//!   actor's handling.
+//! - [`dead_letter`]: dead-lettering and redrive; [`retention`]: the
+//!   retention sweep and the trim path it shares with purge and redrive.
 
 pub mod ack;
 pub mod admin;
@@ -536,6 +539,12 @@ impl Broker {
                     self.on_timers();
                     self.maybe_trim();
                 }
+            }
+            // Under a steady stream of commands the select above may
+            // never pick the timer branch: run what is due here too.
+            if self.next_wake().is_some_and(|w| w <= Instant::now()) {
+                self.on_timers();
+                self.maybe_trim();
             }
             self.maybe_commit(false);
             self.compact_timers();

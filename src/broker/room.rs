@@ -504,10 +504,19 @@ impl Member {
         if up_to > 0 {
             // Only what this consumer was delivered: never a scheduled
             // message it has not seen, nor one in flight elsewhere.
+            // In a group, only what is in flight at this consumer: a message
+            // it handed back may be on its way to another.
+            let grouped = self.group.is_some();
             let done: Vec<u64> = self
                 .unacked
                 .range(..=up_to)
-                .filter(|(_, u)| u.attempts > 0 && !foreign(u))
+                .filter(|(_, u)| {
+                    if grouped {
+                        u.holder == Some(session)
+                    } else {
+                        u.attempts > 0
+                    }
+                })
                 .map(|(s, _)| *s)
                 .collect();
             for s in done {
@@ -986,7 +995,12 @@ impl Room {
                 .map(|c| usize::try_from(c.max_in_flight).unwrap_or(usize::MAX))
                 .sum();
             let taken = member.in_flight() + member.due.len();
-            if taken >= window || member.next_seq > self.committed_seq {
+            // Waiting messages use no in-flight slot; this bounds them (and
+            // the stored cursor) however often a client nacks with a delay.
+            if taken >= window
+                || member.waiting >= MAX_WAITING
+                || member.next_seq > self.committed_seq
+            {
                 return done;
             }
             let batch = self.fetch(member.next_seq, (window - taken).min(256), out);
