@@ -52,7 +52,7 @@ pub enum ErrorCode {
     /// Reserved: stored data failed its checksum. Today the broker logs it
     /// and holds the affected member at that message.
     CorruptData = 21,
-    /// Reserved: an unexpected broker-side failure.
+    /// An unexpected broker-side failure that does not stop the broker.
     Internal = 22,
     /// The message is larger than the broker can deliver within its frame
     /// limit.
