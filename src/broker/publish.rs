@@ -39,6 +39,21 @@ pub struct PublishReq {
     pub encoded: Bytes,
 }
 
+impl PublishReq {
+    /// The message to store (seq 0 until it is appended) for `session`,
+    /// whose client id is `client_id`.
+    fn message(&self, session: Uuid, client_id: Option<Arc<str>>) -> StoredMessage {
+        StoredMessage {
+            seq: 0,
+            encoded: self.encoded.clone(),
+            except_session: self.except_self.then(|| *session.as_bytes()),
+            except_client: client_id.filter(|_| self.except_self),
+            extra: self.extra.clone(),
+            info: self.info,
+        }
+    }
+}
+
 /// Checks a publish, runs the namespace's publish hooks, and encodes its
 /// message (after the hooks, so that a hook may add headers); runs on the
 /// session's task.
@@ -120,7 +135,12 @@ fn validate(p: &pb::Publish, limits: &Limits) -> Result<(), pb::Error> {
             "deliver_at_ms and delay_ms exclude each other".into(),
         ));
     }
-    let ahead = p.delay_ms.max(p.deliver_at_ms.saturating_sub(now_ms()));
+    // (The clock is read only for an absolute time, off the common path.)
+    let at = match p.deliver_at_ms {
+        0 => 0,
+        ms => ms.saturating_sub(now_ms()),
+    };
+    let ahead = p.delay_ms.max(at);
     if ahead > limits.max_schedule_ms {
         return Err(invalid(
             ErrorCode::InvalidRequest,
@@ -298,18 +318,7 @@ impl Broker {
             return;
         };
         let namespace = entry.info.namespace.clone();
-        let msg = Arc::new(StoredMessage {
-            seq: 0,
-            encoded: req.encoded,
-            except_session: req.except_self.then(|| *session.as_bytes()),
-            except_client: if req.except_self {
-                entry.info.client_id.clone()
-            } else {
-                None
-            },
-            extra: req.extra,
-            info: req.info,
-        });
+        let msg = Arc::new(req.message(session, entry.info.client_id.clone()));
         let mut served = Vec::new();
         for name in &req.rooms {
             let Some(id) = self.find_room(&namespace, name) else {
@@ -393,22 +402,10 @@ impl Broker {
             );
             return self.reply_error(session, request_id, permit, ErrorCode::QuotaExceeded, msg);
         }
-        let (except_session, except_client) = if req.except_self {
-            (Some(*session.as_bytes()), client_id)
-        } else {
-            (None, None)
-        };
         let mut seqs = Vec::with_capacity(req.rooms.len());
         let mut stored = Vec::with_capacity(req.rooms.len());
         let size = req.encoded.len() as u64;
-        let template = StoredMessage {
-            seq: 0,
-            encoded: req.encoded.clone(),
-            except_session,
-            except_client,
-            extra: req.extra.clone(),
-            info: req.info,
-        };
+        let template = req.message(session, client_id);
         for name in &req.rooms {
             let room_id = self.room_id(&namespace, name);
             let seq = self.append(room_id, template.clone());
