@@ -46,8 +46,13 @@ use crate::{session, tls};
 /// Every response body: small fixed ones, or files from `static_dir`.
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// The page served at `/` when no `static_dir` is set.
-const INDEX_HTML: &str = include_str!("web/index.html");
+/// The files served when no `static_dir` is set, built into the binary:
+/// path, content type, bytes. `/` serves the first.
+const EMBEDDED: &[(&str, &str, &[u8])] = &[(
+    "/index.html",
+    "text/html; charset=utf-8",
+    include_bytes!("web/index.html"),
+)];
 
 /// Sent with every response. Pages may load only what this listener serves
 /// and talk only to it (`'self'` covers `ws:`/`wss:` to the same host).
@@ -371,14 +376,18 @@ fn bytes_response(status: StatusCode, content_type: &'static str, body: Bytes) -
 /// The embedded page, or a file of `static_dir`.
 async fn static_file(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     match &conn.static_dir {
-        None => match req.uri().path() {
-            "/" | "/index.html" => bytes_response(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                Bytes::from_static(INDEX_HTML.as_bytes()),
-            ),
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
-        },
+        None => {
+            let path = match req.uri().path() {
+                "/" => "/index.html",
+                p => p,
+            };
+            match EMBEDDED.iter().find(|(p, _, _)| *p == path) {
+                Some((_, content_type, body)) => {
+                    bytes_response(StatusCode::OK, content_type, Bytes::from_static(body))
+                }
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            }
+        }
         Some(dir) => match dir.clone().try_call(req).await {
             Ok(r) => r.map(|b| b.boxed_unsync()),
             Err(e)
