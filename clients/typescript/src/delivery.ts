@@ -1,0 +1,155 @@
+/** A message handed to the application, and the notices about a membership. */
+import { fromUtf8 } from "./codec.js";
+import { InvalidUseError } from "./errors.js";
+
+/** What a delivery needs from its room to acknowledge itself. */
+export interface DeliveryOwner {
+  ack(seq: number): Promise<void>;
+  nack(seq: number, delayMs: number, reason: string): Promise<void>;
+  inProgress(seq: number): Promise<void>;
+}
+
+export interface DeliveryFields<T> {
+  room: string;
+  subscription: string;
+  seq: number;
+  event: string;
+  payload: Uint8Array;
+  data: T;
+  headers: Record<string, string>;
+  publisherSession: string;
+  timestampMs: number;
+  attempt: number;
+  redelivered: boolean;
+  key: string;
+  expiresAtMs: number;
+  deliverAtMs: number;
+  volatile: boolean;
+}
+
+/**
+ * One message for one membership. Acknowledge it with {@link ack}, or give
+ * it back with {@link nack}; until then the SDK keeps the broker from
+ * redelivering it (up to the client's `maxHoldMs`).
+ */
+export class Delivery<T> implements DeliveryFields<T> {
+  readonly room: string;
+  /** The subscription handle it came under ("" for the default). */
+  readonly subscription: string;
+  /** Its seq in the room (0 for a volatile message). */
+  readonly seq: number;
+  readonly event: string;
+  /** The payload bytes, exactly as published. */
+  readonly payload: Uint8Array;
+  /** The payload decoded by the client's codec. */
+  readonly data: T;
+  readonly headers: Record<string, string>;
+  /** The session that published it (UUID text). */
+  readonly publisherSession: string;
+  /** When the broker accepted it, ms since the Unix epoch. */
+  readonly timestampMs: number;
+  /** 1 for the first delivery to this membership, then 2, 3, ... */
+  readonly attempt: number;
+  /** The membership may have seen it before. */
+  readonly redelivered: boolean;
+  /** The ordering key ("" if none). */
+  readonly key: string;
+  /** When it expires (0 = never), ms since the epoch. */
+  readonly expiresAtMs: number;
+  /** When it could first be delivered (0 = at once), ms since the epoch. */
+  readonly deliverAtMs: number;
+  /** Never stored, never redelivered; `ack` and `inProgress` do nothing, `nack` is refused. */
+  readonly volatile: boolean;
+  private readonly owner: DeliveryOwner;
+  private done = false;
+
+  constructor(fields: DeliveryFields<T>, owner: DeliveryOwner) {
+    this.room = fields.room;
+    this.subscription = fields.subscription;
+    this.seq = fields.seq;
+    this.event = fields.event;
+    this.payload = fields.payload;
+    this.data = fields.data;
+    this.headers = fields.headers;
+    this.publisherSession = fields.publisherSession;
+    this.timestampMs = fields.timestampMs;
+    this.attempt = fields.attempt;
+    this.redelivered = fields.redelivered;
+    this.key = fields.key;
+    this.expiresAtMs = fields.expiresAtMs;
+    this.deliverAtMs = fields.deliverAtMs;
+    this.volatile = fields.volatile;
+    this.owner = owner;
+  }
+
+  /** The payload as UTF-8 text. */
+  text(): string {
+    return fromUtf8(this.payload);
+  }
+
+  /** The payload parsed as JSON. */
+  json<J = unknown>(): J {
+    return JSON.parse(this.text()) as J;
+  }
+
+  /** Whether it was acknowledged or given back through this object. */
+  get settled(): boolean {
+    return this.done;
+  }
+
+  /**
+   * Acknowledges it. Acks are coalesced (sent within a few ms, cumulatively
+   * where contiguous); the promise resolves when the broker confirmed, or
+   * at once when the connection is down (a redelivery after the reconnect
+   * is then acknowledged silently).
+   */
+  ack(): Promise<void> {
+    if (this.volatile || this.done) return Promise.resolve();
+    this.done = true;
+    return this.owner.ack(this.seq);
+  }
+
+  /** Gives it back, to be delivered again after `delayMs` (0 = now). `reason` is kept if it is dead-lettered. */
+  nack(delayMs = 0, reason = ""): Promise<void> {
+    if (this.volatile) return Promise.reject(new InvalidUseError("a volatile delivery is never redelivered, so it cannot be given back"));
+    if (this.done) return Promise.resolve();
+    this.done = true;
+    return this.owner.nack(this.seq, Math.max(0, Math.ceil(delayMs)), reason);
+  }
+
+  /** Tells the broker it is still being worked on (restarts its ack timer). The SDK also does this by itself while it is held. */
+  inProgress(): Promise<void> {
+    if (this.volatile || this.done) return Promise.resolve();
+    return this.owner.inProgress(this.seq);
+  }
+}
+
+/** The broker moved a membership past messages it never acknowledged (retention, purge, redrive). */
+export interface GapNotice {
+  room: string;
+  subscription: string;
+  fromSeq: number;
+  toSeq: number;
+  /** How many seqs in `fromSeq..=toSeq` it had not acknowledged. */
+  missed: number;
+}
+
+/** A session in a room (`room.members()`, presence events). */
+export interface Member {
+  /** The session (UUID text); what `exceptSessions` takes. */
+  sessionId: string;
+  clientId: string;
+  clientName: string;
+  /** The durable membership's name, "" when ephemeral or a group consumer. */
+  subscription: string;
+  durable: boolean;
+  /** The group, or "". */
+  group: string;
+}
+
+/** Someone joined or left a room. */
+export interface PresenceChange {
+  kind: "joined" | "left";
+  member: Member;
+  room: string;
+}
