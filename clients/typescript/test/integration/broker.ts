@@ -8,10 +8,11 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import WebSocket from "ws";
+import { startBridge } from "./bridge.js";
 import { connect, type Client, type ConnectOptions, type WebSocketConstructor } from "../../src/index.js";
 
 export const ROOMQD = process.env["ROOMQD"] ?? resolve(process.cwd(), "../../target/debug/roomqd");
@@ -76,6 +77,7 @@ export class Broker {
   readonly tcpPort: number;
   readonly httpPort: number;
   private child: ChildProcess | undefined;
+  private stopBridge: (() => Promise<void>) | undefined;
   private log = "";
   private readonly clients = new Set<Client<never>>();
 
@@ -107,11 +109,10 @@ export class Broker {
   }
 
   private async spawn(): Promise<void> {
-    const child = spawn(
-      ROOMQD,
-      ["--config", join(this.dataDir, "roomq.toml"), "--listen", `127.0.0.1:${this.tcpPort}`, "--http-listen", `127.0.0.1:${this.httpPort}`, "--data-dir", join(this.dataDir, "data")],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
+    const bridge = process.env["ROOMQ_TEST_BRIDGE"] === "1";
+    const args = ["--config", join(this.dataDir, "roomq.toml"), "--listen", `127.0.0.1:${this.tcpPort}`, "--data-dir", join(this.dataDir, "data")];
+    if (!bridge) args.push("--http-listen", `127.0.0.1:${this.httpPort}`);
+    const child = spawn(ROOMQD, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     const keep = (chunk: Buffer) => {
       this.log = (this.log + chunk.toString()).slice(-20_000);
@@ -122,6 +123,17 @@ export class Broker {
     while (Date.now() < deadline) {
       if (child.exitCode !== null) throw new Error(`roomqd exited with ${child.exitCode}:\n${this.log}`);
       try {
+        if (bridge) {
+          await new Promise<void>((ok, fail) => {
+            const s = createConnection({ host: "127.0.0.1", port: this.tcpPort }, () => {
+              s.destroy();
+              ok();
+            });
+            s.on("error", fail);
+          });
+          this.stopBridge ??= startBridge(this.httpPort, this.tcpPort);
+          return;
+        }
         const res = await fetch(`http://127.0.0.1:${this.httpPort}/readyz`);
         if (res.status === 200) return;
       } catch {
@@ -158,6 +170,7 @@ export class Broker {
     for (const c of this.clients) c.close();
     this.clients.clear();
     await this.kill("SIGKILL");
+    await this.stopBridge?.();
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
