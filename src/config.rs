@@ -35,6 +35,7 @@ pub struct Config {
     /// Credentials of the `/admin` namespace.
     pub admin: AdminConfig,
     pub tls: TlsConfig,
+    pub http: HttpConfig,
 }
 
 /// One tenant (`[namespaces."/orders"]`).
@@ -270,6 +271,61 @@ pub struct TlsConfig {
     pub key_path: PathBuf,
 }
 
+/// `[http]`: the HTTP listener beside the TCP one, serving the WebSocket
+/// endpoint `/ws`, `/healthz`, `/readyz` and the web page at `/`. It uses the
+/// `[tls]` certificate when TLS is on (HTTPS and WSS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener; empty turns it off. A string rather
+    /// than an address so that `ROOMQ_HTTP_LISTEN=""` can turn it off.
+    pub listen: String,
+    /// Directory whose files are served instead of the embedded page
+    /// (empty: the embedded page). No directory listings; paths that leave
+    /// the directory are refused.
+    pub static_dir: PathBuf,
+    /// Origins whose pages may open a WebSocket (`scheme://host[:port]`; a
+    /// port of `*` matches any port; `*` alone allows every origin). Pages
+    /// served by this listener are always allowed, and so are clients that
+    /// send no `Origin` (programs, not browsers).
+    pub allowed_origins: Vec<String>,
+    /// Largest request head (request line and headers) accepted, in bytes;
+    /// at least 8192.
+    pub max_header_bytes: u32,
+    /// Most WebSocket frames one message may be split into.
+    pub max_ws_fragments: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:7421".to_string(),
+            static_dir: PathBuf::new(),
+            allowed_origins: [
+                "http://localhost:*",
+                "http://127.0.0.1:*",
+                "http://[::1]:*",
+                "https://localhost:*",
+                "https://127.0.0.1:*",
+                "https://[::1]:*",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_header_bytes: 16 * 1024,
+            max_ws_fragments: 128,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The listener's address, or `None` when it is off. Checked by
+    /// [`Config::validate`].
+    pub fn addr(&self) -> Option<SocketAddr> {
+        let text = self.listen.trim();
+        (!text.is_empty()).then(|| text.parse().ok()).flatten()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -280,6 +336,7 @@ impl Default for Config {
             namespaces: BTreeMap::from([("/".to_string(), NamespaceConfig::open_default())]),
             admin: AdminConfig::default(),
             tls: TlsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -384,7 +441,17 @@ impl Config {
         let l = &self.limits;
         let s = &self.storage;
         let t = &self.tls;
-        let checks: [(bool, &str); 19] = [
+        let h = &self.http;
+        let checks: [(bool, &str); 22] = [
+            (
+                h.listen.trim().is_empty() || h.addr().is_some(),
+                "http.listen must be an address such as 127.0.0.1:7421, or empty to turn it off",
+            ),
+            (
+                (8192..=1024 * 1024).contains(&h.max_header_bytes),
+                "http.max_header_bytes must be between 8192 and 1048576",
+            ),
+            (h.max_ws_fragments > 0, "http.max_ws_fragments must be > 0"),
             (
                 s.commit_timeout_ms > 0,
                 "storage.commit_timeout_ms must be > 0",

@@ -25,6 +25,10 @@ struct Cli {
     /// Address to listen on [default: 127.0.0.1:7420].
     #[arg(long, env = "ROOMQ_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Address of the HTTP listener (WebSocket /ws, /healthz, /readyz, the
+    /// web page) [default: 127.0.0.1:7421]; "" turns it off.
+    #[arg(long, env = "ROOMQ_HTTP_LISTEN")]
+    http_listen: Option<String>,
     /// Data directory [default: ./roomq-data].
     #[arg(long, env = "ROOMQ_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -82,6 +86,14 @@ fn main() -> ExitCode {
     if let Some(dir) = cli.data_dir {
         config.data_dir = dir;
     }
+    if let Some(http) = cli.http_listen {
+        config.http.listen = http;
+    }
+    // Flags come after the file and environment were checked.
+    if let Err(e) = config.validate() {
+        eprintln!("roomqd: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if let Some(Cmd::CheckConfig) = cli.command {
         // The certificate and key are read as a start would read them.
         if let Err(e) = roomq::tls::acceptor(&config.tls) {
@@ -117,9 +129,19 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    let mut server_builder = roomq::server::Server::new(config.clone());
+    if let Some(addr) = config.http.addr() {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => server_builder = server_builder.http(l),
+            Err(e) => {
+                error!(http = %addr, error = %e, "cannot listen (http.listen)");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    match roomq::server::run(listener, config, shutdown).await {
+    match server_builder.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ (ServerError::Config(_) | ServerError::Tls(_))) => {
             error!(error = %e, "roomqd stopped");

@@ -2,10 +2,15 @@
 //!
 //! [`run`] takes a bound listener and a shutdown token, like mini-redis's
 //! `server::run`, so tests start a real broker on `127.0.0.1:0` and stop it
-//! at will. Shutdown order: stop accepting; sessions stop reading; the
-//! broker drains what was queued, writes and confirms it, syncs cursors and
-//! flushes; writers send what is left and close.
+//! at will; [`Server::http`] adds the HTTP listener ([`crate::http`]) the
+//! same way. Start order: the HTTP listener answers first (`/readyz` says
+//! 503 while storage is recovered), then the store opens and the TCP
+//! listener serves. Shutdown order: stop accepting TCP and WebSocket
+//! sessions (`/readyz` turns 503); sessions stop reading; the broker drains
+//! what was queued, writes and confirms it, syncs cursors and flushes;
+//! writers send what is left and close; then the HTTP listener stops.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +27,12 @@ use tracing::{error, info, warn};
 
 use crate::broker::{error_frame, Broker, BrokerHandle};
 use crate::config::Config;
+use crate::http::{self, HttpShared};
 use crate::session;
 use crate::storage::{SledStore, Store, StoreError};
 use crate::tenancy::{Hooks, Middleware, Tenants};
 use crate::tls;
+use crate::transport::{PrefixedFraming, PrefixedSource, Transport};
 
 /// Capacity of the broker's command queue.
 const COMMAND_QUEUE: usize = 8192;
@@ -42,6 +49,8 @@ pub enum ServerError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Http(#[from] http::OriginError),
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
     #[error("broker task failed: {0}")]
@@ -112,6 +121,34 @@ pub struct Server {
     config: Config,
     store: Option<Arc<dyn Store>>,
     hooks: Hooks,
+    http: Option<TcpListener>,
+}
+
+/// Whether the broker accepts sessions: what `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicU8);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire) == READY
+    }
+
+    /// A word for people: `starting`, `ready` or `draining`.
+    pub fn describe(&self) -> &'static str {
+        match self.0.load(Ordering::Acquire) {
+            STARTING => "starting",
+            READY => "ready",
+            _ => "draining",
+        }
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
+    }
 }
 
 impl Server {
@@ -120,7 +157,16 @@ impl Server {
             config,
             store: None,
             hooks: Hooks::default(),
+            http: None,
         }
+    }
+
+    /// Serves the HTTP listener (`/ws`, `/healthz`, `/readyz`, the web
+    /// page) on `listener` too. `roomqd` binds `http.listen` for it; an
+    /// embedding program binds what it likes.
+    pub fn http(mut self, listener: TcpListener) -> Server {
+        self.http = Some(listener);
+        self
     }
 
     /// Serves from `store` instead of opening `config.data_dir`.
@@ -154,42 +200,121 @@ impl Server {
         // Built once (before anything is created on disk); each
         // connection's TLS handshake runs in its own task.
         let tls = tls::acceptor(&self.config.tls)?;
+        let origins = http::validate(&self.config.http)?;
         let tenants = Arc::new(Tenants::new(&self.config, self.hooks)?);
+        let config = Arc::new(self.config);
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let handle = BrokerHandle::new(tx);
+        let readiness = Arc::new(Readiness::default());
+        let tracker = TaskTracker::new();
+        let connections = Arc::new(Semaphore::new(config.limits.max_connections as usize));
+        // Up first, so that `/healthz` and `/readyz` answer during recovery.
+        let http_stop = CancellationToken::new();
+        let http_addr = self.http.as_ref().and_then(|l| l.local_addr().ok());
+        let http_task = self.http.map(|listener| {
+            let shared = Arc::new(HttpShared {
+                config: config.clone(),
+                tenants: tenants.clone(),
+                broker: handle.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+                connections: connections.clone(),
+                tls: tls.clone(),
+                readiness: readiness.clone(),
+                origins,
+            });
+            tokio::spawn(http::serve(listener, shared, http_stop.clone()))
+        });
         let store = match self.store {
-            Some(s) => s,
-            None => open_store(&self.config)?,
+            Some(s) => Ok(s),
+            None => {
+                let c = config.clone();
+                tokio::task::spawn_blocking(move || open_store(&c))
+                    .await
+                    .unwrap_or_else(|e| Err(ServerError::Task(e.to_string())))
+            }
         };
-        serve(listener, self.config, store, tenants, tls, shutdown).await
+        let opened = store.and_then(|store| {
+            Broker::open(config.clone(), store, tenants.clone()).map_err(ServerError::from)
+        });
+        let broker = match opened {
+            Ok(b) => b,
+            Err(e) => {
+                http_stop.cancel();
+                if let Some(t) = http_task {
+                    let _ = t.await;
+                }
+                return Err(e);
+            }
+        };
+        let broker_task = tokio::spawn(broker.run(rx, shutdown.clone()));
+        readiness.set(READY);
+        let lifecycle = Lifecycle {
+            http_addr,
+            readiness,
+            tracker,
+            connections,
+            http_stop,
+            http_task,
+        };
+        serve(
+            listener,
+            config,
+            tenants,
+            tls,
+            handle,
+            broker_task,
+            lifecycle,
+            shutdown,
+        )
+        .await
     }
 }
 
+/// What [`serve`] needs to stop the rest of the broker in order.
+struct Lifecycle {
+    /// Where the HTTP listener is, for the start-up line.
+    http_addr: Option<std::net::SocketAddr>,
+    readiness: Arc<Readiness>,
+    tracker: TaskTracker,
+    connections: Arc<Semaphore>,
+    http_stop: CancellationToken,
+    http_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     listener: TcpListener,
-    config: Config,
-    store: Arc<dyn Store>,
+    config: Arc<Config>,
     tenants: Arc<Tenants>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    handle: BrokerHandle,
+    broker_task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    lifecycle: Lifecycle,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let config = Arc::new(config);
-    let broker = Broker::open(config.clone(), store, tenants.clone())?;
-    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let handle = BrokerHandle::new(tx);
-    let broker_task = tokio::spawn(broker.run(rx, shutdown.clone()));
+    let Lifecycle {
+        http_addr,
+        readiness,
+        tracker,
+        connections,
+        http_stop,
+        http_task,
+    } = lifecycle;
 
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let http = http_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     info!(
         listen = %local,
+        http = %http,
         data_dir = %config.data_dir.display(),
         tls = tls.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "roomqd serving"
     );
-    let tracker = TaskTracker::new();
-    let connections = Arc::new(Semaphore::new(config.limits.max_connections as usize));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -231,9 +356,19 @@ async fn serve(
                 None => {
                     // Owned halves: no lock between the reader and the writer.
                     let (read_half, write_half) = stream.into_split();
+                    let frames = PrefixedSource::new(read_half, config.limits.max_frame());
                     session::serve(
-                        read_half, write_half, peer, config, tenants, handle, shutdown, inner,
+                        frames,
+                        write_half,
+                        PrefixedFraming,
+                        peer,
+                        config,
+                        tenants,
+                        handle,
+                        shutdown,
+                        inner,
                         deadline,
+                        Transport::Tcp,
                     )
                     .await;
                 }
@@ -242,9 +377,19 @@ async fn serve(
                         tls::accept(&acceptor, stream, peer, deadline, &shutdown).await
                     {
                         let (read_half, write_half) = tokio::io::split(stream);
+                        let frames = PrefixedSource::new(read_half, config.limits.max_frame());
                         session::serve(
-                            read_half, write_half, peer, config, tenants, handle, shutdown, inner,
+                            frames,
+                            write_half,
+                            PrefixedFraming,
+                            peer,
+                            config,
+                            tenants,
+                            handle,
+                            shutdown,
+                            inner,
                             deadline,
+                            Transport::Tcp,
                         )
                         .await;
                     }
@@ -254,6 +399,7 @@ async fn serve(
         });
     }
     drop(listener);
+    readiness.set(DRAINING);
     info!("shutting down: draining");
     drop(handle);
     let result = match broker_task.await {
@@ -264,6 +410,10 @@ async fn serve(
     let grace = config.limits.write_timeout() + Duration::from_secs(1);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!("some connections did not close in time");
+    }
+    http_stop.cancel();
+    if let Some(task) = http_task {
+        let _ = task.await;
     }
     match &result {
         Ok(()) => info!("shut down cleanly"),

@@ -1,8 +1,10 @@
 //! One client connection: a reader task (this module's [`serve`]) and a
 //! writer task joined by a bounded channel.
 //!
-//! The socket may be plain TCP or TLS: [`serve`] takes the two halves of
-//! any byte stream (TCP gives owned halves, TLS a `tokio::io::split`).
+//! The transport may be plain TCP, TLS or WebSocket: [`serve`] takes a
+//! [`FrameSource`] that yields whole frames, the socket's write half, and the
+//! [`Framing`] that turns the writer's batches into the transport's bytes
+//! (see [`crate::transport`]). Nothing below depends on which it is.
 //!
 //! The reader performs the handshake under its deadline, then decodes
 //! frames, checks each request and forwards it to the broker actor. Every
@@ -21,14 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use futures::StreamExt;
 use roomq_wire::codec::{decode_client, encode_delivery_frame, encode_frame, DeliveryHead};
 use roomq_wire::names::{check_name, check_namespace};
-use roomq_wire::{pb, ErrorCode, FrameCodec, FrameError, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use roomq_wire::{pb, ErrorCode, FrameError, PROTOCOL_VERSION};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -39,25 +39,24 @@ use crate::broker::{
 use crate::config::Config;
 use crate::tenancy::middleware::{ConnectCtx, JoinCtx, SessionSetup};
 use crate::tenancy::{Tenants, Verdict};
+use crate::transport::{CloseReason, FrameSource, Framing, Transport};
 
 /// Largest batch of frames the writer gathers before one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
-/// How long a refused connection's input is drained before closing.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
-/// How much of a refused connection's input is drained at most.
-const LINGER_BYTES: usize = 64 * 1024;
 /// Queue slots beyond the request and delivery budgets, for pushes.
 const PUSH_SLOTS: usize = 8;
 
-/// Serves one accepted connection, given as the read and write halves of
-/// its stream, until it closes, the session is killed, or `shutdown` is
-/// cancelled. The handshake frame must arrive by `handshake_deadline`,
-/// which the caller set when it accepted the connection (a TLS handshake
-/// has already used part of it).
+/// Serves one accepted connection, given as the source of its frames, the
+/// write half of its stream and that transport's framing, until it closes,
+/// the session is killed, or `shutdown` is cancelled. The handshake frame
+/// must arrive by `handshake_deadline`, which the caller set when it
+/// accepted the connection (a TLS handshake or an HTTP upgrade has already
+/// used part of it).
 #[allow(clippy::too_many_arguments)]
-pub async fn serve<R, W>(
-    read_half: R,
+pub async fn serve<S, W, F>(
+    mut frames: S,
     mut write_half: W,
+    mut framing: F,
     peer: SocketAddr,
     config: Arc<Config>,
     tenants: Arc<Tenants>,
@@ -65,14 +64,15 @@ pub async fn serve<R, W>(
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
     handshake_deadline: Instant,
+    transport: Transport,
 ) where
-    R: AsyncRead + Unpin + Send + 'static,
+    S: FrameSource,
     W: AsyncWrite + Unpin + Send + 'static,
+    F: Framing,
 {
     let limits = &config.limits;
     // Until the handshake is accepted, only a small frame is buffered.
-    let first_frame = limits.max_handshake_bytes as usize;
-    let mut frames = FramedRead::new(read_half, FrameCodec::new(first_frame));
+    frames.set_max_frame(limits.max_handshake_bytes as usize);
 
     let admitted = admit(
         &mut frames,
@@ -81,6 +81,7 @@ pub async fn serve<R, W>(
         &tenants,
         &broker,
         peer,
+        transport,
         &config,
     )
     .await;
@@ -97,13 +98,22 @@ pub async fn serve<R, W>(
         Ok(a) => a,
         Err(None) => return,
         Err(Some((code, message))) => {
-            return refuse(&mut write_half, frames.get_mut(), code, message, &config).await
+            return refuse(
+                &mut write_half,
+                &mut framing,
+                &mut frames,
+                code,
+                message,
+                &config,
+            )
+            .await
         }
     };
     let pending = limits.max_pending_requests as usize;
 
     tracker.spawn(write_loop(
         write_half,
+        framing,
         rx,
         blocked,
         broker.clone(),
@@ -181,20 +191,22 @@ type Refusal = Option<(ErrorCode, String)>;
 
 /// Reads the handshake under its deadline, checks it, runs the namespace's
 /// connect hooks and registers the session with the broker.
-async fn admit<R: AsyncRead + Unpin>(
-    frames: &mut FramedRead<R, FrameCodec>,
+#[allow(clippy::too_many_arguments)]
+async fn admit<S: FrameSource>(
+    frames: &mut S,
     deadline: Instant,
     shutdown: &CancellationToken,
     tenants: &Tenants,
     broker: &BrokerHandle,
     peer: SocketAddr,
+    transport: Transport,
     config: &Config,
 ) -> Result<Admitted, Refusal> {
     let limits = &config.limits;
     let refuse = |code: ErrorCode, message: String| Some((code, message));
     let hello = tokio::select! {
         _ = shutdown.cancelled() => return Err(None),
-        r = timeout_at(deadline, frames.next()) => r,
+        r = timeout_at(deadline, frames.next_frame()) => r,
     };
     let raw = match hello {
         Err(_) => {
@@ -202,10 +214,10 @@ async fn admit<R: AsyncRead + Unpin>(
             return Err(refuse(ErrorCode::HandshakeTimeout, msg));
         }
         Ok(None) | Ok(Some(Err(FrameError::Io(_)))) => return Err(None),
-        Ok(Some(Err(e @ FrameError::TooLarge { .. }))) => {
+        Ok(Some(Err(e @ (FrameError::TooLarge { .. } | FrameError::Oversized { .. })))) => {
             return Err(refuse(ErrorCode::FrameTooLarge, e.to_string()))
         }
-        Ok(Some(Err(e @ FrameError::Malformed(_)))) => {
+        Ok(Some(Err(e @ (FrameError::Malformed(_) | FrameError::Transport(_))))) => {
             return Err(refuse(ErrorCode::MalformedFrame, e.to_string()))
         }
         Ok(Some(Ok(raw))) => raw,
@@ -221,7 +233,7 @@ async fn admit<R: AsyncRead + Unpin>(
             return Err(refuse(ErrorCode::HandshakeRequired, msg));
         }
     };
-    frames.decoder_mut().set_max_frame(limits.max_frame());
+    frames.set_max_frame(limits.max_frame());
     if hs.protocol_version != PROTOCOL_VERSION {
         let msg = format!(
             "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
@@ -273,6 +285,7 @@ async fn admit<R: AsyncRead + Unpin>(
         client_id: (!hs.client_id.is_empty()).then(|| Arc::from(hs.client_id)),
         client_name: hs.client_name,
         peer: peer_text,
+        transport,
         tenant,
         grant: setup.grant.unwrap_or_default(),
         attributes: setup.attributes,
@@ -324,8 +337,8 @@ struct Budget {
 
 /// Reads and dispatches requests. Returns true if it stopped for shutdown.
 #[allow(clippy::too_many_arguments)]
-async fn read_loop<R: AsyncRead + Unpin>(
-    frames: &mut FramedRead<R, FrameCodec>,
+async fn read_loop<S: FrameSource>(
+    frames: &mut S,
     tx: &mpsc::Sender<Outbound>,
     budget: &Budget,
     broker: &BrokerHandle,
@@ -343,7 +356,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let next = tokio::select! {
             _ = shutdown.cancelled() => return true,
             _ = kill.cancelled() => return false,
-            r = timeout(limits.idle_timeout(), frames.next()) => r,
+            r = timeout(limits.idle_timeout(), frames.next_frame()) => r,
         };
         let raw = match next {
             Err(_) => {
@@ -352,9 +365,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return false;
             }
             Ok(None) => return false,
-            Ok(Some(Err(FrameError::TooLarge { len, max }))) => {
-                let msg = format!("frame of {len} bytes exceeds the limit of {max}");
-                let _ = tx.try_send(fatal(ErrorCode::FrameTooLarge, msg));
+            Ok(Some(Err(e @ (FrameError::TooLarge { .. } | FrameError::Oversized { .. })))) => {
+                let _ = tx.try_send(fatal(ErrorCode::FrameTooLarge, e.to_string()));
+                return false;
+            }
+            Ok(Some(Err(e @ FrameError::Transport(_)))) => {
+                let _ = tx.try_send(fatal(ErrorCode::MalformedFrame, e.to_string()));
                 return false;
             }
             Ok(Some(Err(e))) => {
@@ -482,8 +498,10 @@ async fn join_hooks(info: &SessionInfo, req: &broker::join::JoinReq) -> Result<(
 
 /// Encodes queued frames in batches and writes them until the queue closes
 /// or the session is killed.
-async fn write_loop<W: AsyncWrite + Unpin>(
+#[allow(clippy::too_many_arguments)]
+async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
     mut socket: W,
+    mut framing: F,
     mut rx: mpsc::Receiver<Outbound>,
     blocked: Arc<AtomicBool>,
     broker: BrokerHandle,
@@ -498,20 +516,32 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut buf = BytesMut::new();
     let mut permits = Vec::new();
     let mut closing = false;
+    // The fatal error sent, if any: the transport may say it when closing.
+    let mut close_reason = CloseReason::Normal;
+    // Whether the socket still takes bytes (a close frame is worth sending).
+    let mut writable = true;
     'outer: loop {
         let first = tokio::select! {
             _ = kill.cancelled() => break,
+            // Control data the transport owes (a WebSocket pong): write an
+            // empty batch, which carries it.
+            _ = framing.control_pending() => None,
             o = rx.recv() => match o {
-                Some(o) => o,
+                Some(o) => Some(o),
                 None => break,
             },
         };
-        let mut next = Some(first);
+        let mut next = first;
         while let Some(out) = next.take() {
             match out {
                 Outbound::Reply { frame, permit } => {
                     if let Some(pb::server_frame::Body::Error(e)) = &frame.body {
-                        closing |= e.fatal;
+                        if e.fatal {
+                            closing = true;
+                            if let Some(code) = e.error_code() {
+                                close_reason = CloseReason::Error(code);
+                            }
+                        }
                     }
                     if let Err(e) = encode_frame(&frame, max_frame, &mut buf) {
                         warn!(session = %session, error = %e, "reply not sent");
@@ -560,12 +590,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         // The deadline is for progress: each write must move some bytes
         // within it, however long the whole buffer takes.
+        let wire = framing.wire(&buf);
         let mut written = 0;
-        while written < buf.len() {
-            let chunk = buf.get(written..).unwrap_or_default();
+        while written < wire.len() {
+            let chunk = wire.get(written..).unwrap_or_default();
             match timeout(limits.write_timeout(), socket.write(chunk)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     debug!(session = %session, "write failed; closing");
+                    writable = false;
                     kill.cancel();
                     break 'outer;
                 }
@@ -576,6 +608,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         write_timeout_ms = limits.write_timeout_ms,
                         "client is not reading; disconnecting (slow consumer)"
                     );
+                    writable = false;
                     kill.cancel();
                     break 'outer;
                 }
@@ -586,6 +619,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 debug!(session = %session, "write failed; closing");
+                writable = false;
                 kill.cancel();
                 break 'outer;
             }
@@ -595,6 +629,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     write_timeout_ms = limits.write_timeout_ms,
                     "client is not reading; disconnecting (slow consumer)"
                 );
+                writable = false;
                 kill.cancel();
                 break 'outer;
             }
@@ -613,6 +648,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             let _ = broker.send(Command::Writable { session }).await;
         }
     }
+    if writable {
+        if let Some(close) = framing.closing(close_reason) {
+            let _ = timeout(limits.write_timeout(), socket.write_all(&close)).await;
+        }
+    }
     let _ = timeout(limits.write_timeout(), socket.shutdown()).await;
 }
 
@@ -620,9 +660,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 /// after a short drain of what the client sent: closing a socket with unread
 /// input makes the kernel send a reset, which can destroy the error frame
 /// before the client reads it.
-async fn refuse<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+async fn refuse<W: AsyncWrite + Unpin, F: Framing, S: FrameSource>(
     socket: &mut W,
-    input: &mut R,
+    framing: &mut F,
+    input: &mut S,
     code: ErrorCode,
     message: impl Into<String>,
     config: &Config,
@@ -636,26 +677,14 @@ async fn refuse<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         body: Some(pb::server_frame::Body::Error(error)),
     };
     let mut buf = BytesMut::new();
+    let write_timeout = config.limits.write_timeout();
     if encode_frame(&frame, config.limits.max_frame(), &mut buf).is_ok() {
-        let _ = timeout(config.limits.write_timeout(), socket.write_all(&buf)).await;
+        let wire = framing.wire(&buf);
+        let _ = timeout(write_timeout, socket.write_all(wire)).await;
     }
-    let _ = timeout(config.limits.write_timeout(), socket.shutdown()).await;
-    linger(input).await;
-}
-
-/// Reads and discards input for a moment (at most [`LINGER`] and
-/// [`LINGER_BYTES`]) or until the client closes.
-async fn linger<R: AsyncRead + Unpin>(input: &mut R) {
-    use tokio::io::AsyncReadExt;
-    let mut scratch = [0u8; 4096];
-    let mut total = 0;
-    let drain = async {
-        while total < LINGER_BYTES {
-            match input.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = timeout(LINGER, drain).await;
+    if let Some(close) = framing.closing(CloseReason::Error(code)) {
+        let _ = timeout(write_timeout, socket.write_all(&close)).await;
+    }
+    let _ = timeout(write_timeout, socket.shutdown()).await;
+    input.linger().await;
 }

@@ -274,7 +274,8 @@ async fn unusable_certificate_files_are_config_errors() {
     let missing = certs.dir.path().join("missing.pem");
     for check_only in [true, false] {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_roomqd"));
-        cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
             .arg(data.path())
             .env("ROOMQ_TLS_CERT_PATH", &missing)
             .env("ROOMQ_TLS_KEY_PATH", &certs.key)

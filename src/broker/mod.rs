@@ -109,6 +109,8 @@ pub struct SessionInfo {
     pub client_id: Option<Arc<str>>,
     pub client_name: String,
     pub peer: String,
+    /// The listener it came through.
+    pub transport: crate::transport::Transport,
     /// The session's namespace.
     pub tenant: Arc<Tenant>,
     /// What the session's credentials allow.
@@ -637,6 +639,7 @@ impl Broker {
                     namespace = %info.namespace,
                     session = %info.id,
                     peer = %info.peer,
+                    transport = info.transport.as_str(),
                     client_id = info.client_id.as_deref().unwrap_or(""),
                     client_name = %info.client_name,
                     resumed,

@@ -181,7 +181,8 @@ impl Daemon {
     pub fn start_on(dir: &std::path::Path, port: u16) -> Daemon {
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_roomqd"))
-            .args(["--listen", listen.as_str(), "--data-dir"])
+            .args(["--listen", listen.as_str(), "--http-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
             .arg(dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -40,6 +40,8 @@
 //! - [`filter`]: the ordered-mode state machine (no I/O).
 //! - [`raw`]: the protocol-level connection the SDK is built on.
 //! - [`tls`]: TLS options for the connection (trusted roots, server name).
+//! - [`transport`]: TCP or WebSocket: `host:port` or `ws://host:port` (and
+//!   `wss://`), the same protocol and semantics either way.
 
 pub mod client;
 mod error;
@@ -48,6 +50,7 @@ pub mod presence;
 pub mod raw;
 pub mod subscription;
 pub mod tls;
+pub mod transport;
 
 pub use client::{
     Client, ClientBuilder, Confirmation, Event, PublishBuilder, ReconnectPolicy, Stored, Volatile,

@@ -25,17 +25,18 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use roomq_wire::codec::{decode_server, encode_frame};
-use roomq_wire::{pb, FrameCodec, FrameError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use roomq_wire::{pb, FrameError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
 
+use crate::transport::{FrameStream, FrameWriter};
 use crate::{ClientError, TlsOptions};
 
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
+    /// `host:port` for TCP (TLS if [`ConnectOptions::tls`] is set), or
+    /// `ws://host:port[/path]` / `wss://...` for the broker's WebSocket
+    /// endpoint (the path defaults to `/ws`; `wss` needs TLS options).
     pub addr: String,
     pub namespace: String,
     pub token: String,
@@ -155,40 +156,20 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects and performs the handshake (the TLS one first, if set).
+    /// Connects and performs the handshake (the TLS one or the WebSocket
+    /// upgrade first, if the address or options ask for one).
     pub async fn connect(opts: ConnectOptions) -> Result<(Connection, Deliveries), ClientError> {
-        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&opts.addr))
-            .await
-            .map_err(|_| ClientError::Timeout)??;
-        stream.set_nodelay(true)?;
-        match &opts.tls {
-            None => {
-                let (read_half, write_half) = stream.into_split();
-                Connection::start(read_half, write_half, opts).await
-            }
-            Some(tls) => {
-                let stream = tokio::time::timeout(opts.connect_timeout, tls.connect(stream))
-                    .await
-                    .map_err(|_| ClientError::Timeout)??;
-                let (read_half, write_half) = tokio::io::split(stream);
-                Connection::start(read_half, write_half, opts).await
-            }
-        }
+        let (frames, writer) = crate::transport::open(&opts).await?;
+        Connection::start(frames, writer, opts).await
     }
 
-    /// Performs the roomq handshake on a connected stream's halves and
-    /// starts the reader and writer tasks.
-    async fn start<R, W>(
-        read_half: R,
-        mut write_half: W,
+    /// Performs the roomq handshake on an open transport and starts the
+    /// reader and writer tasks.
+    async fn start(
+        mut frames: FrameStream,
+        mut writer: FrameWriter,
         opts: ConnectOptions,
-    ) -> Result<(Connection, Deliveries), ClientError>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
-        let mut frames = FramedRead::new(read_half, FrameCodec::new(opts.max_frame + 64 * 1024));
-
+    ) -> Result<(Connection, Deliveries), ClientError> {
         let hello = pb::ClientFrame {
             request_id: 1,
             body: Some(pb::client_frame::Body::Handshake(pb::Handshake {
@@ -201,8 +182,7 @@ impl Connection {
         };
         let mut buf = BytesMut::new();
         encode_frame(&hello, opts.max_frame, &mut buf)?;
-        write_half.write_all(&buf).await?;
-        write_half.flush().await?;
+        writer.write_batch(&mut buf).await?;
         let reply = tokio::time::timeout(opts.connect_timeout, frames.next())
             .await
             .map_err(|_| ClientError::Timeout)?
@@ -228,7 +208,7 @@ impl Connection {
         });
         let (out_tx, out_rx) = mpsc::channel(1024);
         let (push_tx, push_rx) = mpsc::channel(opts.delivery_buffer.max(1));
-        tokio::spawn(write_loop(write_half, out_rx, opts.max_frame));
+        tokio::spawn(write_loop(writer, out_rx, opts.max_frame));
         tokio::spawn(read_loop(frames, shared.clone(), push_tx));
         Ok((
             Connection {
@@ -510,8 +490,8 @@ fn unexpected(body: pb::server_frame::Body) -> ClientError {
     ClientError::Protocol(format!("unexpected reply: {body:?}"))
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut socket: W,
+async fn write_loop(
+    mut writer: FrameWriter,
     mut rx: mpsc::Receiver<pb::ClientFrame>,
     max_frame: usize,
 ) {
@@ -527,20 +507,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             next = rx.try_recv().ok();
         }
-        // Flushing matters for TLS, which may keep encrypted bytes back.
-        if socket.write_all(&buf).await.is_err() || socket.flush().await.is_err() {
+        if writer.write_batch(&mut buf).await.is_err() {
             return;
         }
-        buf.clear();
     }
-    let _ = socket.shutdown().await;
+    writer.close().await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    mut frames: FramedRead<R, FrameCodec>,
-    shared: Arc<Shared>,
-    pushes: mpsc::Sender<Push>,
-) {
+async fn read_loop(mut frames: FrameStream, shared: Arc<Shared>, pushes: mpsc::Sender<Push>) {
     while let Some(Ok(raw)) = frames.next().await {
         let Ok(frame) = decode_server(raw) else {
             break;

@@ -23,6 +23,8 @@ const TAIL_LINES: usize = 40;
 pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
+    /// The HTTP listener (WebSocket endpoint `/ws`).
+    pub http: Option<SocketAddr>,
     /// The `version=` field of its "serving" line.
     pub version: String,
     /// From spawning the process to its "serving" line.
@@ -40,7 +42,8 @@ impl Daemon {
     ) -> anyhow::Result<Daemon> {
         let spawned = Instant::now();
         let mut cmd = Command::new(bin);
-        cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -54,10 +57,11 @@ impl Daemon {
             .with_context(|| format!("starting {}", bin.display()))?;
         let stderr = child.stderr.take();
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        let (tx, rx) = tokio::sync::oneshot::channel::<(String, String)>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Serving>();
         let mut daemon = Daemon {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: None,
             version: String::new(),
             serving_after: Duration::ZERO,
             tail: tail.clone(),
@@ -70,12 +74,14 @@ impl Daemon {
             .spawn(move || watch_log(stderr, tx, &tail))
             .context("starting the log reader")?;
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok((addr, version))) => {
+            Ok(Ok(serving)) => {
                 daemon.serving_after = spawned.elapsed();
+                let addr = serving.addr;
                 daemon.addr = addr
                     .parse()
                     .with_context(|| format!("roomqd reported listen={addr:?}"))?;
-                daemon.version = version;
+                daemon.http = serving.http.parse().ok();
+                daemon.version = serving.version;
                 Ok(daemon)
             }
             Ok(Err(_)) => bail!(
@@ -120,9 +126,17 @@ impl Drop for Daemon {
     }
 }
 
+/// The fields of the "roomqd serving" line.
+struct Serving {
+    addr: String,
+    /// An address, or `off`.
+    http: String,
+    version: String,
+}
+
 fn watch_log(
     stderr: std::process::ChildStderr,
-    tx: tokio::sync::oneshot::Sender<(String, String)>,
+    tx: tokio::sync::oneshot::Sender<Serving>,
     tail: &Mutex<VecDeque<String>>,
 ) {
     let mut tx = Some(tx);
@@ -130,7 +144,12 @@ fn watch_log(
         if line.contains("roomqd serving") {
             if let (Some(addr), Some(tx)) = (field(&line, "listen="), tx.take()) {
                 let version = field(&line, "version=").unwrap_or_default();
-                let _ = tx.send((addr, version));
+                let http = field(&line, "http=").unwrap_or_default();
+                let _ = tx.send(Serving {
+                    addr,
+                    http,
+                    version,
+                });
             }
         }
         if let Ok(mut t) = tail.lock() {

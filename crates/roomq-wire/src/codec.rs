@@ -20,8 +20,16 @@ use crate::LENGTH_PREFIX;
 pub enum FrameError {
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
+    /// A frame over the limit whose exact length the transport does not
+    /// report (a WebSocket message refused from its announced length).
+    #[error("frame exceeds the limit of {max} bytes")]
+    Oversized { max: usize },
     #[error("frame is not a valid protobuf message: {0}")]
     Malformed(#[from] prost::DecodeError),
+    /// The transport's own framing was broken (a WebSocket protocol
+    /// violation, such as a text message or a stray continuation frame).
+    #[error("{0}")]
+    Transport(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
