@@ -56,6 +56,9 @@ interface PendingAck {
   reject: (e: Error) => void;
 }
 
+/** Notices of one kind kept for the first listener of that kind. */
+const EARLY_NOTICES = 1000;
+
 const RESERVED = new Set(["presence", "gap", "error", "closed"]);
 
 export function memberFromWire(p: Presence | undefined): Member {
@@ -97,6 +100,13 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
   private keepAliveTimer: ReturnType<typeof setInterval> | undefined;
   private closedWith: RoomClosed | undefined;
+  /**
+   * Notices that arrived before any listener of their kind: a gap can come
+   * before the join's reply (so before the application could add a
+   * listener); they are handed to the first listener added.
+   */
+  private readonly earlyGaps: GapNotice[] = [];
+  private readonly earlyPresence: PresenceChange[] = [];
 
   /** @internal Made by `client.join`. */
   constructor(host: RoomHost<T>, name: string, label: string, join: JoinInit, mode: FilterMode, autoAck: boolean) {
@@ -126,12 +136,18 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   on(event: string, listener: Handler<T>): this;
   on(event: string, listener: Handler<T> | ((arg: never, d?: never) => void)): this {
     switch (event) {
-      case "presence":
-        this.presenceHandlers.add(listener as (change: PresenceChange) => void);
+      case "presence": {
+        const h = listener as (change: PresenceChange) => void;
+        this.presenceHandlers.add(h);
+        for (const p of this.earlyPresence.splice(0)) this.guard(() => h(p));
         break;
-      case "gap":
-        this.gapHandlers.add(listener as (gap: GapNotice) => void);
+      }
+      case "gap": {
+        const h = listener as (gap: GapNotice) => void;
+        this.gapHandlers.add(h);
+        for (const g of this.earlyGaps.splice(0)) this.guard(() => h(g));
         break;
+      }
       case "error":
         this.errorHandlers.add(listener as (error: RoomqError, delivery?: Delivery<T>) => void);
         break;
@@ -255,6 +271,10 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   gap(g: Gap): void {
     const notice: GapNotice = { room: g.room, subscription: g.subscription, fromSeq: num(g.fromSeq), toSeq: num(g.toSeq), missed: num(g.missed) };
     this.filter.skipped(notice.fromSeq, notice.toSeq);
+    if (this.gapHandlers.size === 0) {
+      if (this.earlyGaps.length < EARLY_NOTICES) this.earlyGaps.push(notice);
+      return;
+    }
     for (const h of [...this.gapHandlers]) this.guard(() => h(notice));
   }
 
@@ -263,6 +283,10 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     const kind = e.kind === PresenceEvent_Kind.JOINED ? "joined" : e.kind === PresenceEvent_Kind.LEFT ? "left" : undefined;
     if (!kind) return;
     const change: PresenceChange = { kind, member: memberFromWire(e.member), room: e.room };
+    if (this.presenceHandlers.size === 0) {
+      if (this.earlyPresence.length < EARLY_NOTICES) this.earlyPresence.push(change);
+      return;
+    }
     for (const h of [...this.presenceHandlers]) this.guard(() => h(change));
   }
 

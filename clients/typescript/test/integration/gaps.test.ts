@@ -27,7 +27,9 @@ test("retention trims what a durable member was away for: a gap notice, then the
     got.push(d.seq);
     await d.ack();
   });
-  await until(() => gaps.length === 1 && got.length === 2, 5000, "the gap and the kept messages");
+  await until(() => gaps.length === 1 && got.length === 2, 5000, "the gap and the kept messages").catch((e: unknown) => {
+    throw new Error(`${String(e)}: gaps ${JSON.stringify(gaps)}, got ${JSON.stringify(got)}, joined ${JSON.stringify(room.info)}`);
+  });
   assert.deepEqual(gaps[0], { room: "trim-room", subscription: "", fromSeq: 1, toSeq: 4, missed: 4 });
   assert.deepEqual(got, [5, 6]);
 });
