@@ -80,6 +80,7 @@ export class Connection {
   private readonly backlog: Array<{ id: bigint; bytes: Uint8Array }> = [];
   private readonly maxPending: number;
   private ended: EndReason | undefined;
+  private corked = false;
   private lastReceived = Date.now();
   private pingTimer: ReturnType<typeof setInterval> | undefined;
   private pongTimer: ReturnType<typeof setTimeout> | undefined;
@@ -213,11 +214,29 @@ export class Connection {
   }
 
   private write(bytes: Uint8Array): void {
+    this.cork();
     try {
       this.ws.send(bytes);
     } catch (e) {
       this.end({ reason: `send failed: ${e instanceof Error ? e.message : String(e)}` });
     }
+  }
+
+  /**
+   * With the `ws` package, frames sent in one turn of the event loop are
+   * gathered into one socket write (cork until the microtasks ran), instead
+   * of one system call per frame. Browsers batch by themselves.
+   */
+  private cork(): void {
+    if (this.corked) return;
+    const socket = (this.ws as unknown as { _socket?: { cork?: () => void; uncork?: () => void } })._socket;
+    if (!socket || typeof socket.cork !== "function" || typeof socket.uncork !== "function") return;
+    this.corked = true;
+    socket.cork();
+    queueMicrotask(() => {
+      this.corked = false;
+      socket.uncork?.();
+    });
   }
 
   private received(data: unknown): void {

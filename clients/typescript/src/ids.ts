@@ -1,9 +1,19 @@
 /** Identifiers: dedup ids and session ids (16-byte UUIDs) as bytes and as text. */
 
-/** 16 random bytes from the platform's CSPRNG (browsers and Node ≥ 20). */
+/** Random bytes are fetched from the platform's CSPRNG this many at a time (one call per 256 ids). */
+const POOL_BYTES = 4096;
+let pool = new Uint8Array(0);
+let poolAt = 0;
+
+/** `n` random bytes (n ≤ 4096) from the platform's CSPRNG (browsers and Node ≥ 20). */
 function randomBytes(n: number): Uint8Array {
-  const out = new Uint8Array(n);
-  globalThis.crypto.getRandomValues(out);
+  if (poolAt + n > pool.length) {
+    pool = new Uint8Array(POOL_BYTES);
+    globalThis.crypto.getRandomValues(pool);
+    poolAt = 0;
+  }
+  const out = pool.slice(poolAt, poolAt + n);
+  poolAt += n;
   return out;
 }
 
