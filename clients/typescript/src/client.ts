@@ -103,7 +103,7 @@ export interface ClientEvents {
   disconnect: [DisconnectInfo];
   reconnecting: [ReconnectingInfo];
   recovered: [RecoveredInfo];
-  /** A broker error pushed outside any request that no room took. */
+  /** A broker error pushed outside any request that no room took, or a room's error without a room listener. */
   error: [RoomqError];
   /** The client closed (by `close()`, a refusal that retrying cannot fix, or the reconnect policy gave up). */
   close: [{ reason: string; error?: RoomqError }];
@@ -191,6 +191,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
         const key = roomKey(room.name, room.subscription);
         if (this.rooms_.get(key) === room) this.rooms_.delete(key);
       },
+      unhandled: (error) => this.emit("error", error),
     };
   }
 

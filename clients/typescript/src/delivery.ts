@@ -101,7 +101,8 @@ export class Delivery<T> implements DeliveryFields<T> {
    * Acknowledges it. Acks are coalesced (sent within a few ms, cumulatively
    * where contiguous); the promise resolves when the broker confirmed, or
    * at once when the connection is down (a redelivery after the reconnect
-   * is then acknowledged silently).
+   * is then acknowledged silently). It never rejects: a refusal by the
+   * broker goes to the room's "error" listeners.
    */
   ack(): Promise<void> {
     if (this.volatile || this.done) return Promise.resolve();
@@ -109,7 +110,11 @@ export class Delivery<T> implements DeliveryFields<T> {
     return this.owner.ack(this.seq);
   }
 
-  /** Gives it back, to be delivered again after `delayMs` (0 = now). `reason` is kept if it is dead-lettered. */
+  /**
+   * Gives it back, to be delivered again after `delayMs` (0 = now). `reason`
+   * is kept if it is dead-lettered. Rejects only for a volatile delivery; a
+   * refusal by the broker goes to the room's "error" listeners.
+   */
   nack(delayMs = 0, reason = ""): Promise<void> {
     if (this.volatile) return Promise.reject(new InvalidUseError("a volatile delivery is never redelivered, so it cannot be given back"));
     if (this.done) return Promise.resolve();

@@ -28,6 +28,8 @@ export interface RoomHost<T> {
   connection(): Promise<Connection>;
   /** The room is done: stop routing to it and do not resume it. */
   forget(room: Room<T>): void;
+  /** Errors no room listener took. */
+  unhandled(error: RoomqError): void;
 }
 
 /** Why a room stopped. */
@@ -53,7 +55,6 @@ type AnyHandler<T> = (event: string, data: T, delivery: Delivery<T>) => void | P
 interface PendingAck {
   seq: number;
   resolve: () => void;
-  reject: (e: Error) => void;
 }
 
 /** Notices of one kind kept for the first listener of that kind. */
@@ -97,6 +98,8 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   private readonly queue: Delivery<T>[] = [];
   private readonly waiters: Array<(d: IteratorResult<Delivery<T>>) => void> = [];
   private pendingAcks: PendingAck[] = [];
+  /** Acks the broker refused. */
+  private ackFailures = 0;
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
   private keepAliveTimer: ReturnType<typeof setInterval> | undefined;
   private closedWith: RoomClosed | undefined;
@@ -117,6 +120,11 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     this.mode = mode;
     this.autoAck = autoAck;
     this.filter = new Filter(mode);
+  }
+
+  /** Acknowledgements the broker refused so far (each also reported to the "error" listeners). */
+  get refusedAcks(): number {
+    return this.ackFailures;
   }
 
   /** Whether the room was left or closed. */
@@ -323,20 +331,24 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
       try {
         await conn.request({ case: "nack", value: { room: this.name, subscription: this.subscription, seqs: [BigInt(seq)], delayMs: BigInt(delayMs), reason } }, "nackOk");
       } catch (e) {
-        if (!(e instanceof ConnectionLostError)) throw e;
+        if (!(e instanceof ConnectionLostError)) this.reportError(asRoomqError(e));
       }
     },
     inProgress: async (seq: number) => {
       const conn = this.host.current();
-      if (!conn) throw new ConnectionLostError("not connected");
-      await conn.request({ case: "inProgress", value: { room: this.name, subscription: this.subscription, seqs: [BigInt(seq)] } }, "inProgressOk");
+      if (!conn) return;
+      try {
+        await conn.request({ case: "inProgress", value: { room: this.name, subscription: this.subscription, seqs: [BigInt(seq)] } }, "inProgressOk");
+      } catch (e) {
+        if (!(e instanceof ConnectionLostError)) this.reportError(asRoomqError(e));
+      }
     },
   };
 
   private queueAck(seq: number): Promise<void> {
     if (!this.host.current()) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      this.pendingAcks.push({ seq, resolve, reject });
+    return new Promise<void>((resolve) => {
+      this.pendingAcks.push({ seq, resolve });
       if (this.pendingAcks.length >= 1000) this.flushAcks();
       else if (!this.ackTimer) this.ackTimer = setTimeout(() => this.flushAcks(), this.host.ackDelayMs);
     });
@@ -371,9 +383,12 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
           for (const p of batch) p.resolve();
           return;
         }
-        const error = e instanceof Error ? e : new RoomqError(String(e));
-        for (const p of batch) p.reject(error);
-        if (error instanceof RoomqError) this.reportError(error);
+        // An ack never rejects (an ignored promise must not take a Node
+        // process down); a refusal, e.g. NOT_JOINED after a takeover, goes
+        // to the "error" listeners.
+        this.ackFailures += batch.length;
+        for (const p of batch) p.resolve();
+        this.reportError(asRoomqError(e));
       },
     );
   }
@@ -477,7 +492,10 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   }
 
   private reportError(error: RoomqError, delivery?: Delivery<T>): void {
-    if (this.errorHandlers.size === 0) return;
+    if (this.errorHandlers.size === 0) {
+      this.host.unhandled(error);
+      return;
+    }
     for (const h of [...this.errorHandlers]) this.guard(() => h(error, delivery));
   }
 
@@ -494,6 +512,11 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
 
 function asRoomqError(e: unknown): RoomqError {
   if (e instanceof RoomqError) return e;
+  if (e instanceof Error && !(e instanceof RoomqError)) {
+    const err = new RoomqError(`handler failed: ${e.message}`);
+    (err as { cause?: unknown }).cause = e;
+    return err;
+  }
   const err = new RoomqError(`handler failed: ${e instanceof Error ? e.message : String(e)}`);
   (err as { cause?: unknown }).cause = e;
   return err;

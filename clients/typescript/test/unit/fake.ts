@@ -15,6 +15,8 @@ export class FakeBroker {
   readonly frames: ClientFrame[][] = [];
   /** When set, publishes are received but not answered. */
   holdPublishes = false;
+  /** Answer acks with NOT_JOINED. */
+  refuseAcks = false;
   /** Refuse new connections (the broker is down). */
   down = false;
   private readonly stored = new Map<string, number>();
@@ -71,6 +73,10 @@ export class FakeBroker {
         return;
       }
       case "ack":
+        if (this.refuseAcks) {
+          reply({ case: "error", value: { code: 8, name: "NOT_JOINED", message: "not joined", fatal: false } });
+          return;
+        }
         reply({ case: "ackOk", value: { nextSeq: b.value.upTo + 1n } });
         return;
       case "ping":

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { connect, jsonCodec, textCodec, type Delivery, type GapNotice, type PresenceChange } from "../../src/index.js";
+import { BrokerError, connect, jsonCodec, textCodec, type Delivery, type GapNotice, type PresenceChange } from "../../src/index.js";
 import { FakeBroker } from "./fake.js";
 
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -130,5 +130,22 @@ test("a handler that throws with auto-ack gives the delivery back (nack)", async
   assert.match(errors[0] ?? "", /boom/);
   const nacks = (broker.frames[0] ?? []).filter((f) => f.body.case === "nack");
   assert.equal(nacks.length, 1);
+  client.close();
+});
+
+test("a refused ack does not reject: the room's error listeners hear of it", async () => {
+  const broker = new FakeBroker();
+  const client = await connect("ws://fake/ws", { WebSocket: broker.WebSocket, clientId: "bob" });
+  const room = await client.join("r");
+  const errors: string[] = [];
+  room.on("error", (e) => void errors.push(e instanceof BrokerError ? e.codeName : e.message));
+  const ds: Delivery<Uint8Array | string>[] = [];
+  room.onAny((_e, _d, d) => void ds.push(d));
+  broker.refuseAcks = true;
+  broker.push("r", "", 1, "e", "x");
+  await wait(20);
+  await ds[0]?.ack(); // resolves
+  assert.deepEqual(errors, ["NOT_JOINED"]);
+  assert.equal(room.refusedAcks, 1);
   client.close();
 });
