@@ -14,10 +14,11 @@ import { Connection, type EndReason, type Push } from "./connection.js";
 import type { GapNotice, Member } from "./delivery.js";
 import { Emitter } from "./emitter.js";
 import { BrokerError, ClosedError, ConnectionLostError, ErrorCode, OfflineQueueFullError, RoomqError, TimeoutError } from "./errors.js";
-import type { Limits } from "./gen/roomq_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { PublishSchema, type Limits, type Publish } from "./gen/roomq_pb.js";
 import { planJoin, type JoinOptions } from "./join.js";
 import { Outbox, type Entry, type OverflowPolicy } from "./outbox.js";
-import { planPublish, publishResult, type PublishInit, type PublishOptions, type PublishResult } from "./publish.js";
+import { planPublish, publishResult, type PublishOptions, type PublishResult } from "./publish.js";
 import { Room, memberFromWire, type RoomHost } from "./room.js";
 import { defaultWebSocket, type WebSocketConstructor } from "./transport.js";
 import { num } from "./wire.js";
@@ -130,7 +131,7 @@ const FINAL_CODES: ReadonlySet<number> = new Set([
 ]);
 
 interface OutgoingPublish {
-  init: PublishInit;
+  init: Publish;
   resolve: (r: PublishResult) => void;
   reject: (e: Error) => void;
   timer: ReturnType<typeof setTimeout> | undefined;
@@ -246,9 +247,9 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
    */
   publish(room: string | string[], event: string, data: T, options: PublishOptions = {}): Promise<PublishResult> {
     if (this.state_ === "closed") return Promise.reject(new ClosedError("the client is closed"));
-    let init: PublishInit;
+    let init: Publish;
     try {
-      init = planPublish(typeof room === "string" ? [room] : room, event, this.codec.encode(data), options);
+      init = create(PublishSchema, planPublish(typeof room === "string" ? [room] : room, event, this.codec.encode(data), options));
     } catch (e) {
       return Promise.reject(e);
     }
