@@ -134,8 +134,15 @@ interface OutgoingPublish {
   init: Publish;
   resolve: (r: PublishResult) => void;
   reject: (e: Error) => void;
+  /** A short timeout's own timer; long ones are checked by the client's sweep. */
   timer: ReturnType<typeof setTimeout> | undefined;
+  /** When it times out (ms since the epoch; Infinity = never). */
+  deadline: number;
+  timeoutMs: number;
 }
+
+/** Publish timeouts at least this long are checked once a second rather than each with its own timer. */
+const SWEPT_TIMEOUT_MS = 2000;
 
 /**
  * Connects to a roomq broker over WebSocket and resolves once the first
@@ -161,6 +168,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
   private ready = false;
   private state_: ClientState = "connecting";
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  private sweepTimer: ReturnType<typeof setInterval> | undefined;
   private readonly connWaiters = new Set<{ resolve: (c: Connection) => void; reject: (e: Error) => void }>();
   private recovering: GapNotice[] | undefined;
   private lastSessionId = "";
@@ -254,19 +262,36 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
       return Promise.reject(e);
     }
     return new Promise<PublishResult>((resolve, reject) => {
-      const out: OutgoingPublish = { init, resolve, reject, timer: undefined };
+      const timeout = options.timeoutMs ?? this.options.publishTimeoutMs ?? 60_000;
+      const out: OutgoingPublish = { init, resolve, reject, timer: undefined, deadline: timeout > 0 ? Date.now() + timeout : Infinity, timeoutMs: timeout };
       const { entry, effects } = this.outbox.submit(out, !init.volatile);
       this.apply(effects);
       if (!this.outbox.get(entry.id)) return; // refused at once
-      const timeout = options.timeoutMs ?? this.options.publishTimeoutMs ?? 60_000;
-      if (timeout > 0) {
-        out.timer = setTimeout(() => {
-          if (!this.outbox.get(entry.id)) return;
-          this.apply(this.outbox.cancel(entry.id));
-          reject(new TimeoutError(`publish not confirmed within ${timeout} ms; it may or may not have been stored`));
-        }, timeout);
-      }
+      if (timeout <= 0) return;
+      if (timeout < SWEPT_TIMEOUT_MS) out.timer = setTimeout(() => this.expire(entry), timeout);
+      else this.startSweep();
     });
+  }
+
+  /** Fails a publish that was not confirmed in time. */
+  private expire(entry: Entry<OutgoingPublish>): void {
+    if (!this.outbox.get(entry.id)) return;
+    this.apply(this.outbox.cancel(entry.id));
+    this.fail(entry, new TimeoutError(`publish not confirmed within ${entry.payload.timeoutMs} ms; it may or may not have been stored`));
+  }
+
+  /** One timer for all long publish timeouts, running while publishes are outstanding. */
+  private startSweep(): void {
+    if (this.sweepTimer) return;
+    this.sweepTimer = setInterval(() => {
+      if (this.outbox.size === 0) {
+        clearInterval(this.sweepTimer);
+        this.sweepTimer = undefined;
+        return;
+      }
+      const now = Date.now();
+      for (const entry of this.outbox.list()) if (entry.payload.deadline <= now) this.expire(entry);
+    }, 1000);
   }
 
   /** Socket.IO's `socket.to(room)`: a message for the room's other members (`exceptSelf`). */
@@ -449,6 +474,8 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     if (this.state_ === "closed") return;
     this.state_ = "closed";
     clearTimeout(this.reconnectTimer);
+    clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
     const conn = this.conn;
     this.conn = undefined;
     conn?.close(reason);

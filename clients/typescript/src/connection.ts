@@ -112,7 +112,9 @@ export class Connection {
         reject(e instanceof Error ? e : new Error(String(e)));
         return;
       }
-      ws.binaryType = "arraybuffer";
+      // Browsers: ArrayBuffer. The `ws` package (it has `terminate`): its own
+      // Buffers, which are Uint8Arrays, saving a copy per message.
+      ws.binaryType = typeof (ws as unknown as { terminate?: unknown }).terminate === "function" ? "nodebuffer" : "arraybuffer";
       let settled = false;
       const fail = (error: Error): void => {
         if (settled) return;

@@ -46,7 +46,7 @@ export interface PublishResult {
   /** The dedup id had been seen: these are the original seqs. */
   duplicate: boolean;
   /** The dedup id it carried ("" for a volatile publish). */
-  dedupId: string;
+  readonly dedupId: string;
 }
 
 function ms(v: number): bigint {
@@ -88,13 +88,31 @@ export function durabilityName(d: Durability): DurabilityName {
   }
 }
 
+/** A confirmation; its dedup id's text is made only when read. */
+class Confirmation implements PublishResult {
+  readonly seq: number;
+  readonly seqs: Array<{ room: string; seq: number }>;
+  readonly durability: DurabilityName;
+  readonly duplicate: boolean;
+  private readonly id: Uint8Array | undefined;
+
+  constructor(ok: PublishOk, dedupId: Uint8Array | undefined) {
+    this.seqs = ok.seqs.map((s) => ({ room: s.room, seq: num(s.seq) }));
+    this.seq = this.seqs[0]?.seq ?? 0;
+    this.durability = durabilityName(ok.durability);
+    this.duplicate = ok.duplicate;
+    this.id = dedupId;
+  }
+
+  get dedupId(): string {
+    return this.id && this.id.length > 0 ? uuidToString(this.id) : "";
+  }
+
+  toJSON(): PublishResult {
+    return { seq: this.seq, seqs: this.seqs, durability: this.durability, duplicate: this.duplicate, dedupId: this.dedupId };
+  }
+}
+
 export function publishResult(ok: PublishOk, dedupId: Uint8Array | undefined): PublishResult {
-  const seqs = ok.seqs.map((s) => ({ room: s.room, seq: num(s.seq) }));
-  return {
-    seq: seqs[0]?.seq ?? 0,
-    seqs,
-    durability: durabilityName(ok.durability),
-    duplicate: ok.duplicate,
-    dedupId: dedupId && dedupId.length > 0 ? uuidToString(dedupId) : "",
-  };
+  return new Confirmation(ok, dedupId);
 }
