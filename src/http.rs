@@ -464,7 +464,7 @@ async fn run_session(upgraded: hyper::upgrade::Upgraded, conn: Arc<Conn>) {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (read, write) = parts.io.into_inner().into_split();
-            let read = std::io::Cursor::new(parts.read_buf).chain(read);
+            let read = std::io::Cursor::new(detach(parts.read_buf)).chain(read);
             let (source, framing) = WsSource::new(read, first, max_fragments);
             return start(source, write, framing, &conn).await;
         }
@@ -473,7 +473,7 @@ async fn run_session(upgraded: hyper::upgrade::Upgraded, conn: Arc<Conn>) {
     match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
         Ok(parts) => {
             let (read, write) = tokio::io::split(parts.io.into_inner());
-            let read = std::io::Cursor::new(parts.read_buf).chain(read);
+            let read = std::io::Cursor::new(detach(parts.read_buf)).chain(read);
             let (source, framing) = WsSource::new(read, first, max_fragments);
             start(source, write, framing, &conn).await;
         }
@@ -482,6 +482,17 @@ async fn run_session(upgraded: hyper::upgrade::Upgraded, conn: Arc<Conn>) {
             let (source, framing) = WsSource::new(read, first, max_fragments);
             start(source, write, framing, &conn).await;
         }
+    }
+}
+
+/// Bytes hyper read past the upgrade request, in an allocation of their
+/// own: the slice may point into hyper's read buffer, which would otherwise
+/// stay allocated for the session's whole life.
+fn detach(read_buf: Bytes) -> Bytes {
+    if read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&read_buf)
     }
 }
 

@@ -22,6 +22,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// The HTTP listener's address, when started with one (see [`ws`]).
+    pub http: Option<SocketAddr>,
     pub dir: Arc<TempDir>,
     pub config: Config,
     shutdown: CancellationToken,
@@ -69,6 +71,7 @@ impl TestBroker {
         let task = tokio::spawn(server::run(listener, config.clone(), shutdown.clone()));
         TestBroker {
             addr,
+            http: None,
             dir,
             config,
             shutdown,
@@ -466,6 +469,7 @@ impl TestBroker {
         let task = tokio::spawn(srv.run(listener, shutdown.clone()));
         TestBroker {
             addr,
+            http: None,
             dir,
             config,
             shutdown,
@@ -508,6 +512,8 @@ impl TestBroker {
         self.connect_token("/admin", token, "").await.0
     }
 }
+
+pub mod ws;
 
 /// Helpers for tests that speak the wire protocol on a raw socket: frames
 /// built and read by hand, so a test can send what no client would.

@@ -5,7 +5,9 @@
 #
 #   crates/roomq-loadtest/scripts/workloads.sh [OUT] [RUNS] [WORKLOAD...]
 #
-# Workloads: w1-128 w1-1k w1s-128 w3 w4 w5 w7 w7-1m (default: all but w7-1m).
+# Workloads: w1-128 w1-1k w1s-128 w3 w4 w5 w7 w7-1m (default: all but w7-1m),
+# and over WebSocket (the HTTP listener's /ws): w1-128-ws w1-1k-ws w3-ws w4-ws
+# w7-ws; w1-pair alternates w1-128 and w1-128-ws run by run, for their ratio.
 # Needs release builds:
 #   cargo build --release -p roomq-loadtest --bin roomq-loadtest
 #   cargo build --release --bin roomqd
@@ -23,7 +25,11 @@ BIN=${BIN:-target/release}
 LT="$BIN/roomq-loadtest"
 ROOMQD="$BIN/roomqd"
 PORT=${PORT:-7455}
+HPORT=$((PORT + 1))
 ADDR="127.0.0.1:$PORT"
+WSADDR="ws://127.0.0.1:$HPORT"
+# Where `run` sends its load: TCP by default, WebSocket for the -ws workloads.
+TARGET=$ADDR
 mkdir -p "$OUT"
 [ -x "$LT" ] && [ -x "$ROOMQD" ] || { echo "build the release binaries first" >&2; exit 2; }
 
@@ -37,7 +43,7 @@ trap stop_broker EXIT
 start_broker() {
   stop_broker
   DATA=$(mktemp -d /tmp/roomq-bench-XXXXXX)
-  RUST_LOG=warn "$ROOMQD" --listen "$ADDR" --data-dir "$DATA" 2>"$DATA.log" &
+  RUST_LOG=warn "$ROOMQD" --listen "$ADDR" --http-listen "127.0.0.1:$HPORT" --data-dir "$DATA" 2>"$DATA.log" &
   PID=$!
   for _ in $(seq 1 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0
@@ -56,30 +62,39 @@ run() {
   ( busy=0; while sleep 0.5; do { pgrep -x rustc || pgrep -f clippy-driver; } >/dev/null && { echo busy > "$OUT/$name.busy"; }; done ) &
   local watcher=$!
   rm -f "$OUT/$name.busy"
-  "$LT" --addr "$ADDR" --no-progress --json "$OUT/$name.json" "$@" > "$OUT/$name.txt" || echo "exit $?" >> "$OUT/$name.txt"
+  "$LT" --addr "$TARGET" --no-progress --json "$OUT/$name.json" "$@" > "$OUT/$name.txt" || echo "exit $?" >> "$OUT/$name.txt"
   kill "$watcher" 2>/dev/null || true; wait "$watcher" 2>/dev/null || true
   echo "$name: $(grep -E 'confirm rate|deliver rate|verify' "$OUT/$name.txt" | tr -s ' ' | tr '\n' ' ')"
 }
 
 for w in $WORKLOADS; do
+  TARGET=$ADDR
+  case $w in *-ws) TARGET=$WSADDR ;; esac
   case $w in
-    w1-128|w1-1k|w1s-128)
+    w1-pair)
+      for i in $(seq 1 "$RUNS"); do
+        for t in "$ADDR:w1-128" "$WSADDR:w1-128-ws"; do
+          TARGET=${t%:*}; start_broker
+          run "${t##*:}-$i" --rooms 1 --publishers 4 --subscribers 0 --window 256 --size 128 --duration 10 --warmup 2 --verify
+        done
+      done ;;
+    w1-128|w1-1k|w1s-128|w1-128-ws|w1-1k-ws)
       size=128; subs=0
-      [ "$w" = w1-1k ] && size=1024
+      case $w in w1-1k*) size=1024 ;; esac
       [ "$w" = w1s-128 ] && subs=1
       for i in $(seq 1 "$RUNS"); do
         start_broker
         run "$w-$i" --rooms 1 --publishers 4 --subscribers $subs --window 256 --size $size --duration 10 --warmup 2 --verify
       done ;;
-    w3)
+    w3|w3-ws)
       for i in $(seq 1 "$RUNS"); do
         start_broker
-        run "w3-$i" --rooms 1 --publishers 1 --subscribers 1 --size 128 --rate 10000 --duration 20 --warmup 2 --verify
+        run "$w-$i" --rooms 1 --publishers 1 --subscribers 1 --size 128 --rate 10000 --duration 20 --warmup 2 --verify
       done ;;
-    w4)
+    w4|w4-ws)
       for i in $(seq 1 "$RUNS"); do
         start_broker
-        run "w4-$i" --rooms 1 --publishers 1 --subscribers 100 --size 256 --rate 2000 --duration 20 --warmup 2 --verify
+        run "$w-$i" --rooms 1 --publishers 1 --subscribers 100 --size 256 --rate 2000 --duration 20 --warmup 2 --verify
       done ;;
     w5)
       start_broker
@@ -91,6 +106,10 @@ for w in $WORKLOADS; do
       stop_broker; wait_quiet
       "$LT" chaos --roomqd "$ROOMQD" --cycles 200 --no-progress --json "$OUT/w7.json" > "$OUT/w7.txt" || echo "exit $?" >> "$OUT/w7.txt"
       echo "w7: $(grep -E 'cycles|recovery|lost|verify' "$OUT/w7.txt" | tr -s ' ' | tr '\n' ' ')" ;;
+    w7-ws)
+      stop_broker; wait_quiet
+      "$LT" chaos --roomqd "$ROOMQD" --transport ws --cycles 200 --no-progress --json "$OUT/w7-ws.json" > "$OUT/w7-ws.txt" || echo "exit $?" >> "$OUT/w7-ws.txt"
+      echo "w7-ws: $(grep -E 'cycles|recovery|lost|verify' "$OUT/w7-ws.txt" | tr -s ' ' | tr '\n' ' ')" ;;
     w7-1m)
       stop_broker; wait_quiet
       "$LT" chaos --roomqd "$ROOMQD" --cycles 20 --prefill 1000000 --no-progress --json "$OUT/w7-1m.json" > "$OUT/w7-1m.txt" || echo "exit $?" >> "$OUT/w7-1m.txt"
@@ -121,7 +140,7 @@ for k, runs in groups.items():
     print(f"{k:10} {len(rs):>4} {fig([r['confirm_rate'] for r in rs]):>28} {fig([r['deliver_rate'] for r in rs]):>28} "
           f"{fig([r['confirm_latency_us']['p99'] for r in rs]):>24} {fig([r['e2e_latency_us']['p99'] for r in rs]):>24} "
           f"{'PASS' if all(r['verify']['passed'] for r in rs) else 'FAIL'} {sum(b for _, b in runs)}")
-for w in ("w7", "w7-1m"):
+for w in ("w7", "w7-ws", "w7-1m"):
     f = os.path.join(out, w + ".json")
     if os.path.exists(f):
         r = json.load(open(f))

@@ -23,7 +23,7 @@ use roomq_client::raw::{ConnectOptions, Connection};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Transport};
 use crate::load::{
     self, audit_all, Ctx, Feed, JoinPlan, Publisher, SplitMix64, StartAt, Subscriber, Until,
 };
@@ -36,6 +36,9 @@ pub struct ChaosArgs {
     /// The roomqd binary to run.
     #[arg(long)]
     pub roomqd: PathBuf,
+    /// How clients connect: TCP, or WebSocket on the HTTP listener.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
     /// Kill-and-restart cycles.
     #[arg(long, default_value_t = 20)]
     pub cycles: u32,
@@ -228,10 +231,12 @@ async fn restart(
         Duration::from_secs(30),
     )
     .await?;
+    let mut daemon = daemon;
+    daemon.transport = args.transport;
     let serving = daemon.serving_after;
     let deadline = spawned + Duration::from_secs(30);
     loop {
-        let mut opts = ConnectOptions::new(daemon.addr.to_string());
+        let mut opts = ConnectOptions::new(daemon.client_addr());
         opts.connect_timeout = Duration::from_secs(2);
         if let Ok((conn, _)) = Connection::connect(opts).await {
             if tokio::time::timeout(Duration::from_secs(2), conn.ping())
@@ -292,7 +297,7 @@ fn spawn_subscribers(
     ack_every: u64,
 ) -> Vec<tokio::task::JoinHandle<(Subscriber, bool)>> {
     let plan = JoinPlan {
-        addr: daemon.addr.to_string(),
+        addr: daemon.client_addr(),
         namespace: "/".into(),
         ephemeral: false,
         start: StartAt::Earliest,
@@ -361,6 +366,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         Duration::from_secs(30),
     )
     .await?;
+    daemon.transport = args.transport;
     let broker_version = if daemon.version.is_empty() {
         "unknown".to_string()
     } else {
@@ -370,7 +376,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     if args.prefill > 0 {
         progress.println(format!("prefilling {} messages", group(args.prefill)));
         let first_id = u32::try_from(publishers.len()).context("too many publishers")?;
-        prefilled = prefill(&daemon.addr.to_string(), args.prefill, &ctx, first_id).await?;
+        prefilled = prefill(&daemon.client_addr(), args.prefill, &ctx, first_id).await?;
         progress.println(format!("prefilled {} messages", group(prefilled)));
     }
 
@@ -395,7 +401,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             spawn_subscribers(&mut subscribers, &daemon, &ctx, Until::Closed, ack_every);
         let mut pub_tasks = Vec::new();
         for mut p in publishers.drain(..) {
-            let (ctx, addr) = (ctx.clone(), daemon.addr.to_string());
+            let (ctx, addr) = (ctx.clone(), daemon.client_addr());
             pub_tasks.push(tokio::spawn(async move {
                 if let Ok((conn, _)) = Connection::connect(ConnectOptions::new(addr)).await {
                     let feed = Feed::Closed {

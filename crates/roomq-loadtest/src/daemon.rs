@@ -19,12 +19,25 @@ use anyhow::{bail, Context as _};
 /// Log lines kept for error messages.
 const TAIL_LINES: usize = 40;
 
+/// How the load generator's clients reach the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Length-prefixed frames on the TCP listener.
+    #[default]
+    Tcp,
+    /// The HTTP listener's WebSocket endpoint `/ws`.
+    Ws,
+}
+
 /// A running `roomqd`.
 pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
     /// The HTTP listener (WebSocket endpoint `/ws`).
     pub http: Option<SocketAddr>,
+    /// What [`Daemon::client_addr`] gives out.
+    pub transport: Transport,
     /// The `version=` field of its "serving" line.
     pub version: String,
     /// From spawning the process to its "serving" line.
@@ -62,6 +75,7 @@ impl Daemon {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http: None,
+            transport: Transport::Tcp,
             version: String::new(),
             serving_after: Duration::ZERO,
             tail: tail.clone(),
@@ -92,6 +106,15 @@ impl Daemon {
                 "roomqd did not report serving within {wait:?}; its last log lines:\n{}",
                 daemon.tail()
             ),
+        }
+    }
+
+    /// The address clients connect to: `host:port` for TCP, `ws://host:port`
+    /// for WebSocket (falls back to TCP if the HTTP listener is off).
+    pub fn client_addr(&self) -> String {
+        match (self.transport, self.http) {
+            (Transport::Ws, Some(http)) => format!("ws://{http}"),
+            _ => self.addr.to_string(),
         }
     }
 

@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// 127.0.0.1 port for the run, instead of using --addr (for CI).
     #[arg(long)]
     pub roomqd: Option<std::path::PathBuf>,
+    /// With --roomqd: connect over TCP, or WebSocket on the HTTP listener.
+    /// (With --addr, the address says: `ws://host:port` is WebSocket.)
+    #[arg(long, value_enum, default_value_t = crate::daemon::Transport::Tcp)]
+    pub transport: crate::daemon::Transport,
     /// Namespace to connect to.
     #[arg(long, default_value = "/")]
     pub namespace: String,
@@ -894,9 +898,10 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
             .prefix("roomq-loadtest-")
             .tempdir()
             .context("creating a temporary data directory")?;
-        let daemon =
+        let mut daemon =
             crate::daemon::Daemon::start(bin, dir.path(), None, Duration::from_secs(30)).await?;
-        args.addr = daemon.addr.to_string();
+        daemon.transport = args.transport;
+        args.addr = daemon.client_addr();
         own_broker = Some((daemon, dir));
     }
     let started = std::time::Instant::now();
