@@ -57,6 +57,9 @@ interface PendingAck {
   resolve: () => void;
 }
 
+/** Volatile deliveries that may wait for `for await` (stored ones are bounded by max_in_flight). */
+const EXTRA_QUEUE = 1024;
+
 /** Notices of one kind kept for the first listener of that kind. */
 const EARLY_NOTICES = 1000;
 
@@ -98,6 +101,9 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   private readonly queue: Delivery<T>[] = [];
   private readonly waiters: Array<(d: IteratorResult<Delivery<T>>) => void> = [];
   private pendingAcks: PendingAck[] = [];
+  /** Volatile deliveries waiting in `queue`, and those dropped because too many waited. */
+  private queuedVolatile = 0;
+  private droppedVolatile = 0;
   /** Acks the broker refused. */
   private ackFailures = 0;
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
@@ -125,6 +131,11 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   /** Acknowledgements the broker refused so far (each also reported to the "error" listeners). */
   get refusedAcks(): number {
     return this.ackFailures;
+  }
+
+  /** Volatile deliveries dropped because more than 1,024 waited for `for await`. */
+  get dropped(): number {
+    return this.droppedVolatile;
   }
 
   /** Whether the room was left or closed. */
@@ -186,6 +197,7 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   /** Every message, whatever its event. */
   onAny(listener: AnyHandler<T>): this {
     this.anyHandlers.add(listener);
+    this.queuedVolatile = 0;
     for (const d of this.queue.splice(0)) this.dispatch(d);
     return this;
   }
@@ -223,7 +235,10 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     return {
       next: () => {
         const d = this.queue.shift();
-        if (d) return Promise.resolve(this.taken(d));
+        if (d) {
+          if (d.volatile) this.queuedVolatile--;
+          return Promise.resolve(this.taken(d));
+        }
         if (this.closedWith) return Promise.resolve({ done: true, value: undefined });
         return new Promise((resolve) => this.waiters.push(resolve));
       },
@@ -444,7 +459,13 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     if ((!set || set.size === 0) && this.anyHandlers.size === 0) {
       const waiter = this.waiters.shift();
       if (waiter) waiter(this.taken(delivery));
-      else this.queue.push(delivery);
+      else if (!delivery.volatile) this.queue.push(delivery);
+      else if (this.queuedVolatile < EXTRA_QUEUE) {
+        // Stored deliveries are bounded by max_in_flight; volatile ones are
+        // not, so they have their own bound and are dropped past it.
+        this.queuedVolatile++;
+        this.queue.push(delivery);
+      } else this.droppedVolatile++;
       return;
     }
     const results: Array<void | Promise<void>> = [];
@@ -488,6 +509,7 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     const take: Delivery<T>[] = [];
     for (const d of this.queue) (d.event === event ? take : keep).push(d);
     this.queue.splice(0, this.queue.length, ...keep);
+    this.queuedVolatile = keep.filter((d) => d.volatile).length;
     for (const d of take) this.dispatch(d);
   }
 
