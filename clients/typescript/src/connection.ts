@@ -8,7 +8,7 @@ import { isMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import { decodeServerFrame, encodeClientFrame } from "./codec.js";
 import { BrokerError, ConnectionLostError, InvalidUseError, ProtocolError, TimeoutError } from "./errors.js";
 import { PublishSchema, type ClientFrameSchema, type Limits, type ServerFrame } from "./gen/roomq_pb.js";
-import { encodePublishFrame } from "./fastwire.js";
+import { decodeDeliveryFrame, encodePublishFrame } from "./fastwire.js";
 import { uuidToString } from "./ids.js";
 import {
   SUBPROTOCOL,
@@ -247,6 +247,12 @@ export class Connection {
     if (this.ended) return;
     this.lastReceived = Date.now();
     const bytes = messageBytes(data);
+    // Deliveries (most of what a receiver gets) through the direct decoder.
+    const delivery = bytes && decodeDeliveryFrame(bytes);
+    if (delivery) {
+      this.options.onPush({ case: "delivery", value: delivery });
+      return;
+    }
     let frame: ServerFrame;
     try {
       if (!bytes) throw new ProtocolError("a text message where a binary frame was expected");

@@ -1,6 +1,7 @@
 /** A message handed to the application, and the notices about a membership. */
 import { fromUtf8 } from "./codec.js";
 import { InvalidUseError } from "./errors.js";
+import { uuidToString } from "./ids.js";
 
 /** What a delivery needs from its room to acknowledge itself. */
 export interface DeliveryOwner {
@@ -17,7 +18,8 @@ export interface DeliveryFields<T> {
   payload: Uint8Array;
   data: T;
   headers: Record<string, string>;
-  publisherSession: string;
+  /** 16 bytes. */
+  publisherSessionBytes: Uint8Array;
   timestampMs: number;
   attempt: number;
   redelivered: boolean;
@@ -32,7 +34,7 @@ export interface DeliveryFields<T> {
  * it back with {@link nack}; until then the SDK keeps the broker from
  * redelivering it (up to the client's `maxHoldMs`).
  */
-export class Delivery<T> implements DeliveryFields<T> {
+export class Delivery<T> {
   readonly room: string;
   /** The subscription handle it came under ("" for the default). */
   readonly subscription: string;
@@ -44,8 +46,7 @@ export class Delivery<T> implements DeliveryFields<T> {
   /** The payload decoded by the client's codec. */
   readonly data: T;
   readonly headers: Record<string, string>;
-  /** The session that published it (UUID text). */
-  readonly publisherSession: string;
+  private readonly publisherSessionBytes: Uint8Array;
   /** When the broker accepted it, ms since the Unix epoch. */
   readonly timestampMs: number;
   /** 1 for the first delivery to this membership, then 2, 3, ... */
@@ -71,7 +72,7 @@ export class Delivery<T> implements DeliveryFields<T> {
     this.payload = fields.payload;
     this.data = fields.data;
     this.headers = fields.headers;
-    this.publisherSession = fields.publisherSession;
+    this.publisherSessionBytes = fields.publisherSessionBytes;
     this.timestampMs = fields.timestampMs;
     this.attempt = fields.attempt;
     this.redelivered = fields.redelivered;
@@ -80,6 +81,11 @@ export class Delivery<T> implements DeliveryFields<T> {
     this.deliverAtMs = fields.deliverAtMs;
     this.volatile = fields.volatile;
     this.owner = owner;
+  }
+
+  /** The session that published it (UUID text, as `Member.sessionId` and `client.sessionId`). */
+  get publisherSession(): string {
+    return uuidToString(this.publisherSessionBytes);
   }
 
   /** The payload as UTF-8 text. */

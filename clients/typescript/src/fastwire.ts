@@ -6,7 +6,7 @@
  * a field this file does not know, so the generated schema stays the
  * single source of truth. Everything else goes through the generated code.
  */
-import type { Publish } from "./gen/roomq_pb.js";
+import type { Delivery, Message, Publish } from "./gen/roomq_pb.js";
 
 const encoder = new TextEncoder();
 
@@ -183,4 +183,194 @@ export function encodePublishFrame(requestId: bigint, p: Publish): Uint8Array {
     out.bytes(s);
   }
   return out.pos === size ? out.buf : out.buf.subarray(0, out.pos);
+}
+
+// ---------------------------------------------------------------------------
+// Deliveries: the frame receivers see most. `decodeDeliveryFrame` returns the
+// same value as the generated decoder for a push that holds only a
+// `Delivery`; for anything else (another body, a request id, a group, a
+// second `message`, bad UTF-8, truncated bytes) it returns undefined and the
+// caller uses the generated decoder, which decides.
+
+/** The field numbers of `Delivery` and `Message` this decoder reads (checked by a test). */
+export const DELIVERY_FIELDS = [1, 2, 3, 4, 5, 6] as const;
+export const MESSAGE_FIELDS = [1, 2, 3, 4, 5, 6, 7, 8, 9] as const;
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/** Thrown inside the decoder to fall back; never escapes it. */
+const FALLBACK = new Error("fall back to the generated decoder");
+
+class In {
+  readonly buf: Uint8Array;
+  pos: number;
+  readonly end: number;
+  constructor(buf: Uint8Array, pos: number, end: number) {
+    this.buf = buf;
+    this.pos = pos;
+    this.end = end;
+  }
+  /** A varint as a number; only for values below 2^53 (else fall back). */
+  varint(): number {
+    let result = 0;
+    let mul = 1;
+    for (let i = 0; i < 8; i++) {
+      if (this.pos >= this.end) throw FALLBACK;
+      const b = this.buf[this.pos++] ?? 0;
+      result += (b & 0x7f) * mul;
+      if (b < 0x80) return result;
+      mul *= 128;
+    }
+    throw FALLBACK;
+  }
+  /** A uint64 varint as a bigint. */
+  u64(): bigint {
+    const start = this.pos;
+    let n = 0;
+    while (n < 10) {
+      if (this.pos >= this.end) throw FALLBACK;
+      const b = this.buf[this.pos++] ?? 0;
+      n++;
+      if (b < 0x80) break;
+      if (n === 10) throw FALLBACK;
+    }
+    if (n <= 7) {
+      this.pos = start;
+      return BigInt(this.varint());
+    }
+    let v = 0n;
+    for (let i = this.pos - 1; i >= start; i--) v = (v << 7n) | BigInt((this.buf[i] ?? 0) & 0x7f);
+    return BigInt.asUintN(64, v);
+  }
+  len(): number {
+    const n = this.varint();
+    if (n > this.end - this.pos) throw FALLBACK;
+    return n;
+  }
+  bytes(): Uint8Array {
+    const n = this.len();
+    const out = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+  string(): string {
+    const n = this.len();
+    let s: string;
+    try {
+      s = strictUtf8.decode(this.buf.subarray(this.pos, this.pos + n));
+    } catch {
+      throw FALLBACK;
+    }
+    this.pos += n;
+    return s;
+  }
+  skip(wireType: number): void {
+    switch (wireType) {
+      case 0:
+        this.u64();
+        return;
+      case 1:
+        if (this.end - this.pos < 8) throw FALLBACK;
+        this.pos += 8;
+        return;
+      case 2: {
+        const n = this.len(); // before reading pos: len() moves it
+        this.pos += n;
+        return;
+      }
+      case 5:
+        if (this.end - this.pos < 4) throw FALLBACK;
+        this.pos += 4;
+        return;
+      default:
+        throw FALLBACK;
+    }
+  }
+}
+
+function readMessage(r: In): Message {
+  const m: Message = {
+    $typeName: "roomq.v1.Message",
+    seq: 0n,
+    event: "",
+    payload: new Uint8Array(0),
+    headers: {},
+    publisherSession: new Uint8Array(0),
+    timestampMs: 0n,
+    key: "",
+    expiresAtMs: 0n,
+    deliverAtMs: 0n,
+  };
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (field === 1 && wt === 0) m.seq = r.u64();
+    else if (field === 2 && wt === 2) m.event = r.string();
+    else if (field === 3 && wt === 2) m.payload = r.bytes();
+    else if (field === 4 && wt === 2) {
+      const n = r.len();
+      const entry = new In(r.buf, r.pos, r.pos + n);
+      let k = "";
+      let v = "";
+      while (entry.pos < entry.end) {
+        const t = entry.varint();
+        if (t === 0x0a) k = entry.string();
+        else if (t === 0x12) v = entry.string();
+        else entry.skip(t & 7);
+      }
+      m.headers[k] = v;
+      r.pos += n;
+    } else if (field === 5 && wt === 2) m.publisherSession = r.bytes();
+    else if (field === 6 && wt === 0) m.timestampMs = r.u64();
+    else if (field === 7 && wt === 2) m.key = r.string();
+    else if (field === 8 && wt === 0) m.expiresAtMs = r.u64();
+    else if (field === 9 && wt === 0) m.deliverAtMs = r.u64();
+    else if (field >= 1 && field <= 9) throw FALLBACK; // a known field with another wire type
+    else r.skip(wt); // unknown fields: the generated decoder would keep them in $unknown; nothing reads them
+  }
+  return m;
+}
+
+/** A push holding only a `Delivery`, decoded directly; undefined for anything else. */
+export function decodeDeliveryFrame(bytes: Uint8Array): Delivery | undefined {
+  try {
+    const r = new In(bytes, 0, bytes.length);
+    let delivery: Delivery | undefined;
+    while (r.pos < r.end) {
+      const tag = r.varint();
+      if (tag === 0x08) {
+        if (r.u64() !== 0n) return undefined; // a reply, not a push
+      } else if (tag === 0x4a && delivery === undefined) {
+        const n = r.len();
+        delivery = readDelivery(new In(bytes, r.pos, r.pos + n));
+        r.pos += n;
+      } else return undefined;
+    }
+    return delivery;
+  } catch (e) {
+    if (e === FALLBACK) return undefined;
+    throw e;
+  }
+}
+
+function readDelivery(r: In): Delivery {
+  const d: Delivery = { $typeName: "roomq.v1.Delivery", room: "", subscription: "", attempt: 0, redelivered: false, message: undefined, volatile: false };
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (field === 1 && wt === 2) d.room = r.string();
+    else if (field === 2 && wt === 2) d.subscription = r.string();
+    else if (field === 3 && wt === 0) d.attempt = Number(BigInt.asUintN(32, r.u64()));
+    else if (field === 4 && wt === 0) d.redelivered = r.u64() !== 0n;
+    else if (field === 5 && wt === 2 && d.message === undefined) {
+      const n = r.len();
+      d.message = readMessage(new In(r.buf, r.pos, r.pos + n));
+      r.pos += n;
+    } else if (field === 6 && wt === 0) d.volatile = r.u64() !== 0n;
+    else if (field >= 1 && field <= 6) throw FALLBACK;
+    else r.skip(wt);
+  }
+  return d;
 }
