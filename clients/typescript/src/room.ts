@@ -110,9 +110,12 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   private keepAliveTimer: ReturnType<typeof setInterval> | undefined;
   private closedWith: RoomClosed | undefined;
   /**
-   * Notices that arrived before any listener of their kind: a gap can come
-   * before the join's reply (so before the application could add a
-   * listener); they are handed to the first listener added.
+   * Notices that arrived before any listener of their kind. The broker
+   * sends a membership's gap right after its JoinOk, and `ws` hands over
+   * every message of one socket read in one go, before the join's promise
+   * continues; so a gap (and the first deliveries) can reach the room
+   * before the application could add a listener. They go to the first
+   * listener added.
    */
   private readonly earlyGaps: GapNotice[] = [];
   private readonly earlyPresence: PresenceChange[] = [];
