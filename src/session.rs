@@ -38,7 +38,7 @@ use crate::broker::{
 };
 use crate::config::Config;
 use crate::tenancy::middleware::{ConnectCtx, JoinCtx, SessionSetup};
-use crate::tenancy::{Tenants, Verdict};
+use crate::tenancy::Tenants;
 use crate::transport::{CloseReason, FrameSource, Framing, Transport};
 
 /// Largest batch of frames the writer gathers before one write.
@@ -104,16 +104,8 @@ pub async fn serve<S, W, F>(
             }
             return;
         }
-        Err(Some((code, message))) => {
-            return refuse(
-                &mut write_half,
-                &mut framing,
-                &mut frames,
-                code,
-                message,
-                &config,
-            )
-            .await
+        Err(Some(error)) => {
+            return refuse(&mut write_half, &mut framing, &mut frames, error, &config).await
         }
     };
     let pending = limits.max_pending_requests as usize;
@@ -146,6 +138,10 @@ pub async fn serve<S, W, F>(
                 max_deliveries: limits.max_deliveries,
                 max_schedule_ms: limits.max_schedule_ms,
                 max_backoff_steps: limits.max_backoff_steps,
+                max_pending_bytes: limits.max_pending_bytes,
+                max_headers: limits.max_headers,
+                max_memberships_per_session: limits.max_memberships_per_session,
+                max_message_bytes: info.tenant.policy().quotas.max_message_bytes,
             }),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
         })),
@@ -194,7 +190,7 @@ struct Admitted {
 
 /// Why a handshake was not accepted: the error to refuse it with, or
 /// `None` to close without a word (the client went away, or shutdown).
-type Refusal = Option<(ErrorCode, String)>;
+type Refusal = Option<pb::Error>;
 
 /// Reads the handshake under its deadline, checks it, runs the namespace's
 /// connect hooks and registers the session with the broker.
@@ -210,7 +206,7 @@ async fn admit<S: FrameSource>(
     config: &Config,
 ) -> Result<Admitted, Refusal> {
     let limits = &config.limits;
-    let refuse = |code: ErrorCode, message: String| Some((code, message));
+    let refuse = |code: ErrorCode, message: String| Some(pb::Error::new(code, message));
     let hello = tokio::select! {
         _ = shutdown.cancelled() => return Err(None),
         r = timeout_at(deadline, frames.next_frame()) => r,
@@ -278,9 +274,9 @@ async fn admit<S: FrameSource>(
             peer: &peer_text,
             setup: &mut setup,
         };
-        if let Verdict::Reject { code, reason } = hook.connect(&mut ctx).await {
+        if let Some(error) = hook.connect(&mut ctx).await.into_error() {
             info!(namespace = %namespace, %peer, hook = hook.name(), "connection refused by middleware");
-            return Err(refuse(code, reason));
+            return Err(Some(error));
         }
     }
 
@@ -496,8 +492,8 @@ async fn join_hooks(info: &SessionInfo, req: &broker::join::JoinReq) -> Result<(
             room: &req.room,
             subscription: &req.label,
         };
-        if let Verdict::Reject { code, reason } = hook.join(&ctx).await {
-            return Err(pb::Error::new(code, reason));
+        if let Some(error) = hook.join(&ctx).await.into_error() {
+            return Err(error);
         }
     }
     Ok(())
@@ -671,14 +667,12 @@ async fn refuse<W: AsyncWrite + Unpin, F: Framing, S: FrameSource>(
     socket: &mut W,
     framing: &mut F,
     input: &mut S,
-    code: ErrorCode,
-    message: impl Into<String>,
+    mut error: pb::Error,
     config: &Config,
 ) {
-    let message = message.into();
-    info!(code = code.name(), %message, "connection refused");
-    let mut error = pb::Error::new(code, message);
+    info!(code = error.name, message = %error.message, "connection refused");
     error.fatal = true;
+    let code = error.error_code().unwrap_or(ErrorCode::Internal);
     let frame = pb::ServerFrame {
         request_id: 0,
         body: Some(pb::server_frame::Body::Error(error)),

@@ -135,6 +135,7 @@ async fn a_connect_hook_refuses_with_its_code_and_reason() {
             code,
             name,
             message,
+            ..
         } => {
             assert_eq!(*code, ErrorCode::PermissionDenied as u32);
             assert_eq!(name, "PERMISSION_DENIED");

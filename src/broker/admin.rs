@@ -12,7 +12,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::room::MemberKey;
-use super::{error_frame, Broker, Outbound, PendingConfirm, PendingReply, RequestSlot};
+use super::{Broker, Outbound, PendingConfirm, PendingReply, RequestSlot};
 use crate::config::{DurabilityMode, NamespaceConfig, Quotas, RetentionRule, TokenConfig};
 use crate::storage::RoomId;
 use crate::tenancy::{token, Tenant};
@@ -426,7 +426,12 @@ impl Broker {
                 s.memberships.remove(&(room.name.clone(), c.label.clone()));
             }
             let msg = format!("room {:?} was deleted", &*room.name);
-            self.reply(c.session, error_frame(0, ErrorCode::NotFound, msg), None);
+            let e = pb::Error::new(ErrorCode::NotFound, msg).for_membership(&room.name, &c.label);
+            let frame = pb::ServerFrame {
+                request_id: 0,
+                body: Some(pb::server_frame::Body::Error(e)),
+            };
+            self.reply(c.session, frame, None);
         }
         self.dirty.retain(|(r, _)| *r != id);
         self.open.write.deleted_rooms.push(id);

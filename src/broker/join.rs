@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::dead_letter;
 use super::room::{Consumer, GroupMode, Member, MemberKey};
-use super::{error_frame, Broker, PendingConfirm, PendingReply};
+use super::{Broker, PendingConfirm, PendingReply};
 use crate::config::Limits;
 use crate::storage::RoomId;
 
@@ -162,7 +162,9 @@ impl Broker {
                 "a session may hold {} memberships",
                 self.config.limits.max_memberships_per_session
             );
-            return self.reply_error(session, request_id, permit, ErrorCode::QuotaExceeded, msg);
+            let e = pb::Error::new(ErrorCode::QuotaExceeded, msg)
+                .with_quota("max_memberships_per_session");
+            return self.refuse(session, request_id, permit, e);
         }
         let name: Option<Arc<str>> = if req.label.is_empty() {
             info.client_id.clone()
@@ -185,8 +187,8 @@ impl Broker {
                 );
             }
         };
-        if let Err((code, msg)) = self.check_rooms(&info.tenant, [req.room.as_str()]) {
-            return self.reply_error(session, request_id, permit, code, msg);
+        if let Err(e) = self.check_rooms(&info.tenant, [req.room.as_str()]) {
+            return self.refuse(session, request_id, permit, e);
         }
         let room_id = self.room_id(&info.namespace, &req.room);
         let key = match (&req.group, &durable_name) {
@@ -222,6 +224,8 @@ impl Broker {
         }
         if let Some((prev, prev_label)) = previous {
             let room_name: Arc<str> = Arc::from(req.room.as_str());
+            let taken = pb::Error::new(ErrorCode::MembershipTakenOver, "")
+                .for_membership(&req.room, &prev_label);
             if let Some(other) = self.sessions.get_mut(&prev) {
                 other.memberships.remove(&(room_name, prev_label));
             }
@@ -238,11 +242,15 @@ impl Broker {
                 key_name(&key),
                 req.room
             );
-            self.reply(
-                prev,
-                error_frame(0, ErrorCode::MembershipTakenOver, msg),
-                None,
-            );
+            let taken = pb::Error {
+                message: msg,
+                ..taken
+            };
+            let frame = pb::ServerFrame {
+                request_id: 0,
+                body: Some(pb::server_frame::Body::Error(taken)),
+            };
+            self.reply(prev, frame, None);
         }
 
         let time_position = match req.start {
@@ -300,6 +308,8 @@ impl Broker {
             durable: member.durable,
             next_seq: member.ack_floor(),
             last_seq: room.committed_seq,
+            max_in_flight: req.max_in_flight,
+            ack_timeout_ms: u64::try_from(req.ack_timeout.as_millis()).unwrap_or(u64::MAX),
         };
         let room_name = room.name.clone();
         if must_persist {

@@ -813,13 +813,17 @@ impl Broker {
         code: ErrorCode,
         message: impl Into<String>,
     ) {
-        let message = message.into();
-        info!(session = %session, request_id, code = code.name(), %message, "request refused");
-        self.reply(
-            session,
-            error_frame(request_id, code, message),
-            Some(permit),
-        );
+        self.refuse(session, request_id, permit, pb::Error::new(code, message));
+    }
+
+    /// Answers a request with `error` (which may carry structured fields).
+    fn refuse(&mut self, session: Uuid, request_id: u64, permit: RequestSlot, error: pb::Error) {
+        info!(session = %session, request_id, code = error.name, message = %error.message, "request refused");
+        let frame = pb::ServerFrame {
+            request_id,
+            body: Some(pb::server_frame::Body::Error(error)),
+        };
+        self.reply(session, frame, Some(permit));
     }
 
     /// How many rooms `namespace` has.
@@ -838,7 +842,7 @@ impl Broker {
         &self,
         tenant: &Tenant,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<(), pb::Error> {
         let missing: Vec<&str> = names
             .into_iter()
             .filter(|n| self.find_room(&tenant.name, n).is_none())
@@ -848,7 +852,7 @@ impl Broker {
         };
         let policy = tenant.policy();
         if !policy.create_rooms {
-            return Err((
+            return Err(pb::Error::new(
                 ErrorCode::NotFound,
                 format!(
                     "there is no room {first:?}; namespace {} creates rooms through /admin only",
@@ -859,10 +863,11 @@ impl Broker {
         let rooms = self.room_count(&tenant.name);
         let max = policy.quotas.max_rooms as usize;
         if rooms + missing.len() > max {
-            return Err((
+            return Err(pb::Error::new(
                 ErrorCode::QuotaExceeded,
                 format!("namespace {} has its maximum of {max} rooms", tenant.name),
-            ));
+            )
+            .with_quota("max_rooms"));
         }
         Ok(())
     }

@@ -17,7 +17,6 @@ use super::{
 use crate::config::Limits;
 use crate::storage::{Extra, MessageInfo, RoomId, StoredMessage};
 use crate::tenancy::middleware::PublishCtx;
-use crate::tenancy::Verdict;
 
 /// A checked publish.
 #[derive(Debug)]
@@ -73,8 +72,8 @@ pub async fn check(
             payload: &p.payload,
             headers: &mut p.headers,
         };
-        if let Verdict::Reject { code, reason } = hook.publish(&mut ctx).await {
-            return Err(pb::Error::new(code, reason));
+        if let Some(e) = hook.publish(&mut ctx).await.into_error() {
+            return Err(e);
         }
     }
     encode(p, session, limits)
@@ -378,17 +377,12 @@ impl Broker {
                 .map_or(0, |room| room.last_seq);
             if last != expected {
                 let msg = format!("the room's last seq is {last}, not {expected}");
-                return self.reply_error(
-                    session,
-                    request_id,
-                    permit,
-                    ErrorCode::PreconditionFailed,
-                    msg,
-                );
+                let e = pb::Error::new(ErrorCode::PreconditionFailed, msg).with_last_seq(last);
+                return self.refuse(session, request_id, permit, e);
             }
         }
-        if let Err((code, msg)) = self.check_rooms(&tenant, req.rooms.iter().map(String::as_str)) {
-            return self.reply_error(session, request_id, permit, code, msg);
+        if let Err(e) = self.check_rooms(&tenant, req.rooms.iter().map(String::as_str)) {
+            return self.refuse(session, request_id, permit, e);
         }
         // Checked here, not by the quota middleware: only the actor knows
         // what the publishes accepted before this one add.
@@ -400,7 +394,8 @@ impl Broker {
                 "namespace {} stores {stored} of its {max_stored} bytes; this message needs {adding}",
                 tenant.name
             );
-            return self.reply_error(session, request_id, permit, ErrorCode::QuotaExceeded, msg);
+            let e = pb::Error::new(ErrorCode::QuotaExceeded, msg).with_quota("max_stored_bytes");
+            return self.refuse(session, request_id, permit, e);
         }
         let mut seqs = Vec::with_capacity(req.rooms.len());
         let mut stored = Vec::with_capacity(req.rooms.len());

@@ -28,9 +28,27 @@ pub enum Verdict {
         code: ErrorCode,
         reason: String,
     },
+    /// Refuse with `QUOTA_EXCEEDED`, naming the quota (the error's `quota`
+    /// field, e.g. `publish_rate`) so that a client can tell one that clears
+    /// by itself from one that does not.
+    Quota {
+        quota: &'static str,
+        reason: String,
+    },
 }
 
 impl Verdict {
+    /// The error a refusal is answered with; `None` for `Allow`.
+    pub fn into_error(self) -> Option<roomq_wire::pb::Error> {
+        match self {
+            Verdict::Allow => None,
+            Verdict::Reject { code, reason } => Some(roomq_wire::pb::Error::new(code, reason)),
+            Verdict::Quota { quota, reason } => {
+                Some(roomq_wire::pb::Error::new(ErrorCode::QuotaExceeded, reason).with_quota(quota))
+            }
+        }
+    }
+
     /// A rejection with `PERMISSION_DENIED`.
     pub fn deny(reason: impl Into<String>) -> Verdict {
         Verdict::Reject {
@@ -228,11 +246,8 @@ impl Middleware for Authorize {
 #[derive(Debug)]
 pub struct QuotaGuard;
 
-fn quota(reason: String) -> Verdict {
-    Verdict::Reject {
-        code: ErrorCode::QuotaExceeded,
-        reason,
-    }
+fn quota(quota: &'static str, reason: String) -> Verdict {
+    Verdict::Quota { quota, reason }
 }
 
 #[async_trait]
@@ -248,10 +263,13 @@ impl Middleware for QuotaGuard {
                 ctx.setup.holds.push(Box::new(slot));
                 Verdict::Allow
             }
-            None => quota(format!(
-                "namespace {} has its maximum of {max} connections",
-                ctx.tenant.name
-            )),
+            None => quota(
+                "max_connections",
+                format!(
+                    "namespace {} has its maximum of {max} connections",
+                    ctx.tenant.name
+                ),
+            ),
         }
     }
 
@@ -260,16 +278,22 @@ impl Middleware for QuotaGuard {
         let q = &policy.quotas;
         let size = ctx.message_bytes();
         if q.max_message_bytes > 0 && size > u64::from(q.max_message_bytes) {
-            return quota(format!(
-                "message of {size} bytes; namespace {} allows {}",
-                ctx.tenant.name, q.max_message_bytes
-            ));
+            return quota(
+                "max_message_bytes",
+                format!(
+                    "message of {size} bytes; namespace {} allows {}",
+                    ctx.tenant.name, q.max_message_bytes
+                ),
+            );
         }
         if !ctx.tenant.take_publish_tokens(q, ctx.rooms.len() as u32) {
-            return quota(format!(
-                "namespace {} is over its rate of {} publishes per second",
-                ctx.tenant.name, q.publish_rate
-            ));
+            return quota(
+                "publish_rate",
+                format!(
+                    "namespace {} is over its rate of {} publishes per second",
+                    ctx.tenant.name, q.publish_rate
+                ),
+            );
         }
         Verdict::Allow
     }

@@ -16,6 +16,9 @@ pub enum ClientError {
         /// The code's stable name.
         name: String,
         message: String,
+        /// The error's structured fields: the membership it concerns, the
+        /// quota, the room's last seq.
+        detail: Box<ErrorDetail>,
     },
     #[error("connection closed")]
     Closed,
@@ -33,6 +36,21 @@ pub enum ClientError {
     Tls(String),
 }
 
+/// What a broker error says besides its code and message (see `Error` in
+/// docs/protocol.md); empty where it does not apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// The membership an error is about (`MEMBERSHIP_TAKEN_OVER`, a deleted
+    /// room's `NOT_FOUND`): its room and subscription handle.
+    pub room: String,
+    pub subscription: String,
+    /// Which quota a `QUOTA_EXCEEDED` is about (`publish_rate` clears by
+    /// itself; the others do not).
+    pub quota: String,
+    /// The room's last seq, for `PRECONDITION_FAILED`.
+    pub last_seq: Option<u64>,
+}
+
 impl ClientError {
     /// An error the broker sent.
     pub fn from_wire(e: pb::Error) -> Self {
@@ -40,6 +58,20 @@ impl ClientError {
             code: e.code,
             name: e.name,
             message: e.message,
+            detail: Box::new(ErrorDetail {
+                room: e.room,
+                subscription: e.subscription,
+                quota: e.quota,
+                last_seq: e.last_seq,
+            }),
+        }
+    }
+
+    /// The structured fields of a broker error, if this is one.
+    pub fn detail(&self) -> Option<&ErrorDetail> {
+        match self {
+            ClientError::Broker { detail, .. } => Some(detail),
+            _ => None,
         }
     }
 

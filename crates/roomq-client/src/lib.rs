@@ -55,7 +55,7 @@ pub mod transport;
 pub use client::{
     Client, ClientBuilder, Confirmation, Event, PublishBuilder, ReconnectPolicy, Stored, Volatile,
 };
-pub use error::ClientError;
+pub use error::{ClientError, ErrorDetail};
 pub use presence::{Member, Members, PresenceChange, PresenceKind};
 pub use raw::{ConnectOptions, Deliveries, Push};
 pub use roomq_wire::{pb as proto, ErrorCode};

@@ -45,7 +45,28 @@ impl pb::Error {
             name: code.name().to_string(),
             message: message.into(),
             fatal: code.is_fatal(),
+            ..Default::default()
         }
+    }
+
+    /// Names the membership the error is about (its room, and its
+    /// subscription handle as the client sent it).
+    pub fn for_membership(mut self, room: &str, subscription: &str) -> Self {
+        self.room = room.to_string();
+        self.subscription = subscription.to_string();
+        self
+    }
+
+    /// Names the quota a `QUOTA_EXCEEDED` is about.
+    pub fn with_quota(mut self, quota: &str) -> Self {
+        self.quota = quota.to_string();
+        self
+    }
+
+    /// The room's last seq, for `PRECONDITION_FAILED`.
+    pub fn with_last_seq(mut self, last_seq: u64) -> Self {
+        self.last_seq = Some(last_seq);
+        self
     }
 
     /// The error code, if the broker sent one this crate knows.
