@@ -46,8 +46,13 @@ use crate::{session, tls};
 /// Every response body: small fixed ones, or files from `static_dir`.
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// The page served at `/` when no `static_dir` is set.
-const INDEX_HTML: &str = include_str!("web/index.html");
+/// The files served when no `static_dir` is set, built into the binary:
+/// path, content type, bytes. `/` serves the first.
+const EMBEDDED: &[(&str, &str, &[u8])] = &[(
+    "/index.html",
+    "text/html; charset=utf-8",
+    include_bytes!("web/index.html"),
+)];
 
 /// Sent with every response. Pages may load only what this listener serves
 /// and talk only to it (`'self'` covers `ws:`/`wss:` to the same host).
@@ -98,6 +103,13 @@ fn parse_origin(text: &str) -> Option<(String, String, u16)> {
         (None, _) => return None,
     };
     Some((scheme, host, port))
+}
+
+/// Whether `host` (as [`Uri::host`] gives it) is an address or `localhost`,
+/// names that DNS rebinding cannot take over.
+fn cannot_be_rebound(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || bare.parse::<std::net::IpAddr>().is_ok()
 }
 
 impl Origins {
@@ -155,11 +167,17 @@ impl Origins {
             return false;
         };
         let own_scheme = if tls { "https" } else { "http" };
+        // The Host header is the browser's, so a page of another site can
+        // name its own host there after DNS rebinding. Only an address or
+        // `localhost` cannot be rebound: a listener reached by a DNS name
+        // lists its origin in `http.allowed_origins`.
         let same_origin = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| parse_origin(&format!("{own_scheme}://{h}")))
-            .is_some_and(|own| own == (scheme.clone(), host.clone(), port));
+            .is_some_and(|own| {
+                own == (scheme.clone(), host.clone(), port) && cannot_be_rebound(&own.1)
+            });
         same_origin
             || self
                 .rules
@@ -358,16 +376,30 @@ fn bytes_response(status: StatusCode, content_type: &'static str, body: Bytes) -
 /// The embedded page, or a file of `static_dir`.
 async fn static_file(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     match &conn.static_dir {
-        None => match req.uri().path() {
-            "/" | "/index.html" => bytes_response(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                Bytes::from_static(INDEX_HTML.as_bytes()),
-            ),
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
-        },
+        None => {
+            let path = match req.uri().path() {
+                "/" => "/index.html",
+                p => p,
+            };
+            match EMBEDDED.iter().find(|(p, _, _)| *p == path) {
+                Some((_, content_type, body)) => {
+                    bytes_response(StatusCode::OK, content_type, Bytes::from_static(body))
+                }
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            }
+        }
         Some(dir) => match dir.clone().try_call(req).await {
             Ok(r) => r.map(|b| b.boxed_unsync()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                text(StatusCode::NOT_FOUND, "not found\n")
+            }
             Err(e) => {
                 warn!(error = %e, "static file not served");
                 text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
@@ -386,9 +418,35 @@ fn offers_subprotocol(headers: &HeaderMap) -> bool {
         .any(|p| p.trim() == SUBPROTOCOL)
 }
 
+/// Whether `Sec-WebSocket-Key` is what RFC 6455 §4.1 asks of a client: 16
+/// random bytes in base64, which is 22 characters and `==`.
+fn valid_key(headers: &HeaderMap) -> bool {
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return false;
+    };
+    let key = key.as_bytes();
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key
+            .iter()
+            .take(22)
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
 /// Checks an upgrade request and, if it may proceed, answers 101 and
-/// starts a session on the upgraded connection.
-fn upgrade(mut req: Request<Incoming>, conn: &Arc<Conn>) -> Response<Body> {
+/// starts a session on the upgraded connection. A refusal closes the
+/// connection: a client that got one has no reason to keep it.
+fn upgrade(req: Request<Incoming>, conn: &Arc<Conn>) -> Response<Body> {
+    let mut response = upgrade_or_refuse(req, conn);
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn upgrade_or_refuse(mut req: Request<Incoming>, conn: &Arc<Conn>) -> Response<Body> {
     let shared = &conn.shared;
     let peer = conn.peer;
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
@@ -420,6 +478,13 @@ fn upgrade(mut req: Request<Incoming>, conn: &Arc<Conn>) -> Response<Body> {
     if !shared.readiness.is_ready() {
         let state = shared.readiness.describe();
         return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{state}\n"));
+    }
+    if !valid_key(req.headers()) {
+        info!(%peer, "WebSocket upgrade refused: bad Sec-WebSocket-Key");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)\n",
+        );
     }
     let (response, upgrading) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
@@ -581,9 +646,12 @@ mod tests {
         assert!(origins.allow(&headers(Some("http://localhost:5173"), host), false));
         assert!(origins.allow(&headers(Some("http://127.0.0.1"), host), false));
         assert!(origins.allow(&headers(Some("https://[::1]:8443"), host), false));
-        // The page this listener served.
-        assert!(origins.allow(&headers(Some("http://broker.example:7421"), host), false));
-        assert!(!origins.allow(&headers(Some("https://broker.example:7421"), host), false));
+        // The page this listener served, reached by address or localhost.
+        let by_ip = "10.1.2.3:7421";
+        assert!(origins.allow(&headers(Some("http://10.1.2.3:7421"), by_ip), false));
+        assert!(!origins.allow(&headers(Some("https://10.1.2.3:7421"), by_ip), false));
+        // Reached by a DNS name, the same rule would let a rebound name in.
+        assert!(!origins.allow(&headers(Some("http://broker.example:7421"), host), false));
         assert!(!origins.allow(&headers(Some("http://evil.example"), host), false));
         assert!(!origins.allow(&headers(Some("null"), host), false));
         assert!(!origins.allow(&headers(Some("http://localhost.evil.example"), host), false));

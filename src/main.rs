@@ -100,6 +100,10 @@ fn main() -> ExitCode {
             eprintln!("roomqd: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
+        if let Err(e) = roomq::http::validate(&config.http) {
+            eprintln!("roomqd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
@@ -143,7 +147,7 @@ async fn serve(config: Config) -> ExitCode {
     tokio::spawn(watch_signals(shutdown.clone()));
     match server_builder.run(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ (ServerError::Config(_) | ServerError::Tls(_))) => {
+        Err(e @ (ServerError::Config(_) | ServerError::Tls(_) | ServerError::Http(_))) => {
             error!(error = %e, "roomqd stopped");
             ExitCode::from(EXIT_CONFIG)
         }

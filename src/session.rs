@@ -96,7 +96,14 @@ pub async fn serve<S, W, F>(
         holds: _holds,
     } = match admitted {
         Ok(a) => a,
-        Err(None) => return,
+        Err(None) => {
+            // The client left (or the broker is stopping) before a session
+            // began. A transport with a closing handshake still answers it.
+            if let Some(close) = framing.closing(CloseReason::Normal) {
+                let _ = timeout(limits.write_timeout(), write_half.write_all(&close)).await;
+            }
+            return;
+        }
         Err(Some((code, message))) => {
             return refuse(
                 &mut write_half,

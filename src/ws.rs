@@ -118,6 +118,8 @@ impl<R: AsyncRead + Unpin + Send + 'static> WsSource<R> {
         // Pongs and the closing handshake are the writer's: see the module doc.
         ws.set_auto_pong(false);
         ws.set_auto_close(false);
+        // Unmasked here, after checking that the client masked the frame.
+        ws.set_auto_apply_mask(false);
         let control = Arc::new(Control::default());
         let framing = WsFraming {
             out: BytesMut::new(),
@@ -138,6 +140,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> WsSource<R> {
         Some(Err(FrameError::Transport(why.into())))
     }
 
+    /// A text message: refused, and the connection closed with 1003.
+    fn text_message(&self) -> Option<Result<Bytes, FrameError>> {
+        self.control
+            .update(|s| s.close = Some(close::UNSUPPORTED_DATA));
+        self.violation("text WebSocket messages are not part of the protocol; send binary messages")
+    }
+
     async fn read(&mut self) -> Option<Result<Bytes, FrameError>> {
         loop {
             let used = self.partial.as_ref().map_or(0, |p| p.len());
@@ -147,7 +156,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> WsSource<R> {
             self.ws.set_max_message_size(room.saturating_add(1));
             // Nothing is ever owed: auto pong and auto close are off.
             let mut never = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
-            let frame = match self.ws.read_frame(&mut never).await {
+            let mut frame = match self.ws.read_frame(&mut never).await {
                 Ok(f) => f,
                 // A close in the middle of a message ends the connection
                 // like any other; the partial message is dropped.
@@ -158,8 +167,20 @@ impl<R: AsyncRead + Unpin + Send + 'static> WsSource<R> {
                         max: self.max_frame,
                     }))
                 }
+                // With automatic close off, only a text frame is checked
+                // for UTF-8 (still masked, so it fails): a text message.
+                Err(WebSocketError::InvalidUTF8) => return self.text_message(),
                 Err(e) => return self.violation(format!("WebSocket protocol violation: {e}")),
             };
+            // RFC 6455 §5.1: a server must close on an unmasked client
+            // frame. The library keeps the mask private; its header
+            // encoding shows whether there was one.
+            let mut head = [0u8; MAX_HEAD + 2];
+            frame.fmt_head(&mut head);
+            if head.get(1).is_none_or(|b| b & 0x80 == 0) {
+                return self.violation("client WebSocket frames must be masked (RFC 6455 §5.1)");
+            }
+            frame.unmask();
             let fin = frame.fin;
             match frame.opcode {
                 OpCode::Binary => {
@@ -198,13 +219,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> WsSource<R> {
                     }
                     self.partial = Some(partial);
                 }
-                OpCode::Text => {
-                    self.control
-                        .update(|s| s.close = Some(close::UNSUPPORTED_DATA));
-                    return self.violation(
-                        "text WebSocket messages are not part of the protocol; send binary messages",
-                    );
-                }
+                OpCode::Text => return self.text_message(),
                 OpCode::Ping => {
                     let payload = Bytes::copy_from_slice(&frame.payload);
                     self.control.update(|s| s.pong = Some(payload));

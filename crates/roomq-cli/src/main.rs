@@ -164,10 +164,23 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// The host part of a `host:port` address (brackets of an IPv6 address
-/// removed), or "localhost" when there is none.
+/// The host part of a `host:port` address, or of a `ws://` or `wss://` URL
+/// (brackets of an IPv6 address removed), or "localhost" when there is none.
 fn default_server_name(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let addr = addr
+        .strip_prefix("wss://")
+        .or_else(|| addr.strip_prefix("ws://"))
+        .map_or(addr, |rest| {
+            rest.split(['/', '?', '#']).next().unwrap_or(rest)
+        });
+    let has_port = match addr.rfind(']') {
+        Some(end) => addr.get(end..).is_some_and(|t| t.contains(':')),
+        None => addr.contains(':'),
+    };
+    let host = match (has_port, addr.rsplit_once(':')) {
+        (true, Some((host, _))) => host,
+        _ => addr,
+    };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         "localhost"
@@ -674,5 +687,14 @@ mod tests {
         assert_eq!(default_server_name("[::1]:7420"), "::1");
         assert_eq!(default_server_name(":7420"), "localhost");
         assert_eq!(default_server_name("broker"), "broker");
+        assert_eq!(
+            default_server_name("wss://broker.example:7421/ws"),
+            "broker.example"
+        );
+        assert_eq!(
+            default_server_name("wss://broker.example"),
+            "broker.example"
+        );
+        assert_eq!(default_server_name("ws://[::1]/ws"), "::1");
     }
 }

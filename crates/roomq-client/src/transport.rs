@@ -118,8 +118,10 @@ fn ws_addr(addr: &str) -> Option<Result<WsAddr, ClientError>> {
     } else {
         format!("{host_port}:{}", if secure { 443 } else { 80 })
     };
-    // `ws://host:port` alone means the broker's endpoint.
-    let url = if rest.len() == host_port.len() {
+    // `ws://host:port` alone (or with `/`) means the broker's endpoint.
+    let path = rest.get(host_port.len()..).unwrap_or_default();
+    let url = if path.is_empty() || path == "/" {
+        let addr = addr.strip_suffix('/').unwrap_or(addr);
         format!("{addr}/ws")
     } else {
         addr.to_string()
@@ -265,6 +267,8 @@ mod tests {
             (a.secure, a.authority.as_str(), a.url.as_str()),
             (true, "broker.example:443", "wss://broker.example/custom/ws")
         );
+        let a = ws_addr("ws://127.0.0.1:7421/").unwrap().unwrap();
+        assert_eq!(a.url, "ws://127.0.0.1:7421/ws");
         let a = ws_addr("ws://[::1]/ws").unwrap().unwrap();
         assert_eq!(a.authority, "[::1]:80");
         assert!(ws_addr("127.0.0.1:7420").is_none());
