@@ -84,6 +84,17 @@ async fn an_upgrade_must_offer_the_roomq_subprotocol() {
     )
     .await;
     check_switching(&r);
+    // No extension is negotiated (frames with RSV bits set are refused).
+    let r = upgrade_status(
+        http,
+        UpgradeRequest::new(http).set(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits",
+        ),
+    )
+    .await;
+    check_switching(&r);
+    assert_eq!(r.header("sec-websocket-extensions"), None, "{r:?}");
     broker.stop().await;
 }
 

@@ -798,7 +798,7 @@ async fn repeating_the_websocket_bad_input_corpus_keeps_memory_flat() {
     );
     let broker = TestBroker::start_ws(config, dir).await;
     let mut health = Health::connect(&broker).await;
-    const ROUNDS: usize = 25;
+    const ROUNDS: usize = 60;
     let mut rss_after_warmup = 0;
     let started = std::time::Instant::now();
     for round in 0..ROUNDS {
@@ -958,6 +958,326 @@ async fn a_close_before_the_handshake_is_answered_with_a_close() {
         let closed = ws.until_closed(ANSWER).await.unwrap();
         assert!(closed.frames.is_empty(), "{what}: {closed:?}");
         assert_eq!(closed.close_code(), Some(1000), "{what}: {closed:?}");
+    }
+    broker.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Crashes, TLS, timers and slow consumers over WebSocket.
+// ---------------------------------------------------------------------------
+
+/// An SDK connection to `url`, retried while the broker is still starting
+/// (the HTTP listener answers 503 until storage is recovered).
+async fn connect_retry(opts: ConnectOptions) -> (Connection, roomq_client::Deliveries) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Connection::connect(opts.clone()).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never connected: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// `kill -9` of the real `roomqd` while WebSocket publishers are publishing
+/// and a WebSocket member is acknowledging: every confirmed message is
+/// there after the restart, sequences stay gapless, and the member's cursor
+/// never moves past what it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_over_websocket_survive_sigkill() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    const CYCLES: usize = 2;
+    const PUBLISHERS: usize = 16;
+    const CONFIRMED_BEFORE_KILL: usize = 300;
+
+    let dir = tempfile::tempdir().unwrap();
+    let confirmed: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
+    let mut acked_through = 0u64;
+    for cycle in 0..CYCLES {
+        let (daemon, http) = start_daemon_ws(dir.path(), 0);
+        let url = format!("ws://{http}");
+        let (reader, mut reader_d) =
+            connect_retry(ConnectOptions::new(url.clone()).client_id("reader")).await;
+        let ok = reader.join("log").await.unwrap();
+        assert!(
+            ok.next_seq <= acked_through + 1,
+            "cursor {} moved past the acknowledged {acked_through}",
+            ok.next_seq
+        );
+        assert!(ok.next_seq <= ok.last_seq + 1, "cursor past the log");
+        let ack_task = tokio::spawn(async move {
+            // An ack sent but not answered may still have been stored.
+            let mut high = 0;
+            while let Some(d) = reader_d.next_delivery().await {
+                high = seq(&d);
+                if reader
+                    .ack_up_to(&d.room, &d.subscription, seq(&d))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            high
+        });
+
+        let (p, _pd) = connect_retry(ConnectOptions::new(url.clone()).client_id("writer")).await;
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..PUBLISHERS {
+            let (p, confirmed, count) = (p.clone(), confirmed.clone(), count.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let body = format!("c{cycle}-t{t}-{i}").into_bytes();
+                    match p.publish("log", "e", body.clone()).await {
+                        Ok(_) => {
+                            confirmed.lock().unwrap().insert(body);
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while count.load(Ordering::Relaxed) < CONFIRMED_BEFORE_KILL {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishing too slow"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        daemon.kill9();
+        for t in tasks {
+            tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+        }
+        acked_through =
+            acked_through.max(tokio::time::timeout(WAIT, ack_task).await.unwrap().unwrap());
+    }
+
+    let (daemon, http) = start_daemon_ws(dir.path(), 0);
+    let (c, mut d) =
+        connect_retry(ConnectOptions::new(format!("ws://{http}")).client_id("verifier")).await;
+    let ok = c
+        .join_with(join("log", pb::StartPosition::Earliest, 1000, 3_600_000))
+        .await
+        .unwrap();
+    let mut stored = std::collections::HashSet::new();
+    for expected in 1..=ok.last_seq {
+        let got = next(&mut d).await;
+        assert_eq!(seq(&got), expected, "a gap or a reordering");
+        assert!(stored.insert(payload(&got)), "a message stored twice");
+        if expected % 500 == 0 {
+            c.ack_up_to("log", "", expected).await.unwrap();
+        }
+    }
+    let confirmed = confirmed.lock().unwrap();
+    let lost = confirmed.difference(&stored).count();
+    assert_eq!(lost, 0, "{lost} confirmed messages lost");
+    assert!(confirmed.len() >= CYCLES * CONFIRMED_BEFORE_KILL);
+    daemon.kill9();
+}
+
+/// A self-signed certificate for "localhost" and 127.0.0.1, as PEM files.
+struct Certs {
+    _dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let made = rcgen::generate_simple_self_signed(names).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        Certs {
+            _dir: dir,
+            cert,
+            key,
+        }
+    }
+
+    fn trust(&self) -> roomq_client::TlsOptions {
+        roomq_client::TlsOptions::trusting_pem_file(&self.cert, "localhost").unwrap()
+    }
+}
+
+/// With `[tls]` configured, the HTTP listener serves WSS with the same
+/// certificate, and a WSS session and a TLS session share a room.
+#[tokio::test]
+async fn with_tls_the_http_listener_serves_wss_with_the_same_certificate() {
+    let certs = Certs::new();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(&dir);
+    config.tls.cert_path = certs.cert.clone();
+    config.tls.key_path = certs.key.clone();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let broker = TestBroker::start_ws_unready(any, any, config, dir, |s| s).await;
+    let http = broker.http_addr();
+
+    let wss = ConnectOptions::new(format!("wss://{http}")).tls(certs.trust());
+    let (web, mut web_d) = connect_retry(wss.clone().client_id("web")).await;
+    let (tls, mut tls_d) =
+        connect_retry(broker.options().tls(certs.trust()).client_id("tls")).await;
+    for c in [&web, &tls] {
+        c.join_with(join("secure", pb::StartPosition::New, 0, 3_600_000))
+            .await
+            .unwrap();
+    }
+    web.publish_with(except_self("secure", "from wss".into()))
+        .await
+        .unwrap();
+    tls.publish_with(except_self("secure", "from tls".into()))
+        .await
+        .unwrap();
+    assert_eq!(text(&next(&mut tls_d).await), "from wss");
+    assert_eq!(text(&next(&mut web_d).await), "from tls");
+
+    // Plain ws:// and plain HTTP get no service from the TLS listener.
+    let plain = tokio::time::timeout(
+        WAIT,
+        Connection::connect(ConnectOptions::new(format!("ws://{http}"))),
+    )
+    .await
+    .expect("refused within the wait");
+    assert!(plain.is_err(), "plain ws:// to the TLS listener");
+    assert!(
+        get(http, "/healthz").await.is_err(),
+        "plain HTTP to the TLS listener"
+    );
+    // A client that does not trust the certificate is refused.
+    let untrusting =
+        roomq_client::TlsOptions::trusting_pem_file(&Certs::new().cert, "localhost").unwrap();
+    let refused = tokio::time::timeout(
+        WAIT,
+        Connection::connect(ConnectOptions::new(format!("wss://{http}")).tls(untrusting)),
+    )
+    .await
+    .expect("refused within the wait");
+    assert!(refused.is_err(), "a certificate the client does not trust");
+    broker.stop().await;
+}
+
+/// The idle timeout applies over WebSocket as over TCP: IDLE_TIMEOUT, then
+/// close code 1008.
+#[tokio::test(start_paused = true)]
+async fn a_silent_websocket_session_gets_idle_timeout_then_1008() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let config = test_config(&dir);
+    let idle = config.limits.idle_timeout();
+    let broker = TestBroker::start_ws(config, dir).await;
+    let start = tokio::time::Instant::now();
+    let mut ws = RawWs::connect_handshaken(broker.http_addr(), "/", "").await;
+    let closed = ws
+        .until_closed(Duration::from_secs(24 * 3600))
+        .await
+        .unwrap();
+    let after = start.elapsed();
+    let e = closed.last_error().expect("an error frame");
+    assert_eq!(e.error_code(), Some(ErrorCode::IdleTimeout), "{closed:?}");
+    assert!(e.fatal);
+    assert_eq!(closed.close_code(), Some(1008), "{closed:?}");
+    assert!(
+        after >= idle && after < idle + Duration::from_secs(1),
+        "closed after {after:?}"
+    );
+    broker.stop().await;
+}
+
+/// A WebSocket member that stops reading is cut off at the write deadline
+/// while the publisher goes on being confirmed, and its durable membership
+/// gives it everything when it comes back over WebSocket.
+#[tokio::test(start_paused = true)]
+async fn a_websocket_consumer_that_stops_reading_is_cut_off_and_loses_nothing() {
+    const ROOM: &str = "ws-slow";
+    const MESSAGES: u64 = 256;
+    const SIZE: usize = 64 * 1024;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(&dir);
+    config.limits.write_timeout_ms = 2_000;
+    config.limits.max_queued_deliveries = 16;
+    config.storage.room_cache_bytes = 1024 * 1024;
+    config.storage.cache_bytes = 4 * 1024 * 1024;
+    let write_deadline = config.limits.write_timeout();
+    let broker = TestBroker::start_ws(config, dir).await;
+    let http = broker.http_addr();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let stream = socket.connect(http).await.unwrap();
+    let mut conn = HttpConn::from_stream(stream);
+    conn.send(&UpgradeRequest::new(http).bytes()).await.unwrap();
+    check_switching(&conn.response(false, WAIT).await.unwrap());
+    let mut ws = RawWs::from_http(conn);
+    let mut hello = ws_msg(&handshake(1, "/", "slow"));
+    hello.extend(ws_msg(&request(
+        2,
+        Req::Join(join(ROOM, pb::StartPosition::New, 0, 86_400_000)),
+    )));
+    ws.send(&hello).await.unwrap();
+    assert!(matches!(
+        ws.next_server_frame(WAIT).await.unwrap().body,
+        Some(Rep::HandshakeOk(_))
+    ));
+    let joined = ws.next_server_frame(WAIT).await.unwrap();
+    assert!(
+        matches!(joined.body, Some(Rep::JoinOk(ref j)) if j.durable),
+        "{joined:?}"
+    );
+
+    let members = |c: Connection| async move {
+        let rooms = c.list_rooms().await.unwrap();
+        rooms
+            .iter()
+            .find(|r| r.name == ROOM)
+            .map(|r| r.connected_members)
+            .expect("the room is listed")
+    };
+    let (publisher, _pd) = broker.connect("publisher").await;
+    let start = tokio::time::Instant::now();
+    for i in 1..=MESSAGES {
+        let mut body = vec![(i % 251) as u8; SIZE];
+        body[..8].copy_from_slice(&i.to_be_bytes());
+        assert_eq!(publisher.publish(ROOM, "e", body).await.unwrap(), i);
+    }
+    assert!(
+        start.elapsed() < write_deadline / 2,
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(members(publisher.clone()).await, 1);
+    tokio::time::sleep(write_deadline - Duration::from_millis(500)).await;
+    assert_eq!(members(publisher.clone()).await, 1, "cut off early");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(members(publisher.clone()).await, 0, "still connected");
+    drop(ws);
+
+    let (slow, mut d) = broker.connect_ws("slow").await;
+    assert!(slow.resumed());
+    let ok = slow
+        .join_with(join(ROOM, pb::StartPosition::Resume, 0, 86_400_000))
+        .await
+        .unwrap();
+    assert_eq!((ok.next_seq, ok.last_seq), (1, MESSAGES));
+    for i in 1..=MESSAGES {
+        let got = next_paused(&mut d).await;
+        assert_eq!(seq(&got), i, "in seq order");
+        let body = payload(&got);
+        assert_eq!((body.len(), &body[..8]), (SIZE, &i.to_be_bytes()[..]));
+        if i % 64 == 0 {
+            slow.ack_up_to(ROOM, "", i).await.unwrap();
+        }
     }
     broker.stop().await;
 }

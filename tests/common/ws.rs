@@ -80,6 +80,20 @@ impl TestBroker {
         dir: Arc<TempDir>,
         build: impl FnOnce(Server) -> Server,
     ) -> TestBroker {
+        let broker = TestBroker::start_ws_unready(tcp, http, config, dir, build).await;
+        broker.wait_ready().await;
+        broker
+    }
+
+    /// [`TestBroker::start_ws_on`] without waiting for `/readyz` (which a
+    /// plain request cannot ask when the listener serves TLS).
+    pub async fn start_ws_unready(
+        tcp: SocketAddr,
+        http: SocketAddr,
+        config: Config,
+        dir: Arc<TempDir>,
+        build: impl FnOnce(Server) -> Server,
+    ) -> TestBroker {
         let listener = TcpListener::bind(tcp).await.expect("bind the TCP listener");
         let http_listener = TcpListener::bind(http)
             .await
@@ -89,16 +103,14 @@ impl TestBroker {
         let shutdown = CancellationToken::new();
         let srv = build(Server::new(config.clone()).http(http_listener));
         let task = tokio::spawn(srv.run(listener, shutdown.clone()));
-        let broker = TestBroker {
+        TestBroker {
             addr,
             http: Some(http),
             dir,
             config,
             shutdown,
             task,
-        };
-        broker.wait_ready().await;
-        broker
+        }
     }
 
     /// Stops, then starts again on the same data directory and the same
@@ -156,6 +168,51 @@ impl TestBroker {
     }
 }
 
+/// The real `roomqd` with its HTTP listener, both on 127.0.0.1 (`port` 0:
+/// any free one for TCP; the HTTP port is always a free one). Returns the
+/// daemon and the HTTP listener's address, read from its start-up line.
+pub fn start_daemon_ws(dir: &std::path::Path, port: u16) -> (super::Daemon, SocketAddr) {
+    use std::io::BufRead;
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomqd"))
+        .args(["--listen", listen.as_str(), "--http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start roomqd");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let field = |line: &str, name: &str| {
+            line.split(name)
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+        };
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if !line.contains("roomqd serving") {
+                continue;
+            }
+            if let (Some(tcp), Some(http)) = (field(&line, "listen="), field(&line, "http=")) {
+                let _ = tx.send((tcp, http));
+            }
+        }
+    });
+    let (tcp, http) = rx.recv_timeout(WAIT).expect("roomqd reports its addresses");
+    let daemon = super::Daemon {
+        child,
+        addr: tcp.parse().expect("TCP address"),
+    };
+    (daemon, http.parse().expect("HTTP address"))
+}
+
 // ---------------------------------------------------------------------------
 // Raw HTTP.
 // ---------------------------------------------------------------------------
@@ -200,6 +257,15 @@ impl HttpConn {
             stream,
             buf: BytesMut::new(),
         })
+    }
+
+    /// An HTTP connection on a stream the test connected itself (to set
+    /// socket options).
+    pub fn from_stream(stream: TcpStream) -> HttpConn {
+        HttpConn {
+            stream,
+            buf: BytesMut::new(),
+        }
     }
 
     /// Writes `bytes` as they are.

@@ -162,7 +162,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
   private readonly WebSocketImpl: WebSocketConstructor;
   private readonly policy: ReconnectPolicy | undefined;
   private readonly outbox: Outbox<OutgoingPublish>;
-  private readonly rooms_ = new Map<string, Room<T>>();
+  private readonly rooms_ = new RoomTable<Room<T>>();
   private conn: Connection | undefined;
   /** True once the rooms are joined again after a reconnect: publishes may go. */
   private ready = false;
@@ -197,8 +197,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
       current: () => this.conn,
       connection: () => this.connection(Date.now() + this.requestTimeout()),
       forget: (room) => {
-        const key = roomKey(room.name, room.subscription);
-        if (this.rooms_.get(key) === room) this.rooms_.delete(key);
+        if (this.rooms_.get(room.name, room.subscription) === room) this.rooms_.delete(room.name, room.subscription);
       },
       unhandled: (error) => this.emit("error", error),
     };
@@ -309,10 +308,9 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
   async join(room: string, options: JoinOptions = {}): Promise<Room<T>> {
     if (this.state_ === "closed") throw new ClosedError("the client is closed");
     const plan = planJoin(room, options, (this.options.clientId ?? "") !== "");
-    const key = roomKey(room, plan.label);
-    if (this.rooms_.has(key)) throw new RoomqError(`already joined ${JSON.stringify(room)} as ${JSON.stringify(plan.label)}`);
+    if (this.rooms_.get(room, plan.label)) throw new RoomqError(`already joined ${JSON.stringify(room)} as ${JSON.stringify(plan.label)}`);
     const r = new Room<T>(this.host, room, plan.label, plan.join, plan.mode, options.autoAck ?? false);
-    this.rooms_.set(key, r);
+    this.rooms_.set(room, plan.label, r);
     const deadline = Date.now() + this.requestTimeout();
     for (;;) {
       try {
@@ -323,7 +321,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
         return r;
       } catch (e) {
         if (e instanceof ConnectionLostError && Date.now() < deadline && this.isOpen()) continue;
-        this.rooms_.delete(key);
+        this.rooms_.delete(room, plan.label);
         r.shutdown({ reason: "left", error: e instanceof RoomqError ? e : undefined });
         throw e;
       }
@@ -346,7 +344,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
 
   /** The rooms joined now. */
   joined(): Room<T>[] {
-    return [...this.rooms_.values()];
+    return this.rooms_.values();
   }
 
   /** Closes the client: no reconnect; unconfirmed publishes fail with {@link ClosedError}; rooms end. */
@@ -393,7 +391,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
   private async recover(conn: Connection): Promise<void> {
     this.recovering = [];
     const info: RecoveredInfo = { resumed: [], failed: [], gaps: [], resent: 0 };
-    const rooms = [...this.rooms_.values()].filter((r) => r.joined);
+    const rooms = this.rooms_.values().filter((r) => r.joined);
     await Promise.all(
       rooms.map(async (r) => {
         try {
@@ -404,7 +402,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
           if (e instanceof ConnectionLostError) return;
           const error = e instanceof RoomqError ? e : new RoomqError(String(e));
           info.failed.push({ room: r.name, subscription: r.subscription, error });
-          this.rooms_.delete(roomKey(r.name, r.subscription));
+          this.rooms_.delete(r.name, r.subscription);
           r.shutdown({ reason: "resume-failed", error });
         }
       }),
@@ -564,24 +562,24 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
   private routePush(push: Push): void {
     switch (push.case) {
       case "delivery":
-        this.rooms_.get(roomKey(push.value.room, push.value.subscription))?.offer(push.value);
+        this.rooms_.get(push.value.room, push.value.subscription)?.offer(push.value);
         return;
       case "gap": {
         const g = push.value;
-        const r = this.rooms_.get(roomKey(g.room, g.subscription));
+        const r = this.rooms_.get(g.room, g.subscription);
         if (this.recovering) this.recovering.push({ room: g.room, subscription: g.subscription, fromSeq: num(g.fromSeq), toSeq: num(g.toSeq), missed: num(g.missed) });
         r?.gap(g);
         return;
       }
       case "presence":
-        this.rooms_.get(roomKey(push.value.room, push.value.subscription))?.presence(push.value);
+        this.rooms_.get(push.value.room, push.value.subscription)?.presence(push.value);
         return;
       case "error": {
         const error = new BrokerError(push.value.code, push.value.name, push.value.message, push.value.fatal);
         const { room, subscription } = membershipOf(push.value);
-        const r = room !== undefined ? this.rooms_.get(roomKey(room, subscription ?? "")) : undefined;
+        const r = room !== undefined ? this.rooms_.get(room, subscription ?? "") : undefined;
         if (r && (error.is("MEMBERSHIP_TAKEN_OVER") || error.is("NOT_FOUND"))) {
-          this.rooms_.delete(roomKey(r.name, r.subscription));
+          this.rooms_.delete(r.name, r.subscription);
           r.shutdown({ reason: error.is("NOT_FOUND") ? "deleted" : "taken-over", error });
           return;
         }
@@ -604,8 +602,36 @@ function membershipOf(e: object): { room?: string; subscription?: string } {
   return out;
 }
 
-function roomKey(room: string, subscription: string): string {
-  return `${room}\u0000${subscription}`;
+/** Rooms by (room, subscription label): the handle every push names. */
+class RoomTable<R> {
+  private readonly byRoom = new Map<string, Map<string, R>>();
+
+  get(room: string, subscription: string): R | undefined {
+    return this.byRoom.get(room)?.get(subscription);
+  }
+
+  set(room: string, subscription: string, value: R): void {
+    let inner = this.byRoom.get(room);
+    if (!inner) this.byRoom.set(room, (inner = new Map()));
+    inner.set(subscription, value);
+  }
+
+  delete(room: string, subscription: string): void {
+    const inner = this.byRoom.get(room);
+    if (!inner) return;
+    inner.delete(subscription);
+    if (inner.size === 0) this.byRoom.delete(room);
+  }
+
+  values(): R[] {
+    const out: R[] = [];
+    for (const inner of this.byRoom.values()) out.push(...inner.values());
+    return out;
+  }
+
+  clear(): void {
+    this.byRoom.clear();
+  }
 }
 
 /**

@@ -1,32 +1,15 @@
 /** A message handed to the application, and the notices about a membership. */
 import { fromUtf8 } from "./codec.js";
 import { InvalidUseError } from "./errors.js";
+import type { Delivery as WireDelivery, Message as WireMessage } from "./gen/roomq_pb.js";
 import { uuidToString } from "./ids.js";
 
 /** What a delivery needs from its room to acknowledge itself. */
 export interface DeliveryOwner {
   ack(seq: number): Promise<void>;
+  ackQuietly(seq: number): void;
   nack(seq: number, delayMs: number, reason: string): Promise<void>;
   inProgress(seq: number): Promise<void>;
-}
-
-export interface DeliveryFields<T> {
-  room: string;
-  subscription: string;
-  seq: number;
-  event: string;
-  payload: Uint8Array;
-  data: T;
-  headers: Record<string, string>;
-  /** 16 bytes. */
-  publisherSessionBytes: Uint8Array;
-  timestampMs: number;
-  attempt: number;
-  redelivered: boolean;
-  key: string;
-  expiresAtMs: number;
-  deliverAtMs: number;
-  volatile: boolean;
 }
 
 /**
@@ -64,22 +47,23 @@ export class Delivery<T> {
   private readonly owner: DeliveryOwner;
   private done = false;
 
-  constructor(fields: DeliveryFields<T>, owner: DeliveryOwner) {
-    this.room = fields.room;
-    this.subscription = fields.subscription;
-    this.seq = fields.seq;
-    this.event = fields.event;
-    this.payload = fields.payload;
-    this.data = fields.data;
-    this.headers = fields.headers;
-    this.publisherSessionBytes = fields.publisherSessionBytes;
-    this.timestampMs = fields.timestampMs;
-    this.attempt = fields.attempt;
-    this.redelivered = fields.redelivered;
-    this.key = fields.key;
-    this.expiresAtMs = fields.expiresAtMs;
-    this.deliverAtMs = fields.deliverAtMs;
-    this.volatile = fields.volatile;
+  /** @internal Made by the room from a wire delivery and its decoded payload. */
+  constructor(d: WireDelivery, m: WireMessage, seq: number, data: T, owner: DeliveryOwner) {
+    this.room = d.room;
+    this.subscription = d.subscription;
+    this.seq = seq;
+    this.event = m.event;
+    this.payload = m.payload;
+    this.data = data;
+    this.headers = m.headers;
+    this.publisherSessionBytes = m.publisherSession;
+    this.timestampMs = Number(m.timestampMs);
+    this.attempt = d.attempt;
+    this.redelivered = d.redelivered;
+    this.key = m.key;
+    this.expiresAtMs = Number(m.expiresAtMs);
+    this.deliverAtMs = Number(m.deliverAtMs);
+    this.volatile = d.volatile;
     this.owner = owner;
   }
 
@@ -114,6 +98,13 @@ export class Delivery<T> {
     if (this.volatile || this.done) return Promise.resolve();
     this.done = true;
     return this.owner.ack(this.seq);
+  }
+
+  /** @internal Acknowledges it without making a promise (auto-ack). */
+  ackQuietly(): void {
+    if (this.volatile || this.done) return;
+    this.done = true;
+    this.owner.ackQuietly(this.seq);
   }
 
   /**

@@ -288,14 +288,17 @@ class In {
   }
 }
 
+/** Shared by every message without a payload or session (an empty view cannot be written to). */
+const EMPTY = new Uint8Array(0);
+
 function readMessage(r: In): Message {
   const m: Message = {
     $typeName: "roomq.v1.Message",
     seq: 0n,
     event: "",
-    payload: new Uint8Array(0),
+    payload: EMPTY,
     headers: {},
-    publisherSession: new Uint8Array(0),
+    publisherSession: EMPTY,
     timestampMs: 0n,
     key: "",
     expiresAtMs: 0n,

@@ -110,9 +110,12 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   private keepAliveTimer: ReturnType<typeof setInterval> | undefined;
   private closedWith: RoomClosed | undefined;
   /**
-   * Notices that arrived before any listener of their kind: a gap can come
-   * before the join's reply (so before the application could add a
-   * listener); they are handed to the first listener added.
+   * Notices that arrived before any listener of their kind. The broker
+   * sends a membership's gap right after its JoinOk, and `ws` hands over
+   * every message of one socket read in one go, before the join's promise
+   * continues; so a gap (and the first deliveries) can reach the room
+   * before the application could add a listener. They go to the first
+   * listener added.
    */
   private readonly earlyGaps: GapNotice[] = [];
   private readonly earlyPresence: PresenceChange[] = [];
@@ -283,7 +286,7 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     const verdict = this.filter.offer(seq, Date.now());
     if (verdict === "drop") return;
     if (verdict === "reack") {
-      this.queueAck(seq).catch(() => undefined);
+      this.queueAck(seq, true);
       return;
     }
     const delivery = this.makeDelivery(d, seq);
@@ -339,6 +342,10 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
       this.filter.ack(seq);
       return this.queueAck(seq);
     },
+    ackQuietly: (seq: number) => {
+      this.filter.ack(seq);
+      this.queueAck(seq, true);
+    },
     nack: async (seq: number, delayMs: number, reason: string) => {
       this.filter.release(seq);
       const conn = this.host.current();
@@ -360,12 +367,23 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     },
   };
 
-  private queueAck(seq: number): Promise<void> {
-    if (!this.host.current()) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      this.pendingAcks.push({ seq, resolve });
+  /** Queues an ack for the next flush; `quiet`: nobody waits for it (auto-ack, re-acks), so no promise is made. */
+  private queueAck(seq: number, quiet?: false): Promise<void>;
+  private queueAck(seq: number, quiet: true): void;
+  private queueAck(seq: number, quiet = false): Promise<void> | void {
+    if (!this.host.current()) return quiet ? undefined : Promise.resolve();
+    const schedule = () => {
       if (this.pendingAcks.length >= 1000) this.flushAcks();
       else if (!this.ackTimer) this.ackTimer = setTimeout(() => this.flushAcks(), this.host.ackDelayMs);
+    };
+    if (quiet) {
+      this.pendingAcks.push({ seq, resolve: noop });
+      schedule();
+      return undefined;
+    }
+    return new Promise<void>((resolve) => {
+      this.pendingAcks.push({ seq, resolve });
+      schedule();
     });
   }
 
@@ -425,33 +443,17 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     const m = d.message;
     if (!m) return undefined;
     let data: T;
-    const fields = {
-      room: d.room,
-      subscription: d.subscription,
-      seq,
-      event: m.event,
-      payload: m.payload,
-      headers: m.headers,
-      publisherSessionBytes: m.publisherSession,
-      timestampMs: num(m.timestampMs),
-      attempt: d.attempt,
-      redelivered: d.redelivered,
-      key: m.key,
-      expiresAtMs: num(m.expiresAtMs),
-      deliverAtMs: num(m.deliverAtMs),
-      volatile: d.volatile,
-    };
     try {
       data = this.host.codec.decode(m.payload);
     } catch (e) {
       // Undecodable: hand the raw delivery to the "error" listeners, who
       // may ack or nack it; with auto-ack it is acknowledged (skipped).
-      const delivery = new Delivery<T>({ ...fields, data: undefined as T }, this.owner);
+      const delivery = new Delivery<T>(d, m, seq, undefined as T, this.owner);
       this.reportError(new RoomqError(`cannot decode the payload of ${d.room}#${seq}: ${e instanceof Error ? e.message : String(e)}`), delivery);
-      if (this.autoAck) delivery.ack().catch(() => undefined);
+      if (this.autoAck) delivery.ackQuietly();
       return undefined;
     }
-    return new Delivery<T>({ ...fields, data }, this.owner);
+    return new Delivery<T>(d, m, seq, data, this.owner);
   }
 
   private dispatch(delivery: Delivery<T>): void {
@@ -482,11 +484,11 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     }
     const promises = results.filter((r): r is Promise<void> => r instanceof Promise);
     if (promises.length === 0) {
-      delivery.ack().catch(() => undefined);
+      delivery.ackQuietly();
       return;
     }
     Promise.all(promises).then(
-      () => delivery.ack().catch(() => undefined),
+      () => delivery.ackQuietly(),
       (e: unknown) => this.handlerFailed(delivery, e),
     );
   }
@@ -498,7 +500,7 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
 
   /** Hands a queued delivery to `for await`; with auto-ack it is acknowledged now. */
   private taken(d: Delivery<T>): IteratorResult<Delivery<T>> {
-    if (this.autoAck) d.ack().catch(() => undefined);
+    if (this.autoAck) d.ackQuietly();
     return { done: false, value: d };
   }
 
@@ -531,6 +533,8 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     }
   }
 }
+
+function noop(): void {}
 
 function asRoomqError(e: unknown): RoomqError {
   if (e instanceof RoomqError) return e;

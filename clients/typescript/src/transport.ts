@@ -45,7 +45,11 @@ export const SUBPROTOCOL = "roomq.v1";
 /** The bytes of a message event's data, or undefined for text or unknown data. */
 export function messageBytes(data: unknown): Uint8Array | undefined {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
-  if (data instanceof Uint8Array) return data;
+  if (data instanceof Uint8Array) {
+    // A Node Buffer (from `ws`): view it as a plain Uint8Array, so that the
+    // slices taken while decoding are plain views too (cheaper than Buffers).
+    return data.constructor === Uint8Array ? data : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  }
   if (Array.isArray(data) && data.every((c) => c instanceof Uint8Array)) {
     // `ws` with binaryType "fragments".
     const chunks = data as Uint8Array[];

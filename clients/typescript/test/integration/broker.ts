@@ -8,11 +8,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createConnection, createServer } from "node:net";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import WebSocket from "ws";
-import { startBridge } from "./bridge.js";
 import { connect, type Client, type ConnectOptions, type WebSocketConstructor } from "../../src/index.js";
 
 export const ROOMQD = process.env["ROOMQD"] ?? resolve(process.cwd(), "../../target/debug/roomqd");
@@ -77,7 +76,6 @@ export class Broker {
   readonly tcpPort: number;
   readonly httpPort: number;
   private child: ChildProcess | undefined;
-  private stopBridge: (() => Promise<void>) | undefined;
   private log = "";
   private readonly clients = new Set<Client<never>>();
 
@@ -109,9 +107,7 @@ export class Broker {
   }
 
   private async spawn(): Promise<void> {
-    const bridge = process.env["ROOMQ_TEST_BRIDGE"] === "1";
-    const args = ["--config", join(this.dataDir, "roomq.toml"), "--listen", `127.0.0.1:${this.tcpPort}`, "--data-dir", join(this.dataDir, "data")];
-    if (!bridge) args.push("--http-listen", `127.0.0.1:${this.httpPort}`);
+    const args = ["--config", join(this.dataDir, "roomq.toml"), "--listen", `127.0.0.1:${this.tcpPort}`, "--http-listen", `127.0.0.1:${this.httpPort}`, "--data-dir", join(this.dataDir, "data")];
     const child = spawn(ROOMQD, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     const keep = (chunk: Buffer) => {
@@ -123,17 +119,6 @@ export class Broker {
     while (Date.now() < deadline) {
       if (child.exitCode !== null) throw new Error(`roomqd exited with ${child.exitCode}:\n${this.log}`);
       try {
-        if (bridge) {
-          await new Promise<void>((ok, fail) => {
-            const s = createConnection({ host: "127.0.0.1", port: this.tcpPort }, () => {
-              s.destroy();
-              ok();
-            });
-            s.on("error", fail);
-          });
-          this.stopBridge ??= startBridge(this.httpPort, this.tcpPort);
-          return;
-        }
         const res = await fetch(`http://127.0.0.1:${this.httpPort}/readyz`);
         if (res.status === 200) return;
       } catch {
@@ -170,7 +155,6 @@ export class Broker {
     for (const c of this.clients) c.close();
     this.clients.clear();
     await this.kill("SIGKILL");
-    await this.stopBridge?.();
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
