@@ -286,8 +286,10 @@ pub struct HttpConfig {
     pub static_dir: PathBuf,
     /// Origins whose pages may open a WebSocket (`scheme://host[:port]`; a
     /// port of `*` matches any port; `*` alone allows every origin). Pages
-    /// served by this listener are always allowed, and so are clients that
-    /// send no `Origin` (programs, not browsers).
+    /// this listener served when reached by an IP address or `localhost` are
+    /// always allowed (a DNS name could be rebound, so a listener reached by
+    /// one lists its origin here), and so are clients that send no `Origin`
+    /// (programs, not browsers).
     pub allowed_origins: Vec<String>,
     /// Largest request head (request line and headers) accepted, in bytes;
     /// at least 8192.

@@ -124,19 +124,39 @@ async fn foreign_origins_are_refused_with_403_and_allowed_ones_upgrade() {
         let r = upgrade_status(http, with_origin(origin)).await;
         check_switching(&r);
     }
-    // A page this listener served: Origin names the Host it was sent to.
-    let own = UpgradeRequest::new(http)
-        .set("Host", "roomq.example:7421")
-        .set("Origin", "http://roomq.example:7421");
-    check_switching(&upgrade_status(http, own).await);
-    let other_scheme = UpgradeRequest::new(http)
-        .set("Host", "roomq.example:7421")
-        .set("Origin", "https://roomq.example:7421");
-    assert_eq!(upgrade_status(http, other_scheme).await.status, 403);
-    let other_port = UpgradeRequest::new(http)
-        .set("Host", "roomq.example:7421")
-        .set("Origin", "http://roomq.example:7422");
-    assert_eq!(upgrade_status(http, other_port).await.status, 403);
+    // A page this listener served: Origin names the Host it was sent to,
+    // and the host is an address or localhost (which DNS rebinding cannot
+    // take).
+    let with_host = |host: &str, origin: &str| {
+        UpgradeRequest::new(http)
+            .set("Host", host)
+            .set("Origin", origin)
+    };
+    check_switching(
+        &upgrade_status(http, with_host("10.0.0.7:7421", "http://10.0.0.7:7421")).await,
+    );
+    check_switching(
+        &upgrade_status(http, with_host("[fd00::7]:7421", "http://[fd00::7]:7421")).await,
+    );
+    for (host, origin, why) in [
+        ("10.0.0.7:7421", "https://10.0.0.7:7421", "another scheme"),
+        ("10.0.0.7:7421", "http://10.0.0.7:7422", "another port"),
+        ("10.0.0.7:7421", "http://10.0.0.8:7421", "another address"),
+        // A DNS name: a rebound page of another site would send these.
+        (
+            "roomq.example:7421",
+            "http://roomq.example:7421",
+            "a DNS name",
+        ),
+        (
+            "rebind.evil.example",
+            "http://rebind.evil.example",
+            "a DNS name, default port",
+        ),
+    ] {
+        let r = upgrade_status(http, with_host(host, origin)).await;
+        assert_eq!(r.status, 403, "Host {host}, Origin {origin} ({why}): {r:?}");
+    }
     broker.stop().await;
 
     // A configured list replaces the default one.
@@ -152,6 +172,25 @@ async fn foreign_origins_are_refused_with_403_and_allowed_ones_upgrade() {
         let r = upgrade_status(http, with_origin(origin)).await;
         assert_eq!(r.status, 403, "Origin {origin}: {r:?}");
     }
+    // The listener's own address is still its own origin; a DNS name must
+    // be listed.
+    let with_host = |host: &str, origin: &str| {
+        UpgradeRequest::new(http)
+            .set("Host", host)
+            .set("Origin", origin)
+    };
+    check_switching(
+        &upgrade_status(http, with_host("10.0.0.7:7421", "http://10.0.0.7:7421")).await,
+    );
+    check_switching(
+        &upgrade_status(http, with_host("localhost:7421", "http://localhost:7421")).await,
+    );
+    let r = upgrade_status(
+        http,
+        with_host("roomq.example:7421", "http://roomq.example:7421"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
     // No Origin: a program, not a browser page.
     check_switching(&upgrade_status(http, UpgradeRequest::new(http)).await);
     broker.stop().await;

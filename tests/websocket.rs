@@ -390,7 +390,7 @@ fn corpus(max_frame: usize, max_handshake: usize, max_fragments: usize) -> Vec<C
         post(
             "a text message that is not UTF-8",
             ws_frame(true, op::TEXT, &[0xC0, 0x80]),
-            Fatal(C::MalformedFrame, &[1002, 1003, 1007]),
+            Fatal(C::MalformedFrame, &[1003]),
         ),
         pre(
             "a text message",
@@ -1172,7 +1172,7 @@ async fn with_tls_the_http_listener_serves_wss_with_the_same_certificate() {
 /// The idle timeout applies over WebSocket as over TCP: IDLE_TIMEOUT, then
 /// close code 1008.
 #[tokio::test(start_paused = true)]
-async fn a_silent_websocket_session_gets_idle_timeout_then_1008() {
+async fn a_silent_websocket_session_gets_idle_timeout_then_1008_and_pings_do_not_count() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let config = test_config(&dir);
     let idle = config.limits.idle_timeout();
@@ -1187,6 +1187,32 @@ async fn a_silent_websocket_session_gets_idle_timeout_then_1008() {
     let e = closed.last_error().expect("an error frame");
     assert_eq!(e.error_code(), Some(ErrorCode::IdleTimeout), "{closed:?}");
     assert!(e.fatal);
+    assert_eq!(closed.close_code(), Some(1008), "{closed:?}");
+    assert!(
+        after >= idle && after < idle + Duration::from_secs(1),
+        "closed after {after:?}"
+    );
+
+    // WebSocket pings are answered but are not activity (protocol.md §10):
+    // only complete messages are.
+    let start = tokio::time::Instant::now();
+    let mut ws = RawWs::connect_handshaken(broker.http_addr(), "/", "").await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        ws.send(&ws_frame(true, op::PING, b"keepalive"))
+            .await
+            .unwrap();
+        let got = ws.next(WAIT).await.unwrap();
+        assert_eq!(got, Some(WsIn::Pong(Bytes::from_static(b"keepalive"))));
+    }
+    // No more pings: the timeout counts from the handshake, not the pings.
+    let closed = ws
+        .until_closed(Duration::from_secs(24 * 3600))
+        .await
+        .unwrap();
+    let after = start.elapsed();
+    let e = closed.last_error().expect("an error frame");
+    assert_eq!(e.error_code(), Some(ErrorCode::IdleTimeout), "{closed:?}");
     assert_eq!(closed.close_code(), Some(1008), "{closed:?}");
     assert!(
         after >= idle && after < idle + Duration::from_secs(1),
