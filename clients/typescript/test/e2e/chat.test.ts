@@ -198,7 +198,7 @@ before(async () => {
 });
 
 after(async () => {
-  await browser?.close().catch(() => undefined);
+  await Promise.race([browser?.close().catch(() => undefined), sleep(10_000)]);
   await broker?.kill();
   if (work) rmSync(work, { recursive: true, force: true });
 });
