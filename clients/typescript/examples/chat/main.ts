@@ -91,7 +91,9 @@ function showState(state: ConnState, text: string): void {
 
 interface RoomView {
   name: string;
+  /** The membership once joined; undefined while joining or after it closed. */
   room: Room<unknown> | undefined;
+  joining: boolean;
   /** Its lines; in the page while the room is the one shown. */
   list: HTMLOListElement;
   backlog: Backlog;
@@ -236,6 +238,7 @@ function newView(nick: string, name: string): RoomView {
   return {
     name,
     room: undefined,
+    joining: false,
     list: el("ol", { class: "messages", role: "log", "aria-label": `Lines in ${name}` }),
     backlog: new Backlog(shownSeq(nick, name)),
     members: new Map(),
@@ -246,15 +249,22 @@ function newView(nick: string, name: string): RoomView {
 
 async function openRoom(s: Session, name: string): Promise<void> {
   let view = s.rooms.get(name);
-  if (view?.room) return;
+  if (view?.room || view?.joining) return;
   if (!view) {
     view = newView(s.nick, name);
     s.rooms.set(name, view);
   }
+  view.joining = true;
   renderRoomList();
   try {
     const room = await s.client.join(name, { presence: true, autoAck: true, events: [LINE, TYPING] });
+    view.joining = false;
     if (session !== s) return;
+    if (s.rooms.get(name) !== view) {
+      // Left while the join was on its way.
+      await room.leave({ forget: true }).catch(() => undefined);
+      return;
+    }
     const v = view;
     v.room = room;
     v.backlog.joined(room.info.lastSeq);
@@ -273,7 +283,8 @@ async function openRoom(s: Session, name: string): Promise<void> {
     saveRooms(s.nick, [...s.rooms.keys()]);
     void loadMembers(v);
   } catch (e) {
-    if (session !== s) return;
+    view.joining = false;
+    if (session !== s || s.rooms.get(name) !== view) return;
     s.rooms.delete(name);
     if (s.active === name) s.active = s.rooms.keys().next().value ?? "";
     saveRooms(s.nick, [...s.rooms.keys()]);
@@ -351,9 +362,11 @@ function renderRoomList(): void {
       const open = el("button", { type: "button", class: "open" }, label);
       if (name === s.active) open.setAttribute("aria-current", "true");
       if (view.unread > 0) open.append(" ", el("span", { class: "unread", "aria-label": `${view.unread} unread` }, String(view.unread)));
-      if (!view.room) open.append(" ", el("span", { class: "hint" }, "(joining…)"));
+      if (view.joining) open.append(" ", el("span", { class: "hint" }, "(joining…)"));
+      else if (!view.room) open.append(" ", el("span", { class: "hint" }, "(not joined: select to join again)"));
       open.addEventListener("click", () => {
         s.active = name;
+        if (!view.room) void openRoom(s, name).then(showActive);
         showActive();
         renderRoomList();
         ui.message.focus();
@@ -406,7 +419,7 @@ function send(s: Session): void {
 
 function typing(s: Session): void {
   const now = Date.now();
-  if (ui.message.value === "" || now - s.lastTyping < TYPING_EVERY_MS || s.client.state !== "connected") return;
+  if (ui.message.value === "" || !s.rooms.get(s.active)?.room || now - s.lastTyping < TYPING_EVERY_MS || s.client.state !== "connected") return;
   s.lastTyping = now;
   // Volatile: never stored, only to whoever is in the room now.
   s.client
@@ -502,7 +515,16 @@ async function enter(nick: string): Promise<void> {
     if (session !== s) return;
     showState("closed", `disconnected: ${reason}`);
   });
-  client.on("error", (e) => console.warn("roomq:", e));
+  client.on("error", (e) => {
+    // Until the broker names the membership in this error (issue 13), the
+    // SDK cannot give it to its room; say it in the room shown.
+    if (e instanceof BrokerError && e.codeName === "MEMBERSHIP_TAKEN_OVER") {
+      const view = s.rooms.get(s.active);
+      if (view) notice(view, "Your nickname was opened in another tab or window: rooms joined there now get your lines there.");
+      return;
+    }
+    console.warn("roomq:", e);
+  });
   s.roomsTimer = setInterval(() => {
     if (client.state === "connected") void refreshRooms(s);
   }, ROOMS_EVERY_MS);
