@@ -296,6 +296,10 @@ pub struct HttpConfig {
     pub max_header_bytes: u32,
     /// Most WebSocket frames one message may be split into.
     pub max_ws_fragments: u32,
+    /// HTTP connections accepted beyond `limits.max_connections` for
+    /// `/healthz` and `/readyz` only, so that a full broker does not look
+    /// dead to its health checks.
+    pub max_probe_connections: u32,
 }
 
 impl Default for HttpConfig {
@@ -315,6 +319,7 @@ impl Default for HttpConfig {
             .to_vec(),
             max_header_bytes: 16 * 1024,
             max_ws_fragments: 128,
+            max_probe_connections: 16,
         }
     }
 }

@@ -221,6 +221,9 @@ struct Conn {
     deadline: Instant,
     /// Held until the connection closes; an upgraded session holds a clone.
     permit: Arc<OwnedSemaphorePermit>,
+    /// Accepted beyond `max_connections` for health checks only: it may ask
+    /// `/healthz` and `/readyz` and nothing else.
+    probe_only: bool,
     static_dir: Option<ServeDir>,
 }
 
@@ -236,6 +239,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<HttpShared>, stop: Cancell
     // Connections are tracked here and stop with `stop`; sessions on
     // upgraded connections are the broker's (`shared.tracker`).
     let connections = TaskTracker::new();
+    // A broker at its connection limit is full, not dead: a few more
+    // connections may still ask whether it is healthy and ready.
+    let probes = Arc::new(Semaphore::new(
+        shared.config.http.max_probe_connections as usize,
+    ));
     let static_dir = match &shared.config.http.static_dir {
         d if d.as_os_str().is_empty() => None,
         d => Some(ServeDir::new(d).append_index_html_on_directories(true)),
@@ -257,16 +265,23 @@ pub async fn serve(listener: TcpListener, shared: Arc<HttpShared>, stop: Cancell
         };
         let _ = stream.set_nodelay(true);
         let accepted_at = Instant::now();
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            warn!(%peer, max_connections = shared.config.limits.max_connections, "HTTP connection refused: at the limit");
-            connections.spawn(refuse_at_limit(stream, shared.tls.clone(), stop.clone()));
-            continue;
+        let (permit, probe_only) = match shared.connections.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(_) => match probes.clone().try_acquire_owned() {
+                Ok(p) => (p, true),
+                Err(_) => {
+                    warn!(%peer, max_connections = shared.config.limits.max_connections, "HTTP connection refused: at the limit");
+                    connections.spawn(refuse_at_limit(stream, shared.tls.clone(), stop.clone()));
+                    continue;
+                }
+            },
         };
         let conn = Arc::new(Conn {
             shared: shared.clone(),
             peer,
             deadline: accepted_at + shared.config.limits.handshake_timeout(),
             permit: Arc::new(permit),
+            probe_only,
             static_dir: static_dir.clone(),
         });
         let stop = stop.clone();
@@ -333,7 +348,17 @@ where
 
 /// Answers one request.
 async fn route(req: Request<Incoming>, conn: &Arc<Conn>) -> Response<Body> {
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
     let mut response = match (req.method(), req.uri().path()) {
+        _ if conn.probe_only && !probe => {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the broker is at its connection limit\n",
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
         (&Method::GET, "/ws") => upgrade(req, conn),
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {

@@ -752,3 +752,40 @@ async fn readyz_is_503_while_the_broker_drains_and_the_listener_stops_after() {
         "the HTTP listener outlives the broker"
     );
 }
+
+/// A broker at `max_connections` is full, not dead: up to
+/// `http.max_probe_connections` more connections may ask `/healthz` and
+/// `/readyz`, and get 503 for anything else; beyond those, every request
+/// gets 503.
+#[tokio::test]
+async fn health_checks_are_answered_at_the_connection_limit() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(&dir);
+    config.limits.max_connections = 1;
+    config.http.max_probe_connections = 1;
+    let broker = TestBroker::start_ws(config, dir).await;
+    let http = broker.http_addr();
+    let (session, _d) = broker.connect("holds-the-only-slot").await;
+
+    assert_eq!(get(http, "/healthz").await.unwrap().status, 200);
+    assert_eq!(get(http, "/readyz").await.unwrap().status, 200);
+    assert_eq!(get(http, "/").await.unwrap().status, 503);
+    let mut conn = HttpConn::connect(http).await.unwrap();
+    conn.send(&UpgradeRequest::new(http).bytes()).await.unwrap();
+    let r = conn.response(false, WAIT).await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    conn.closed_within(WAIT).await.unwrap();
+
+    // The probe slot is taken by a kept-alive connection: the next one is
+    // refused whatever it asks.
+    let mut held = HttpConn::connect(http).await.unwrap();
+    held.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(held.response(false, WAIT).await.unwrap().status, 200);
+    assert_eq!(get(http, "/healthz").await.unwrap().status, 503);
+    drop(held);
+
+    session.ping().await.unwrap();
+    broker.stop().await;
+}
