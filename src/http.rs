@@ -48,11 +48,23 @@ type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// The files served when no `static_dir` is set, built into the binary:
 /// path, content type, bytes. `/` serves the first.
-const EMBEDDED: &[(&str, &str, &[u8])] = &[(
-    "/index.html",
-    "text/html; charset=utf-8",
-    include_bytes!("web/index.html"),
-)];
+const EMBEDDED: &[(&str, &str, &[u8])] = &[
+    (
+        "/index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("web/index.html"),
+    ),
+    (
+        "/chat.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("web/chat.js"),
+    ),
+    (
+        "/chat.css",
+        "text/css; charset=utf-8",
+        include_bytes!("web/chat.css"),
+    ),
+];
 
 /// Sent with every response. Pages may load only what this listener serves
 /// and talk only to it (`'self'` covers `ws:`/`wss:` to the same host).
