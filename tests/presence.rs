@@ -321,3 +321,32 @@ async fn a_group_consumer_is_announced_with_its_group() {
     assert_eq!(e.member.as_ref().unwrap().group, "workers");
     broker.stop().await;
 }
+
+/// A session whose connection drops is named in the `Left` event (its
+/// client id and name), as in its `Joined` event.
+#[tokio::test]
+async fn a_dropped_connection_is_named_in_its_left_event() {
+    let broker = TestBroker::start().await;
+    let (watcher, mut wd) = broker.connect("watcher").await;
+    watcher
+        .join_with(pb::Join {
+            room: "r".into(),
+            presence: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (carol, cd) = connect_named(&broker, "carol", "Carol").await;
+    carol.join("r").await.unwrap();
+    let joined = next_presence(&mut wd).await;
+    assert_eq!(kind(&joined), pb::presence_event::Kind::Joined);
+    drop((carol, cd));
+    let left = next_presence(&mut wd).await;
+    assert_eq!(kind(&left), pb::presence_event::Kind::Left);
+    let m = left.member.as_ref().unwrap();
+    assert_eq!(
+        (m.client_id.as_str(), m.client_name.as_str()),
+        ("carol", "Carol")
+    );
+    broker.stop().await;
+}

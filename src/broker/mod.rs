@@ -709,7 +709,7 @@ impl Broker {
     }
 
     fn unregister(&mut self, session: Uuid) {
-        let Some(entry) = self.sessions.remove(&session) else {
+        let Some(entry) = self.sessions.get_mut(&session) else {
             return;
         };
         info!(
@@ -718,9 +718,13 @@ impl Broker {
             peer = %entry.info.peer,
             "client disconnected"
         );
-        for (room_id, key) in entry.memberships.into_values() {
+        let memberships = std::mem::take(&mut entry.memberships);
+        // Released while the session is still known, so that the presence
+        // events name who left.
+        for (room_id, key) in memberships.into_values() {
             self.release_member(room_id, &key, session);
         }
+        self.sessions.remove(&session);
     }
 
     /// Takes `session` off member `key` (dropping an ephemeral member);
