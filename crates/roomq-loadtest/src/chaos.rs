@@ -12,6 +12,10 @@
 //!
 //! `recovery_ms` is measured from spawning the process after a kill to the
 //! first successful ping on a fresh connection.
+//!
+//! With `--power-loss` the data directory is on a power-cut file system
+//! ([`crate::power_loss`]) and every kill is followed by a power cut: what
+//! the broker had not `fsync`ed is gone when it starts again.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -28,6 +32,7 @@ use crate::load::{
     self, audit_all, Ctx, Feed, JoinPlan, Publisher, SplitMix64, StartAt, Subscriber, Until,
 };
 use crate::payload::{self, Clock};
+use crate::power_loss::{CutTotals, PowerLoss};
 use crate::report::{self, group, MsSummary, Progress, Verdict};
 
 /// The chaos mode's command line.
@@ -85,6 +90,15 @@ pub struct ChaosArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Cut the power with every kill: the data directory is on a FUSE file
+    /// system that then drops everything not fsynced (needs /dev/fuse and
+    /// root).
+    #[arg(long)]
+    pub power_loss: bool,
+    /// With --power-loss: some 4 KiB sectors of unsynced overwrites survive
+    /// a cut (torn writes).
+    #[arg(long, requires = "power_loss")]
+    pub tear: bool,
 }
 
 impl ChaosArgs {
@@ -157,6 +171,8 @@ pub struct ChaosReport {
     pub recovery_ms: MsSummary,
     /// Spawn after a kill → the "serving" log line, ms.
     pub serving_log_ms: MsSummary,
+    /// With --power-loss: what the cuts dropped.
+    pub power_loss: Option<CutTotals>,
     pub passed: bool,
     pub failures: Vec<String>,
 }
@@ -206,6 +222,15 @@ impl ChaosReport {
             self.mismatched,
             self.conflicts + self.confirm_conflicts
         );
+        if let Some(p) = &self.power_loss {
+            println!(
+                "  power cuts {}   unsynced bytes dropped {}   torn sectors kept {}   directories reverted {}",
+                p.cuts,
+                group(p.dropped_bytes),
+                group(p.torn_sectors),
+                group(p.reverted_dirs)
+            );
+        }
         report::print_verdict(&Verdict {
             enabled: true,
             passed: self.passed,
@@ -322,13 +347,20 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     args.validate()?;
     let started = Instant::now();
     let hard_end = started + Duration::from_secs_f64(args.max_secs);
-    let dir = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix("roomq-chaos-")
         .tempdir()
         .context("creating a temporary data directory")?;
     let seed = args
         .seed
         .unwrap_or_else(|| u64::from(load::run_id()) << 16 ^ 0x5eed);
+    let (mut power, data_dir) = if args.power_loss {
+        let (p, data) = PowerLoss::mount(tmp.path(), args.tear, seed)?;
+        (Some(p), data)
+    } else {
+        (None, tmp.path().to_path_buf())
+    };
+    let dir = data_dir.as_path();
     let mut rng = SplitMix64(seed);
     let clock = Clock::new();
     let rooms = args.rooms as usize;
@@ -356,7 +388,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     let mut progress = Progress::new(!args.no_progress, Some(u64::from(args.cycles)), "cycles");
     let mut daemon = Daemon::start(
         &args.roomqd,
-        dir.path(),
+        dir,
         args.config.as_deref(),
         Duration::from_secs(30),
     )
@@ -386,7 +418,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             break;
         }
         if cycle > 0 {
-            let (d, recovery, serving) = restart(&args, dir.path()).await?;
+            let (d, recovery, serving) = restart(&args, dir).await?;
             daemon = d;
             recoveries.push(recovery);
             serving_lines.push(serving);
@@ -420,6 +452,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             );
         }
         daemon.kill9()?;
+        if let Some(p) = power.as_mut() {
+            p.cut().await?;
+        }
         for t in sub_tasks {
             let (s, ok) = tokio::time::timeout(Duration::from_secs(30), t)
                 .await
@@ -440,7 +475,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     }
 
     // The last restart, then drain everything the rooms hold.
-    let (d, recovery, serving) = restart(&args, dir.path()).await?;
+    let (d, recovery, serving) = restart(&args, dir).await?;
     daemon = d;
     recoveries.push(recovery);
     serving_lines.push(serving);
@@ -538,10 +573,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         stored_messages: stored,
         recovery_ms: MsSummary::of(&recoveries),
         serving_log_ms: MsSummary::of(&serving_lines),
+        power_loss: power.as_ref().map(|p| p.totals),
         passed: verdict.passed,
         failures: verdict.failures,
         params: args,
     };
-    drop(dir);
+    if let Some(p) = power {
+        p.unmount()?;
+    }
+    drop(tmp);
     Ok(report)
 }
