@@ -155,6 +155,9 @@ pub struct ChaosReport {
     pub redelivered: u64,
     pub lost: u64,
     pub lost_messages: u64,
+    /// Confirmed messages that a fresh reader of the room, after the final
+    /// restart, does not find at the seq they were confirmed with.
+    pub confirmed_lost: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
     pub gaps: u64,
@@ -211,6 +214,10 @@ impl ChaosReport {
             self.recovery_ms.max,
             self.serving_log_ms.p50,
             self.serving_log_ms.max
+        );
+        println!(
+            "  confirmed messages not stored at the end {}",
+            group(self.confirmed_lost)
         );
         println!(
             "  lost {} ({} messages)  duplicates {}  out of order {}  gaps {}  mismatched {}  conflicts {}",
@@ -302,6 +309,25 @@ async fn prefill(addr: &str, n: u64, ctx: &Arc<Ctx>, first_id: u32) -> anyhow::R
         confirmed += t.await.context("a prefill task failed")?;
     }
     Ok(confirmed)
+}
+
+/// Confirmed messages that the room (read in full by `readers`, one per
+/// room, in room order) does not hold at the seq they were confirmed with.
+fn confirmed_not_stored(publishers: &[Publisher], readers: &[Subscriber]) -> u64 {
+    let mut lost = 0;
+    for p in publishers {
+        let tracker = readers.get(p.room_index).and_then(|r| r.tracker.as_ref());
+        for (i, seq) in p.room_seqs.iter().enumerate() {
+            if *seq == 0 {
+                continue;
+            }
+            let key = payload::message_key(p.id, i as u64 + 1);
+            if tracker.is_none_or(|t| t.key_at(*seq) != key) {
+                lost += 1;
+            }
+        }
+    }
+    lost
 }
 
 /// Runs the chaos test.
@@ -503,6 +529,30 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         drained_all &= ok;
         subscribers.push(s);
     }
+    // A fresh member per room reads everything the room holds: a
+    // confirmed message the room does not hold at its confirmed seq is lost,
+    // whatever the members saw before (after a power cut seqs can be given
+    // out again).
+    let mut readers = Vec::new();
+    for (r, room) in room_names.iter().enumerate() {
+        readers.push(Subscriber::new(
+            r,
+            room.clone(),
+            format!("chaos-audit-r{r}"),
+        )?);
+    }
+    let reader_tasks =
+        spawn_subscribers(&mut readers, &daemon, &ctx, Until::StoredAtJoin, ack_every);
+    for t in reader_tasks {
+        let (s, ok) = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .context("an audit reader did not finish")?
+            .context("an audit reader failed")?;
+        drained_all &= ok;
+        readers.push(s);
+    }
+    readers.sort_by_key(|s| s.room_index);
+    let confirmed_lost = confirmed_not_stored(&publishers, &readers);
     progress.finish();
     let mut stored = prefilled;
     let mut per_room = vec![0u64; rooms];
@@ -539,6 +589,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             args.cycles
         ));
     }
+    if confirmed_lost > 0 {
+        verdict.failures.push(format!(
+            "{confirmed_lost} confirmed messages are not stored at their confirmed seq"
+        ));
+    }
     if !drained_all {
         verdict
             .failures
@@ -561,6 +616,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         redelivered: totals.counts.redelivered,
         lost: totals.audit.lost,
         lost_messages: totals.lost_messages,
+        confirmed_lost,
         duplicates: totals.counts.duplicates,
         out_of_order: totals.counts.out_of_order,
         gaps: totals.counts.gaps,
