@@ -151,9 +151,11 @@ fn parent(path: &str) -> String {
 fn calls(trace: &str, mut on: impl FnMut(&Call, bool)) {
     let mut pending: HashMap<String, (String, String)> = HashMap::new();
     for (n, line) in trace.lines().enumerate() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(_time), Some(rest)) = (parts.next(), parts.next(), parts.next())
-        else {
+        // `PID  TIME CALL...`: strace pads the pid to a width.
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((_time, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let (name, args, tail) = if let Some(resumed) = rest.strip_prefix("<... ") {
@@ -351,8 +353,10 @@ fn every_confirmation_follows_a_sync_of_what_was_written() {
     );
     assert!(
         a.socket_writes > published,
-        "the trace shows {} socket writes for {published} confirmations: is it complete?",
-        a.socket_writes
+        "the trace shows {} socket writes for {published} confirmations: is it complete? \
+         It begins:\n{}",
+        a.socket_writes,
+        trace.lines().take(20).collect::<Vec<_>>().join("\n")
     );
     if let Some((line, dirty)) = a.violations.first() {
         panic!(
@@ -368,7 +372,7 @@ fn every_confirmation_follows_a_sync_of_what_was_written() {
 fn the_audit_counts_only_fsync_and_fdatasync() {
     let root = "/d";
     let trace = [
-        r#"1 10:00:00.000001 pwrite64(7</d/db>, ""..., 4096, 0) = 4096"#,
+        r#"    1  10:00:00.000001 pwrite64(7</d/db>, ""..., 4096, 0) = 4096"#,
         r#"1 10:00:00.000002 sync_file_range(7</d/db>, 0, 4096, SYNC_FILE_RANGE_WAIT_BEFORE|SYNC_FILE_RANGE_WRITE|SYNC_FILE_RANGE_WAIT_AFTER) = 0"#,
         r#"2 10:00:00.000003 write(9<TCP:[127.0.0.1:1->127.0.0.1:2]>, ""..., 20) = 20"#,
         r#"1 10:00:00.000004 fdatasync(7</d/db> <unfinished ...>"#,

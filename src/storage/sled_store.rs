@@ -436,6 +436,26 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_sync_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let mut b = WriteBatch::default();
+        b.new_rooms.push((1, "/".into(), "r".into()));
+        b.appends.push((1, vec![msg(1)]));
+        let _ = s.commit(&b).unwrap();
+        // The sync lists `blobs/`: without it, the sync fails.
+        std::fs::remove_dir(dir.path().join("blobs")).unwrap();
+        let mut b = WriteBatch::default();
+        b.appends.push((1, vec![msg(2)]));
+        assert!(matches!(s.commit(&b), Err(StoreError::Sync { .. })));
+        // Repaired or not, the store stays failed: no later call succeeds.
+        std::fs::create_dir(dir.path().join("blobs")).unwrap();
+        assert!(matches!(s.commit(&b), Err(StoreError::Poisoned)));
+        assert!(matches!(s.write(&b), Err(StoreError::Poisoned)));
+        assert!(matches!(s.flush(), Err(StoreError::Poisoned)));
+    }
+
+    #[test]
     fn commit_recover_read() {
         let dir = tempfile::tempdir().unwrap();
         {
