@@ -242,11 +242,16 @@ pub type Seqs = Arc<[(Arc<str>, u64)]>;
 enum PendingReply {
     /// A prepared frame (a join's reply).
     Frame(pb::ServerFrame),
-    /// A publish confirmation.
-    Confirm { request_id: u64, seqs: Seqs },
+    /// A publish confirmation; `duplicate` for a retry answered from the
+    /// dedup table.
+    Confirm {
+        request_id: u64,
+        seqs: Seqs,
+        duplicate: bool,
+    },
 }
 
-/// A reply that may only be sent once its batch is on disk: a publish
+/// A reply that may only be sent once its batch is synced to disk: a publish
 /// confirmation, or the reply to a durable join whose new cursor must exist
 /// before the client can rely on it.
 #[derive(Debug)]
@@ -312,6 +317,10 @@ pub struct Broker {
     commit_task: Option<tokio::task::JoinHandle<CommitOutcome>>,
     /// When the commit in progress started (for the commit watchdog).
     commit_started: Instant,
+    /// Since when some written batch is not yet synced (`batched` data and
+    /// other writes nobody waits on). A sync follows within the cursor sync
+    /// interval.
+    unsynced_since: Option<Instant>,
     /// Durable members whose stored cursor is behind.
     dirty: HashSet<(RoomId, MemberKey)>,
     last_cursor_sync: Instant,
@@ -393,6 +402,7 @@ impl Broker {
             committing: None,
             commit_task: None,
             commit_started: Instant::now(),
+            unsynced_since: None,
             dirty: HashSet::new(),
             last_cursor_sync: Instant::now(),
             next_retention: Instant::now(),
@@ -601,6 +611,9 @@ impl Broker {
         }
         if !self.dirty.is_empty() && self.committing.is_none() {
             consider(self.last_cursor_sync + self.cursor_interval());
+        }
+        if let Some(since) = self.unsynced_since.filter(|_| self.committing.is_none()) {
+            consider(since + self.cursor_interval());
         }
         if let Some((t, _)) = self.dedup_expiry.front() {
             consider(*t);
@@ -1012,9 +1025,28 @@ impl Broker {
             }
             self.last_cursor_sync = now;
         }
-        if self.open.write.is_empty() {
+        let sync_due = self
+            .unsynced_since
+            .is_some_and(|since| force || now >= since + self.cursor_interval());
+        if self.open.write.is_empty() && self.open.confirms.is_empty() && !sync_due {
             return;
         }
+        // A batch someone waits on (a confirmation, a reply) is synced
+        // before it is answered, and so is one that changes cursors,
+        // namespaces or deletes; one that holds only `batched` publishes
+        // is written now and synced within the interval.
+        let w = &self.open.write;
+        let sync = if self.open.confirms.is_empty()
+            && !sync_due
+            && w.cursors.is_empty()
+            && w.namespaces.is_empty()
+            && w.deleted_rooms.is_empty()
+            && w.purged.is_empty()
+        {
+            commit::Sync::Later
+        } else {
+            commit::Sync::Now
+        };
         let mut open = std::mem::take(&mut self.open);
         for (room_id, _) in &open.write.appends {
             if let Some(room) = self.rooms.get(room_id) {
@@ -1030,22 +1062,80 @@ impl Broker {
             dedup: open.dedup,
         });
         self.commit_started = Instant::now();
-        self.commit_task = Some(commit::spawn(self.store.clone(), open.write));
+        self.commit_task = Some(commit::spawn(self.store.clone(), open.write, sync));
     }
 
     fn on_commit(&mut self, outcome: CommitOutcome) -> Result<(), StoreError> {
         self.commit_task = None;
-        let (flushed, batch) = match outcome {
-            CommitOutcome::Done(flushed, batch) => (flushed, batch),
-            CommitOutcome::Failed(e) => return Err(e),
-        };
         let done = self.committing.take().unwrap_or_default();
-        self.confirm(&flushed, batch, done);
+        match outcome {
+            CommitOutcome::Done(flushed, batch) => {
+                self.unsynced_since = None;
+                self.confirm(&flushed, batch, done);
+            }
+            CommitOutcome::Written(batch) => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+                self.written(batch, done);
+            }
+            CommitOutcome::Failed(e) => return Err(e),
+        }
         Ok(())
     }
 
-    /// Makes a written batch visible: messages become deliverable, publishes
-    /// are confirmed. Requires the proof that the batch was flushed.
+    /// A batch written but not synced: its (`batched`) messages become
+    /// deliverable and its dedup ids stored, but nothing that promises
+    /// "on disk" is sent: such replies, and retries waiting on a dedup id,
+    /// wait for the next commit, which syncs.
+    fn written(&mut self, batch: WriteBatch, done: InFlightBatch) {
+        self.make_visible(&batch);
+        // Not expected (a batch with replies is synced), but never
+        // answered early.
+        self.open.confirms.extend(done.confirms);
+        let window = self.config.limits.dedup_window();
+        for key in done.dedup {
+            let Some(state) = self.dedup.get_mut(&key) else {
+                continue;
+            };
+            let DedupState::Pending { seqs, waiters } = state else {
+                continue;
+            };
+            let seqs = seqs.clone();
+            let waiters = std::mem::take(waiters);
+            *state = DedupState::Stored { seqs: seqs.clone() };
+            self.dedup_expiry.push_back((Instant::now() + window, key));
+            for (session, request_id, permit) in waiters {
+                self.open.confirms.push(PendingConfirm {
+                    session,
+                    reply: PendingReply::Confirm {
+                        request_id,
+                        seqs: seqs.clone(),
+                        duplicate: true,
+                    },
+                    permit,
+                    then_pump: None,
+                });
+            }
+        }
+    }
+
+    /// Makes a committed batch's messages deliverable.
+    fn make_visible(&mut self, batch: &WriteBatch) {
+        let max_count = self.config.storage.room_cache_messages as usize;
+        let max_bytes = usize::try_from(self.config.storage.room_cache_bytes).unwrap_or(usize::MAX);
+        let mut touched = Vec::with_capacity(batch.appends.len());
+        for (room_id, msgs) in &batch.appends {
+            if let Some(room) = self.rooms.get_mut(room_id) {
+                room.committed(msgs, max_count, max_bytes);
+                touched.push(*room_id);
+            }
+        }
+        for room_id in touched {
+            self.pump_room(room_id);
+        }
+    }
+
+    /// Makes a synced batch visible: messages become deliverable, publishes
+    /// are confirmed. Requires the proof that the batch was synced.
     fn confirm(
         &mut self,
         _flushed: &crate::storage::Flushed,
@@ -1065,11 +1155,15 @@ impl Broker {
         for c in done.confirms {
             match c.reply {
                 PendingReply::Frame(frame) => self.reply(c.session, frame, Some(c.permit)),
-                PendingReply::Confirm { request_id, seqs } => self.confirm_publish(
+                PendingReply::Confirm {
+                    request_id,
+                    seqs,
+                    duplicate,
+                } => self.confirm_publish(
                     c.session,
                     request_id,
                     seqs,
-                    false,
+                    duplicate,
                     pb::Durability::Sync,
                     c.permit,
                 ),

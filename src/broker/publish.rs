@@ -357,6 +357,22 @@ impl Broker {
             match self.dedup.get_mut(&key) {
                 Some(DedupState::Stored { seqs }) => {
                     let seqs = seqs.clone();
+                    if self.unsynced_since.is_some() {
+                        // The original may be written but not yet synced
+                        // (a `batched` namespace): a duplicate says SYNC,
+                        // so it waits for the next sync.
+                        self.open.confirms.push(PendingConfirm {
+                            session,
+                            reply: PendingReply::Confirm {
+                                request_id,
+                                seqs,
+                                duplicate: true,
+                            },
+                            permit,
+                            then_pump: None,
+                        });
+                        return;
+                    }
                     let sync = pb::Durability::Sync;
                     self.confirm_publish(session, request_id, seqs, true, sync, permit);
                     return;
@@ -439,7 +455,11 @@ impl Broker {
         }
         self.open.confirms.push(PendingConfirm {
             session,
-            reply: PendingReply::Confirm { request_id, seqs },
+            reply: PendingReply::Confirm {
+                request_id,
+                seqs,
+                duplicate: false,
+            },
             permit,
             then_pump: None,
         });

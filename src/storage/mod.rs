@@ -2,18 +2,33 @@
 //!
 //! The broker talks to storage only through the [`Store`] trait so that a
 //! second backend can be added; [`SledStore`] is the one we ship. Everything
-//! written goes through [`Store::commit`], which applies one atomic batch and
-//! returns only after a flush that covers it has completed. Its [`Flushed`]
-//! return value is the proof the broker needs before it may confirm a
-//! publish: there is no other way to make one.
+//! written goes through [`Store::commit`] or [`Store::write`], which apply one
+//! atomic batch. Two levels of "stored" are told apart in the types:
+//!
+//! - **written** ([`Store::write`] returned `Ok(())`): the batch is in the
+//!   operating system's page cache. It survives the broker process being
+//!   killed, not a kernel crash or a power cut.
+//! - **synced** (a [`Flushed`] was returned, by [`Store::commit`] or
+//!   [`Store::flush`]): every byte written before, and the directory entries
+//!   that name new files, were `fsync`ed. It survives a kernel crash and a
+//!   power cut, on a disk that honours cache flushes.
+//!
+//! [`Flushed`] is the proof the broker needs before it may confirm a `sync`
+//! publish: there is no other way to make one. A sync that fails poisons the
+//! store: every later call fails too (fail-stop), because after a failed
+//! `fsync` Linux may have dropped the dirty pages and a retry would report a
+//! success that is not true.
 //!
 //! Layout:
 //! - [`record`]: the byte layout of every stored value, each sealed with a
 //!   CRC-32 (IEEE) checksum that is verified on read.
 //! - [`sled_store`]: the sled 0.34 implementation.
+//! - `sync`: what makes sled's writes survive a power cut (`fsync` of the
+//!   data file, new blob files and the directories that name them).
 
 pub mod record;
 pub mod sled_store;
+mod sync;
 
 use std::sync::Arc;
 
@@ -31,7 +46,7 @@ pub use sled_store::SledStore;
 /// Numeric id of a room, assigned by the broker when the room is created.
 pub type RoomId = u64;
 
-/// Proof that a [`Store::commit`] returned after its data reached disk.
+/// Proof that everything written before it was synced to disk (`fsync`).
 ///
 /// Only storage code can construct it; the broker requires one to confirm a
 /// `sync` publish.
@@ -55,6 +70,13 @@ pub enum StoreError {
     Stalled(std::time::Duration),
     #[error("stored record {key} failed its checksum or layout check: {why}")]
     Corrupt { key: String, why: &'static str },
+    #[error("syncing {path} to disk failed: {source}")]
+    Sync {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("storage is poisoned by an earlier failed sync; restart to recover")]
+    Poisoned,
 }
 
 /// One atomic unit of writes. Built by the broker, applied by the committer.
@@ -131,8 +153,17 @@ pub trait Store: Send + Sync + 'static {
     /// Reads everything needed to resume serving.
     fn recover(&self) -> Result<Recovered, StoreError>;
 
-    /// Applies `batch` atomically and flushes it to disk before returning.
+    /// Applies `batch` atomically and syncs it (and everything written
+    /// before) to disk before returning.
     fn commit(&self, batch: &WriteBatch) -> Result<Flushed, StoreError>;
+
+    /// Applies `batch` atomically and hands it to the operating system, but
+    /// does not sync: it survives a killed process, not a power cut, until
+    /// the next [`Store::commit`] or [`Store::flush`]. Used for `batched`
+    /// namespaces. The default syncs anyway, which is always allowed.
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.commit(batch).map(|_| ())
+    }
 
     /// Reads up to `max` messages of `room` with seq >= `from`, in order,
     /// stopping early once `max_bytes` of message data have been read.
@@ -144,6 +175,7 @@ pub trait Store: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<Vec<Arc<StoredMessage>>, StoreError>;
 
-    /// Flushes whatever is buffered (used at shutdown).
+    /// Syncs everything written so far (the background sync of `batched`
+    /// data, and shutdown).
     fn flush(&self) -> Result<Flushed, StoreError>;
 }

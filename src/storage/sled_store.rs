@@ -26,6 +26,7 @@ use super::record::{
     decode_u64, encode_cursor, encode_dedup_group, encode_log_batch, encode_room,
     encode_room_stats, encode_u64, log_batch_count, open as open_record, seal,
 };
+use super::sync::DiskSync;
 use super::{
     Flushed, Recovered, RecoveredRoom, RoomId, RoomStats, Store, StoreError, StoredMessage,
     WriteBatch,
@@ -81,6 +82,8 @@ pub struct SledStore {
     /// Makes dedup group keys unique; starts from the clock so keys from an
     /// earlier run of the process are never reused.
     dedup_counter: std::sync::atomic::AtomicU64,
+    /// Turns sled's `flush` (written) into synced; see `storage::sync`.
+    disk: DiskSync,
 }
 
 impl SledStore {
@@ -109,11 +112,12 @@ impl SledStore {
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            // We flush explicitly after every commit; sled's own timer only
-            // adds work.
+            // We flush (and sync, see `storage::sync`) explicitly after every
+            // commit; sled's own timer only adds work.
             .flush_every_ms(None)
             .segment_size(SEGMENT_BYTES)
             .open()?;
+        let disk = DiskSync::open(dir)?;
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -121,6 +125,7 @@ impl SledStore {
         Ok(SledStore {
             db,
             dedup_counter: std::sync::atomic::AtomicU64::new(start),
+            disk,
         })
     }
 }
@@ -244,6 +249,12 @@ impl Store for SledStore {
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<Flushed, StoreError> {
+        self.write(batch)?;
+        self.disk.sync()
+    }
+
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.disk.check()?;
         let mut b = sled::Batch::default();
         let deleted: std::collections::HashSet<RoomId> =
             batch.deleted_rooms.iter().copied().collect();
@@ -338,8 +349,10 @@ impl Store for SledStore {
             }
         }
         self.db.apply_batch(b)?;
+        // Written: sled's pwrite + sync_file_range, enough for a killed
+        // process. `commit` syncs on top.
         self.db.flush()?;
-        Ok(Flushed::new())
+        Ok(())
     }
 
     fn read(
@@ -375,8 +388,9 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<Flushed, StoreError> {
+        self.disk.check()?;
         self.db.flush()?;
-        Ok(Flushed::new())
+        self.disk.sync()
     }
 }
 
@@ -419,6 +433,26 @@ mod tests {
         assert_eq!(from_middle.first().map(|m| m.seq), Some(150));
         let r = s.recover().unwrap();
         assert_eq!(r.rooms.first().map(|r| r.last_seq), Some(300));
+    }
+
+    #[test]
+    fn a_failed_sync_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let mut b = WriteBatch::default();
+        b.new_rooms.push((1, "/".into(), "r".into()));
+        b.appends.push((1, vec![msg(1)]));
+        let _ = s.commit(&b).unwrap();
+        // The sync lists `blobs/`: without it, the sync fails.
+        std::fs::remove_dir(dir.path().join("blobs")).unwrap();
+        let mut b = WriteBatch::default();
+        b.appends.push((1, vec![msg(2)]));
+        assert!(matches!(s.commit(&b), Err(StoreError::Sync { .. })));
+        // Repaired or not, the store stays failed: no later call succeeds.
+        std::fs::create_dir(dir.path().join("blobs")).unwrap();
+        assert!(matches!(s.commit(&b), Err(StoreError::Poisoned)));
+        assert!(matches!(s.write(&b), Err(StoreError::Poisoned)));
+        assert!(matches!(s.flush(), Err(StoreError::Poisoned)));
     }
 
     #[test]

@@ -130,6 +130,7 @@ fn answer(body: &Req) -> Reply {
             durable: true,
             next_seq: 1,
             last_seq: 0,
+            ..Default::default()
         }),
         Req::Ack(a) => Reply::AckOk(pb::AckOk {
             next_seq: a.seqs.iter().copied().max().unwrap_or(0) + 1,
@@ -171,6 +172,7 @@ fn answer(body: &Req) -> Reply {
             name: "UNEXPECTED".into(),
             message: format!("the fake broker does not answer {other:?}"),
             fatal: false,
+            ..Default::default()
         }),
     }
 }

@@ -12,6 +12,10 @@
 //!
 //! `recovery_ms` is measured from spawning the process after a kill to the
 //! first successful ping on a fresh connection.
+//!
+//! With `--power-loss` the data directory is on a power-cut file system
+//! ([`crate::power_loss`]) and every kill is followed by a power cut: what
+//! the broker had not `fsync`ed is gone when it starts again.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -28,6 +32,7 @@ use crate::load::{
     self, audit_all, Ctx, Feed, JoinPlan, Publisher, SplitMix64, StartAt, Subscriber, Until,
 };
 use crate::payload::{self, Clock};
+use crate::power_loss::{CutTotals, PowerLoss};
 use crate::report::{self, group, MsSummary, Progress, Verdict};
 
 /// The chaos mode's command line.
@@ -88,6 +93,15 @@ pub struct ChaosArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Cut the power with every kill: the data directory is on a FUSE file
+    /// system that then drops everything not fsynced (needs /dev/fuse and
+    /// root).
+    #[arg(long)]
+    pub power_loss: bool,
+    /// With --power-loss: some 4 KiB sectors of unsynced overwrites survive
+    /// a cut (torn writes).
+    #[arg(long, requires = "power_loss")]
+    pub tear: bool,
 }
 
 impl ChaosArgs {
@@ -144,6 +158,9 @@ pub struct ChaosReport {
     pub redelivered: u64,
     pub lost: u64,
     pub lost_messages: u64,
+    /// Confirmed messages that a fresh reader of the room, after the final
+    /// restart, does not find at the seq they were confirmed with.
+    pub confirmed_lost: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
     pub gaps: u64,
@@ -160,6 +177,8 @@ pub struct ChaosReport {
     pub recovery_ms: MsSummary,
     /// Spawn after a kill → the "serving" log line, ms.
     pub serving_log_ms: MsSummary,
+    /// With --power-loss: what the cuts dropped.
+    pub power_loss: Option<CutTotals>,
     pub passed: bool,
     pub failures: Vec<String>,
 }
@@ -200,6 +219,10 @@ impl ChaosReport {
             self.serving_log_ms.max
         );
         println!(
+            "  confirmed messages not stored at the end {}",
+            group(self.confirmed_lost)
+        );
+        println!(
             "  lost {} ({} messages)  duplicates {}  out of order {}  gaps {}  mismatched {}  conflicts {}",
             self.lost,
             self.lost_messages,
@@ -209,6 +232,15 @@ impl ChaosReport {
             self.mismatched,
             self.conflicts + self.confirm_conflicts
         );
+        if let Some(p) = &self.power_loss {
+            println!(
+                "  power cuts {}   unsynced bytes dropped {}   torn sectors kept {}   directories reverted {}",
+                p.cuts,
+                group(p.dropped_bytes),
+                group(p.torn_sectors),
+                group(p.reverted_dirs)
+            );
+        }
         report::print_verdict(&Verdict {
             enabled: true,
             passed: self.passed,
@@ -284,6 +316,25 @@ async fn prefill(addr: &str, n: u64, ctx: &Arc<Ctx>, first_id: u32) -> anyhow::R
     Ok(confirmed)
 }
 
+/// Confirmed messages that the room (read in full by `readers`, one per
+/// room, in room order) does not hold at the seq they were confirmed with.
+fn confirmed_not_stored(publishers: &[Publisher], readers: &[Subscriber]) -> u64 {
+    let mut lost = 0;
+    for p in publishers {
+        let tracker = readers.get(p.room_index).and_then(|r| r.tracker.as_ref());
+        for (i, seq) in p.room_seqs.iter().enumerate() {
+            if *seq == 0 {
+                continue;
+            }
+            let key = payload::message_key(p.id, i as u64 + 1);
+            if tracker.is_none_or(|t| t.key_at(*seq) != key) {
+                lost += 1;
+            }
+        }
+    }
+    lost
+}
+
 /// Runs the chaos test.
 /// Joins every subscriber again (durable, resuming; a new member starts at
 /// the earliest message) and consumes until `until`. Each task gives the
@@ -327,13 +378,20 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     args.validate()?;
     let started = Instant::now();
     let hard_end = started + Duration::from_secs_f64(args.max_secs);
-    let dir = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix("roomq-chaos-")
         .tempdir()
         .context("creating a temporary data directory")?;
     let seed = args
         .seed
         .unwrap_or_else(|| u64::from(load::run_id()) << 16 ^ 0x5eed);
+    let (mut power, data_dir) = if args.power_loss {
+        let (p, data) = PowerLoss::mount(tmp.path(), args.tear, seed)?;
+        (Some(p), data)
+    } else {
+        (None, tmp.path().to_path_buf())
+    };
+    let dir = data_dir.as_path();
     let mut rng = SplitMix64(seed);
     let clock = Clock::new();
     let rooms = args.rooms as usize;
@@ -361,7 +419,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     let mut progress = Progress::new(!args.no_progress, Some(u64::from(args.cycles)), "cycles");
     let mut daemon = Daemon::start(
         &args.roomqd,
-        dir.path(),
+        dir,
         args.config.as_deref(),
         Duration::from_secs(30),
     )
@@ -392,7 +450,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             break;
         }
         if cycle > 0 {
-            let (d, recovery, serving) = restart(&args, dir.path()).await?;
+            let (d, recovery, serving) = restart(&args, dir).await?;
             daemon = d;
             recoveries.push(recovery);
             serving_lines.push(serving);
@@ -426,6 +484,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             );
         }
         daemon.kill9()?;
+        if let Some(p) = power.as_mut() {
+            p.cut().await?;
+        }
         for t in sub_tasks {
             let (s, ok) = tokio::time::timeout(Duration::from_secs(30), t)
                 .await
@@ -446,7 +507,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     }
 
     // The last restart, then drain everything the rooms hold.
-    let (d, recovery, serving) = restart(&args, dir.path()).await?;
+    let (d, recovery, serving) = restart(&args, dir).await?;
     daemon = d;
     recoveries.push(recovery);
     serving_lines.push(serving);
@@ -474,6 +535,30 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         drained_all &= ok;
         subscribers.push(s);
     }
+    // A fresh member per room reads everything the room holds: a
+    // confirmed message the room does not hold at its confirmed seq is lost,
+    // whatever the members saw before (after a power cut seqs can be given
+    // out again).
+    let mut readers = Vec::new();
+    for (r, room) in room_names.iter().enumerate() {
+        readers.push(Subscriber::new(
+            r,
+            room.clone(),
+            format!("chaos-audit-r{r}"),
+        )?);
+    }
+    let reader_tasks =
+        spawn_subscribers(&mut readers, &daemon, &ctx, Until::StoredAtJoin, ack_every);
+    for t in reader_tasks {
+        let (s, ok) = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .context("an audit reader did not finish")?
+            .context("an audit reader failed")?;
+        drained_all &= ok;
+        readers.push(s);
+    }
+    readers.sort_by_key(|s| s.room_index);
+    let confirmed_lost = confirmed_not_stored(&publishers, &readers);
     progress.finish();
     let mut stored = prefilled;
     let mut per_room = vec![0u64; rooms];
@@ -510,6 +595,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             args.cycles
         ));
     }
+    if confirmed_lost > 0 {
+        verdict.failures.push(format!(
+            "{confirmed_lost} confirmed messages are not stored at their confirmed seq"
+        ));
+    }
     if !drained_all {
         verdict
             .failures
@@ -532,6 +622,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         redelivered: totals.counts.redelivered,
         lost: totals.audit.lost,
         lost_messages: totals.lost_messages,
+        confirmed_lost,
         duplicates: totals.counts.duplicates,
         out_of_order: totals.counts.out_of_order,
         gaps: totals.counts.gaps,
@@ -544,10 +635,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         stored_messages: stored,
         recovery_ms: MsSummary::of(&recoveries),
         serving_log_ms: MsSummary::of(&serving_lines),
+        power_loss: power.as_ref().map(|p| p.totals),
         passed: verdict.passed,
         failures: verdict.failures,
         params: args,
     };
-    drop(dir);
+    if let Some(p) = power {
+        p.unmount()?;
+    }
+    drop(tmp);
     Ok(report)
 }

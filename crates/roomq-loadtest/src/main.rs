@@ -5,6 +5,7 @@
 //! roomq-loadtest --addr 127.0.0.1:7420 --publishers 4 --window 256 --size 128 --duration 10 --verify
 //! roomq-loadtest --rate 10000 --subscribers 1 --duration 30 --json w3.json
 //! roomq-loadtest chaos --roomqd target/release/roomqd --cycles 200 --json chaos.json
+//! roomq-loadtest chaos --roomqd target/release/roomqd --power-loss --cycles 100
 //! ```
 //!
 //! Open-loop runs (`--rate`) measure latency from each message's intended
@@ -19,6 +20,7 @@
 //! - `load`: publishers, subscribers and the load run.
 //! - `daemon`: a `roomqd` child process.
 //! - `chaos`: kill -9 cycles.
+//! - `power_loss`: `chaos --power-loss`, a power cut with every kill.
 //! - `report`: histograms, live counters, the JSON report and the summary.
 
 mod chaos;
@@ -26,6 +28,7 @@ mod daemon;
 mod load;
 mod pacer;
 mod payload;
+mod power_loss;
 mod report;
 mod verify;
 
@@ -56,7 +59,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start roomqd on a temporary directory and kill -9 it at random
-    /// moments under load, checking that no confirmed message is lost.
+    /// moments under load (with --power-loss: and cut the power), checking
+    /// that no confirmed message is lost.
     Chaos(chaos::ChaosArgs),
 }
 
