@@ -105,6 +105,8 @@ pub async fn serve<S, W, F>(
             return;
         }
         Err(Some((code, message))) => {
+            tenants.metrics.handshake_refused(code);
+            tenants.metrics.error_sent(code as u32);
             return refuse(
                 &mut write_half,
                 &mut framing,
@@ -113,7 +115,7 @@ pub async fn serve<S, W, F>(
                 message,
                 &config,
             )
-            .await
+            .await;
         }
     };
     let pending = limits.max_pending_requests as usize;
@@ -127,6 +129,7 @@ pub async fn serve<S, W, F>(
         kill.clone(),
         info.id,
         config.clone(),
+        tenants.metrics.clone(),
     ));
 
     let ok = pb::ServerFrame {
@@ -515,6 +518,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
     kill: CancellationToken,
     session: Uuid,
     config: Arc<Config>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let limits = &config.limits;
     let max_frame = limits.max_frame();
@@ -543,6 +547,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
             match out {
                 Outbound::Reply { frame, permit } => {
                     if let Some(pb::server_frame::Body::Error(e)) = &frame.body {
+                        metrics.error_sent(e.code);
                         if e.fatal {
                             closing = true;
                             if let Some(code) = e.error_code() {
@@ -615,6 +620,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
                         write_timeout_ms = limits.write_timeout_ms,
                         "client is not reading; disconnecting (slow consumer)"
                     );
+                    metrics.slow_consumer_disconnects.inc();
                     writable = false;
                     kill.cancel();
                     break 'outer;
@@ -636,6 +642,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
                     write_timeout_ms = limits.write_timeout_ms,
                     "client is not reading; disconnecting (slow consumer)"
                 );
+                metrics.slow_consumer_disconnects.inc();
                 writable = false;
                 kill.cancel();
                 break 'outer;

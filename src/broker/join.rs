@@ -14,6 +14,7 @@ use super::dead_letter;
 use super::room::{Consumer, GroupMode, Member, MemberKey};
 use super::{error_frame, Broker, PendingConfirm, PendingReply};
 use crate::config::Limits;
+use crate::metrics::Quota;
 use crate::storage::RoomId;
 
 /// Longest ack timeout a member may ask for: one day.
@@ -162,6 +163,7 @@ impl Broker {
                 "a session may hold {} memberships",
                 self.config.limits.max_memberships_per_session
             );
+            entry.info.tenant.metrics.quota_refused(Quota::Memberships);
             return self.reply_error(session, request_id, permit, ErrorCode::QuotaExceeded, msg);
         }
         let name: Option<Arc<str>> = if req.label.is_empty() {
@@ -339,6 +341,7 @@ impl Broker {
                 reply: PendingReply::Frame(frame),
                 permit,
                 then_pump: Some((room_id, key)),
+                received: None,
             });
         } else {
             self.reply(session, frame, Some(permit));

@@ -15,6 +15,7 @@ use super::{
     now_ms, outlet, ActorOutlet, Broker, DedupState, PendingConfirm, PendingReply, SessionInfo,
 };
 use crate::config::Limits;
+use crate::metrics::Quota;
 use crate::storage::{Extra, MessageInfo, RoomId, StoredMessage};
 use crate::tenancy::middleware::PublishCtx;
 use crate::tenancy::Verdict;
@@ -318,6 +319,8 @@ impl Broker {
             return;
         };
         let namespace = entry.info.namespace.clone();
+        let tenant = entry.info.tenant.clone();
+        let mut delivered = 0;
         let msg = Arc::new(req.message(session, entry.info.client_id.clone()));
         let mut served = Vec::new();
         for name in &req.rooms {
@@ -329,6 +332,10 @@ impl Broker {
             };
             let mut out: ActorOutlet<'_> = outlet!(self);
             room.volatile(&msg, &mut served, &mut out);
+            delivered += out.tally.delivered;
+        }
+        if delivered > 0 && self.metrics.enabled {
+            tenant.metrics.deliveries.inc_by(delivered);
         }
         let seqs: super::Seqs = Arc::from(Vec::new());
         let volatile = pb::Durability::Volatile;
@@ -357,12 +364,14 @@ impl Broker {
             let key = (namespace.clone(), id);
             match self.dedup.get_mut(&key) {
                 Some(DedupState::Stored { seqs }) => {
+                    tenant.metrics.duplicates.inc();
                     let seqs = seqs.clone();
                     let sync = pb::Durability::Sync;
                     self.confirm_publish(session, request_id, seqs, true, sync, permit);
                     return;
                 }
                 Some(DedupState::Pending { waiters, .. }) => {
+                    tenant.metrics.duplicates.inc();
                     waiters.push((session, request_id, permit));
                     return;
                 }
@@ -400,6 +409,7 @@ impl Broker {
                 "namespace {} stores {stored} of its {max_stored} bytes; this message needs {adding}",
                 tenant.name
             );
+            tenant.metrics.quota_refused(Quota::StoredBytes);
             return self.reply_error(session, request_id, permit, ErrorCode::QuotaExceeded, msg);
         }
         let mut seqs = Vec::with_capacity(req.rooms.len());
@@ -414,9 +424,12 @@ impl Broker {
                 stored.push((room_id, seq));
             }
         }
-        tenant
-            .usage
-            .add_stored(size * stored.len() as u64, stored.len() as u64);
+        let (bytes, count) = (size * stored.len() as u64, stored.len() as u64);
+        tenant.usage.add_stored(bytes, count);
+        if self.metrics.enabled {
+            tenant.metrics.published.inc_by(count);
+            tenant.metrics.stored_bytes.inc_by(bytes);
+        }
         let seqs: super::Seqs = seqs.into();
         if let Some(id) = req.dedup {
             let key = (namespace.clone(), id);
@@ -447,6 +460,7 @@ impl Broker {
             reply: PendingReply::Confirm { request_id, seqs },
             permit,
             then_pump: None,
+            received: self.metrics.enabled.then(tokio::time::Instant::now),
         });
     }
 }

@@ -18,6 +18,7 @@ use roomq_wire::ErrorCode;
 
 use super::{pattern, Tenant};
 use crate::broker::SessionInfo;
+use crate::metrics::Quota;
 
 /// A hook's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,10 +249,13 @@ impl Middleware for QuotaGuard {
                 ctx.setup.holds.push(Box::new(slot));
                 Verdict::Allow
             }
-            None => quota(format!(
-                "namespace {} has its maximum of {max} connections",
-                ctx.tenant.name
-            )),
+            None => {
+                ctx.tenant.metrics.quota_refused(Quota::Connections);
+                quota(format!(
+                    "namespace {} has its maximum of {max} connections",
+                    ctx.tenant.name
+                ))
+            }
         }
     }
 
@@ -260,12 +264,14 @@ impl Middleware for QuotaGuard {
         let q = &policy.quotas;
         let size = ctx.message_bytes();
         if q.max_message_bytes > 0 && size > u64::from(q.max_message_bytes) {
+            ctx.tenant.metrics.quota_refused(Quota::MessageBytes);
             return quota(format!(
                 "message of {size} bytes; namespace {} allows {}",
                 ctx.tenant.name, q.max_message_bytes
             ));
         }
         if !ctx.tenant.take_publish_tokens(q, ctx.rooms.len() as u32) {
+            ctx.tenant.metrics.quota_refused(Quota::PublishRate);
             return quota(format!(
                 "namespace {} is over its rate of {} publishes per second",
                 ctx.tenant.name, q.publish_rate
