@@ -28,13 +28,42 @@ use roomq_wire::{pb, ErrorCode};
 /// The `namespace` label shared by namespaces beyond the cap.
 pub const OTHER_NAMESPACE: &str = "_other";
 
-/// Why a message was dead-lettered (the `reason` label).
+/// Why a message was dead-lettered (the `reason` label): how its last
+/// delivery came back.
 #[derive(Debug, Clone, Copy)]
 pub enum DeadReason {
-    /// Its deliveries ran out without an ack (ack timeouts, disconnects).
-    Unacked,
-    /// Its deliveries ran out and the last one was nacked.
+    /// Its ack timeout ran out.
+    AckTimeout,
+    /// Its consumer left (disconnected, or left the room) holding it.
+    ConsumerLeft,
+    /// It was nacked.
     Nacked,
+}
+
+impl DeadReason {
+    const ALL: [DeadReason; 3] = [
+        DeadReason::AckTimeout,
+        DeadReason::ConsumerLeft,
+        DeadReason::Nacked,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::AckTimeout => "ack_timeout",
+            DeadReason::ConsumerLeft => "consumer_left",
+            DeadReason::Nacked => "nacked",
+        }
+    }
+
+    /// From the reason the room logic recorded with the last hand-back:
+    /// its own words for a timeout or a departure, a client's for a nack.
+    pub fn of(reason: Option<&str>) -> DeadReason {
+        match reason {
+            None | Some("ack timeout") => DeadReason::AckTimeout,
+            Some("consumer left") => DeadReason::ConsumerLeft,
+            Some(_) => DeadReason::Nacked,
+        }
+    }
 }
 
 /// Which quota refused a request (the `quota` label).
@@ -83,23 +112,22 @@ pub struct NamespaceMetrics {
     pub acks: IntCounter,
     pub nacks: IntCounter,
     pub expired: IntCounter,
-    dead_unacked: IntCounter,
-    dead_nacked: IntCounter,
+    /// By [`DeadReason`].
+    dead: [IntCounter; 3],
     /// `roomq_quota_refusals_total` by quota (not by namespace).
     quota: [IntCounter; 6],
 }
 
 impl NamespaceMetrics {
-    pub fn dead_lettered(&self, reason: DeadReason) -> &IntCounter {
-        match reason {
-            DeadReason::Unacked => &self.dead_unacked,
-            DeadReason::Nacked => &self.dead_nacked,
+    pub fn dead_lettered(&self, reason: DeadReason) {
+        if let Some(c) = self.dead.get(reason as usize) {
+            c.inc();
         }
     }
 
     /// Messages dead-lettered, whatever the reason.
     pub fn dead_lettered_total(&self) -> u64 {
-        self.dead_unacked.get() + self.dead_nacked.get()
+        self.dead.iter().map(IntCounter::get).sum()
     }
 
     /// Counts a request refused by `quota`.
@@ -388,8 +416,8 @@ impl Metrics {
             acks,
             nacks,
             expired,
-            dead_unacked: self.dead_lettered.with_label_values(&[&label, "unacked"]),
-            dead_nacked: self.dead_lettered.with_label_values(&[&label, "nacked"]),
+            dead: DeadReason::ALL
+                .map(|r| self.dead_lettered.with_label_values(&[&label, r.as_str()])),
             quota: Quota::ALL.map(|q| self.quota_refusals.with_label_values(&[q.as_str()])),
             label: label.clone(),
         });

@@ -99,11 +99,8 @@ impl Broker {
         let seq = self.append(target_id, StoredMessage::new(0, encoded));
         if let Some(t) = self.tenants.get(&namespace) {
             t.usage.add_stored(size, 1);
-            let why = match dead.reason {
-                Some(_) => crate::metrics::DeadReason::Nacked,
-                None => crate::metrics::DeadReason::Unacked,
-            };
-            t.metrics.dead_lettered(why).inc();
+            let why = crate::metrics::DeadReason::of(dead.reason.as_deref());
+            t.metrics.dead_lettered(why);
         }
         info!(
             namespace = %namespace,
