@@ -36,6 +36,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub tls: TlsConfig,
     pub http: HttpConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// One tenant (`[namespaces."/orders"]`).
@@ -324,6 +325,36 @@ impl Default for HttpConfig {
     }
 }
 
+/// `/metrics` and the figures behind it (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` and count per-message figures. Off: `/metrics`
+    /// answers 404 and the per-message counters and histograms are not
+    /// touched (`roomq stats` then shows zeros for them).
+    pub enabled: bool,
+    /// A bearer token `/metrics` requires (`Authorization: Bearer ...`).
+    /// Empty: no token, and then only loopback peers may scrape.
+    pub token: String,
+    /// Rooms `roomq_room_backlog_messages` shows, those with the largest
+    /// backlog at scrape time.
+    pub max_room_series: u32,
+    /// Namespaces with a `namespace` label value of their own; the rest
+    /// share `_other`.
+    pub max_namespace_series: u32,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            token: String::new(),
+            max_room_series: 100,
+            max_namespace_series: 100,
+        }
+    }
+}
+
 impl HttpConfig {
     /// The listener's address, or `None` when it is off. Checked by
     /// [`Config::validate`].
@@ -344,6 +375,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -449,7 +481,16 @@ impl Config {
         let s = &self.storage;
         let t = &self.tls;
         let h = &self.http;
-        let checks: [(bool, &str); 22] = [
+        let m = &self.metrics;
+        let checks: [(bool, &str); 24] = [
+            (
+                m.max_room_series <= 10_000,
+                "metrics.max_room_series must be at most 10000",
+            ),
+            (
+                (1..=10_000).contains(&m.max_namespace_series),
+                "metrics.max_namespace_series must be between 1 and 10000",
+            ),
             (
                 h.listen.trim().is_empty() || h.addr().is_some(),
                 "http.listen must be an address such as 127.0.0.1:7421, or empty to turn it off",

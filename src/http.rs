@@ -1,6 +1,6 @@
 //! The HTTP listener: `GET /ws` upgrades to a WebSocket that carries the
 //! same protocol as the TCP listener, `/healthz` and `/readyz` answer load
-//! balancers, and `/` serves the web page embedded in the binary (or the
+//! balancers, `/metrics` answers Prometheus, and `/` serves the web page embedded in the binary (or the
 //! files of `http.static_dir`).
 //!
 //! HTTP/1.1 is served by hyper; the WebSocket upgrade and frames by
@@ -235,7 +235,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<HttpShared>, stop: Cancell
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    info!(http = %local, tls = shared.tls.is_some(), "HTTP listener serving /ws, /healthz, /readyz");
+    info!(http = %local, tls = shared.tls.is_some(), "HTTP listener serving /ws, /healthz, /readyz, /metrics");
     // Connections are tracked here and stop with `stop`; sessions on
     // upgraded connections are the broker's (`shared.tracker`).
     let connections = TaskTracker::new();
@@ -360,6 +360,7 @@ async fn route(req: Request<Incoming>, conn: &Arc<Conn>) -> Response<Body> {
             r
         }
         (&Method::GET, "/ws") => upgrade(req, conn),
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics(req.headers(), conn).await,
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
             if conn.shared.readiness.is_ready() {
@@ -391,6 +392,69 @@ async fn route(req: Request<Incoming>, conn: &Arc<Conn>) -> Response<Body> {
         HeaderValue::from_static("no-referrer"),
     );
     response
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in
+/// constant time).
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
+}
+
+/// `/metrics`: the Prometheus text exposition. With `metrics.token` set, a
+/// request must carry it as a bearer token; without one, only loopback
+/// peers are answered. The broker actor takes a snapshot for the gauges
+/// of its tables; counters and histograms are read from the registry.
+async fn metrics(headers: &HeaderMap, conn: &Conn) -> Response<Body> {
+    let shared = &conn.shared;
+    let settings = &shared.config.metrics;
+    if !settings.enabled {
+        return text(StatusCode::NOT_FOUND, "metrics are off (metrics.enabled)\n");
+    }
+    if settings.token.is_empty() {
+        if !conn.peer.ip().is_loopback() {
+            info!(peer = %conn.peer, "/metrics refused: no metrics.token set, and the peer is not loopback");
+            return text(
+                StatusCode::FORBIDDEN,
+                "set metrics.token to scrape from another host\n",
+            );
+        }
+    } else if !bearer_matches(headers, &settings.token) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"roomq metrics\""),
+        );
+        return r;
+    }
+    let registry = &shared.tenants.metrics;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let cmd = crate::broker::Command::Stats {
+        max_rooms: registry.max_room_series(),
+        order: roomq_wire::pb::StatsOrder::Backlog,
+        reply: tx,
+    };
+    let asked = shared.broker.send(cmd).await.is_ok();
+    match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(stats)) if asked => registry.update(&stats),
+        _ => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the broker did not answer\n",
+            )
+        }
+    }
+    match registry.encode() {
+        Ok((body, _)) => bytes_response(StatusCode::OK, prometheus::TEXT_FORMAT, Bytes::from(body)),
+        Err(e) => {
+            warn!(error = %e, "metrics not encoded");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {

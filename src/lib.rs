@@ -15,8 +15,10 @@
 //! - [`tls`]: the optional TLS acceptor and the per-connection TLS handshake.
 //! - [`transport`]: what a session needs from a transport (frames in, bytes
 //!   out); the length-prefixed TCP framing.
-//! - [`http`]: the HTTP listener: `/ws`, `/healthz`, `/readyz`, the web page.
+//! - [`http`]: the HTTP listener: `/ws`, `/healthz`, `/readyz`, `/metrics`,
+//!   the web page.
 //! - [`ws`]: the WebSocket transport behind `/ws`.
+//! - [`metrics`]: the Prometheus registry behind `/metrics` and `roomq stats`.
 
 // Request checks return the wire's `pb::Error` (about 150 bytes since it
 // names memberships, quotas and seqs) on the refusal path only, once per
@@ -28,6 +30,7 @@
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod storage;

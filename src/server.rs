@@ -248,6 +248,11 @@ impl Server {
             }
         };
         let broker_task = tokio::spawn(broker.run(rx, shutdown.clone()));
+        tokio::spawn(measure_disk(
+            tenants.metrics.clone(),
+            config.data_dir.clone(),
+            shutdown.clone(),
+        ));
         readiness.set(READY);
         let lifecycle = Lifecycle {
             http_addr,
@@ -268,6 +273,27 @@ impl Server {
             shutdown,
         )
         .await
+    }
+}
+
+/// Sets `roomq_storage_bytes` from the data directory every few seconds
+/// until `shutdown`.
+async fn measure_disk(
+    metrics: Arc<crate::metrics::Metrics>,
+    dir: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let d = dir.clone();
+        if let Ok(n) = tokio::task::spawn_blocking(move || crate::metrics::dir_bytes(&d)).await {
+            metrics
+                .storage_bytes
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
     }
 }
 

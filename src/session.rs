@@ -105,7 +105,10 @@ pub async fn serve<S, W, F>(
             return;
         }
         Err(Some(error)) => {
-            return refuse(&mut write_half, &mut framing, &mut frames, error, &config).await
+            let code = error.error_code().unwrap_or(ErrorCode::Internal);
+            tenants.metrics.handshake_refused(code);
+            tenants.metrics.error_sent(error.code);
+            return refuse(&mut write_half, &mut framing, &mut frames, error, &config).await;
         }
     };
     let pending = limits.max_pending_requests as usize;
@@ -119,6 +122,7 @@ pub async fn serve<S, W, F>(
         kill.clone(),
         info.id,
         config.clone(),
+        tenants.metrics.clone(),
     ));
 
     let ok = pb::ServerFrame {
@@ -511,6 +515,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
     kill: CancellationToken,
     session: Uuid,
     config: Arc<Config>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let limits = &config.limits;
     let max_frame = limits.max_frame();
@@ -539,6 +544,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
             match out {
                 Outbound::Reply { frame, permit } => {
                     if let Some(pb::server_frame::Body::Error(e)) = &frame.body {
+                        metrics.error_sent(e.code);
                         if e.fatal {
                             closing = true;
                             if let Some(code) = e.error_code() {
@@ -611,6 +617,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
                         write_timeout_ms = limits.write_timeout_ms,
                         "client is not reading; disconnecting (slow consumer)"
                     );
+                    metrics.slow_consumer_disconnects.inc();
                     writable = false;
                     kill.cancel();
                     break 'outer;
@@ -632,6 +639,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
                     write_timeout_ms = limits.write_timeout_ms,
                     "client is not reading; disconnecting (slow consumer)"
                 );
+                metrics.slow_consumer_disconnects.inc();
                 writable = false;
                 kill.cancel();
                 break 'outer;

@@ -89,6 +89,9 @@ impl Broker {
             return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
         }
         let next_seq = member.ack_floor();
+        if let Some(s) = self.sessions.get(&session) {
+            s.info.tenant.metrics.acks.inc();
+        }
         if member.durable {
             self.dirty.insert((room_id, key.clone()));
         }

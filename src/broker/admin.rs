@@ -32,7 +32,13 @@ pub enum AdminReq {
     PurgeRoom(String, String),
     Kick(Uuid),
     Redrive(String, String, u32),
+    /// The broker's figures: at most this many rooms, in this order.
+    Stats(u32, pb::StatsOrder),
 }
+
+/// Most rooms one `Stats` reply lists (each takes up to about 600 bytes, so
+/// the reply stays well within the default frame limit).
+pub const MAX_STATS_ROOMS: u32 = 1000;
 
 fn bad(code: ErrorCode, e: impl ToString) -> pb::Error {
     pb::Error::new(code, e.to_string())
@@ -70,6 +76,15 @@ pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
     Ok(match op {
         Op::Redrive(r) => AdminReq::Redrive(namespace(&r.namespace)?, room(&r.room)?, r.max),
         Op::ListNamespaces(_) => AdminReq::ListNamespaces,
+        Op::Stats(s) => {
+            let order = pb::StatsOrder::try_from(s.order).map_err(|_| {
+                bad(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown stats order {}", s.order),
+                )
+            })?;
+            AdminReq::Stats(s.max_rooms.min(MAX_STATS_ROOMS), order)
+        }
         Op::ListRooms(r) if r.namespace.is_empty() => AdminReq::ListRooms(None),
         Op::ListRooms(r) => AdminReq::ListRooms(Some(namespace(&r.namespace)?)),
         Op::CreateNamespace(c) => {
@@ -195,8 +210,22 @@ impl Broker {
         permit: RequestSlot,
         req: AdminReq,
     ) {
-        info!(session = %session, request = ?req, "admin request");
+        if !matches!(req, AdminReq::Stats(..)) {
+            // (`roomq top` asks for stats every second.)
+            info!(session = %session, request = ?req, "admin request");
+        }
         let result = match req {
+            AdminReq::Stats(max_rooms, order) => {
+                let max_rooms = match max_rooms {
+                    0 => self.metrics.max_room_series(),
+                    n => n as usize,
+                };
+                let body = pb::AdminOk {
+                    stats: Some(self.stats(max_rooms, order)),
+                    ..Default::default()
+                };
+                return self.reply(session, ok(request_id, body), Some(permit));
+            }
             AdminReq::ListNamespaces => {
                 let namespaces = self
                     .tenants
@@ -292,6 +321,7 @@ impl Broker {
                     reply: PendingReply::Frame(ok(request_id, body)),
                     permit,
                     then_pump: None,
+                    received: None,
                 });
             }
             Err(e) => {

@@ -49,9 +49,10 @@ impl Broker {
     /// Stores `dead`, given up on by a member of `room_id`, in the room's
     /// dead-letter room.
     pub(super) fn dead_letter(&mut self, room_id: RoomId, dead: DeadLetter) {
-        let Some(room) = self.rooms.get(&room_id) else {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
+        room.dead_lettered += 1;
         let namespace = room.namespace.clone();
         let origin = room.name.clone();
         let Some(target) = room_of(&origin) else {
@@ -98,6 +99,8 @@ impl Broker {
         let seq = self.append(target_id, StoredMessage::new(0, encoded));
         if let Some(t) = self.tenants.get(&namespace) {
             t.usage.add_stored(size, 1);
+            let why = crate::metrics::DeadReason::of(dead.reason.as_deref());
+            t.metrics.dead_lettered(why);
         }
         info!(
             namespace = %namespace,

@@ -14,6 +14,7 @@ use super::dead_letter;
 use super::room::{Consumer, GroupMode, Member, MemberKey};
 use super::{Broker, PendingConfirm, PendingReply};
 use crate::config::Limits;
+use crate::metrics::Quota;
 use crate::storage::RoomId;
 
 /// Longest ack timeout a member may ask for: one day.
@@ -162,6 +163,7 @@ impl Broker {
                 "a session may hold {} memberships",
                 self.config.limits.max_memberships_per_session
             );
+            entry.info.tenant.metrics.quota_refused(Quota::Memberships);
             let e = pb::Error::new(ErrorCode::QuotaExceeded, msg)
                 .with_quota("max_memberships_per_session");
             return self.refuse(session, request_id, permit, e);
@@ -349,6 +351,7 @@ impl Broker {
                 reply: PendingReply::Frame(frame),
                 permit,
                 then_pump: Some((room_id, key)),
+                received: None,
             });
         } else {
             self.reply(session, frame, Some(permit));

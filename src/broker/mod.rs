@@ -15,6 +15,7 @@
 //!   actor's handling.
 //! - [`dead_letter`]: dead-lettering and redrive; [`retention`]: the
 //!   retention sweep and the trim path it shares with purge and redrive.
+//! - [`stats`]: the figures behind `/metrics` and the admin `Stats` op.
 
 pub mod ack;
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod nack;
 pub mod publish;
 pub mod retention;
 pub mod room;
+pub mod stats;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -157,6 +159,12 @@ pub enum Command {
     },
     /// A session whose queue was full has drained.
     Writable { session: Uuid },
+    /// A snapshot of the broker's figures (for `/metrics`).
+    Stats {
+        max_rooms: usize,
+        order: pb::StatsOrder,
+        reply: oneshot::Sender<pb::BrokerStats>,
+    },
 }
 
 /// The [`ActorOutlet`] over the broker's sessions, store and timers (a
@@ -169,6 +177,12 @@ macro_rules! outlet {
             timers: &mut $broker.timers,
             gen: &mut $broker.timer_gen,
             reserve: $broker.config.limits.max_pending_requests as usize + 8,
+            lag: $broker
+                .metrics
+                .enabled
+                .then_some(&$broker.metrics.delivery_lag),
+            wall_ms: $crate::broker::now_ms(),
+            tally: $crate::broker::DeliveryTally::default(),
         }
     };
 }
@@ -261,6 +275,8 @@ struct PendingConfirm {
     permit: RequestSlot,
     /// A member to start delivering to once the reply is out.
     then_pump: Option<(RoomId, MemberKey)>,
+    /// When the broker took the publish (for `roomq_publish_confirm_seconds`).
+    received: Option<Instant>,
 }
 
 /// Where a dedup id stands.
@@ -328,6 +344,8 @@ pub struct Broker {
     next_retention: Instant,
     /// Some namespace has retention rules.
     retention_active: bool,
+    metrics: Arc<crate::metrics::Metrics>,
+    started: Instant,
 }
 
 /// Milliseconds since the Unix epoch, as the broker keeps time: the wall
@@ -385,7 +403,10 @@ impl Broker {
             }
         }
         tenants.restore(stored_namespaces);
+        let metrics = tenants.metrics.clone();
         let mut broker = Broker {
+            metrics,
+            started: Instant::now(),
             config: config.clone(),
             store,
             tenants,
@@ -692,6 +713,13 @@ impl Broker {
                     Request::Admin(r) => self.admin(session, request_id, permit, r),
                 }
             }
+            Command::Stats {
+                max_rooms,
+                order,
+                reply,
+            } => {
+                let _ = reply.send(self.stats(max_rooms, order));
+            }
             Command::Writable { session } => {
                 let members: Vec<(RoomId, MemberKey)> = match self.sessions.get(&session) {
                     Some(s) => s.memberships.values().cloned().collect(),
@@ -880,6 +908,7 @@ impl Broker {
         let rooms = self.room_count(&tenant.name);
         let max = policy.quotas.max_rooms as usize;
         if rooms + missing.len() > max {
+            tenant.metrics.quota_refused(crate::metrics::Quota::Rooms);
             return Err(pb::Error::new(
                 ErrorCode::QuotaExceeded,
                 format!("namespace {} has its maximum of {max} rooms", tenant.name),
@@ -919,7 +948,14 @@ impl Broker {
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
-        let pumped = room.pump(key, clock_now(), &mut outlet!(self));
+        let mut out = outlet!(self);
+        let pumped = room.pump(key, clock_now(), &mut out);
+        let tally = out.tally;
+        room.redelivered += tally.redelivered;
+        if tally.delivered > 0 || pumped.expired > 0 {
+            let namespace = room.namespace.clone();
+            self.count_deliveries(&namespace, tally, pumped.expired);
+        }
         if pumped.changed && !matches!(key, MemberKey::Ephemeral(..)) {
             self.dirty.insert((room_id, key.clone()));
         }
@@ -1070,6 +1106,15 @@ impl Broker {
         let done = self.committing.take().unwrap_or_default();
         match outcome {
             CommitOutcome::Done(flushed, batch) => {
+                if self.metrics.enabled {
+                    // The write and the sync, as the actor sees them end.
+                    let took = self.commit_started.elapsed();
+                    self.metrics.commit_flush.observe(took.as_secs_f64());
+                    let messages: usize = batch.appends.iter().map(|(_, m)| m.len()).sum();
+                    if messages > 0 {
+                        self.metrics.commit_batch.observe(messages as f64);
+                    }
+                }
                 self.unsynced_since = None;
                 self.confirm(&flushed, batch, done);
             }
@@ -1113,6 +1158,7 @@ impl Broker {
                     },
                     permit,
                     then_pump: None,
+                    received: None,
                 });
             }
         }
@@ -1152,7 +1198,14 @@ impl Broker {
             }
         }
         let mut joined = Vec::new();
+        let metrics = self.metrics.clone();
+        let confirm_time = metrics
+            .enabled
+            .then(|| (&metrics.publish_confirm, Instant::now()));
         for c in done.confirms {
+            if let (Some((h, now)), Some(received)) = (confirm_time, c.received) {
+                h.observe(now.saturating_duration_since(received).as_secs_f64());
+            }
             match c.reply {
                 PendingReply::Frame(frame) => self.reply(c.session, frame, Some(c.permit)),
                 PendingReply::Confirm {
@@ -1240,6 +1293,15 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// Deliveries one outlet handed out, counted into the namespace's
+/// counters once per pump rather than once per message.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DeliveryTally {
+    /// Every delivery, redeliveries included.
+    delivered: u64,
+    redelivered: u64,
+}
+
 /// The actor's [`Outlet`]: session queues, the store, the timer heap.
 struct ActorOutlet<'a> {
     sessions: &'a mut HashMap<Uuid, SessionEntry>,
@@ -1248,6 +1310,11 @@ struct ActorOutlet<'a> {
     gen: &'a mut u64,
     /// Queue slots kept free for replies.
     reserve: usize,
+    /// `roomq_delivery_lag_seconds`, when metrics are on.
+    lag: Option<&'a prometheus::Histogram>,
+    /// The broker's clock when the outlet was made (for the lag).
+    wall_ms: u64,
+    tally: DeliveryTally,
 }
 
 impl ActorOutlet<'_> {
@@ -1285,7 +1352,19 @@ impl Outlet for ActorOutlet<'_> {
             volatile: to.volatile,
             msg: msg.clone(),
         };
-        self.offer(to.session, out)
+        let (attempt, redelivered, volatile) = (to.attempt, to.redelivered, to.volatile);
+        if !self.offer(to.session, out) {
+            return false;
+        }
+        self.tally.delivered += 1;
+        if redelivered {
+            self.tally.redelivered += 1;
+        }
+        if let Some(h) = self.lag.filter(|_| attempt == 1 && !volatile) {
+            let ms = self.wall_ms.saturating_sub(msg.info.timestamp_ms);
+            h.observe(ms as f64 / 1000.0);
+        }
+        true
     }
 
     fn gap(&mut self, session: Uuid, room: &Arc<str>, label: &Arc<str>, gap: Gap) -> bool {

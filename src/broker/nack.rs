@@ -115,6 +115,9 @@ impl Broker {
         if !matches!(key, super::room::MemberKey::Ephemeral(..)) {
             self.dirty.insert((room_id, key.clone()));
         }
+        if let Some(s) = self.sessions.get(&session) {
+            s.info.tenant.metrics.nacks.inc();
+        }
         let frame = pb::ServerFrame {
             request_id,
             body: Some(pb::server_frame::Body::NackOk(pb::NackOk {})),

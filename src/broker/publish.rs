@@ -15,6 +15,7 @@ use super::{
     now_ms, outlet, ActorOutlet, Broker, DedupState, PendingConfirm, PendingReply, SessionInfo,
 };
 use crate::config::Limits;
+use crate::metrics::Quota;
 use crate::storage::{Extra, MessageInfo, RoomId, StoredMessage};
 use crate::tenancy::middleware::PublishCtx;
 
@@ -317,6 +318,8 @@ impl Broker {
             return;
         };
         let namespace = entry.info.namespace.clone();
+        let tenant = entry.info.tenant.clone();
+        let mut delivered = 0;
         let msg = Arc::new(req.message(session, entry.info.client_id.clone()));
         let mut served = Vec::new();
         for name in &req.rooms {
@@ -328,6 +331,10 @@ impl Broker {
             };
             let mut out: ActorOutlet<'_> = outlet!(self);
             room.volatile(&msg, &mut served, &mut out);
+            delivered += out.tally.delivered;
+        }
+        if delivered > 0 && self.metrics.enabled {
+            tenant.metrics.deliveries.inc_by(delivered);
         }
         let seqs: super::Seqs = Arc::from(Vec::new());
         let volatile = pb::Durability::Volatile;
@@ -356,6 +363,7 @@ impl Broker {
             let key = (namespace.clone(), id);
             match self.dedup.get_mut(&key) {
                 Some(DedupState::Stored { seqs }) => {
+                    tenant.metrics.duplicates.inc();
                     let seqs = seqs.clone();
                     if self.unsynced_since.is_some() {
                         // The original may be written but not yet synced
@@ -370,6 +378,7 @@ impl Broker {
                             },
                             permit,
                             then_pump: None,
+                            received: None,
                         });
                         return;
                     }
@@ -378,6 +387,7 @@ impl Broker {
                     return;
                 }
                 Some(DedupState::Pending { waiters, .. }) => {
+                    tenant.metrics.duplicates.inc();
                     waiters.push((session, request_id, permit));
                     return;
                 }
@@ -410,6 +420,7 @@ impl Broker {
                 "namespace {} stores {stored} of its {max_stored} bytes; this message needs {adding}",
                 tenant.name
             );
+            tenant.metrics.quota_refused(Quota::StoredBytes);
             let e = pb::Error::new(ErrorCode::QuotaExceeded, msg).with_quota("max_stored_bytes");
             return self.refuse(session, request_id, permit, e);
         }
@@ -425,9 +436,12 @@ impl Broker {
                 stored.push((room_id, seq));
             }
         }
-        tenant
-            .usage
-            .add_stored(size * stored.len() as u64, stored.len() as u64);
+        let (bytes, count) = (size * stored.len() as u64, stored.len() as u64);
+        tenant.usage.add_stored(bytes, count);
+        if self.metrics.enabled {
+            tenant.metrics.published.inc_by(count);
+            tenant.metrics.stored_bytes.inc_by(bytes);
+        }
         let seqs: super::Seqs = seqs.into();
         if let Some(id) = req.dedup {
             let key = (namespace.clone(), id);
@@ -462,6 +476,7 @@ impl Broker {
             },
             permit,
             then_pump: None,
+            received: self.metrics.enabled.then(tokio::time::Instant::now),
         });
     }
 }

@@ -726,6 +726,8 @@ pub struct Pumped {
     /// The member's stored cursor changed.
     pub changed: bool,
     pub dead: Vec<DeadLetter>,
+    /// Messages dropped for the member because their TTL ran out.
+    pub expired: u64,
 }
 
 /// Most messages one member keeps waiting for their deliver-at time.
@@ -751,6 +753,10 @@ pub struct Room {
     /// Bytes of the stored messages (assigned ones included).
     pub stored_bytes: u64,
     pub rate: RateMeter,
+    /// Redeliveries handed out since the room was loaded (for stats).
+    pub redelivered: u64,
+    /// Messages of this room moved to its dead-letter room, likewise.
+    pub dead_lettered: u64,
 }
 
 /// Messages stored per second, over the last full second.
@@ -811,6 +817,8 @@ impl Room {
             first_seq: 1,
             stored_bytes: 0,
             rate: RateMeter::new(),
+            redelivered: 0,
+            dead_lettered: 0,
         }
     }
 
@@ -931,7 +939,9 @@ impl Room {
                 continue;
             };
             let attempts = entry.attempts;
-            if expired(&msg, now) || member.skips(&msg) {
+            let dropped = expired(&msg, now);
+            done.expired += u64::from(dropped);
+            if dropped || member.skips(&msg) {
                 member.remove(seq);
                 done.changed = true;
                 continue;
@@ -1016,7 +1026,9 @@ impl Room {
                 }
                 // (A gap in the log, where messages were trimmed, is skipped.)
                 member.next_seq = msg.seq;
-                if expired(&msg, now) || member.skips(&msg) {
+                let dropped = expired(&msg, now);
+                done.expired += u64::from(dropped);
+                if dropped || member.skips(&msg) {
                     member.next_seq += 1;
                     done.changed = true;
                     continue;

@@ -18,6 +18,7 @@ use roomq_wire::ErrorCode;
 
 use super::{pattern, Tenant};
 use crate::broker::SessionInfo;
+use crate::metrics::Quota;
 
 /// A hook's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,13 +264,16 @@ impl Middleware for QuotaGuard {
                 ctx.setup.holds.push(Box::new(slot));
                 Verdict::Allow
             }
-            None => quota(
-                "max_connections",
-                format!(
-                    "namespace {} has its maximum of {max} connections",
-                    ctx.tenant.name
-                ),
-            ),
+            None => {
+                ctx.tenant.metrics.quota_refused(Quota::Connections);
+                quota(
+                    "max_connections",
+                    format!(
+                        "namespace {} has its maximum of {max} connections",
+                        ctx.tenant.name
+                    ),
+                )
+            }
         }
     }
 
@@ -278,6 +282,7 @@ impl Middleware for QuotaGuard {
         let q = &policy.quotas;
         let size = ctx.message_bytes();
         if q.max_message_bytes > 0 && size > u64::from(q.max_message_bytes) {
+            ctx.tenant.metrics.quota_refused(Quota::MessageBytes);
             return quota(
                 "max_message_bytes",
                 format!(
@@ -287,6 +292,7 @@ impl Middleware for QuotaGuard {
             );
         }
         if !ctx.tenant.take_publish_tokens(q, ctx.rooms.len() as u32) {
+            ctx.tenant.metrics.quota_refused(Quota::PublishRate);
             return quota(
                 "publish_rate",
                 format!(

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::metrics::{Metrics, NamespaceMetrics};
+
 use roomq_wire::names::check_namespace;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -158,6 +160,8 @@ pub struct Tenant {
     pub from_config: bool,
     policy: RwLock<Arc<Policy>>,
     pub usage: Usage,
+    /// Its counters, resolved once so that counting is an atomic add.
+    pub metrics: Arc<NamespaceMetrics>,
     bucket: Mutex<Option<Bucket>>,
     chain: Vec<Arc<dyn Middleware>>,
 }
@@ -285,6 +289,8 @@ impl Hooks {
 #[derive(Debug)]
 pub struct Tenants {
     map: RwLock<HashMap<Arc<str>, Arc<Tenant>>>,
+    /// The broker's metrics (one registry per broker).
+    pub metrics: Arc<Metrics>,
     /// The config file's namespaces, which `/admin` may not delete.
     declared: HashMap<String, NamespaceConfig>,
     hooks: Hooks,
@@ -344,8 +350,11 @@ fn admin_settings(tokens: &[TokenConfig]) -> NamespaceConfig {
 impl Tenants {
     /// The namespaces of `config` (and `/admin`), with `hooks`.
     pub fn new(config: &Config, hooks: Hooks) -> Result<Tenants, ConfigError> {
+        let metrics = Metrics::new(&config.metrics)
+            .map_err(|e| ConfigError::Invalid(format!("metrics: {e}")))?;
         let tenants = Tenants {
             map: RwLock::new(HashMap::new()),
+            metrics: Arc::new(metrics),
             declared: config.namespaces.clone().into_iter().collect(),
             hooks,
         };
@@ -371,6 +380,7 @@ impl Tenants {
             from_config,
             policy: RwLock::new(Arc::new(policy)),
             usage: Usage::default(),
+            metrics: self.metrics.namespace(name),
             bucket: Mutex::new(None),
             chain,
         });

@@ -1,4 +1,5 @@
-//! `roomq`, the terminal CLI: publish, subscribe, list rooms. Readable output
+//! `roomq`, the terminal CLI: publish, subscribe, list rooms, administer,
+//! `stats` and a live `top`. Readable output
 //! for people; `--json` gives one JSON object per line for scripts.
 
 use std::time::{Duration, SystemTime};
@@ -13,6 +14,7 @@ use serde_json::json;
 
 mod admin;
 mod args;
+mod top;
 
 use args::{parse_backoff, parse_ms_duration, parse_time};
 
@@ -149,6 +151,24 @@ enum Cmd {
     /// Administration: connects to /admin with --token.
     #[command(subcommand)]
     Admin(admin::AdminCmd),
+    /// The broker's figures once: connections, latencies, namespaces, the
+    /// rooms with the largest backlog (connects to /admin with --token).
+    Stats {
+        /// Most rooms listed (0: the broker's metrics.max_room_series).
+        #[arg(long, default_value_t = 20)]
+        rooms: u32,
+        /// List the rooms with the highest publish rate instead.
+        #[arg(long)]
+        by_rate: bool,
+    },
+    /// A live full-screen view of the broker, refreshed every second: `s`
+    /// switches the rooms' order (backlog / publish rate), `q` quits
+    /// (connects to /admin with --token).
+    Top {
+        /// Time between refreshes (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -294,6 +314,12 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Cmd::Admin(cmd) = cli.command {
         return admin::run(&cli.addr, &cli.token, cli.json, cmd).await;
+    }
+    if let Cmd::Stats { rooms, by_rate } = cli.command {
+        return top::stats(&cli.addr, &cli.token, cli.json, rooms, by_rate).await;
+    }
+    if let Cmd::Top { interval } = cli.command {
+        return top::top(&cli.addr, &cli.token, interval).await;
     }
     let mut builder = Client::builder(cli.addr.clone())
         .namespace(cli.namespace.clone())
@@ -533,7 +559,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Admin(_) => {}
+        Cmd::Admin(_) | Cmd::Stats { .. } | Cmd::Top { .. } => {}
     }
     client.close().await;
     Ok(())

@@ -288,6 +288,12 @@ mod tests {
                 seqs: vec![4, 5],
             }),
             Body::ListRooms(pb::ListRooms {}),
+            Body::Admin(pb::Admin {
+                op: Some(pb::admin::Op::Stats(pb::AdminStats {
+                    max_rooms: 20,
+                    order: pb::StatsOrder::PublishRate as i32,
+                })),
+            }),
         ];
         let mut codec = FrameCodec::new(1024);
         for (i, body) in bodies.into_iter().enumerate() {
@@ -301,6 +307,67 @@ mod tests {
             assert!(buf.is_empty());
             assert_eq!(decode_client(raw).unwrap(), frame);
         }
+    }
+
+    #[test]
+    fn round_trip_admin_stats_reply() {
+        let stats = pb::BrokerStats {
+            time_ms: 1_700_000_000_000,
+            uptime_ms: 5_000,
+            connections_tcp: 3,
+            connections_ws: 1,
+            storage_bytes: 1 << 20,
+            rooms_total: 2,
+            namespaces: vec![pb::NamespaceStats {
+                name: "/".into(),
+                sessions: 4,
+                rooms: 2,
+                members: 3,
+                published: 100,
+                stored_bytes: 12_800,
+                duplicates: 1,
+                deliveries: 90,
+                redeliveries: 5,
+                acks: 80,
+                nacks: 2,
+                dead_lettered: 1,
+                expired: 0,
+            }],
+            rooms: vec![pb::RoomStats {
+                namespace: "/".into(),
+                name: "orders".into(),
+                last_seq: 100,
+                publish_rate: 12.5,
+                backlog: 10,
+                members: 2,
+                connected_members: 1,
+                redeliveries: 5,
+                dead_lettered: 1,
+            }],
+            commit_flush_seconds: Some(pb::HistogramSummary {
+                count: 7,
+                sum: 0.25,
+            }),
+            commit_batch_messages: None,
+            publish_confirm_seconds: None,
+            delivery_lag_seconds: None,
+            errors: 1,
+            handshakes_refused: 2,
+            slow_consumer_disconnects: 0,
+            quota_refusals: 3,
+        };
+        let frame = pb::ServerFrame {
+            request_id: 9,
+            body: Some(pb::server_frame::Body::AdminOk(pb::AdminOk {
+                stats: Some(stats),
+                ..pb::AdminOk::default()
+            })),
+        };
+        let mut codec = FrameCodec::new(4096);
+        let mut buf = BytesMut::new();
+        codec.encode(&frame, &mut buf).unwrap();
+        let raw = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(decode_server(raw).unwrap(), frame);
     }
 
     #[test]

@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file roomq.proto.
  */
 export const file_roomq: GenFile = /*@__PURE__*/
-  fileDesc("Cgtyb29tcS5wcm90bxIIcm9vbXEudjEiuQMKC0NsaWVudEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSKAoJaGFuZHNoYWtlGAIgASgLMhMucm9vbXEudjEuSGFuZHNoYWtlSAASHgoEam9pbhgDIAEoCzIOLnJvb21xLnYxLkpvaW5IABIgCgVsZWF2ZRgEIAEoCzIPLnJvb21xLnYxLkxlYXZlSAASJAoHcHVibGlzaBgFIAEoCzIRLnJvb21xLnYxLlB1Ymxpc2hIABIcCgNhY2sYBiABKAsyDS5yb29tcS52MS5BY2tIABIeCgRuYWNrGAcgASgLMg4ucm9vbXEudjEuTmFja0gAEh4KBHBpbmcYCCABKAsyDi5yb29tcS52MS5QaW5nSAASKwoLaW5fcHJvZ3Jlc3MYCSABKAsyFC5yb29tcS52MS5JblByb2dyZXNzSAASKQoKbGlzdF9yb29tcxgKIAEoCzITLnJvb21xLnYxLkxpc3RSb29tc0gAEiAKBWFkbWluGAsgASgLMg8ucm9vbXEudjEuQWRtaW5IABIkCgdtZW1iZXJzGAwgASgLMhEucm9vbXEudjEuTWVtYmVyc0gAQgYKBGJvZHkigAUKC1NlcnZlckZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSLQoMaGFuZHNoYWtlX29rGAIgASgLMhUucm9vbXEudjEuSGFuZHNoYWtlT2tIABIjCgdqb2luX29rGAMgASgLMhAucm9vbXEudjEuSm9pbk9rSAASJQoIbGVhdmVfb2sYBCABKAsyES5yb29tcS52MS5MZWF2ZU9rSAASKQoKcHVibGlzaF9vaxgFIAEoCzITLnJvb21xLnYxLlB1Ymxpc2hPa0gAEiEKBmFja19vaxgGIAEoCzIPLnJvb21xLnYxLkFja09rSAASIwoHbmFja19vaxgHIAEoCzIQLnJvb21xLnYxLk5hY2tPa0gAEh4KBHBvbmcYCCABKAsyDi5yb29tcS52MS5Qb25nSAASJgoIZGVsaXZlcnkYCSABKAsyEi5yb29tcS52MS5EZWxpdmVyeUgAEiAKBWVycm9yGAogASgLMg8ucm9vbXEudjEuRXJyb3JIABIwCg5pbl9wcm9ncmVzc19vaxgLIAEoCzIWLnJvb21xLnYxLkluUHJvZ3Jlc3NPa0gAEi4KDWxpc3Rfcm9vbXNfb2sYDCABKAsyFS5yb29tcS52MS5MaXN0Um9vbXNPa0gAEiUKCGFkbWluX29rGA0gASgLMhEucm9vbXEudjEuQWRtaW5Pa0gAEhwKA2dhcBgOIAEoCzINLnJvb21xLnYxLkdhcEgAEisKCHByZXNlbmNlGA8gASgLMhcucm9vbXEudjEuUHJlc2VuY2VFdmVudEgAEikKCm1lbWJlcnNfb2sYECABKAsyEy5yb29tcS52MS5NZW1iZXJzT2tIAEIGCgRib2R5Im8KCUhhbmRzaGFrZRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhEKCW5hbWVzcGFjZRgCIAEoCRINCgV0b2tlbhgDIAEoCRIRCgljbGllbnRfaWQYBCABKAkSEwoLY2xpZW50X25hbWUYBSABKAki+wIKBkxpbWl0cxIXCg9tYXhfZnJhbWVfYnl0ZXMYASABKA0SFQoNbWF4X2luX2ZsaWdodBgCIAEoDRIWCg5hY2tfdGltZW91dF9tcxgDIAEoBBIXCg9pZGxlX3RpbWVvdXRfbXMYBCABKAQSFwoPZGVkdXBfd2luZG93X21zGAUgASgEEh0KFW1heF9yb29tc19wZXJfcHVibGlzaBgGIAEoDRIcChRtYXhfcGVuZGluZ19yZXF1ZXN0cxgHIAEoDRIWCg5tYXhfZGVsaXZlcmllcxgIIAEoDRIXCg9tYXhfc2NoZWR1bGVfbXMYCSABKAQSGQoRbWF4X2JhY2tvZmZfc3RlcHMYCiABKA0SGQoRbWF4X3BlbmRpbmdfYnl0ZXMYCyABKA0SEwoLbWF4X2hlYWRlcnMYDCABKA0SIwobbWF4X21lbWJlcnNoaXBzX3Blcl9zZXNzaW9uGA0gASgNEhkKEW1heF9tZXNzYWdlX2J5dGVzGA4gASgNIoYBCgtIYW5kc2hha2VPaxIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhIKCnNlc3Npb25faWQYAiABKAwSDwoHcmVzdW1lZBgDIAEoCBIgCgZsaW1pdHMYBCABKAsyEC5yb29tcS52MS5MaW1pdHMSFgoOc2VydmVyX3ZlcnNpb24YBSABKAkiFQoEUGluZxINCgVub25jZRgBIAEoBCIVCgRQb25nEg0KBW5vbmNlGAEgASgEIu0CCgRKb2luEgwKBHJvb20YASABKAkSFAoMc3Vic2NyaXB0aW9uGAIgASgJEiIKBG1vZGUYAyABKA4yFC5yb29tcS52MS5NZW1iZXJNb2RlEiYKBXN0YXJ0GAQgASgOMhcucm9vbXEudjEuU3RhcnRQb3NpdGlvbhIRCglzdGFydF9zZXEYBSABKAQSFQoNbWF4X2luX2ZsaWdodBgGIAEoDRIWCg5hY2tfdGltZW91dF9tcxgHIAEoBBINCgVncm91cBgIIAEoCRInCgpncm91cF9tb2RlGAkgASgOMhMucm9vbXEudjEuR3JvdXBNb2RlEhIKCmJhY2tvZmZfbXMYCiADKAQSGwoObWF4X2RlbGl2ZXJpZXMYCyABKA1IAIgBARIOCgZldmVudHMYDCADKAkSEAoIcHJlc2VuY2UYDSABKAgSFQoNc3RhcnRfdGltZV9tcxgOIAEoBEIRCg9fbWF4X2RlbGl2ZXJpZXMikAEKBkpvaW5PaxIMCgRyb29tGAEgASgJEhQKDHN1YnNjcmlwdGlvbhgCIAEoCRIPCgdkdXJhYmxlGAMgASgIEhAKCG5leHRfc2VxGAQgASgEEhAKCGxhc3Rfc2VxGAUgASgEEhUKDW1heF9pbl9mbGlnaHQYBiABKA0SFgoOYWNrX3RpbWVvdXRfbXMYByABKAQiOwoFTGVhdmUSDAoEcm9vbRgBIAEoCRIUCgxzdWJzY3JpcHRpb24YAiABKAkSDgoGZm9yZ2V0GAMgASgIIgkKB0xlYXZlT2si/QIKB1B1Ymxpc2gSDQoFcm9vbXMYASADKAkSDQoFZXZlbnQYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIvCgdoZWFkZXJzGAQgAygLMh4ucm9vbXEudjEuUHVibGlzaC5IZWFkZXJzRW50cnkSEAoIZGVkdXBfaWQYBSABKAwSEwoLZXhjZXB0X3NlbGYYBiABKAgSHgoRZXhwZWN0ZWRfbGFzdF9zZXEYByABKARIAIgBARILCgNrZXkYCCABKAkSDgoGdHRsX21zGAkgASgEEhUKDWRlbGl2ZXJfYXRfbXMYCiABKAQSEAoIZGVsYXlfbXMYCyABKAQSEAoIdm9sYXRpbGUYDCABKAgSFAoMZXhjZXB0X3Jvb21zGA0gAygJEhcKD2V4Y2VwdF9zZXNzaW9ucxgOIAMoDBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIUChJfZXhwZWN0ZWRfbGFzdF9zZXEiJAoHUm9vbVNlcRIMCgRyb29tGAEgASgJEgsKA3NlcRgCIAEoBCJpCglQdWJsaXNoT2sSHwoEc2VxcxgBIAMoCzIRLnJvb21xLnYxLlJvb21TZXESEQoJZHVwbGljYXRlGAIgASgIEigKCmR1cmFiaWxpdHkYAyABKA4yFC5yb29tcS52MS5EdXJhYmlsaXR5IoMCCgdNZXNzYWdlEgsKA3NlcRgBIAEoBBINCgVldmVudBgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEi8KB2hlYWRlcnMYBCADKAsyHi5yb29tcS52MS5NZXNzYWdlLkhlYWRlcnNFbnRyeRIZChFwdWJsaXNoZXJfc2Vzc2lvbhgFIAEoDBIUCgx0aW1lc3RhbXBfbXMYBiABKAQSCwoDa2V5GAcgASgJEhUKDWV4cGlyZXNfYXRfbXMYCCABKAQSFQoNZGVsaXZlcl9hdF9tcxgJIAEoBBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKKAQoIRGVsaXZlcnkSDAoEcm9vbRgBIAEoCRIUCgxzdWJzY3JpcHRpb24YAiABKAkSDwoHYXR0ZW1wdBgDIAEoDRITCgtyZWRlbGl2ZXJlZBgEIAEoCBIiCgdtZXNzYWdlGAUgASgLMhEucm9vbXEudjEuTWVzc2FnZRIQCgh2b2xhdGlsZRgGIAEoCCJGCgNBY2sSDAoEcm9vbRgBIAEoCRIUCgxzdWJzY3JpcHRpb24YAiABKAkSDAoEc2VxcxgDIAMoBBINCgV1cF90bxgEIAEoBCIZCgVBY2tPaxIQCghuZXh0X3NlcRgBIAEoBCJaCgROYWNrEgwKBHJvb20YASABKAkSFAoMc3Vic2NyaXB0aW9uGAIgASgJEgwKBHNlcXMYAyADKAQSEAoIZGVsYXlfbXMYBCABKAQSDgoGcmVhc29uGAUgASgJIggKBk5hY2tPayI+CgpJblByb2dyZXNzEgwKBHJvb20YASABKAkSFAoMc3Vic2NyaXB0aW9uGAIgASgJEgwKBHNlcXMYAyADKAQiDgoMSW5Qcm9ncmVzc09rIgsKCUxpc3RSb29tcyJWCghSb29tSW5mbxIMCgRuYW1lGAEgASgJEhAKCGxhc3Rfc2VxGAIgASgEEg8KB21lbWJlcnMYAyABKA0SGQoRY29ubmVjdGVkX21lbWJlcnMYBCABKA0iWwoDR2FwEgwKBHJvb20YASABKAkSFAoMc3Vic2NyaXB0aW9uGAIgASgJEhAKCGZyb21fc2VxGAMgASgEEg4KBnRvX3NlcRgEIAEoBBIOCgZtaXNzZWQYBSABKAQifAoIUHJlc2VuY2USEgoKc2Vzc2lvbl9pZBgBIAEoDBIRCgljbGllbnRfaWQYAiABKAkSEwoLY2xpZW50X25hbWUYAyABKAkSFAoMc3Vic2NyaXB0aW9uGAQgASgJEg8KB2R1cmFibGUYBSABKAgSDQoFZ3JvdXAYBiABKAkiwQEKDVByZXNlbmNlRXZlbnQSDAoEcm9vbRgBIAEoCRIUCgxzdWJzY3JpcHRpb24YAiABKAkSKgoEa2luZBgDIAEoDjIcLnJvb21xLnYxLlByZXNlbmNlRXZlbnQuS2luZBIiCgZtZW1iZXIYBCABKAsyEi5yb29tcS52MS5QcmVzZW5jZSI8CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX0pPSU5FRBABEg0KCUtJTkRfTEVGVBACIhcKB01lbWJlcnMSDAoEcm9vbRgBIAEoCSJDCglNZW1iZXJzT2sSIwoHbWVtYmVycxgBIAMoCzISLnJvb21xLnYxLlByZXNlbmNlEhEKCXRydW5jYXRlZBgCIAEoCCJDCgtMaXN0Um9vbXNPaxIhCgVyb29tcxgBIAMoCzISLnJvb21xLnYxLlJvb21JbmZvEhEKCXRydW5jYXRlZBgCIAEoCCK7BAoFQWRtaW4SOAoPbGlzdF9uYW1lc3BhY2VzGAEgASgLMh0ucm9vbXEudjEuQWRtaW5MaXN0TmFtZXNwYWNlc0gAEi4KCmxpc3Rfcm9vbXMYAiABKAsyGC5yb29tcS52MS5BZG1pbkxpc3RSb29tc0gAEjoKEGNyZWF0ZV9uYW1lc3BhY2UYAyABKAsyHi5yb29tcS52MS5BZG1pbkNyZWF0ZU5hbWVzcGFjZUgAEjoKEGRlbGV0ZV9uYW1lc3BhY2UYBCABKAsyHi5yb29tcS52MS5BZG1pbkRlbGV0ZU5hbWVzcGFjZUgAEjAKC2NyZWF0ZV9yb29tGAUgASgLMhkucm9vbXEudjEuQWRtaW5DcmVhdGVSb29tSAASMAoLZGVsZXRlX3Jvb20YBiABKAsyGS5yb29tcS52MS5BZG1pbkRlbGV0ZVJvb21IABIyCgxjcmVhdGVfdG9rZW4YByABKAsyGi5yb29tcS52MS5BZG1pbkNyZWF0ZVRva2VuSAASMgoMZGVsZXRlX3Rva2VuGAggASgLMhoucm9vbXEudjEuQWRtaW5EZWxldGVUb2tlbkgAEi4KCnB1cmdlX3Jvb20YCSABKAsyGC5yb29tcS52MS5BZG1pblB1cmdlUm9vbUgAEiMKBGtpY2sYCiABKAsyEy5yb29tcS52MS5BZG1pbktpY2tIABIpCgdyZWRyaXZlGAsgASgLMhYucm9vbXEudjEuQWRtaW5SZWRyaXZlSABCBAoCb3AiFQoTQWRtaW5MaXN0TmFtZXNwYWNlcyIjCg5BZG1pbkxpc3RSb29tcxIRCgluYW1lc3BhY2UYASABKAkinwEKD05hbWVzcGFjZVF1b3RhcxIXCg9tYXhfY29ubmVjdGlvbnMYASABKA0SEQoJbWF4X3Jvb21zGAIgASgNEhgKEG1heF9zdG9yZWRfYnl0ZXMYAyABKAQSFAoMcHVibGlzaF9yYXRlGAQgASgNEhUKDXB1Ymxpc2hfYnVyc3QYBSABKA0SGQoRbWF4X21lc3NhZ2VfYnl0ZXMYBiABKA0i3wEKFEFkbWluQ3JlYXRlTmFtZXNwYWNlEgwKBG5hbWUYASABKAkSDAoEb3BlbhgCIAEoCBIoCgpkdXJhYmlsaXR5GAMgASgOMhQucm9vbXEudjEuRHVyYWJpbGl0eRIZCgxjcmVhdGVfcm9vbXMYBCABKAhIAIgBARIpCgZxdW90YXMYBSABKAsyGS5yb29tcS52MS5OYW1lc3BhY2VRdW90YXMSKgoJcmV0ZW50aW9uGAYgAygLMhcucm9vbXEudjEuUmV0ZW50aW9uUnVsZUIPCg1fY3JlYXRlX3Jvb21zIlsKDVJldGVudGlvblJ1bGUSDQoFcm9vbXMYASABKAkSFAoMbWF4X21lc3NhZ2VzGAIgASgEEhEKCW1heF9ieXRlcxgDIAEoBBISCgptYXhfYWdlX21zGAQgASgEIiQKFEFkbWluRGVsZXRlTmFtZXNwYWNlEgwKBG5hbWUYASABKAkiMgoPQWRtaW5DcmVhdGVSb29tEhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRyb29tGAIgASgJIjIKD0FkbWluRGVsZXRlUm9vbRIRCgluYW1lc3BhY2UYASABKAkSDAoEcm9vbRgCIAEoCSJXChBBZG1pbkNyZWF0ZVRva2VuEhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3B1Ymxpc2gYAyADKAkSEQoJc3Vic2NyaWJlGAQgAygJIjMKEEFkbWluRGVsZXRlVG9rZW4SEQoJbmFtZXNwYWNlGAEgASgJEgwKBG5hbWUYAiABKAkiMQoOQWRtaW5QdXJnZVJvb20SEQoJbmFtZXNwYWNlGAEgASgJEgwKBHJvb20YAiABKAkiPAoMQWRtaW5SZWRyaXZlEhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRyb29tGAIgASgJEgsKA21heBgDIAEoDSIfCglBZG1pbktpY2sSEgoKc2Vzc2lvbl9pZBgBIAEoDCK0AgoNTmFtZXNwYWNlSW5mbxIMCgRuYW1lGAEgASgJEgwKBG9wZW4YAiABKAgSKAoKZHVyYWJpbGl0eRgDIAEoDjIULnJvb21xLnYxLkR1cmFiaWxpdHkSFAoMY3JlYXRlX3Jvb21zGAQgASgIEhMKC2Zyb21fY29uZmlnGAUgASgIEikKBnF1b3RhcxgGIAEoCzIZLnJvb21xLnYxLk5hbWVzcGFjZVF1b3RhcxIOCgZ0b2tlbnMYByADKAkSEwoLY29ubmVjdGlvbnMYCCABKA0SDQoFcm9vbXMYCSABKAQSFAoMc3RvcmVkX2J5dGVzGAogASgEEhEKCXB1Ymxpc2hlZBgLIAEoBBIqCglyZXRlbnRpb24YDCADKAsyFy5yb29tcS52MS5SZXRlbnRpb25SdWxlIqgBCgpNZW1iZXJJbmZvEgwKBG5hbWUYASABKAkSDwoHZHVyYWJsZRgCIAEoCBIRCgljb25uZWN0ZWQYAyABKAgSEgoKc2Vzc2lvbl9pZBgEIAEoDBIQCghuZXh0X3NlcRgFIAEoBBIPCgdiYWNrbG9nGAYgASgEEg8KB3VuYWNrZWQYByABKA0SDQoFZ3JvdXAYCCABKAkSEQoJY29uc3VtZXJzGAkgASgNIqgBCg1BZG1pblJvb21JbmZvEhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJEhEKCWZpcnN0X3NlcRgDIAEoBBIQCghsYXN0X3NlcRgEIAEoBBIUCgxzdG9yZWRfYnl0ZXMYBSABKAQSFAoMcHVibGlzaF9yYXRlGAYgASgBEiUKB21lbWJlcnMYByADKAsyFC5yb29tcS52MS5NZW1iZXJJbmZvIo8BCgdBZG1pbk9rEisKCm5hbWVzcGFjZXMYASADKAsyFy5yb29tcS52MS5OYW1lc3BhY2VJbmZvEiYKBXJvb21zGAIgAygLMhcucm9vbXEudjEuQWRtaW5Sb29tSW5mbxINCgV0b2tlbhgDIAEoCRINCgVjb3VudBgEIAEoBBIRCgl0cnVuY2F0ZWQYBSABKAgimgEKBUVycm9yEgwKBGNvZGUYASABKA0SDAoEbmFtZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEg0KBWZhdGFsGAQgASgIEgwKBHJvb20YBSABKAkSFAoMc3Vic2NyaXB0aW9uGAYgASgJEg0KBXF1b3RhGAcgASgJEhUKCGxhc3Rfc2VxGAggASgESACIAQFCCwoJX2xhc3Rfc2VxKlYKCk1lbWJlck1vZGUSFAoQTUVNQkVSX01PREVfQVVUTxAAEhcKE01FTUJFUl9NT0RFX0RVUkFCTEUQARIZChVNRU1CRVJfTU9ERV9FUEhFTUVSQUwQAiqQAQoNU3RhcnRQb3NpdGlvbhIZChVTVEFSVF9QT1NJVElPTl9SRVNVTUUQABIWChJTVEFSVF9QT1NJVElPTl9ORVcQARIbChdTVEFSVF9QT1NJVElPTl9FQVJMSUVTVBACEhYKElNUQVJUX1BPU0lUSU9OX1NFURADEhcKE1NUQVJUX1BPU0lUSU9OX1RJTUUQBCpBCglHcm91cE1vZGUSGgoWR1JPVVBfTU9ERV9LRVlfT1JERVJFRBAAEhgKFEdST1VQX01PREVfRVhDTFVTSVZFEAEqbgoKRHVyYWJpbGl0eRIaChZEVVJBQklMSVRZX1VOU1BFQ0lGSUVEEAASEwoPRFVSQUJJTElUWV9TWU5DEAESFgoSRFVSQUJJTElUWV9CQVRDSEVEEAISFwoTRFVSQUJJTElUWV9WT0xBVElMRRADYgZwcm90bzM");
+  fileDesc("Cgtyb29tcS5wcm90bxIIcm9vbXEudjEiuQMKC0NsaWVudEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSKAoJaGFuZHNoYWtlGAIgASgLMhMucm9vbXEudjEuSGFuZHNoYWtlSAASHgoEam9pbhgDIAEoCzIOLnJvb21xLnYxLkpvaW5IABIgCgVsZWF2ZRgEIAEoCzIPLnJvb21xLnYxLkxlYXZlSAASJAoHcHVibGlzaBgFIAEoCzIRLnJvb21xLnYxLlB1Ymxpc2hIABIcCgNhY2sYBiABKAsyDS5yb29tcS52MS5BY2tIABIeCgRuYWNrGAcgASgLMg4ucm9vbXEudjEuTmFja0gAEh4KBHBpbmcYCCABKAsyDi5yb29tcS52MS5QaW5nSAASKwoLaW5fcHJvZ3Jlc3MYCSABKAsyFC5yb29tcS52MS5JblByb2dyZXNzSAASKQoKbGlzdF9yb29tcxgKIAEoCzITLnJvb21xLnYxLkxpc3RSb29tc0gAEiAKBWFkbWluGAsgASgLMg8ucm9vbXEudjEuQWRtaW5IABIkCgdtZW1iZXJzGAwgASgLMhEucm9vbXEudjEuTWVtYmVyc0gAQgYKBGJvZHkigAUKC1NlcnZlckZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSLQoMaGFuZHNoYWtlX29rGAIgASgLMhUucm9vbXEudjEuSGFuZHNoYWtlT2tIABIjCgdqb2luX29rGAMgASgLMhAucm9vbXEudjEuSm9pbk9rSAASJQoIbGVhdmVfb2sYBCABKAsyES5yb29tcS52MS5MZWF2ZU9rSAASKQoKcHVibGlzaF9vaxgFIAEoCzITLnJvb21xLnYxLlB1Ymxpc2hPa0gAEiEKBmFja19vaxgGIAEoCzIPLnJvb21xLnYxLkFja09rSAASIwoHbmFja19vaxgHIAEoCzIQLnJvb21xLnYxLk5hY2tPa0gAEh4KBHBvbmcYCCABKAsyDi5yb29tcS52MS5Qb25nSAASJgoIZGVsaXZlcnkYCSABKAsyEi5yb29tcS52MS5EZWxpdmVyeUgAEiAKBWVycm9yGAogASgLMg8ucm9vbXEudjEuRXJyb3JIABIwCg5pbl9wcm9ncmVzc19vaxgLIAEoCzIWLnJvb21xLnYxLkluUHJvZ3Jlc3NPa0gAEi4KDWxpc3Rfcm9vbXNfb2sYDCABKAsyFS5yb29tcS52MS5MaXN0Um9vbXNPa0gAEiUKCGFkbWluX29rGA0gASgLMhEucm9vbXEudjEuQWRtaW5Pa0gAEhwKA2dhcBgOIAEoCzINLnJvb21xLnYxLkdhcEgAEisKCHByZXNlbmNlGA8gASgLMhcucm9vbXEudjEuUHJlc2VuY2VFdmVudEgAEikKCm1lbWJlcnNfb2sYECABKAsyEy5yb29tcS52MS5NZW1iZXJzT2tIAEIGCgRib2R5Im8KCUhhbmRzaGFrZRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhEKCW5hbWVzcGFjZRgCIAEoCRINCgV0b2tlbhgDIAEoCRIRCgljbGllbnRfaWQYBCABKAkSEwoLY2xpZW50X25hbWUYBSABKAki+wIKBkxpbWl0cxIXCg9tYXhfZnJhbWVfYnl0ZXMYASABKA0SFQoNbWF4X2luX2ZsaWdodBgCIAEoDRIWCg5hY2tfdGltZW91dF9tcxgDIAEoBBIXCg9pZGxlX3RpbWVvdXRfbXMYBCABKAQSFwoPZGVkdXBfd2luZG93X21zGAUgASgEEh0KFW1heF9yb29tc19wZXJfcHVibGlzaBgGIAEoDRIcChRtYXhfcGVuZGluZ19yZXF1ZXN0cxgHIAEoDRIWCg5tYXhfZGVsaXZlcmllcxgIIAEoDRIXCg9tYXhfc2NoZWR1bGVfbXMYCSABKAQSGQoRbWF4X2JhY2tvZmZfc3RlcHMYCiABKA0SGQoRbWF4X3BlbmRpbmdfYnl0ZXMYCyABKA0SEwoLbWF4X2hlYWRlcnMYDCABKA0SIwobbWF4X21lbWJlcnNoaXBzX3Blcl9zZXNzaW9uGA0gASgNEhkKEW1heF9tZXNzYWdlX2J5dGVzGA4gASgNIoYBCgtIYW5kc2hha2VPaxIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhIKCnNlc3Npb25faWQYAiABKAwSDwoHcmVzdW1lZBgDIAEoCBIgCgZsaW1pdHMYBCABKAsyEC5yb29tcS52MS5MaW1pdHMSFgoOc2VydmVyX3ZlcnNpb24YBSABKAkiFQoEUGluZxINCgVub25jZRgBIAEoBCIVCgRQb25nEg0KBW5vbmNlGAEgASgEIu0CCgRKb2luEgwKBHJvb20YASABKAkSFAoMc3Vic2NyaXB0aW9uGAIgASgJEiIKBG1vZGUYAyABKA4yFC5yb29tcS52MS5NZW1iZXJNb2RlEiYKBXN0YXJ0GAQgASgOMhcucm9vbXEudjEuU3RhcnRQb3NpdGlvbhIRCglzdGFydF9zZXEYBSABKAQSFQoNbWF4X2luX2ZsaWdodBgGIAEoDRIWCg5hY2tfdGltZW91dF9tcxgHIAEoBBINCgVncm91cBgIIAEoCRInCgpncm91cF9tb2RlGAkgASgOMhMucm9vbXEudjEuR3JvdXBNb2RlEhIKCmJhY2tvZmZfbXMYCiADKAQSGwoObWF4X2RlbGl2ZXJpZXMYCyABKA1IAIgBARIOCgZldmVudHMYDCADKAkSEAoIcHJlc2VuY2UYDSABKAgSFQoNc3RhcnRfdGltZV9tcxgOIAEoBEIRCg9fbWF4X2RlbGl2ZXJpZXMikAEKBkpvaW5PaxIMCgRyb29tGAEgASgJEhQKDHN1YnNjcmlwdGlvbhgCIAEoCRIPCgdkdXJhYmxlGAMgASgIEhAKCG5leHRfc2VxGAQgASgEEhAKCGxhc3Rfc2VxGAUgASgEEhUKDW1heF9pbl9mbGlnaHQYBiABKA0SFgoOYWNrX3RpbWVvdXRfbXMYByABKAQiOwoFTGVhdmUSDAoEcm9vbRgBIAEoCRIUCgxzdWJzY3JpcHRpb24YAiABKAkSDgoGZm9yZ2V0GAMgASgIIgkKB0xlYXZlT2si/QIKB1B1Ymxpc2gSDQoFcm9vbXMYASADKAkSDQoFZXZlbnQYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIvCgdoZWFkZXJzGAQgAygLMh4ucm9vbXEudjEuUHVibGlzaC5IZWFkZXJzRW50cnkSEAoIZGVkdXBfaWQYBSABKAwSEwoLZXhjZXB0X3NlbGYYBiABKAgSHgoRZXhwZWN0ZWRfbGFzdF9zZXEYByABKARIAIgBARILCgNrZXkYCCABKAkSDgoGdHRsX21zGAkgASgEEhUKDWRlbGl2ZXJfYXRfbXMYCiABKAQSEAoIZGVsYXlfbXMYCyABKAQSEAoIdm9sYXRpbGUYDCABKAgSFAoMZXhjZXB0X3Jvb21zGA0gAygJEhcKD2V4Y2VwdF9zZXNzaW9ucxgOIAMoDBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIUChJfZXhwZWN0ZWRfbGFzdF9zZXEiJAoHUm9vbVNlcRIMCgRyb29tGAEgASgJEgsKA3NlcRgCIAEoBCJpCglQdWJsaXNoT2sSHwoEc2VxcxgBIAMoCzIRLnJvb21xLnYxLlJvb21TZXESEQoJZHVwbGljYXRlGAIgASgIEigKCmR1cmFiaWxpdHkYAyABKA4yFC5yb29tcS52MS5EdXJhYmlsaXR5IoMCCgdNZXNzYWdlEgsKA3NlcRgBIAEoBBINCgVldmVudBgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEi8KB2hlYWRlcnMYBCADKAsyHi5yb29tcS52MS5NZXNzYWdlLkhlYWRlcnNFbnRyeRIZChFwdWJsaXNoZXJfc2Vzc2lvbhgFIAEoDBIUCgx0aW1lc3RhbXBfbXMYBiABKAQSCwoDa2V5GAcgASgJEhUKDWV4cGlyZXNfYXRfbXMYCCABKAQSFQoNZGVsaXZlcl9hdF9tcxgJIAEoBBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKKAQoIRGVsaXZlcnkSDAoEcm9vbRgBIAEoCRIUCgxzdWJzY3JpcHRpb24YAiABKAkSDwoHYXR0ZW1wdBgDIAEoDRITCgtyZWRlbGl2ZXJlZBgEIAEoCBIiCgdtZXNzYWdlGAUgASgLMhEucm9vbXEudjEuTWVzc2FnZRIQCgh2b2xhdGlsZRgGIAEoCCJGCgNBY2sSDAoEcm9vbRgBIAEoCRIUCgxzdWJzY3JpcHRpb24YAiABKAkSDAoEc2VxcxgDIAMoBBINCgV1cF90bxgEIAEoBCIZCgVBY2tPaxIQCghuZXh0X3NlcRgBIAEoBCJaCgROYWNrEgwKBHJvb20YASABKAkSFAoMc3Vic2NyaXB0aW9uGAIgASgJEgwKBHNlcXMYAyADKAQSEAoIZGVsYXlfbXMYBCABKAQSDgoGcmVhc29uGAUgASgJIggKBk5hY2tPayI+CgpJblByb2dyZXNzEgwKBHJvb20YASABKAkSFAoMc3Vic2NyaXB0aW9uGAIgASgJEgwKBHNlcXMYAyADKAQiDgoMSW5Qcm9ncmVzc09rIgsKCUxpc3RSb29tcyJWCghSb29tSW5mbxIMCgRuYW1lGAEgASgJEhAKCGxhc3Rfc2VxGAIgASgEEg8KB21lbWJlcnMYAyABKA0SGQoRY29ubmVjdGVkX21lbWJlcnMYBCABKA0iWwoDR2FwEgwKBHJvb20YASABKAkSFAoMc3Vic2NyaXB0aW9uGAIgASgJEhAKCGZyb21fc2VxGAMgASgEEg4KBnRvX3NlcRgEIAEoBBIOCgZtaXNzZWQYBSABKAQifAoIUHJlc2VuY2USEgoKc2Vzc2lvbl9pZBgBIAEoDBIRCgljbGllbnRfaWQYAiABKAkSEwoLY2xpZW50X25hbWUYAyABKAkSFAoMc3Vic2NyaXB0aW9uGAQgASgJEg8KB2R1cmFibGUYBSABKAgSDQoFZ3JvdXAYBiABKAkiwQEKDVByZXNlbmNlRXZlbnQSDAoEcm9vbRgBIAEoCRIUCgxzdWJzY3JpcHRpb24YAiABKAkSKgoEa2luZBgDIAEoDjIcLnJvb21xLnYxLlByZXNlbmNlRXZlbnQuS2luZBIiCgZtZW1iZXIYBCABKAsyEi5yb29tcS52MS5QcmVzZW5jZSI8CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX0pPSU5FRBABEg0KCUtJTkRfTEVGVBACIhcKB01lbWJlcnMSDAoEcm9vbRgBIAEoCSJDCglNZW1iZXJzT2sSIwoHbWVtYmVycxgBIAMoCzISLnJvb21xLnYxLlByZXNlbmNlEhEKCXRydW5jYXRlZBgCIAEoCCJDCgtMaXN0Um9vbXNPaxIhCgVyb29tcxgBIAMoCzISLnJvb21xLnYxLlJvb21JbmZvEhEKCXRydW5jYXRlZBgCIAEoCCLiBAoFQWRtaW4SOAoPbGlzdF9uYW1lc3BhY2VzGAEgASgLMh0ucm9vbXEudjEuQWRtaW5MaXN0TmFtZXNwYWNlc0gAEi4KCmxpc3Rfcm9vbXMYAiABKAsyGC5yb29tcS52MS5BZG1pbkxpc3RSb29tc0gAEjoKEGNyZWF0ZV9uYW1lc3BhY2UYAyABKAsyHi5yb29tcS52MS5BZG1pbkNyZWF0ZU5hbWVzcGFjZUgAEjoKEGRlbGV0ZV9uYW1lc3BhY2UYBCABKAsyHi5yb29tcS52MS5BZG1pbkRlbGV0ZU5hbWVzcGFjZUgAEjAKC2NyZWF0ZV9yb29tGAUgASgLMhkucm9vbXEudjEuQWRtaW5DcmVhdGVSb29tSAASMAoLZGVsZXRlX3Jvb20YBiABKAsyGS5yb29tcS52MS5BZG1pbkRlbGV0ZVJvb21IABIyCgxjcmVhdGVfdG9rZW4YByABKAsyGi5yb29tcS52MS5BZG1pbkNyZWF0ZVRva2VuSAASMgoMZGVsZXRlX3Rva2VuGAggASgLMhoucm9vbXEudjEuQWRtaW5EZWxldGVUb2tlbkgAEi4KCnB1cmdlX3Jvb20YCSABKAsyGC5yb29tcS52MS5BZG1pblB1cmdlUm9vbUgAEiMKBGtpY2sYCiABKAsyEy5yb29tcS52MS5BZG1pbktpY2tIABIpCgdyZWRyaXZlGAsgASgLMhYucm9vbXEudjEuQWRtaW5SZWRyaXZlSAASJQoFc3RhdHMYDCABKAsyFC5yb29tcS52MS5BZG1pblN0YXRzSABCBAoCb3AiRAoKQWRtaW5TdGF0cxIRCgltYXhfcm9vbXMYASABKA0SIwoFb3JkZXIYAiABKA4yFC5yb29tcS52MS5TdGF0c09yZGVyIi4KEEhpc3RvZ3JhbVN1bW1hcnkSDQoFY291bnQYASABKAQSCwoDc3VtGAIgASgBIvwBCg5OYW1lc3BhY2VTdGF0cxIMCgRuYW1lGAEgASgJEhAKCHNlc3Npb25zGAIgASgNEg0KBXJvb21zGAMgASgEEg8KB21lbWJlcnMYBCABKAQSEQoJcHVibGlzaGVkGAUgASgEEhQKDHN0b3JlZF9ieXRlcxgGIAEoBBISCgpkdXBsaWNhdGVzGAcgASgEEhIKCmRlbGl2ZXJpZXMYCCABKAQSFAoMcmVkZWxpdmVyaWVzGAkgASgEEgwKBGFja3MYCiABKAQSDQoFbmFja3MYCyABKAQSFQoNZGVhZF9sZXR0ZXJlZBgMIAEoBBIPCgdleHBpcmVkGA0gASgEIr4BCglSb29tU3RhdHMSEQoJbmFtZXNwYWNlGAEgASgJEgwKBG5hbWUYAiABKAkSEAoIbGFzdF9zZXEYAyABKAQSFAoMcHVibGlzaF9yYXRlGAQgASgBEg8KB2JhY2tsb2cYBSABKAQSDwoHbWVtYmVycxgGIAEoDRIZChFjb25uZWN0ZWRfbWVtYmVycxgHIAEoDRIUCgxyZWRlbGl2ZXJpZXMYCCABKAQSFQoNZGVhZF9sZXR0ZXJlZBgJIAEoBCKzBAoLQnJva2VyU3RhdHMSDwoHdGltZV9tcxgBIAEoBBIRCgl1cHRpbWVfbXMYAiABKAQSFwoPY29ubmVjdGlvbnNfdGNwGAMgASgNEhYKDmNvbm5lY3Rpb25zX3dzGAQgASgNEhUKDXN0b3JhZ2VfYnl0ZXMYBSABKAQSEwoLcm9vbXNfdG90YWwYBiABKAQSLAoKbmFtZXNwYWNlcxgHIAMoCzIYLnJvb21xLnYxLk5hbWVzcGFjZVN0YXRzEiIKBXJvb21zGAggAygLMhMucm9vbXEudjEuUm9vbVN0YXRzEjgKFGNvbW1pdF9mbHVzaF9zZWNvbmRzGAkgASgLMhoucm9vbXEudjEuSGlzdG9ncmFtU3VtbWFyeRI5ChVjb21taXRfYmF0Y2hfbWVzc2FnZXMYCiABKAsyGi5yb29tcS52MS5IaXN0b2dyYW1TdW1tYXJ5EjsKF3B1Ymxpc2hfY29uZmlybV9zZWNvbmRzGAsgASgLMhoucm9vbXEudjEuSGlzdG9ncmFtU3VtbWFyeRI4ChRkZWxpdmVyeV9sYWdfc2Vjb25kcxgMIAEoCzIaLnJvb21xLnYxLkhpc3RvZ3JhbVN1bW1hcnkSDgoGZXJyb3JzGA0gASgEEhoKEmhhbmRzaGFrZXNfcmVmdXNlZBgOIAEoBBIhChlzbG93X2NvbnN1bWVyX2Rpc2Nvbm5lY3RzGA8gASgEEhYKDnF1b3RhX3JlZnVzYWxzGBAgASgEIhUKE0FkbWluTGlzdE5hbWVzcGFjZXMiIwoOQWRtaW5MaXN0Um9vbXMSEQoJbmFtZXNwYWNlGAEgASgJIp8BCg9OYW1lc3BhY2VRdW90YXMSFwoPbWF4X2Nvbm5lY3Rpb25zGAEgASgNEhEKCW1heF9yb29tcxgCIAEoDRIYChBtYXhfc3RvcmVkX2J5dGVzGAMgASgEEhQKDHB1Ymxpc2hfcmF0ZRgEIAEoDRIVCg1wdWJsaXNoX2J1cnN0GAUgASgNEhkKEW1heF9tZXNzYWdlX2J5dGVzGAYgASgNIt8BChRBZG1pbkNyZWF0ZU5hbWVzcGFjZRIMCgRuYW1lGAEgASgJEgwKBG9wZW4YAiABKAgSKAoKZHVyYWJpbGl0eRgDIAEoDjIULnJvb21xLnYxLkR1cmFiaWxpdHkSGQoMY3JlYXRlX3Jvb21zGAQgASgISACIAQESKQoGcXVvdGFzGAUgASgLMhkucm9vbXEudjEuTmFtZXNwYWNlUXVvdGFzEioKCXJldGVudGlvbhgGIAMoCzIXLnJvb21xLnYxLlJldGVudGlvblJ1bGVCDwoNX2NyZWF0ZV9yb29tcyJbCg1SZXRlbnRpb25SdWxlEg0KBXJvb21zGAEgASgJEhQKDG1heF9tZXNzYWdlcxgCIAEoBBIRCgltYXhfYnl0ZXMYAyABKAQSEgoKbWF4X2FnZV9tcxgEIAEoBCIkChRBZG1pbkRlbGV0ZU5hbWVzcGFjZRIMCgRuYW1lGAEgASgJIjIKD0FkbWluQ3JlYXRlUm9vbRIRCgluYW1lc3BhY2UYASABKAkSDAoEcm9vbRgCIAEoCSIyCg9BZG1pbkRlbGV0ZVJvb20SEQoJbmFtZXNwYWNlGAEgASgJEgwKBHJvb20YAiABKAkiVwoQQWRtaW5DcmVhdGVUb2tlbhIRCgluYW1lc3BhY2UYASABKAkSDAoEbmFtZRgCIAEoCRIPCgdwdWJsaXNoGAMgAygJEhEKCXN1YnNjcmliZRgEIAMoCSIzChBBZG1pbkRlbGV0ZVRva2VuEhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJIjEKDkFkbWluUHVyZ2VSb29tEhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRyb29tGAIgASgJIjwKDEFkbWluUmVkcml2ZRIRCgluYW1lc3BhY2UYASABKAkSDAoEcm9vbRgCIAEoCRILCgNtYXgYAyABKA0iHwoJQWRtaW5LaWNrEhIKCnNlc3Npb25faWQYASABKAwitAIKDU5hbWVzcGFjZUluZm8SDAoEbmFtZRgBIAEoCRIMCgRvcGVuGAIgASgIEigKCmR1cmFiaWxpdHkYAyABKA4yFC5yb29tcS52MS5EdXJhYmlsaXR5EhQKDGNyZWF0ZV9yb29tcxgEIAEoCBITCgtmcm9tX2NvbmZpZxgFIAEoCBIpCgZxdW90YXMYBiABKAsyGS5yb29tcS52MS5OYW1lc3BhY2VRdW90YXMSDgoGdG9rZW5zGAcgAygJEhMKC2Nvbm5lY3Rpb25zGAggASgNEg0KBXJvb21zGAkgASgEEhQKDHN0b3JlZF9ieXRlcxgKIAEoBBIRCglwdWJsaXNoZWQYCyABKAQSKgoJcmV0ZW50aW9uGAwgAygLMhcucm9vbXEudjEuUmV0ZW50aW9uUnVsZSKoAQoKTWVtYmVySW5mbxIMCgRuYW1lGAEgASgJEg8KB2R1cmFibGUYAiABKAgSEQoJY29ubmVjdGVkGAMgASgIEhIKCnNlc3Npb25faWQYBCABKAwSEAoIbmV4dF9zZXEYBSABKAQSDwoHYmFja2xvZxgGIAEoBBIPCgd1bmFja2VkGAcgASgNEg0KBWdyb3VwGAggASgJEhEKCWNvbnN1bWVycxgJIAEoDSKoAQoNQWRtaW5Sb29tSW5mbxIRCgluYW1lc3BhY2UYASABKAkSDAoEbmFtZRgCIAEoCRIRCglmaXJzdF9zZXEYAyABKAQSEAoIbGFzdF9zZXEYBCABKAQSFAoMc3RvcmVkX2J5dGVzGAUgASgEEhQKDHB1Ymxpc2hfcmF0ZRgGIAEoARIlCgdtZW1iZXJzGAcgAygLMhQucm9vbXEudjEuTWVtYmVySW5mbyK1AQoHQWRtaW5PaxIrCgpuYW1lc3BhY2VzGAEgAygLMhcucm9vbXEudjEuTmFtZXNwYWNlSW5mbxImCgVyb29tcxgCIAMoCzIXLnJvb21xLnYxLkFkbWluUm9vbUluZm8SDQoFdG9rZW4YAyABKAkSDQoFY291bnQYBCABKAQSEQoJdHJ1bmNhdGVkGAUgASgIEiQKBXN0YXRzGAYgASgLMhUucm9vbXEudjEuQnJva2VyU3RhdHMimgEKBUVycm9yEgwKBGNvZGUYASABKA0SDAoEbmFtZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEg0KBWZhdGFsGAQgASgIEgwKBHJvb20YBSABKAkSFAoMc3Vic2NyaXB0aW9uGAYgASgJEg0KBXF1b3RhGAcgASgJEhUKCGxhc3Rfc2VxGAggASgESACIAQFCCwoJX2xhc3Rfc2VxKlYKCk1lbWJlck1vZGUSFAoQTUVNQkVSX01PREVfQVVUTxAAEhcKE01FTUJFUl9NT0RFX0RVUkFCTEUQARIZChVNRU1CRVJfTU9ERV9FUEhFTUVSQUwQAiqQAQoNU3RhcnRQb3NpdGlvbhIZChVTVEFSVF9QT1NJVElPTl9SRVNVTUUQABIWChJTVEFSVF9QT1NJVElPTl9ORVcQARIbChdTVEFSVF9QT1NJVElPTl9FQVJMSUVTVBACEhYKElNUQVJUX1BPU0lUSU9OX1NFURADEhcKE1NUQVJUX1BPU0lUSU9OX1RJTUUQBCpBCglHcm91cE1vZGUSGgoWR1JPVVBfTU9ERV9LRVlfT1JERVJFRBAAEhgKFEdST1VQX01PREVfRVhDTFVTSVZFEAEqbgoKRHVyYWJpbGl0eRIaChZEVVJBQklMSVRZX1VOU1BFQ0lGSUVEEAASEwoPRFVSQUJJTElUWV9TWU5DEAESFgoSRFVSQUJJTElUWV9CQVRDSEVEEAISFwoTRFVSQUJJTElUWV9WT0xBVElMRRADKkMKClN0YXRzT3JkZXISFwoTU1RBVFNfT1JERVJfQkFDS0xPRxAAEhwKGFNUQVRTX09SREVSX1BVQkxJU0hfUkFURRABYgZwcm90bzM");
 
 /**
  * Everything a client sends.
@@ -1474,6 +1474,12 @@ export type Admin = Message$1<"roomq.v1.Admin"> & {
      */
     value: AdminRedrive;
     case: "redrive";
+  } | {
+    /**
+     * @generated from field: roomq.v1.AdminStats stats = 12;
+     */
+    value: AdminStats;
+    case: "stats";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1483,6 +1489,302 @@ export type Admin = Message$1<"roomq.v1.Admin"> & {
  */
 export const AdminSchema: GenMessage<Admin> = /*@__PURE__*/
   messageDesc(file_roomq, 30);
+
+/**
+ * The broker's figures (the same as /metrics): AdminOk.stats.
+ *
+ * @generated from message roomq.v1.AdminStats
+ */
+export type AdminStats = Message$1<"roomq.v1.AdminStats"> & {
+  /**
+   * Most rooms in BrokerStats.rooms (0 = the broker's metrics.max_room_series).
+   *
+   * @generated from field: uint32 max_rooms = 1;
+   */
+  maxRooms: number;
+
+  /**
+   * Which rooms, when there are more: the largest backlogs, or the highest
+   * publish rates.
+   *
+   * @generated from field: roomq.v1.StatsOrder order = 2;
+   */
+  order: StatsOrder;
+};
+
+/**
+ * Describes the message roomq.v1.AdminStats.
+ * Use `create(AdminStatsSchema)` to create a new message.
+ */
+export const AdminStatsSchema: GenMessage<AdminStats> = /*@__PURE__*/
+  messageDesc(file_roomq, 31);
+
+/**
+ * Count and sum of a histogram since the broker started; two snapshots
+ * give the mean over the time between them.
+ *
+ * @generated from message roomq.v1.HistogramSummary
+ */
+export type HistogramSummary = Message$1<"roomq.v1.HistogramSummary"> & {
+  /**
+   * @generated from field: uint64 count = 1;
+   */
+  count: bigint;
+
+  /**
+   * In the histogram's unit (seconds, or messages for batch sizes).
+   *
+   * @generated from field: double sum = 2;
+   */
+  sum: number;
+};
+
+/**
+ * Describes the message roomq.v1.HistogramSummary.
+ * Use `create(HistogramSummarySchema)` to create a new message.
+ */
+export const HistogramSummarySchema: GenMessage<HistogramSummary> = /*@__PURE__*/
+  messageDesc(file_roomq, 32);
+
+/**
+ * @generated from message roomq.v1.NamespaceStats
+ */
+export type NamespaceStats = Message$1<"roomq.v1.NamespaceStats"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: uint32 sessions = 2;
+   */
+  sessions: number;
+
+  /**
+   * @generated from field: uint64 rooms = 3;
+   */
+  rooms: bigint;
+
+  /**
+   * @generated from field: uint64 members = 4;
+   */
+  members: bigint;
+
+  /**
+   * Counters since the broker started, as in /metrics. Namespaces past
+   * metrics.max_namespace_series share their counters (and show the same
+   * figures) with the other late ones.
+   *
+   * @generated from field: uint64 published = 5;
+   */
+  published: bigint;
+
+  /**
+   * @generated from field: uint64 stored_bytes = 6;
+   */
+  storedBytes: bigint;
+
+  /**
+   * @generated from field: uint64 duplicates = 7;
+   */
+  duplicates: bigint;
+
+  /**
+   * @generated from field: uint64 deliveries = 8;
+   */
+  deliveries: bigint;
+
+  /**
+   * @generated from field: uint64 redeliveries = 9;
+   */
+  redeliveries: bigint;
+
+  /**
+   * @generated from field: uint64 acks = 10;
+   */
+  acks: bigint;
+
+  /**
+   * @generated from field: uint64 nacks = 11;
+   */
+  nacks: bigint;
+
+  /**
+   * @generated from field: uint64 dead_lettered = 12;
+   */
+  deadLettered: bigint;
+
+  /**
+   * @generated from field: uint64 expired = 13;
+   */
+  expired: bigint;
+};
+
+/**
+ * Describes the message roomq.v1.NamespaceStats.
+ * Use `create(NamespaceStatsSchema)` to create a new message.
+ */
+export const NamespaceStatsSchema: GenMessage<NamespaceStats> = /*@__PURE__*/
+  messageDesc(file_roomq, 33);
+
+/**
+ * @generated from message roomq.v1.RoomStats
+ */
+export type RoomStats = Message$1<"roomq.v1.RoomStats"> & {
+  /**
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: uint64 last_seq = 3;
+   */
+  lastSeq: bigint;
+
+  /**
+   * Messages stored per second, over the last full second.
+   *
+   * @generated from field: double publish_rate = 4;
+   */
+  publishRate: number;
+
+  /**
+   * Stored messages not yet acked by the slowest durable member.
+   *
+   * @generated from field: uint64 backlog = 5;
+   */
+  backlog: bigint;
+
+  /**
+   * @generated from field: uint32 members = 6;
+   */
+  members: number;
+
+  /**
+   * @generated from field: uint32 connected_members = 7;
+   */
+  connectedMembers: number;
+
+  /**
+   * Since the broker started (or the room was created).
+   *
+   * @generated from field: uint64 redeliveries = 8;
+   */
+  redeliveries: bigint;
+
+  /**
+   * @generated from field: uint64 dead_lettered = 9;
+   */
+  deadLettered: bigint;
+};
+
+/**
+ * Describes the message roomq.v1.RoomStats.
+ * Use `create(RoomStatsSchema)` to create a new message.
+ */
+export const RoomStatsSchema: GenMessage<RoomStats> = /*@__PURE__*/
+  messageDesc(file_roomq, 34);
+
+/**
+ * @generated from message roomq.v1.BrokerStats
+ */
+export type BrokerStats = Message$1<"roomq.v1.BrokerStats"> & {
+  /**
+   * Milliseconds since the Unix epoch when the snapshot was taken.
+   *
+   * @generated from field: uint64 time_ms = 1;
+   */
+  timeMs: bigint;
+
+  /**
+   * @generated from field: uint64 uptime_ms = 2;
+   */
+  uptimeMs: bigint;
+
+  /**
+   * @generated from field: uint32 connections_tcp = 3;
+   */
+  connectionsTcp: number;
+
+  /**
+   * @generated from field: uint32 connections_ws = 4;
+   */
+  connectionsWs: number;
+
+  /**
+   * @generated from field: uint64 storage_bytes = 5;
+   */
+  storageBytes: bigint;
+
+  /**
+   * @generated from field: uint64 rooms_total = 6;
+   */
+  roomsTotal: bigint;
+
+  /**
+   * @generated from field: repeated roomq.v1.NamespaceStats namespaces = 7;
+   */
+  namespaces: NamespaceStats[];
+
+  /**
+   * At most AdminStats.max_rooms rooms, in AdminStats.order.
+   *
+   * @generated from field: repeated roomq.v1.RoomStats rooms = 8;
+   */
+  rooms: RoomStats[];
+
+  /**
+   * @generated from field: roomq.v1.HistogramSummary commit_flush_seconds = 9;
+   */
+  commitFlushSeconds?: HistogramSummary | undefined;
+
+  /**
+   * @generated from field: roomq.v1.HistogramSummary commit_batch_messages = 10;
+   */
+  commitBatchMessages?: HistogramSummary | undefined;
+
+  /**
+   * @generated from field: roomq.v1.HistogramSummary publish_confirm_seconds = 11;
+   */
+  publishConfirmSeconds?: HistogramSummary | undefined;
+
+  /**
+   * @generated from field: roomq.v1.HistogramSummary delivery_lag_seconds = 12;
+   */
+  deliveryLagSeconds?: HistogramSummary | undefined;
+
+  /**
+   * @generated from field: uint64 errors = 13;
+   */
+  errors: bigint;
+
+  /**
+   * @generated from field: uint64 handshakes_refused = 14;
+   */
+  handshakesRefused: bigint;
+
+  /**
+   * @generated from field: uint64 slow_consumer_disconnects = 15;
+   */
+  slowConsumerDisconnects: bigint;
+
+  /**
+   * @generated from field: uint64 quota_refusals = 16;
+   */
+  quotaRefusals: bigint;
+};
+
+/**
+ * Describes the message roomq.v1.BrokerStats.
+ * Use `create(BrokerStatsSchema)` to create a new message.
+ */
+export const BrokerStatsSchema: GenMessage<BrokerStats> = /*@__PURE__*/
+  messageDesc(file_roomq, 35);
 
 /**
  * Every namespace with its settings and figures.
@@ -1497,7 +1799,7 @@ export type AdminListNamespaces = Message$1<"roomq.v1.AdminListNamespaces"> & {
  * Use `create(AdminListNamespacesSchema)` to create a new message.
  */
 export const AdminListNamespacesSchema: GenMessage<AdminListNamespaces> = /*@__PURE__*/
-  messageDesc(file_roomq, 31);
+  messageDesc(file_roomq, 36);
 
 /**
  * The rooms of one namespace (or of all, when empty) with their figures.
@@ -1516,7 +1818,7 @@ export type AdminListRooms = Message$1<"roomq.v1.AdminListRooms"> & {
  * Use `create(AdminListRoomsSchema)` to create a new message.
  */
 export const AdminListRoomsSchema: GenMessage<AdminListRooms> = /*@__PURE__*/
-  messageDesc(file_roomq, 32);
+  messageDesc(file_roomq, 37);
 
 /**
  * @generated from message roomq.v1.NamespaceQuotas
@@ -1566,7 +1868,7 @@ export type NamespaceQuotas = Message$1<"roomq.v1.NamespaceQuotas"> & {
  * Use `create(NamespaceQuotasSchema)` to create a new message.
  */
 export const NamespaceQuotasSchema: GenMessage<NamespaceQuotas> = /*@__PURE__*/
-  messageDesc(file_roomq, 33);
+  messageDesc(file_roomq, 38);
 
 /**
  * @generated from message roomq.v1.AdminCreateNamespace
@@ -1618,7 +1920,7 @@ export type AdminCreateNamespace = Message$1<"roomq.v1.AdminCreateNamespace"> & 
  * Use `create(AdminCreateNamespaceSchema)` to create a new message.
  */
 export const AdminCreateNamespaceSchema: GenMessage<AdminCreateNamespace> = /*@__PURE__*/
-  messageDesc(file_roomq, 34);
+  messageDesc(file_roomq, 39);
 
 /**
  * How much of a room's log is kept. 0 = no limit of that kind.
@@ -1654,7 +1956,7 @@ export type RetentionRule = Message$1<"roomq.v1.RetentionRule"> & {
  * Use `create(RetentionRuleSchema)` to create a new message.
  */
 export const RetentionRuleSchema: GenMessage<RetentionRule> = /*@__PURE__*/
-  messageDesc(file_roomq, 35);
+  messageDesc(file_roomq, 40);
 
 /**
  * Deletes a namespace created through /admin, with all its rooms and
@@ -1674,7 +1976,7 @@ export type AdminDeleteNamespace = Message$1<"roomq.v1.AdminDeleteNamespace"> & 
  * Use `create(AdminDeleteNamespaceSchema)` to create a new message.
  */
 export const AdminDeleteNamespaceSchema: GenMessage<AdminDeleteNamespace> = /*@__PURE__*/
-  messageDesc(file_roomq, 36);
+  messageDesc(file_roomq, 41);
 
 /**
  * Creates a room (also where rooms are not created on first use).
@@ -1698,7 +2000,7 @@ export type AdminCreateRoom = Message$1<"roomq.v1.AdminCreateRoom"> & {
  * Use `create(AdminCreateRoomSchema)` to create a new message.
  */
 export const AdminCreateRoomSchema: GenMessage<AdminCreateRoom> = /*@__PURE__*/
-  messageDesc(file_roomq, 37);
+  messageDesc(file_roomq, 42);
 
 /**
  * Deletes a room with its messages and cursors. Its members get a
@@ -1723,7 +2025,7 @@ export type AdminDeleteRoom = Message$1<"roomq.v1.AdminDeleteRoom"> & {
  * Use `create(AdminDeleteRoomSchema)` to create a new message.
  */
 export const AdminDeleteRoomSchema: GenMessage<AdminDeleteRoom> = /*@__PURE__*/
-  messageDesc(file_roomq, 38);
+  messageDesc(file_roomq, 43);
 
 /**
  * Creates a token; the reply carries it, once. Only its hash is stored.
@@ -1761,7 +2063,7 @@ export type AdminCreateToken = Message$1<"roomq.v1.AdminCreateToken"> & {
  * Use `create(AdminCreateTokenSchema)` to create a new message.
  */
 export const AdminCreateTokenSchema: GenMessage<AdminCreateToken> = /*@__PURE__*/
-  messageDesc(file_roomq, 39);
+  messageDesc(file_roomq, 44);
 
 /**
  * Deletes a token created through /admin. Sessions it authenticated stay
@@ -1786,7 +2088,7 @@ export type AdminDeleteToken = Message$1<"roomq.v1.AdminDeleteToken"> & {
  * Use `create(AdminDeleteTokenSchema)` to create a new message.
  */
 export const AdminDeleteTokenSchema: GenMessage<AdminDeleteToken> = /*@__PURE__*/
-  messageDesc(file_roomq, 40);
+  messageDesc(file_roomq, 45);
 
 /**
  * Deletes every stored message of a room; seqs keep counting from where
@@ -1811,7 +2113,7 @@ export type AdminPurgeRoom = Message$1<"roomq.v1.AdminPurgeRoom"> & {
  * Use `create(AdminPurgeRoomSchema)` to create a new message.
  */
 export const AdminPurgeRoomSchema: GenMessage<AdminPurgeRoom> = /*@__PURE__*/
-  messageDesc(file_roomq, 41);
+  messageDesc(file_roomq, 46);
 
 /**
  * Moves the messages of a dead-letter room back to the rooms they came
@@ -1847,7 +2149,7 @@ export type AdminRedrive = Message$1<"roomq.v1.AdminRedrive"> & {
  * Use `create(AdminRedriveSchema)` to create a new message.
  */
 export const AdminRedriveSchema: GenMessage<AdminRedrive> = /*@__PURE__*/
-  messageDesc(file_roomq, 42);
+  messageDesc(file_roomq, 47);
 
 /**
  * Closes a session with KICKED.
@@ -1868,7 +2170,7 @@ export type AdminKick = Message$1<"roomq.v1.AdminKick"> & {
  * Use `create(AdminKickSchema)` to create a new message.
  */
 export const AdminKickSchema: GenMessage<AdminKick> = /*@__PURE__*/
-  messageDesc(file_roomq, 43);
+  messageDesc(file_roomq, 48);
 
 /**
  * @generated from message roomq.v1.NamespaceInfo
@@ -1946,7 +2248,7 @@ export type NamespaceInfo = Message$1<"roomq.v1.NamespaceInfo"> & {
  * Use `create(NamespaceInfoSchema)` to create a new message.
  */
 export const NamespaceInfoSchema: GenMessage<NamespaceInfo> = /*@__PURE__*/
-  messageDesc(file_roomq, 44);
+  messageDesc(file_roomq, 49);
 
 /**
  * @generated from message roomq.v1.MemberInfo
@@ -2018,7 +2320,7 @@ export type MemberInfo = Message$1<"roomq.v1.MemberInfo"> & {
  * Use `create(MemberInfoSchema)` to create a new message.
  */
 export const MemberInfoSchema: GenMessage<MemberInfo> = /*@__PURE__*/
-  messageDesc(file_roomq, 45);
+  messageDesc(file_roomq, 50);
 
 /**
  * @generated from message roomq.v1.AdminRoomInfo
@@ -2069,7 +2371,7 @@ export type AdminRoomInfo = Message$1<"roomq.v1.AdminRoomInfo"> & {
  * Use `create(AdminRoomInfoSchema)` to create a new message.
  */
 export const AdminRoomInfoSchema: GenMessage<AdminRoomInfo> = /*@__PURE__*/
-  messageDesc(file_roomq, 46);
+  messageDesc(file_roomq, 51);
 
 /**
  * @generated from message roomq.v1.AdminOk
@@ -2106,6 +2408,13 @@ export type AdminOk = Message$1<"roomq.v1.AdminOk"> & {
    * @generated from field: bool truncated = 5;
    */
   truncated: boolean;
+
+  /**
+   * AdminStats: the broker's figures.
+   *
+   * @generated from field: roomq.v1.BrokerStats stats = 6;
+   */
+  stats?: BrokerStats | undefined;
 };
 
 /**
@@ -2113,7 +2422,7 @@ export type AdminOk = Message$1<"roomq.v1.AdminOk"> & {
  * Use `create(AdminOkSchema)` to create a new message.
  */
 export const AdminOkSchema: GenMessage<AdminOk> = /*@__PURE__*/
-  messageDesc(file_roomq, 47);
+  messageDesc(file_roomq, 52);
 
 /**
  * @generated from message roomq.v1.Error
@@ -2185,7 +2494,7 @@ export type Error = Message$1<"roomq.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_roomq, 48);
+  messageDesc(file_roomq, 53);
 
 /**
  * @generated from enum roomq.v1.MemberMode
@@ -2339,4 +2648,25 @@ export enum Durability {
  */
 export const DurabilitySchema: GenEnum<Durability> = /*@__PURE__*/
   enumDesc(file_roomq, 3);
+
+/**
+ * @generated from enum roomq.v1.StatsOrder
+ */
+export enum StatsOrder {
+  /**
+   * @generated from enum value: STATS_ORDER_BACKLOG = 0;
+   */
+  BACKLOG = 0,
+
+  /**
+   * @generated from enum value: STATS_ORDER_PUBLISH_RATE = 1;
+   */
+  PUBLISH_RATE = 1,
+}
+
+/**
+ * Describes the enum roomq.v1.StatsOrder.
+ */
+export const StatsOrderSchema: GenEnum<StatsOrder> = /*@__PURE__*/
+  enumDesc(file_roomq, 4);
 
