@@ -686,6 +686,12 @@ fn apply_env(
                     why: format!("{raw:?} is not an integer"),
                 })?)
             }
+            Some(toml::Value::Boolean(_)) => {
+                toml::Value::Boolean(raw.trim().parse().map_err(|_| ConfigError::Env {
+                    name: name.clone(),
+                    why: format!("{raw:?} is not true or false"),
+                })?)
+            }
             _ => toml::Value::String(raw),
         };
         let target = match section {
@@ -731,6 +737,10 @@ mod tests {
         assert_eq!(c.limits.ack_timeout_ms, 7);
         assert_eq!(c.listen.port(), 9999);
 
+        let env = vec![("ROOMQ_METRICS_ENABLED".to_string(), "false".to_string())];
+        assert!(!Config::load(None, env).unwrap().metrics.enabled);
+        let env = vec![("ROOMQ_METRICS_ENABLED".to_string(), "no".to_string())];
+        assert!(Config::load(None, env).is_err());
         let env = vec![("ROOMQ_LIMITS_MAX_IN_FLIGHT".to_string(), "lots".to_string())];
         assert!(matches!(
             Config::load(None, env),
