@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use prost::Message as _;
-use roomq::storage::{SledStore, Store, StoredMessage, WriteBatch};
+use roomq::storage::{BlockingStore, SledStore, StoredMessage, WriteBatch};
 use roomq_wire::pb;
 
 const SIZES: [usize; 2] = [128, 1024];

@@ -241,6 +241,9 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// The storage engine. `"sled"` (the default, and the only one so far)
+    /// stores everything in the data directory.
+    pub engine: crate::storage::Engine,
     /// sled's page cache. sled's own default is 1 GiB; we set it explicitly.
     pub cache_bytes: u64,
     /// Recently stored messages kept in memory per room for fast delivery.
@@ -257,6 +260,10 @@ pub struct StorageConfig {
     pub commit_timeout_ms: u64,
     /// How often retention rules are applied.
     pub retention_interval_ms: u64,
+    /// Most reads of stored messages (those no longer in a room's cache:
+    /// replays, redeliveries of old messages) running at once. More wait
+    /// in order.
+    pub max_reads_in_flight: u32,
 }
 
 /// TLS for client connections: on when both files are set. An empty path
@@ -408,12 +415,14 @@ impl Default for Limits {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            engine: crate::storage::Engine::Sled,
             cache_bytes: 256 * 1024 * 1024,
             room_cache_messages: 8_192,
             room_cache_bytes: 8 * 1024 * 1024,
             cursor_sync_interval_ms: 100,
             commit_timeout_ms: 30_000,
             retention_interval_ms: 1_000,
+            max_reads_in_flight: 16,
         }
     }
 }
@@ -482,7 +491,7 @@ impl Config {
         let t = &self.tls;
         let h = &self.http;
         let m = &self.metrics;
-        let checks: [(bool, &str); 24] = [
+        let checks: [(bool, &str); 25] = [
             (
                 m.max_room_series <= 10_000,
                 "metrics.max_room_series must be at most 10000",
@@ -559,6 +568,10 @@ impl Config {
             (
                 s.retention_interval_ms > 0,
                 "storage.retention_interval_ms must be > 0",
+            ),
+            (
+                s.max_reads_in_flight > 0,
+                "storage.max_reads_in_flight must be > 0",
             ),
             (
                 t.cert_path.as_os_str().is_empty() == t.key_path.as_os_str().is_empty(),

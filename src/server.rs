@@ -29,7 +29,7 @@ use crate::broker::{error_frame, Broker, BrokerHandle};
 use crate::config::Config;
 use crate::http::{self, HttpShared};
 use crate::session;
-use crate::storage::{SledStore, Store, StoreError};
+use crate::storage::{self, Store, StoreError};
 use crate::tenancy::{Hooks, Middleware, Tenants};
 use crate::tls;
 use crate::transport::{PrefixedFraming, PrefixedSource, Transport};
@@ -57,14 +57,18 @@ pub enum ServerError {
     Task(String),
 }
 
-/// Opens the sled store in the configured data directory.
+/// Opens the configured storage engine in the data directory. Blocks.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = SledStore::open(&config.data_dir, config.storage.cache_bytes)?;
-    Ok(Arc::new(store))
+    let storage = &config.storage;
+    Ok(storage::open(
+        storage.engine,
+        &config.data_dir,
+        storage.cache_bytes,
+    )?)
 }
 
 /// Serves `listener` with the store in `config.data_dir` until `shutdown`
@@ -234,9 +238,12 @@ impl Server {
                     .unwrap_or_else(|e| Err(ServerError::Task(e.to_string())))
             }
         };
-        let opened = store.and_then(|store| {
-            Broker::open(config.clone(), store, tenants.clone()).map_err(ServerError::from)
-        });
+        let opened = match store {
+            Ok(store) => Broker::open(config.clone(), store, tenants.clone())
+                .await
+                .map_err(ServerError::from),
+            Err(e) => Err(e),
+        };
         let broker = match opened {
             Ok(b) => b,
             Err(e) => {

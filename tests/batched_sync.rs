@@ -14,7 +14,8 @@ use common::*;
 use roomq::config::{DurabilityMode, NamespaceConfig};
 use roomq::server::run_with_store;
 use roomq::storage::{
-    Flushed, Recovered, RoomId, SledStore, Store, StoreError, StoredMessage, WriteBatch,
+    BlockingStore, Flushed, OnBlockingPool, Recovered, RoomId, SledStore, StoreError,
+    StoredMessage, WriteBatch,
 };
 use roomq_client::proto as pb;
 use roomq_client::raw::{ConnectOptions, Connection};
@@ -45,7 +46,7 @@ impl Recording {
     }
 }
 
-impl Store for Recording {
+impl BlockingStore for Recording {
     fn recover(&self) -> Result<Recovered, StoreError> {
         self.inner.recover()
     }
@@ -120,7 +121,7 @@ async fn batched_writes_are_synced_within_the_interval_and_retries_wait_for_a_sy
     let task = tokio::spawn(run_with_store(
         listener,
         config,
-        Arc::new(store),
+        Arc::new(OnBlockingPool::new(store)),
         shutdown.clone(),
     ));
 

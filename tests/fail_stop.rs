@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::*;
 use roomq::server::{run_with_store, ServerError};
 use roomq::storage::{
-    Flushed, Recovered, RoomId, SledStore, Store, StoreError, StoredMessage, WriteBatch,
+    BlockingStore, Flushed, OnBlockingPool, Recovered, RoomId, SledStore, StoreError,
+    StoredMessage, WriteBatch,
 };
 use roomq_client::raw::Connection;
 
@@ -33,7 +34,7 @@ struct FaultyStore {
     gate: Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
-impl Store for FaultyStore {
+impl BlockingStore for FaultyStore {
     fn recover(&self) -> Result<Recovered, StoreError> {
         self.inner.recover()
     }
@@ -45,14 +46,14 @@ impl Store for FaultyStore {
             return self.inner.commit(batch);
         }
         match self.fault {
-            Fault::Fail => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+            Fault::Fail => Err(StoreError::Engine(Box::new(std::io::Error::other(
                 "injected: disk gone",
             )))),
             Fault::Hang => {
                 if let Ok(rx) = self.gate.lock() {
                     let _ = rx.recv();
                 }
-                Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+                Err(StoreError::Engine(Box::new(std::io::Error::other(
                     "released",
                 ))))
             }
@@ -96,7 +97,12 @@ async fn start(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(run_with_store(listener, config, Arc::new(store), shutdown));
+    let task = tokio::spawn(run_with_store(
+        listener,
+        config,
+        Arc::new(OnBlockingPool::new(store)),
+        shutdown,
+    ));
     (addr, task)
 }
 

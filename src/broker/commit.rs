@@ -1,23 +1,18 @@
-//! Group commit. At most one batch is being written at a time, on tokio's
-//! blocking pool; while it is written the broker keeps accepting publishes
-//! into the next batch, so one flush — and one `fsync` — covers everything
-//! that arrived during the previous one.
+//! Group commit. At most one batch is being written at a time, in a task
+//! beside the actor; while it is written the broker keeps accepting
+//! publishes into the next batch, so one flush — and one `fsync` — covers
+//! everything that arrived during the previous one.
 //!
 //! A batch that nobody waits on (only `batched` publishes, lazily stored
 //! cursors and the like) may be *written* without a sync ([`Sync::Later`]);
 //! the broker then syncs within `cursor_sync_interval_ms`, or sooner with
 //! the next batch that someone waits on.
-//!
-//! The blocking pool (rather than a thread of our own) has one more virtue:
-//! tokio does not auto-advance paused time while a blocking task runs, so
-//! timer tests with `tokio::time::pause()` see storage as instantaneous
-//! instead of jumping the clock while a flush is in progress.
 
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use crate::storage::{Flushed, Store, StoreError, WriteBatch};
+use crate::storage::{Flushed, Store, StoreError, StoreFuture, WriteBatch};
 
 /// Whether a commit syncs before it reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,30 +27,42 @@ pub enum Sync {
 #[derive(Debug)]
 pub enum CommitOutcome {
     /// The batch, and everything written before it, is synced to disk.
-    Done(Flushed, WriteBatch),
+    Done(Flushed, Arc<WriteBatch>),
     /// The batch is written but not synced (it survives a killed process,
     /// not a power cut).
-    Written(WriteBatch),
+    Written(Arc<WriteBatch>),
     /// The store failed; nothing of the batch may be confirmed, and the
     /// broker must stop (fail-stop).
     Failed(StoreError),
 }
 
-/// Writes `batch` and, with [`Sync::Now`], syncs it, off the async threads.
+/// Writes `batch` and, with [`Sync::Now`], syncs it, in a task of its own.
 /// An empty batch with [`Sync::Now`] only syncs what was written before.
 pub fn spawn(store: Arc<dyn Store>, batch: WriteBatch, sync: Sync) -> JoinHandle<CommitOutcome> {
-    tokio::task::spawn_blocking(move || {
-        let result = match sync {
-            Sync::Now if batch.is_empty() => store.flush().map(Some),
-            Sync::Now => store.commit(&batch).map(Some),
-            Sync::Later => store.write(&batch).map(|()| None),
-        };
-        match result {
-            Ok(Some(flushed)) => CommitOutcome::Done(flushed, batch),
-            Ok(None) => CommitOutcome::Written(batch),
-            Err(e) => CommitOutcome::Failed(e),
+    let batch = Arc::new(batch);
+    let call = match sync {
+        Sync::Now if batch.is_empty() => Call::Sync(store.flush()),
+        Sync::Now => Call::Sync(store.commit(batch.clone())),
+        Sync::Later => Call::Write(store.write(batch.clone())),
+    };
+    tokio::spawn(async move {
+        match call {
+            Call::Sync(f) => match f.await {
+                Ok(flushed) => CommitOutcome::Done(flushed, batch),
+                Err(e) => CommitOutcome::Failed(e),
+            },
+            Call::Write(f) => match f.await {
+                Ok(()) => CommitOutcome::Written(batch),
+                Err(e) => CommitOutcome::Failed(e),
+            },
         }
     })
+}
+
+/// The store call a commit makes.
+enum Call {
+    Sync(StoreFuture<Flushed>),
+    Write(StoreFuture<()>),
 }
 
 /// Waits for the commit in progress, if any; never completes if none.
@@ -63,9 +70,7 @@ pub async fn finished(task: &mut Option<JoinHandle<CommitOutcome>>) -> CommitOut
     match task {
         Some(t) => match t.await {
             Ok(outcome) => outcome,
-            Err(e) => CommitOutcome::Failed(StoreError::Sled(sled::Error::ReportableBug(format!(
-                "commit task failed: {e}"
-            )))),
+            Err(e) => CommitOutcome::Failed(StoreError::Task(format!("commit task failed: {e}"))),
         },
         None => std::future::pending().await,
     }

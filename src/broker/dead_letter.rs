@@ -136,9 +136,7 @@ impl Broker {
         let from = room.first_seq;
         let last = room.committed_seq;
         let max = if max == 0 { DEFAULT_REDRIVE } else { max } as usize;
-        let msgs = self
-            .store
-            .read(room_id, from, max, usize::MAX)
+        let msgs = futures::executor::block_on(self.store.read(room_id, from, max, usize::MAX))
             .map_err(|e| pb::Error::new(ErrorCode::Internal, e.to_string()))?;
         let msgs: Vec<Arc<StoredMessage>> = msgs.into_iter().filter(|m| m.seq <= last).collect();
         let mut moved = 0u64;

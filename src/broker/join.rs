@@ -11,11 +11,12 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::dead_letter;
+use super::reads::StoreEvent;
 use super::room::{Consumer, GroupMode, Member, MemberKey};
 use super::{Broker, PendingConfirm, PendingReply};
 use crate::config::Limits;
 use crate::metrics::Quota;
-use crate::storage::RoomId;
+use crate::storage::{RoomId, Store};
 
 /// Longest ack timeout a member may ask for: one day.
 pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -29,6 +30,8 @@ pub enum Start {
     Seq(u64),
     /// The first message accepted at or after this wall time (ms).
     Time(u64),
+    /// A `Time` start, found: this seq (or the end of the log, if past it).
+    Found(u64),
 }
 
 /// A checked join.
@@ -145,8 +148,34 @@ impl Broker {
         session: Uuid,
         request_id: u64,
         permit: RequestSlot,
-        req: JoinReq,
+        mut req: JoinReq,
     ) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        // A start by time that the room's cache cannot answer searches the
+        // stored log beside the actor; the join goes on when it is found.
+        if let Start::Time(ms) = req.start {
+            if let Some(room_id) = self.find_room(&entry.info.namespace, &req.room) {
+                match self.time_search(room_id, ms) {
+                    TimeSearch::At(seq) => req.start = Start::Found(seq),
+                    TimeSearch::Store { lo, hi } => {
+                        let store = self.reads.store();
+                        self.reads.spawn(async move {
+                            let seq = search_time(store, room_id, ms, lo, hi).await;
+                            StoreEvent::Positioned {
+                                session,
+                                request_id,
+                                permit,
+                                req,
+                                seq,
+                            }
+                        });
+                        return;
+                    }
+                }
+            }
+        }
         let Some(entry) = self.sessions.get(&session) else {
             return;
         };
@@ -255,10 +284,6 @@ impl Broker {
             self.reply(prev, frame, None);
         }
 
-        let time_position = match req.start {
-            Start::Time(ms) => Some(self.seq_at_time(room_id, ms)),
-            _ => None,
-        };
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
@@ -268,7 +293,9 @@ impl Broker {
             Start::Resume | Start::New => end,
             Start::Earliest => room.first_seq,
             Start::Seq(s) => s.clamp(room.first_seq, end),
-            Start::Time(_) => time_position.unwrap_or(end).clamp(room.first_seq, end),
+            Start::Found(s) => s.clamp(room.first_seq, end),
+            // The room is new: nothing was stored at any time.
+            Start::Time(_) => end,
         };
         let is_new = !room.members.contains_key(&key);
         let durable = durable_name.is_some() || group.is_some();
@@ -359,34 +386,67 @@ impl Broker {
         }
     }
 
-    /// The first committed seq of `room_id` accepted at or after wall time
-    /// `ms` (the end of the log if none). A binary search over the stored
-    /// log: accept times grow with seqs.
-    fn seq_at_time(&mut self, room_id: RoomId, ms: u64) -> u64 {
+    /// Where a start at wall time `ms` in `room_id` is, if the room's
+    /// cache (its newest committed messages) tells; otherwise the range of
+    /// the stored log to search. Accept times grow with seqs.
+    fn time_search(&self, room_id: RoomId, ms: u64) -> TimeSearch {
         let Some(room) = self.rooms.get(&room_id) else {
-            return 1;
+            return TimeSearch::At(1);
         };
-        let (mut lo, mut hi) = (room.first_seq, room.committed_seq + 1);
-        // Invariant: every seq below `lo` is older than `ms`; `hi` is
-        // the end or at/after `ms`.
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let found = match self.store.read(room_id, mid, 1, usize::MAX) {
-                Ok(v) => v.into_iter().next(),
-                Err(e) => {
-                    tracing::error!(room_id, error = %e, "cannot read the log to find a start time");
-                    return hi;
-                }
-            };
-            match found {
-                // `mid` itself may be trimmed: the next stored one stands in.
-                Some(m) if m.seq < hi && m.info.timestamp_ms < ms => lo = m.seq + 1,
-                Some(m) if m.seq < hi => hi = mid.max(lo).min(m.seq),
-                _ => hi = mid,
-            }
+        let end = room.committed_seq + 1;
+        let cache = &room.cache;
+        if cache.front().is_some_and(|m| m.info.timestamp_ms < ms) {
+            let idx = cache.partition_point(|m| m.info.timestamp_ms < ms);
+            return TimeSearch::At(cache.get(idx).map_or(end, |m| m.seq));
         }
-        lo
+        // Everything cached is at or after `ms`: the start is at or before
+        // the cache's first message.
+        let hi = cache.front().map_or(end, |m| m.seq);
+        let lo = room.first_seq;
+        if lo >= hi {
+            TimeSearch::At(hi)
+        } else {
+            TimeSearch::Store { lo, hi }
+        }
     }
+}
+
+/// Where a start by time is.
+enum TimeSearch {
+    /// At this seq.
+    At(u64),
+    /// In the stored log, in `lo..=hi` (`hi`: none before it qualifies).
+    Store { lo: u64, hi: u64 },
+}
+
+/// The first stored seq of `room` in `lo..hi` accepted at or after wall
+/// time `ms`, or `hi` if none: a binary search over the stored log.
+async fn search_time(
+    store: Arc<dyn Store>,
+    room: RoomId,
+    ms: u64,
+    mut lo: u64,
+    mut hi: u64,
+) -> u64 {
+    // Invariant: every seq below `lo` is older than `ms`; `hi` is the end
+    // of the range or at/after `ms`.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let found = match store.read(room, mid, 1, usize::MAX).await {
+            Ok(v) => v.into_iter().next(),
+            Err(e) => {
+                tracing::error!(room_id = room, error = %e, "cannot read the log to find a start time");
+                return hi;
+            }
+        };
+        match found {
+            // `mid` itself may be trimmed: the next stored one stands in.
+            Some(m) if m.seq < hi && m.info.timestamp_ms < ms => lo = m.seq + 1,
+            Some(m) if m.seq < hi => hi = mid.max(lo).min(m.seq),
+            _ => hi = mid,
+        }
+    }
+    lo
 }
 
 /// A member's name for logs and errors.

@@ -2,13 +2,16 @@
 //! entry, timer and dedup record. Sessions talk to it through a bounded
 //! command channel; it answers through each session's bounded outbound
 //! channel, never awaiting a session (it uses `try_send` and a documented
-//! back-off when a session's queue is full). Storage writes go to the
-//! blocking pool, one batch at a time ([`commit`]). No locks guard the broker's tables: the
+//! back-off when a session's queue is full). Storage calls run beside the
+//! actor and report back as events: writes one batch at a time
+//! ([`commit`]), reads of messages that are not in a room's cache
+//! ([`reads`]). No locks guard the broker's tables: the
 //! actor is their only owner.
 //!
 //! Layout:
 //! - [`room`]: rooms and members, the delivery rules (no I/O).
-//! - [`commit`]: group commit on the blocking pool.
+//! - [`commit`]: group commit beside the actor; [`reads`]: reads of stored
+//!   messages beside the actor. Both report back as events.
 //! - one file per operation: [`join`], [`leave`], [`publish`], [`ack`],
 //!   [`nack`], [`in_progress`], [`list_rooms`], [`members`], [`admin`],
 //!   each holding the request's checks (run by the session) and the
@@ -28,6 +31,7 @@ pub mod list_rooms;
 pub mod members;
 pub mod nack;
 pub mod publish;
+pub mod reads;
 pub mod retention;
 pub mod room;
 pub mod stats;
@@ -49,6 +53,7 @@ use crate::config::Config;
 use crate::storage::{RoomId, RoomStats, Store, StoreError, StoredMessage, WriteBatch};
 use crate::tenancy::{Grant, StoredNamespace, Tenant, Tenants};
 use commit::CommitOutcome;
+use reads::{Reads, StoreEvent};
 use room::{Gap, Handout, MemberKey, Now, Outlet, Room, Timers};
 
 /// A request's share of its session's budgets (requests awaiting a reply,
@@ -173,7 +178,7 @@ macro_rules! outlet {
     ($broker:ident) => {
         ActorOutlet {
             sessions: &mut $broker.sessions,
-            store: $broker.store.as_ref(),
+            reads: &mut $broker.reads,
             timers: &mut $broker.timers,
             gen: &mut $broker.timer_gen,
             reserve: $broker.config.limits.max_pending_requests as usize + 8,
@@ -331,6 +336,8 @@ pub struct Broker {
     /// What the batch being written will confirm, while one is.
     committing: Option<InFlightBatch>,
     commit_task: Option<tokio::task::JoinHandle<CommitOutcome>>,
+    /// Reads of stored messages and other storage work beside the actor.
+    reads: Reads,
     /// When the commit in progress started (for the commit watchdog).
     commit_started: Instant,
     /// Since when some written batch is not yet synced (`batched` data and
@@ -344,6 +351,8 @@ pub struct Broker {
     next_retention: Instant,
     /// Some namespace has retention rules.
     retention_active: bool,
+    /// Rooms whose retention scan of the stored log is running.
+    retention_scans: HashSet<RoomId>,
     metrics: Arc<crate::metrics::Metrics>,
     started: Instant,
 }
@@ -389,12 +398,12 @@ pub fn error_frame(
 impl Broker {
     /// Opens the broker on `store`: recovers rooms, cursors, dedup records
     /// and the namespaces created through `/admin` (into `tenants`).
-    pub fn open(
+    pub async fn open(
         config: Arc<Config>,
         store: Arc<dyn Store>,
         tenants: Arc<Tenants>,
     ) -> Result<Broker, StoreError> {
-        let recovered = store.recover()?;
+        let recovered = store.recover().await?;
         let mut stored_namespaces = Vec::new();
         for raw in &recovered.namespaces {
             match serde_json::from_slice::<StoredNamespace>(raw) {
@@ -408,6 +417,7 @@ impl Broker {
             metrics,
             started: Instant::now(),
             config: config.clone(),
+            reads: Reads::new(store.clone(), config.storage.max_reads_in_flight as usize),
             store,
             tenants,
             rooms: HashMap::new(),
@@ -428,6 +438,7 @@ impl Broker {
             last_cursor_sync: Instant::now(),
             next_retention: Instant::now(),
             retention_active: false,
+            retention_scans: HashSet::new(),
         };
         broker.refresh_retention();
         broker.next_room_id = recovered.next_room_id.max(1);
@@ -537,7 +548,7 @@ impl Broker {
                 return Err(e);
             }
         }
-        let flushed = self.store.flush();
+        let flushed = self.store.flush().await;
         self.close_all(ErrorCode::ShuttingDown, "the broker is shutting down");
         flushed.map(|_| ())
     }
@@ -553,6 +564,7 @@ impl Broker {
                 biased;
                 outcome = commit::finished(&mut self.commit_task) => self.on_commit(outcome)?,
                 _ = shutdown.cancelled() => return Ok(()),
+                Some(event) = self.reads.next() => self.on_store_event(event),
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => {
                         self.handle(cmd);
@@ -1025,6 +1037,54 @@ impl Broker {
         }
     }
 
+    /// Storage work done beside the actor has reported.
+    fn on_store_event(&mut self, event: StoreEvent) {
+        match event {
+            StoreEvent::Read { room, from, result } => {
+                self.reads.finished(room, from);
+                match result {
+                    // Nothing there (trimmed meanwhile): the members moved
+                    // on with the trim, or ask again when next pumped.
+                    Ok(msgs) if msgs.is_empty() => {}
+                    Ok(msgs) => {
+                        let Some(r) = self.rooms.get_mut(&room) else {
+                            return;
+                        };
+                        // Lent to the room for one pump of its members.
+                        r.lend(from, msgs);
+                        self.pump_room(room);
+                        if let Some(r) = self.rooms.get_mut(&room) {
+                            r.release();
+                        }
+                    }
+                    // The members wait (and ask again when next pumped)
+                    // rather than lose the messages.
+                    Err(e) => {
+                        error!(room_id = room, from, error = %e, "cannot read stored messages; not delivered");
+                    }
+                }
+            }
+            StoreEvent::Retention {
+                room,
+                first,
+                floor,
+                bytes,
+            } => self.retention_scanned(room, first, floor, bytes),
+            StoreEvent::Positioned {
+                session,
+                request_id,
+                permit,
+                mut req,
+                seq,
+            } => {
+                if self.sessions.contains_key(&session) {
+                    req.start = join::Start::Found(seq);
+                    self.join(session, request_id, permit, req);
+                }
+            }
+        }
+    }
+
     fn sync_all_cursors(&mut self) {
         for (id, room) in &self.rooms {
             for (key, m) in &room.members {
@@ -1131,7 +1191,7 @@ impl Broker {
     /// deliverable and its dedup ids stored, but nothing that promises
     /// "on disk" is sent: such replies, and retries waiting on a dedup id,
     /// wait for the next commit, which syncs.
-    fn written(&mut self, batch: WriteBatch, done: InFlightBatch) {
+    fn written(&mut self, batch: Arc<WriteBatch>, done: InFlightBatch) {
         self.make_visible(&batch);
         // Not expected (a batch with replies is synced), but never
         // answered early.
@@ -1185,7 +1245,7 @@ impl Broker {
     fn confirm(
         &mut self,
         _flushed: &crate::storage::Flushed,
-        batch: WriteBatch,
+        batch: Arc<WriteBatch>,
         done: InFlightBatch,
     ) {
         let max_count = self.config.storage.room_cache_messages as usize;
@@ -1305,7 +1365,7 @@ pub(crate) struct DeliveryTally {
 /// The actor's [`Outlet`]: session queues, the store, the timer heap.
 struct ActorOutlet<'a> {
     sessions: &'a mut HashMap<Uuid, SessionEntry>,
-    store: &'a dyn Store,
+    reads: &'a mut Reads,
     timers: &'a mut BinaryHeap<Reverse<Timer>>,
     gen: &'a mut u64,
     /// Queue slots kept free for replies.
@@ -1391,17 +1451,8 @@ impl Outlet for ActorOutlet<'_> {
             .is_some_and(|s| s.memberships.keys().any(|(r, _)| &**r == room))
     }
 
-    fn read(&mut self, room: RoomId, from: u64, max: usize, last: u64) -> Vec<Arc<StoredMessage>> {
-        match self.store.read(room, from, max, 4 * 1024 * 1024) {
-            Ok(mut v) => {
-                v.retain(|m| m.seq <= last);
-                v
-            }
-            Err(e) => {
-                error!(room_id = room, from, error = %e, "cannot read stored messages; not delivered");
-                Vec::new()
-            }
-        }
+    fn read(&mut self, room: RoomId, from: u64) {
+        self.reads.request(room, from);
     }
 }
 

@@ -5,14 +5,16 @@
 //! are moved up and owed a gap notice (see `room::Member::trim`). Purges
 //! and redrives trim through the same path.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::info;
 
+use super::reads::StoreEvent;
 use super::{now_ms, Broker};
 use crate::config::RetentionRule;
-use crate::storage::{RoomId, RoomStats};
+use crate::storage::{RoomId, RoomStats, Store, StoredMessage};
 use crate::tenancy::{pattern, Tenant};
 
 /// Most messages one room is trimmed by in one sweep; the rest waits for
@@ -59,68 +61,69 @@ impl Broker {
                 None => continue,
             };
             for (id, rule) in rooms {
-                self.apply_retention(id, &rule, wall, &tenant);
+                self.apply_retention(id, &rule, wall);
             }
         }
     }
 
-    /// Trims room `id` down to `rule`.
-    fn apply_retention(&mut self, id: RoomId, rule: &RetentionRule, wall: u64, tenant: &Tenant) {
+    /// Trims room `id` down to `rule`: from what the room has cached if
+    /// its oldest messages are there, otherwise after a scan of the stored
+    /// log beside the actor ([`StoreEvent::Retention`]).
+    fn apply_retention(&mut self, id: RoomId, rule: &RetentionRule, wall: u64) {
+        if self.retention_scans.contains(&id) {
+            return;
+        }
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
         let first = room.first_seq;
         let committed = room.committed_seq;
-        let stored = room.stored_bytes;
         if first > committed {
             return;
         }
-        // Keeping `max_messages` means keeping seqs from this one on.
-        let count_floor = match rule.max_messages {
-            0 => 0,
-            n => (committed + 1).saturating_sub(n),
-        };
-        let over_bytes = rule.max_bytes > 0 && stored > rule.max_bytes;
-        let oldest_may_be_old = rule.max_age_ms > 0;
-        if count_floor <= first && !over_bytes && !oldest_may_be_old {
+        let mut scan = Scan::new(rule, wall, first, committed, room.stored_bytes);
+        if !scan.may_trim() {
             return;
         }
-        let mut floor = first;
-        let mut bytes = 0u64;
-        'sweep: while floor <= committed && floor - first < MAX_TRIM_PER_SWEEP as u64 {
-            // Usually only the oldest few are looked at: start small.
-            let chunk = if floor == first { 16 } else { 256 };
-            let msgs = match self.store.read(id, floor, chunk, usize::MAX) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(room_id = id, error = %e, "retention cannot read the room; not trimmed");
-                    return;
+        if room.cache.front().is_some_and(|m| m.seq <= first) {
+            for m in room.cache.iter().filter(|m| m.seq >= first) {
+                if !scan.step(m) {
+                    break;
                 }
-            };
-            if msgs.is_empty() {
-                break;
             }
-            for m in msgs {
-                if m.seq > committed {
-                    break 'sweep;
-                }
-                let too_many = m.seq < count_floor;
-                let too_big = rule.max_bytes > 0 && stored.saturating_sub(bytes) > rule.max_bytes;
-                let too_old = rule.max_age_ms > 0
-                    && m.info.timestamp_ms.saturating_add(rule.max_age_ms) <= wall;
-                if !(too_many || too_big || too_old) {
-                    break 'sweep;
-                }
-                floor = m.seq + 1;
-                bytes += m.encoded.len() as u64;
-            }
+            let (floor, bytes) = (scan.floor, scan.bytes);
+            self.retention_scanned(id, first, floor, bytes);
+            return;
         }
-        if floor > first {
-            if let Some(room) = self.rooms.get(&id) {
-                info!(namespace = %room.namespace, room = %room.name, from = first, to = floor - 1, "retention trimmed the log");
+        self.retention_scans.insert(id);
+        let store = self.reads.store();
+        self.reads.spawn(async move {
+            scan.run(store, id).await;
+            StoreEvent::Retention {
+                room: id,
+                first,
+                floor: scan.floor,
+                bytes: scan.bytes,
             }
-            self.trim_room(id, floor, bytes, tenant);
+        });
+    }
+
+    /// Retention found that room `id`'s messages below `floor` (`bytes` of
+    /// them) are due to go, looking from `first`. Trims them unless the room
+    /// was trimmed meanwhile (the next sweep looks again).
+    pub(super) fn retention_scanned(&mut self, id: RoomId, first: u64, floor: u64, bytes: u64) {
+        self.retention_scans.remove(&id);
+        let Some(room) = self.rooms.get(&id) else {
+            return;
+        };
+        if room.first_seq != first || floor <= first {
+            return;
         }
+        let Some(tenant) = self.tenants.get(&room.namespace) else {
+            return;
+        };
+        info!(namespace = %room.namespace, room = %room.name, from = first, to = floor - 1, "retention trimmed the log");
+        self.trim_room(id, floor, bytes, &tenant);
     }
 
     /// Deletes the messages of room `id` below `floor` (`bytes` of them):
@@ -144,5 +147,91 @@ impl Broker {
         self.open.write.room_stats.push((id, stats));
         self.open.write.purged.push(id);
         self.pump_room(id);
+    }
+}
+
+/// A retention sweep of one room: walks its oldest messages while they are
+/// past the rule's bounds.
+#[derive(Debug)]
+struct Scan {
+    rule: RetentionRule,
+    wall: u64,
+    first: u64,
+    committed: u64,
+    stored: u64,
+    /// Keeping `max_messages` means keeping seqs from this one on.
+    count_floor: u64,
+    /// Everything below is due to go.
+    floor: u64,
+    /// The bytes of the messages below `floor`.
+    bytes: u64,
+}
+
+impl Scan {
+    fn new(rule: &RetentionRule, wall: u64, first: u64, committed: u64, stored: u64) -> Self {
+        let count_floor = match rule.max_messages {
+            0 => 0,
+            n => (committed + 1).saturating_sub(n),
+        };
+        Scan {
+            rule: rule.clone(),
+            wall,
+            first,
+            committed,
+            stored,
+            count_floor,
+            floor: first,
+            bytes: 0,
+        }
+    }
+
+    /// Whether any message may be past a bound (no reading needed to rule
+    /// it out).
+    fn may_trim(&self) -> bool {
+        let over_bytes = self.rule.max_bytes > 0 && self.stored > self.rule.max_bytes;
+        self.count_floor > self.first || over_bytes || self.rule.max_age_ms > 0
+    }
+
+    /// Looks at the next message; false once the sweep is over.
+    fn step(&mut self, m: &StoredMessage) -> bool {
+        if m.seq > self.committed || self.floor - self.first >= MAX_TRIM_PER_SWEEP as u64 {
+            return false;
+        }
+        let rule = &self.rule;
+        let too_many = m.seq < self.count_floor;
+        let too_big = rule.max_bytes > 0 && self.stored.saturating_sub(self.bytes) > rule.max_bytes;
+        let too_old =
+            rule.max_age_ms > 0 && m.info.timestamp_ms.saturating_add(rule.max_age_ms) <= self.wall;
+        if !(too_many || too_big || too_old) {
+            return false;
+        }
+        self.floor = m.seq + 1;
+        self.bytes += m.encoded.len() as u64;
+        true
+    }
+
+    /// Sweeps room `id` in the store.
+    async fn run(&mut self, store: Arc<dyn Store>, id: RoomId) {
+        while self.floor <= self.committed {
+            // Usually only the oldest few are looked at: start small.
+            let chunk = if self.floor == self.first { 16 } else { 256 };
+            let msgs = match store.read(id, self.floor, chunk, usize::MAX).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(room_id = id, error = %e, "retention cannot read the room; not trimmed");
+                    self.floor = self.first;
+                    self.bytes = 0;
+                    return;
+                }
+            };
+            if msgs.is_empty() {
+                return;
+            }
+            for m in &msgs {
+                if !self.step(m) {
+                    return;
+                }
+            }
+        }
     }
 }

@@ -686,8 +686,10 @@ pub trait Outlet: Timers {
     /// Sends a gap notice; false when the session cannot take it now.
     fn gap(&mut self, session: Uuid, room: &Arc<str>, label: &Arc<str>, gap: Gap) -> bool;
 
-    /// Messages of `room` from `from`, in order, at most `max`, all <= `last`.
-    fn read(&mut self, room: RoomId, from: u64, max: usize, last: u64) -> Vec<Arc<StoredMessage>>;
+    /// Asks for the stored messages of `room` from `from` on. They come
+    /// back later, through [`Room::loaded`], and the room's members are
+    /// pumped again then.
+    fn read(&mut self, room: RoomId, from: u64);
 
     /// Whether `session` is a member of the room named `room` (in the
     /// namespace being served).
@@ -757,6 +759,16 @@ pub struct Room {
     pub redelivered: u64,
     /// Messages of this room moved to its dead-letter room, likewise.
     pub dead_lettered: u64,
+    /// Messages read from the store for the pump running now (see
+    /// [`Room::loaded`]).
+    loaded: Option<Loaded>,
+}
+
+/// Stored messages read for a pump: those from `from` on, in order.
+#[derive(Debug)]
+struct Loaded {
+    from: u64,
+    msgs: Vec<Arc<StoredMessage>>,
 }
 
 /// Messages stored per second, over the last full second.
@@ -819,7 +831,19 @@ impl Room {
             rate: RateMeter::new(),
             redelivered: 0,
             dead_lettered: 0,
+            loaded: None,
         }
+    }
+
+    /// Lends the room `msgs`, read from the store from `from` on, for the
+    /// pumps that follow, until [`Room::release`].
+    pub fn lend(&mut self, from: u64, msgs: Vec<Arc<StoredMessage>>) {
+        self.loaded = Some(Loaded { from, msgs });
+    }
+
+    /// Lets go of what [`Room::lend`] lent.
+    pub fn release(&mut self) {
+        self.loaded = None;
     }
 
     /// Deletes the stored messages below `floor`, which hold `bytes` (on
@@ -862,6 +886,9 @@ impl Room {
         self.cache.get(idx)
     }
 
+    /// Up to `max` committed messages from `seq` on, in order, from the
+    /// cache or from what was read for this pump. None at hand: they are
+    /// asked for, and the member waits.
     fn fetch(&self, seq: u64, max: usize, out: &mut impl Outlet) -> Vec<Arc<StoredMessage>> {
         if seq > self.committed_seq {
             return Vec::new();
@@ -872,7 +899,22 @@ impl Room {
                 return self.cache.range(idx..).take(max).cloned().collect();
             }
         }
-        out.read(self.id, seq, max, self.committed_seq)
+        if let Some(l) = &self.loaded {
+            let covers = l.from <= seq && l.msgs.last().is_some_and(|m| m.seq >= seq);
+            if covers {
+                let start = l.msgs.partition_point(|m| m.seq < seq);
+                return l
+                    .msgs
+                    .iter()
+                    .skip(start)
+                    .take_while(|m| m.seq <= self.committed_seq)
+                    .take(max)
+                    .cloned()
+                    .collect();
+            }
+        }
+        out.read(self.id, seq);
+        Vec::new()
     }
 
     /// The message `seq`, from the cache or the store.
@@ -1190,9 +1232,7 @@ mod tests {
             self.gaps.push(gap);
             true
         }
-        fn read(&mut self, _: RoomId, _: u64, _: usize, _: u64) -> Vec<Arc<StoredMessage>> {
-            Vec::new()
-        }
+        fn read(&mut self, _: RoomId, _: u64) {}
         fn in_room(&self, _: Uuid, _: &str) -> bool {
             false
         }

@@ -1,9 +1,19 @@
 //! Durable storage of rooms, messages, cursors and dedup records.
 //!
-//! The broker talks to storage only through the [`Store`] trait so that a
-//! second backend can be added; [`SledStore`] is the one we ship. Everything
-//! written goes through [`Store::commit`] or [`Store::write`], which apply one
-//! atomic batch. Two levels of "stored" are told apart in the types:
+//! The broker talks to storage only through the [`Store`] trait, which names
+//! no engine and never blocks its caller: every call returns a future that
+//! the broker runs beside its actor, and the result comes back to the actor
+//! as an event (a finished commit, a finished read). An engine is chosen by
+//! `storage.engine` ([`open`]); sled ([`SledStore`]) is the one we ship. A
+//! local engine that does blocking I/O implements the synchronous
+//! [`BlockingStore`] and is wrapped in [`OnBlockingPool`], which runs each
+//! call on tokio's blocking pool; a networked engine implements [`Store`]
+//! directly. The conformance suite in `tests/store_conformance.rs` is what
+//! any engine must pass.
+//!
+//! Everything written goes through [`Store::commit`] or [`Store::write`],
+//! which apply one atomic batch. Two levels of "stored" are told apart in
+//! the types:
 //!
 //! - **written** ([`Store::write`] returned `Ok(())`): the batch is in the
 //!   operating system's page cache. It survives the broker process being
@@ -23,14 +33,19 @@
 //! - [`record`]: the byte layout of every stored value, each sealed with a
 //!   CRC-32 (IEEE) checksum that is verified on read.
 //! - [`sled_store`]: the sled 0.34 implementation.
+//! - [`blocking`]: the adapter from a blocking engine to [`Store`].
 //! - `sync`: what makes sled's writes survive a power cut (`fsync` of the
 //!   data file, new blob files and the directories that name them).
 
+pub mod blocking;
 pub mod record;
 pub mod sled_store;
 mod sync;
 
+use std::path::Path;
 use std::sync::Arc;
+
+pub use blocking::{BlockingStore, OnBlockingPool};
 
 pub use record::{CursorRecord, DedupRecord, Extra, MessageInfo, StoredMessage};
 
@@ -60,12 +75,18 @@ impl Flushed {
     }
 }
 
-/// Storage failures. Any of these during a commit is fatal for the broker
-/// (fail-stop): nothing in the failed batch is ever confirmed.
+/// Storage failures, whatever the engine. Any of these during a commit is
+/// fatal for the broker (fail-stop): nothing in the failed batch is ever
+/// confirmed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The engine failed; its own error says how.
     #[error("storage i/o failed: {0}")]
-    Sled(#[from] sled::Error),
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The task running a storage call ended without an answer (it
+    /// panicked or was cancelled).
+    #[error("a storage call did not finish: {0}")]
+    Task(String),
     #[error("a commit has not finished after {0:?}; storage is stuck")]
     Stalled(std::time::Duration),
     #[error("stored record {key} failed its checksum or layout check: {why}")]
@@ -148,34 +169,64 @@ pub struct Recovered {
     pub next_room_id: RoomId,
 }
 
-/// A durable store of rooms, messages, cursors and dedup records.
+/// What a [`Store`] call returns: a future that owns what it needs, so the
+/// broker can run it beside its actor.
+pub type StoreFuture<T> = futures::future::BoxFuture<'static, Result<T, StoreError>>;
+
+/// A durable store of rooms, messages, cursors and dedup records, as the
+/// broker sees it: engine-neutral and asynchronous. No call blocks the
+/// caller; the futures may run concurrently with each other, except that
+/// the broker never has two writes (`commit`, `write`, `flush`) in flight
+/// at once.
 pub trait Store: Send + Sync + 'static {
     /// Reads everything needed to resume serving.
-    fn recover(&self) -> Result<Recovered, StoreError>;
+    fn recover(&self) -> StoreFuture<Recovered>;
 
     /// Applies `batch` atomically and syncs it (and everything written
-    /// before) to disk before returning.
-    fn commit(&self, batch: &WriteBatch) -> Result<Flushed, StoreError>;
+    /// before) to disk before it resolves.
+    fn commit(&self, batch: Arc<WriteBatch>) -> StoreFuture<Flushed>;
 
     /// Applies `batch` atomically and hands it to the operating system, but
     /// does not sync: it survives a killed process, not a power cut, until
     /// the next [`Store::commit`] or [`Store::flush`]. Used for `batched`
     /// namespaces. The default syncs anyway, which is always allowed.
-    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        self.commit(batch).map(|_| ())
+    fn write(&self, batch: Arc<WriteBatch>) -> StoreFuture<()> {
+        let commit = self.commit(batch);
+        Box::pin(async move { commit.await.map(|_| ()) })
     }
 
     /// Reads up to `max` messages of `room` with seq >= `from`, in order,
     /// stopping early once `max_bytes` of message data have been read.
+    /// Everything a resolved `commit` or `write` stored is visible.
     fn read(
         &self,
         room: RoomId,
         from: u64,
         max: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Arc<StoredMessage>>, StoreError>;
+    ) -> StoreFuture<Vec<Arc<StoredMessage>>>;
 
     /// Syncs everything written so far (the background sync of `batched`
     /// data, and shutdown).
-    fn flush(&self) -> Result<Flushed, StoreError>;
+    fn flush(&self) -> StoreFuture<Flushed>;
+}
+
+/// The storage engines roomq can use (`storage.engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// sled 0.34 in the data directory.
+    #[default]
+    Sled,
+}
+
+/// Opens the configured engine in `dir` (which exists). Blocks: call it
+/// from a blocking context.
+pub fn open(engine: Engine, dir: &Path, cache_bytes: u64) -> Result<Arc<dyn Store>, StoreError> {
+    match engine {
+        Engine::Sled => Ok(Arc::new(OnBlockingPool::new(SledStore::open(
+            dir,
+            cache_bytes,
+        )?))),
+    }
 }

@@ -28,7 +28,7 @@ use super::record::{
 };
 use super::sync::DiskSync;
 use super::{
-    Flushed, Recovered, RecoveredRoom, RoomId, RoomStats, Store, StoreError, StoredMessage,
+    BlockingStore, Flushed, Recovered, RecoveredRoom, RoomId, RoomStats, StoreError, StoredMessage,
     WriteBatch,
 };
 
@@ -96,7 +96,7 @@ impl SledStore {
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         loop {
             match Self::try_open(dir, cache_bytes) {
-                Err(StoreError::Sled(sled::Error::Io(e)))
+                Err(StoreError::Engine(e))
                     if e.to_string().contains("could not acquire lock")
                         && std::time::Instant::now() < deadline =>
                 {
@@ -185,7 +185,15 @@ fn bad_key(key: &[u8]) -> StoreError {
     }
 }
 
-impl Store for SledStore {
+/// sled's errors are the engine's own; the broker sees them as
+/// [`StoreError::Engine`].
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Engine(Box::new(e))
+    }
+}
+
+impl BlockingStore for SledStore {
     fn recover(&self) -> Result<Recovered, StoreError> {
         let mut out = Recovered::default();
         for item in self.db.scan_prefix([ROOM]) {
