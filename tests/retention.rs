@@ -37,8 +37,14 @@ struct Setup {
 
 impl Setup {
     async fn start(rules: Vec<RetentionRule>) -> Setup {
+        Setup::start_cached(rules, 8_192).await
+    }
+
+    /// [`Setup::start`] with rooms caching only `room_cache_messages`.
+    async fn start_cached(rules: Vec<RetentionRule>, room_cache_messages: u32) -> Setup {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut config = paused_config(&dir);
+        config.storage.room_cache_messages = room_cache_messages;
         let (admin_token, entry) = new_token("root");
         config.admin.tokens.push(entry);
         config.namespaces.insert(
@@ -257,7 +263,18 @@ async fn max_bytes_trims_down_to_the_byte_bound() {
 
 #[tokio::test(start_paused = true)]
 async fn max_age_trims_what_is_older() {
-    let s = Setup::start(vec![rule("*", 0, 0, 10_000)]).await;
+    max_age_trims_with_cache(8_192).await;
+}
+
+/// The same with a room cache of 2 messages: the oldest are looked at in
+/// the stored log, beside the broker's actor.
+#[tokio::test(start_paused = true)]
+async fn max_age_trims_from_the_stored_log_past_the_cache() {
+    max_age_trims_with_cache(2).await;
+}
+
+async fn max_age_trims_with_cache(room_cache_messages: u32) {
+    let s = Setup::start_cached(vec![rule("*", 0, 0, 10_000)], room_cache_messages).await;
     let (p, _pd) = s.connect("").await;
     publish_n(&p, "r", 5).await;
     tokio::time::sleep(Duration::from_secs(6)).await;

@@ -49,7 +49,21 @@ async fn join_at(broker: &TestBroker, client_id: &str, start_time_ms: u64) -> (u
 
 #[tokio::test(start_paused = true)]
 async fn start_time_picks_the_first_message_accepted_at_or_after_it() {
-    let broker = paused_broker().await;
+    start_time_with_cache(8_192).await;
+}
+
+/// The same, with a room cache of 3 messages: every start but the last
+/// ones is searched for in the stored log, beside the broker's actor.
+#[tokio::test(start_paused = true)]
+async fn start_time_is_found_in_the_stored_log_past_the_cache() {
+    start_time_with_cache(3).await;
+}
+
+async fn start_time_with_cache(room_cache_messages: u32) {
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+    let mut config = paused_config(&dir);
+    config.storage.room_cache_messages = room_cache_messages;
+    let broker = TestBroker::start_with(config, dir).await;
     let (p, _pd) = broker.connect("").await;
     let (reader, mut rd) = broker.connect("").await;
     reader
