@@ -131,6 +131,109 @@ async fn except_rooms_is_decided_when_the_message_is_delivered_not_when_publishe
     broker.stop().await;
 }
 
+/// A redelivery to the session that already had the message follows the
+/// decision its first delivery made: joining an `except_rooms` room, or an
+/// earlier room of a multi-room publish, later does not take it back.
+#[tokio::test]
+async fn a_redelivery_to_the_same_session_keeps_its_first_decision() {
+    let broker = TestBroker::start().await;
+    let (s, mut sd) = joined(&broker, "s", &["b"]).await;
+    let (p, _pd) = broker.connect("").await;
+    p.publish_with(pb::Publish {
+        except_rooms: vec!["c".into()],
+        ..to_rooms(&["a", "b"], "m")
+    })
+    .await
+    .unwrap();
+    let d = next(&mut sd).await;
+    assert_eq!((room_seq(&d), d.attempt), (("b".into(), 1), 1));
+    // Now in `c` (excluded) and in `a` (the publish's first room).
+    for room in ["c", "a"] {
+        s.join_with(join(room, pb::StartPosition::New, 0, 0))
+            .await
+            .unwrap();
+    }
+    s.nack("b", "", &[1], Duration::ZERO).await.unwrap();
+    let d = next(&mut sd).await;
+    assert_eq!((room_seq(&d), d.attempt), (("b".into(), 1), 2));
+    assert!(d.redelivered);
+    broker.stop().await;
+}
+
+/// A redelivery that goes to another session is that session's first
+/// delivery: in a group, a consumer in an `except_rooms` room, or in an
+/// earlier room of the publish, does not get it when the consumer that had
+/// it leaves; if no consumer may have it, it counts as acknowledged.
+#[tokio::test]
+async fn a_redelivery_to_another_consumer_of_a_group_checks_its_rooms() {
+    let broker = TestBroker::start().await;
+    let group = |room: &str| pb::Join {
+        group: "g".into(),
+        ..join(room, pb::StartPosition::Earliest, 0, 0)
+    };
+    // `first` joins alone, so the first delivery goes to it.
+    let (first, mut firstd) = broker.connect("first").await;
+    first.join_with(group("b")).await.unwrap();
+    let (p, _pd) = broker.connect("").await;
+    p.publish_with(pb::Publish {
+        except_rooms: vec!["c".into()],
+        ..publish_to("b", "e", "not for c")
+    })
+    .await
+    .unwrap();
+    p.publish_with(to_rooms(&["a", "b"], "once")).await.unwrap();
+    assert_eq!(seq(&next(&mut firstd).await), 1);
+    assert_eq!(seq(&next(&mut firstd).await), 2);
+    // Two more consumers: one in `c`, one in `a`.
+    let (in_c, mut cd) = joined(&broker, "in-c", &["c"]).await;
+    in_c.join_with(group("b")).await.unwrap();
+    let (in_a, mut ad) = joined(&broker, "in-a", &["a"]).await;
+    in_a.join_with(group("b")).await.unwrap();
+    // `in-a` has the multi-room publish in `a`, its first room.
+    assert_eq!(room_seq(&next(&mut ad).await), ("a".into(), 1));
+    // `first` goes away with both in flight: seq 1 may go to `in-a` (not
+    // in `c`), seq 2 to `in-c` (not in `a`).
+    drop((first, firstd));
+    let d = next(&mut cd).await;
+    assert_eq!((room_seq(&d), d.attempt), (("b".into(), 2), 2), "{d:?}");
+    let d = next(&mut ad).await;
+    assert_eq!((room_seq(&d), d.attempt), (("b".into(), 1), 2), "{d:?}");
+    assert_quiet(&mut cd, QUIET).await;
+    assert_quiet(&mut ad, QUIET).await;
+    broker.stop().await;
+}
+
+/// When every consumer left is excluded, the redelivery counts as
+/// acknowledged for the group.
+#[tokio::test]
+async fn a_redelivery_no_consumer_may_have_counts_as_acknowledged() {
+    let broker = TestBroker::start().await;
+    let group = pb::Join {
+        group: "g".into(),
+        ..join("b", pb::StartPosition::Earliest, 0, 0)
+    };
+    let (first, mut firstd) = broker.connect("first").await;
+    first.join_with(group.clone()).await.unwrap();
+    let (p, _pd) = broker.connect("").await;
+    p.publish_with(pb::Publish {
+        except_rooms: vec!["c".into()],
+        ..publish_to("b", "e", "not for c")
+    })
+    .await
+    .unwrap();
+    assert_eq!(seq(&next(&mut firstd).await), 1);
+    let (in_c, mut cd) = joined(&broker, "in-c", &["c"]).await;
+    in_c.join_with(group).await.unwrap();
+    drop((first, firstd));
+    assert_quiet(&mut cd, QUIET).await;
+    // The group moved past it: the next message is the next one delivered.
+    p.publish("b", "e", "for all").await.unwrap();
+    let d = next(&mut cd).await;
+    assert_eq!((seq(&d), d.attempt), (2, 1));
+    assert_eq!(in_c.ack("b", "", &[2]).await.unwrap(), 3);
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn except_sessions_leaves_out_those_sessions() {
     let broker = TestBroker::start().await;

@@ -350,3 +350,46 @@ async fn a_dropped_connection_is_named_in_its_left_event() {
     );
     broker.stop().await;
 }
+
+/// A takeover of a durable membership: the listeners hear the previous
+/// session leave, then the new one join; the session that lost the
+/// membership hears no presence event about it, only its
+/// `MEMBERSHIP_TAKEN_OVER` push.
+#[tokio::test]
+async fn a_takeover_is_heard_as_the_old_session_leaving_then_the_new_one_joining() {
+    let broker = TestBroker::start().await;
+    let (listener, mut ld) = broker.connect("listener").await;
+    listener.join_with(presence_join("r", "")).await.unwrap();
+    let (old, mut od) = connect_named(&broker, "m", "old").await;
+    old.join_with(presence_join("r", "")).await.unwrap();
+    let e = next_presence(&mut ld).await;
+    assert_eq!(kind(&e), pb::presence_event::Kind::Joined);
+    assert_eq!(session_of(&e), old.session_id().as_bytes().to_vec());
+
+    let (new, _nd) = connect_named(&broker, "m", "new").await;
+    new.join_with(presence_join("r", "")).await.unwrap();
+    let left = next_presence(&mut ld).await;
+    assert_eq!(
+        (kind(&left), session_of(&left)),
+        (
+            pb::presence_event::Kind::Left,
+            old.session_id().as_bytes().to_vec()
+        )
+    );
+    let joined = next_presence(&mut ld).await;
+    assert_eq!(
+        (kind(&joined), session_of(&joined)),
+        (
+            pb::presence_event::Kind::Joined,
+            new.session_id().as_bytes().to_vec()
+        )
+    );
+    // The old session: the listener's join was before its own, so its
+    // first push is the takeover itself.
+    match next_push(&mut od).await {
+        Push::Error(e) => assert_eq!(e.code, ErrorCode::MembershipTakenOver as u32),
+        other => panic!("expected the takeover push, got {other:?}"),
+    }
+    assert_quiet(&mut ld, QUIET).await;
+    broker.stop().await;
+}

@@ -75,6 +75,11 @@ pub struct Unacked {
     pub deadline: Option<Instant>,
     /// The consumer it is in flight at.
     pub holder: Option<Uuid>,
+    /// The session it was last handed to (kept while it is due): a
+    /// redelivery to that session follows the decision its first delivery
+    /// made about `except_rooms` and once-per-session (see
+    /// [`excluded_for`]).
+    pub seen_by: Option<Uuid>,
     /// Hash of its ordering key (0 = none), for a group's key pins.
     pub key: u64,
     /// Why it was last handed back (a nack's reason, "ack timeout", ...).
@@ -215,6 +220,7 @@ impl Member {
                         attempts: *attempts,
                         deadline: None,
                         holder: None,
+                        seen_by: None,
                         key: 0,
                         reason: None,
                     },
@@ -330,6 +336,7 @@ impl Member {
             attempts: 0,
             deadline: until,
             holder: None,
+            seen_by: None,
             key: msg.info.key_hash,
             reason: None,
         };
@@ -357,12 +364,14 @@ impl Member {
             attempts: 0,
             deadline: None,
             holder: None,
+            seen_by: None,
             key,
             reason: None,
         });
         entry.attempts = attempt;
         entry.deadline = Some(deadline);
         entry.holder = Some(session);
+        entry.seen_by = Some(session);
         entry.key = key;
         if self.group.is_some() && key != 0 {
             let pin = self.pins.entry(key).or_insert((session, 0));
@@ -561,11 +570,14 @@ impl Member {
         &mut self,
         msg: &StoredMessage,
         room: &str,
-        first: bool,
+        seen_by: Option<Uuid>,
         blocked: &[Uuid],
         out: &impl Outlet,
     ) -> Result<Option<usize>, ()> {
-        let eligible = |c: &Consumer| !excluded_for(msg, c.session, room, first, out);
+        let eligible = |c: &Consumer| {
+            let first = seen_by != Some(c.session);
+            !excluded_for(msg, c.session, room, first, out)
+        };
         let ready = |c: &Consumer| c.has_room() && !blocked.contains(&c.session);
         let pick = match self.group {
             None | Some(GroupMode::Exclusive) => {
@@ -623,10 +635,13 @@ fn rendezvous(session: Uuid, key: u64) -> u64 {
 }
 
 /// Whether `msg` must not go to `session`, a consumer in `room`: its
-/// publisher's `except_self` and `except_sessions`; and, when it is
-/// delivered for the `first` time, `except_rooms` and "once per session"
-/// of a multi-room publish, which depend on the session's memberships and
-/// so are decided once (a redelivery goes where the first delivery went).
+/// publisher's `except_self` and `except_sessions`, at every hand-out; and
+/// `except_rooms` and "once per session" of a multi-room publish, which
+/// depend on the session's memberships, when it is the `first` hand-out to
+/// this session. A redelivery to the session that last had the message
+/// follows the decision made then (it has seen the message: joining a room
+/// later does not take it back); a hand-out to any other session (another
+/// consumer of a group, a new session of a durable member) decides anew.
 fn excluded_for(
     msg: &StoredMessage,
     session: Uuid,
@@ -981,6 +996,7 @@ impl Room {
                 continue;
             };
             let attempts = entry.attempts;
+            let seen_by = entry.seen_by;
             let dropped = expired(&msg, now);
             done.expired += u64::from(dropped);
             if dropped || member.skips(&msg) {
@@ -1006,7 +1022,7 @@ impl Room {
                 done.changed = true;
                 continue;
             }
-            let idx = match member.choose(&msg, &name, attempts == 0, &blocked, &*out) {
+            let idx = match member.choose(&msg, &name, seen_by, &blocked, &*out) {
                 Ok(Some(i)) => i,
                 Ok(None) => continue,
                 Err(()) => {
@@ -1085,7 +1101,7 @@ impl Room {
                     done.changed = true;
                     continue;
                 }
-                let idx = match member.choose(&msg, &name, true, &blocked, &*out) {
+                let idx = match member.choose(&msg, &name, None, &blocked, &*out) {
                     Ok(Some(i)) => i,
                     Ok(None) if member.group.is_some() => {
                         // Its consumer is busy; the others go on, and it is
@@ -1154,7 +1170,7 @@ impl Room {
                     .iter()
                     .position(|c| !excluded_for(msg, c.session, &name, true, &*out)),
                 Some(GroupMode::KeyOrdered) => {
-                    match member.choose(msg, &name, true, &none_blocked, &*out) {
+                    match member.choose(msg, &name, None, &none_blocked, &*out) {
                         Ok(Some(i)) => Some(i),
                         Ok(None) => member
                             .consumers
