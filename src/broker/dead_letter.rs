@@ -13,11 +13,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prost::Message as _;
 use roomq_wire::names::MAX_NAME_BYTES;
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use tracing::{info, warn};
 
 use super::room::DeadLetter;
-use super::Broker;
+use super::{Broker, BrokerError};
 use crate::storage::{RoomId, StoredMessage};
 
 /// Suffix of a room's dead-letter room.
@@ -117,7 +117,11 @@ impl Broker {
     /// to the rooms named in their headers, without the dead-letter
     /// headers, and deletes them from the dead-letter room. Returns how
     /// many moved and whether more remain.
-    pub(super) fn redrive(&mut self, room_id: RoomId, max: u32) -> Result<(u64, bool), pb::Error> {
+    pub(super) fn redrive(
+        &mut self,
+        room_id: RoomId,
+        max: u32,
+    ) -> Result<(u64, bool), BrokerError> {
         let Some(room) = self.rooms.get(&room_id) else {
             return Ok((0, false));
         };
@@ -127,10 +131,7 @@ impl Broker {
         // message's headers say: anyone who may publish to the dead-letter
         // room could have written them).
         let Some(origin) = dlq.strip_suffix(SUFFIX).filter(|o| !o.is_empty()) else {
-            return Err(pb::Error::new(
-                ErrorCode::InvalidRequest,
-                format!("{dlq:?} is not a dead-letter room (its name does not end in {SUFFIX:?})"),
-            ));
+            return Err(BrokerError::NotDeadLetterRoom { room: dlq });
         };
         let origin = origin.to_string();
         let from = room.first_seq;
@@ -139,7 +140,7 @@ impl Broker {
         let msgs = self
             .store
             .read(room_id, from, max, usize::MAX)
-            .map_err(|e| pb::Error::new(ErrorCode::Internal, e.to_string()))?;
+            .map_err(BrokerError::Storage)?;
         let msgs: Vec<Arc<StoredMessage>> = msgs.into_iter().filter(|m| m.seq <= last).collect();
         let mut moved = 0u64;
         let mut bytes = 0u64;
