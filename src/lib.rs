@@ -20,13 +20,6 @@
 //! - [`ws`]: the WebSocket transport behind `/ws`.
 //! - [`metrics`]: the Prometheus registry behind `/metrics` and `roomq stats`.
 
-// Request checks return the wire's `pb::Error` (about 150 bytes since it
-// names memberships, quotas and seqs) on the refusal path only, once per
-// refused request. Issue 15 replaces it with a small `BrokerError` converted
-// at the edge; until then the size is accepted here rather than boxing every
-// call site.
-#![allow(clippy::result_large_err)]
-
 pub mod broker;
 pub mod config;
 pub mod http;

@@ -34,7 +34,8 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::broker::{
-    self, error_frame, BrokerHandle, Command, Outbound, Request, RequestSlot, SessionInfo,
+    self, error_frame, BrokerError, BrokerHandle, Command, Outbound, Request, RequestSlot,
+    SessionInfo,
 };
 use crate::config::Config;
 use crate::tenancy::middleware::{ConnectCtx, JoinCtx, SessionSetup};
@@ -410,14 +411,10 @@ async fn read_loop<S: FrameSource>(
         let request_id = frame.request_id;
         let admin = info.tenant.is_admin();
         use pb::client_frame::Body;
-        let checked: Result<Request, pb::Error> = match frame.body {
-            None => Err(pb::Error::new(
-                ErrorCode::InvalidRequest,
-                "frame has no request",
-            )),
-            Some(Body::Handshake(_)) => Err(pb::Error::new(
-                ErrorCode::InvalidRequest,
-                "the handshake is already done",
+        let checked: Result<Request, BrokerError> = match frame.body {
+            None => Err(BrokerError::InvalidRequest("frame has no request".into())),
+            Some(Body::Handshake(_)) => Err(BrokerError::InvalidRequest(
+                "the handshake is already done".into(),
             )),
             Some(Body::Ping(p)) => {
                 let frame = pb::ServerFrame {
@@ -431,14 +428,8 @@ async fn read_loop<S: FrameSource>(
                 continue;
             }
             Some(Body::Admin(a)) if admin => broker::admin::check(a).map(Request::Admin),
-            Some(Body::Admin(_)) => Err(pb::Error::new(
-                ErrorCode::PermissionDenied,
-                "admin requests are served only in the /admin namespace",
-            )),
-            Some(_) if admin => Err(pb::Error::new(
-                ErrorCode::PermissionDenied,
-                "the /admin namespace has no rooms; it serves admin requests only",
-            )),
+            Some(Body::Admin(_)) => Err(BrokerError::AdminOnly),
+            Some(_) if admin => Err(BrokerError::AdminHasNoRooms),
             Some(Body::Join(j)) => match broker::join::check(j, limits) {
                 Ok(req) => join_hooks(info, &req).await.map(|()| Request::Join(req)),
                 Err(e) => Err(e),
@@ -466,6 +457,8 @@ async fn read_loop<S: FrameSource>(
                 }
             }
             Err(error) => {
+                // The session's one edge from a refusal to its frame.
+                let error = pb::Error::from(error);
                 info!(
                     session = %info.id,
                     request_id,
@@ -487,7 +480,7 @@ async fn read_loop<S: FrameSource>(
 }
 
 /// Runs the namespace's join hooks.
-async fn join_hooks(info: &SessionInfo, req: &broker::join::JoinReq) -> Result<(), pb::Error> {
+async fn join_hooks(info: &SessionInfo, req: &broker::join::JoinReq) -> Result<(), BrokerError> {
     let tenant = info.tenant.clone();
     for hook in tenant.chain() {
         let ctx = JoinCtx {
@@ -496,7 +489,7 @@ async fn join_hooks(info: &SessionInfo, req: &broker::join::JoinReq) -> Result<(
             room: &req.room,
             subscription: &req.label,
         };
-        if let Some(error) = hook.join(&ctx).await.into_error() {
+        if let Some(error) = BrokerError::refused_by(hook.join(&ctx).await) {
             return Err(error);
         }
     }

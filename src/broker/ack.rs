@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use super::RequestSlot;
 use roomq_wire::names::check_name;
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use uuid::Uuid;
 
+use super::reply::Reply;
 use super::room::MemberKey;
-use super::Broker;
+use super::{Broker, BrokerError};
 use crate::storage::RoomId;
 
 /// Most seqs one ack or nack may list.
@@ -26,20 +26,16 @@ pub struct AckReq {
 }
 
 /// Checks an ack; runs on the session's task.
-pub fn check(a: pb::Ack) -> Result<AckReq, pb::Error> {
-    check_name("room", &a.room)
-        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+pub fn check(a: pb::Ack) -> Result<AckReq, BrokerError> {
+    check_name("room", &a.room)?;
     if a.seqs.len() > MAX_SEQS {
-        return Err(pb::Error::new(
-            ErrorCode::InvalidRequest,
-            format!("{} seqs in one ack; the limit is {MAX_SEQS}", a.seqs.len()),
-        ));
+        return Err(BrokerError::InvalidRequest(format!(
+            "{} seqs in one ack; the limit is {MAX_SEQS}",
+            a.seqs.len()
+        )));
     }
     if a.seqs.is_empty() && a.up_to == 0 {
-        return Err(pb::Error::new(
-            ErrorCode::InvalidRequest,
-            "ack names no seq",
-        ));
+        return Err(BrokerError::InvalidRequest("ack names no seq".into()));
     }
     Ok(AckReq {
         room: Arc::from(a.room),
@@ -50,44 +46,36 @@ pub fn check(a: pb::Ack) -> Result<AckReq, pb::Error> {
 }
 
 impl Broker {
-    /// The membership (room, label) of `session`, or the error to send.
+    /// The membership (room, label) of `session`.
     pub(super) fn membership(
         &self,
         session: Uuid,
         room: &Arc<str>,
         label: &Arc<str>,
-    ) -> Result<(RoomId, MemberKey), String> {
+    ) -> Result<(RoomId, MemberKey), BrokerError> {
         self.sessions
             .get(&session)
             .and_then(|s| s.memberships.get(&(room.clone(), label.clone())))
             .cloned()
-            .ok_or_else(|| format!("not a member of room {:?} as {:?}", &**room, &**label))
+            .ok_or_else(|| BrokerError::NotJoined {
+                room: room.clone(),
+                subscription: label.clone(),
+            })
     }
 
-    pub(super) fn ack(&mut self, session: Uuid, request_id: u64, permit: RequestSlot, req: AckReq) {
-        let (room_id, key) = match self.membership(session, &req.room, &req.label) {
-            Ok(m) => m,
-            Err(msg) => {
-                return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg)
-            }
-        };
-        let Some(member) = self
+    pub(super) fn ack(&mut self, session: Uuid, req: AckReq) -> Result<Reply, BrokerError> {
+        let (room_id, key) = self.membership(session, &req.room, &req.label)?;
+        let member = self
             .rooms
             .get_mut(&room_id)
             .and_then(|r| r.members.get_mut(&key))
-        else {
-            return self.reply_error(
-                session,
-                request_id,
-                permit,
-                ErrorCode::NotJoined,
-                "membership is gone",
-            );
-        };
-        if let Err(seq) = member.ack(session, &req.seqs, req.up_to) {
-            let msg = format!("seq {seq} has not been delivered to this session");
-            return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
-        }
+            .ok_or(BrokerError::MembershipGone)?;
+        member
+            .ack(session, &req.seqs, req.up_to)
+            .map_err(|seq| BrokerError::UnknownSeq {
+                seq,
+                why: "has not been delivered to this session",
+            })?;
         let next_seq = member.ack_floor();
         if let Some(s) = self.sessions.get(&session) {
             s.info.tenant.metrics.acks.inc();
@@ -95,11 +83,7 @@ impl Broker {
         if member.durable {
             self.dirty.insert((room_id, key.clone()));
         }
-        let frame = pb::ServerFrame {
-            request_id,
-            body: Some(pb::server_frame::Body::AckOk(pb::AckOk { next_seq })),
-        };
-        self.reply(session, frame, Some(permit));
-        self.pump(room_id, &key);
+        let body = pb::server_frame::Body::AckOk(pb::AckOk { next_seq });
+        Ok(Reply::NowThenPump(body, room_id, key))
     }
 }

@@ -6,15 +6,17 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use roomq_wire::names::{check_name, check_namespace};
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use tokio::time::Instant;
 use tracing::info;
 use uuid::Uuid;
 
+use super::dead_letter;
+use super::reply::{Deferred, Reply, Resume};
 use super::room::MemberKey;
-use super::{Broker, Outbound, PendingConfirm, PendingReply, RequestSlot};
+use super::{Broker, BrokerError, Outbound, Request};
 use crate::config::{DurabilityMode, NamespaceConfig, Quotas, RetentionRule, TokenConfig};
-use crate::storage::RoomId;
+use crate::storage::{RoomId, StoreError, StoredMessage};
 use crate::tenancy::{token, Tenant};
 
 /// A checked admin request.
@@ -32,57 +34,67 @@ pub enum AdminReq {
     PurgeRoom(String, String),
     Kick(Uuid),
     Redrive(String, String, u32),
+    /// A redrive, with the dead-letter room's oldest messages read.
+    Redriven(String, String, u32, ReadBack),
     /// The broker's figures: at most this many rooms, in this order.
     Stats(u32, pb::StatsOrder),
+}
+
+/// Messages read from the store for a request that waited for them.
+pub struct ReadBack {
+    room: RoomId,
+    /// The first seq asked for.
+    from: u64,
+    msgs: Result<Vec<Arc<StoredMessage>>, StoreError>,
+}
+
+impl std::fmt::Debug for ReadBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let read = match &self.msgs {
+            Ok(m) => format!("{} messages", m.len()),
+            Err(e) => format!("failed: {e}"),
+        };
+        write!(f, "ReadBack(room {} from {}: {read})", self.room, self.from)
+    }
 }
 
 /// Most rooms one `Stats` reply lists (each takes up to about 600 bytes, so
 /// the reply stays well within the default frame limit).
 pub const MAX_STATS_ROOMS: u32 = 1000;
 
-fn bad(code: ErrorCode, e: impl ToString) -> pb::Error {
-    pb::Error::new(code, e.to_string())
-}
-
-fn namespace(name: &str) -> Result<String, pb::Error> {
-    check_namespace(name).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+fn namespace(name: &str) -> Result<String, BrokerError> {
+    check_namespace(name)?;
     Ok(name.to_string())
 }
 
-fn room(name: &str) -> Result<String, pb::Error> {
-    check_name("room", name).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+fn room(name: &str) -> Result<String, BrokerError> {
+    check_name("room", name)?;
     Ok(name.to_string())
 }
 
-fn patterns(list: Vec<String>) -> Result<Vec<String>, pb::Error> {
+fn patterns(list: Vec<String>) -> Result<Vec<String>, BrokerError> {
     if list.is_empty() {
         return Ok(vec!["*".to_string()]);
     }
     for p in &list {
-        check_name("room pattern", p).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+        check_name("room pattern", p)?;
     }
     Ok(list)
 }
 
 /// Checks an admin request; runs on the session's task.
-pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
+pub fn check(a: pb::Admin) -> Result<AdminReq, BrokerError> {
     use pb::admin::Op;
+    let invalid = BrokerError::InvalidRequest;
     let Some(op) = a.op else {
-        return Err(bad(
-            ErrorCode::InvalidRequest,
-            "admin request has no operation",
-        ));
+        return Err(invalid("admin request has no operation".into()));
     };
     Ok(match op {
         Op::Redrive(r) => AdminReq::Redrive(namespace(&r.namespace)?, room(&r.room)?, r.max),
         Op::ListNamespaces(_) => AdminReq::ListNamespaces,
         Op::Stats(s) => {
-            let order = pb::StatsOrder::try_from(s.order).map_err(|_| {
-                bad(
-                    ErrorCode::InvalidRequest,
-                    format!("unknown stats order {}", s.order),
-                )
-            })?;
+            let order = pb::StatsOrder::try_from(s.order)
+                .map_err(|_| invalid(format!("unknown stats order {}", s.order)))?;
             AdminReq::Stats(s.max_rooms.min(MAX_STATS_ROOMS), order)
         }
         Op::ListRooms(r) if r.namespace.is_empty() => AdminReq::ListRooms(None),
@@ -92,8 +104,7 @@ pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
                 Ok(pb::Durability::Unspecified | pb::Durability::Sync) => DurabilityMode::Sync,
                 Ok(pb::Durability::Batched) => DurabilityMode::Batched,
                 Ok(pb::Durability::Volatile) | Err(_) => {
-                    let msg = format!("unknown durability {}", c.durability);
-                    return Err(bad(ErrorCode::InvalidRequest, msg));
+                    return Err(invalid(format!("unknown durability {}", c.durability)));
                 }
             };
             let quotas = match c.quotas {
@@ -131,7 +142,7 @@ pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
         Op::DeleteRoom(r) => AdminReq::DeleteRoom(namespace(&r.namespace)?, room(&r.room)?),
         Op::PurgeRoom(r) => AdminReq::PurgeRoom(namespace(&r.namespace)?, room(&r.room)?),
         Op::CreateToken(t) => {
-            check_name("token name", &t.name).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+            check_name("token name", &t.name)?;
             let token = TokenConfig {
                 name: t.name,
                 // Filled in by the broker, which makes the token.
@@ -142,26 +153,18 @@ pub fn check(a: pb::Admin) -> Result<AdminReq, pb::Error> {
             AdminReq::CreateToken(namespace(&t.namespace)?, token)
         }
         Op::DeleteToken(t) => {
-            check_name("token name", &t.name).map_err(|e| bad(ErrorCode::InvalidName, e))?;
+            check_name("token name", &t.name)?;
             AdminReq::DeleteToken(namespace(&t.namespace)?, t.name)
         }
         Op::Kick(k) => match Uuid::from_slice(&k.session_id) {
             Ok(id) => AdminReq::Kick(id),
-            Err(_) => {
-                return Err(bad(
-                    ErrorCode::InvalidRequest,
-                    "session_id must be 16 bytes",
-                ))
-            }
+            Err(_) => return Err(invalid("session_id must be 16 bytes".into())),
         },
     })
 }
 
-fn ok(request_id: u64, body: pb::AdminOk) -> pb::ServerFrame {
-    pb::ServerFrame {
-        request_id,
-        body: Some(pb::server_frame::Body::AdminOk(body)),
-    }
+fn ok(body: pb::AdminOk) -> pb::server_frame::Body {
+    pb::server_frame::Body::AdminOk(body)
 }
 
 fn quotas_of(q: &Quotas) -> pb::NamespaceQuotas {
@@ -203,13 +206,7 @@ fn namespace_info(t: &Tenant, rooms: usize) -> pb::NamespaceInfo {
 }
 
 impl Broker {
-    pub(super) fn admin(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        permit: RequestSlot,
-        req: AdminReq,
-    ) {
+    pub(super) fn admin(&mut self, session: Uuid, req: AdminReq) -> Result<Reply, BrokerError> {
         if !matches!(req, AdminReq::Stats(..)) {
             // (`roomq top` asks for stats every second.)
             info!(session = %session, request = ?req, "admin request");
@@ -224,7 +221,7 @@ impl Broker {
                     stats: Some(self.stats(max_rooms, order)),
                     ..Default::default()
                 };
-                return self.reply(session, ok(request_id, body), Some(permit));
+                return Ok(Reply::Now(ok(body)));
             }
             AdminReq::ListNamespaces => {
                 let namespaces = self
@@ -237,12 +234,9 @@ impl Broker {
                     namespaces,
                     ..Default::default()
                 };
-                return self.reply(session, ok(request_id, body), Some(permit));
+                return Ok(Reply::Now(ok(body)));
             }
-            AdminReq::ListRooms(ns) => {
-                let body = self.room_infos(ns.as_deref());
-                return self.reply(session, ok(request_id, body), Some(permit));
-            }
+            AdminReq::ListRooms(ns) => return Ok(Reply::Now(ok(self.room_infos(ns.as_deref())))),
             AdminReq::Kick(id) => self.kick(id),
             AdminReq::CreateNamespace(name, settings) => self.create_namespace(&name, settings),
             AdminReq::DeleteNamespace(name) => self.delete_namespace(&name),
@@ -273,24 +267,38 @@ impl Broker {
                     ..Default::default()
                 })
             }),
-            AdminReq::Redrive(ns, name, max) => self.tenant(&ns).and_then(|_| {
+            AdminReq::Redrive(ns, name, max) => {
+                self.tenant(&ns)?;
                 let id = self
                     .find_room(&ns, &name)
                     .ok_or_else(|| no_room(&ns, &name))?;
-                let (count, truncated) = self.redrive(id, max)?;
+                return self.read_for_redrive(id, ns, name, max);
+            }
+            AdminReq::Redriven(ns, name, max, back) => {
+                self.tenant(&ns)?;
+                let id = self
+                    .find_room(&ns, &name)
+                    .ok_or_else(|| no_room(&ns, &name))?;
+                let from = self.rooms.get(&id).map(|r| r.first_seq);
+                if back.room != id || Some(back.from) != from {
+                    // Trimmed, purged or made anew while it was read.
+                    return self.read_for_redrive(id, ns, name, max);
+                }
+                let msgs = back.msgs.map_err(BrokerError::Storage)?;
+                let (count, truncated) = self.redrive(id, msgs)?;
                 Ok(pb::AdminOk {
                     count,
                     truncated,
                     ..Default::default()
                 })
-            }),
+            }
             AdminReq::CreateToken(ns, mut t) => self.tenant(&ns).and_then(|tenant| {
-                let secret = token::generate().map_err(|e| bad(ErrorCode::Internal, e))?;
+                let secret = token::generate().map_err(BrokerError::Internal)?;
                 t.hash = token::TokenHash::of(&secret).to_text();
                 let record = self
                     .tenants
                     .add_token(&tenant, t)
-                    .map_err(|e| bad(ErrorCode::InvalidRequest, e))?;
+                    .map_err(BrokerError::InvalidRequest)?;
                 self.store_namespace(&record);
                 Ok(pb::AdminOk {
                     token: secret,
@@ -301,7 +309,7 @@ impl Broker {
                 let record = self
                     .tenants
                     .delete_token(&tenant, &name)
-                    .map_err(|e| bad(ErrorCode::NotFound, e))?;
+                    .map_err(BrokerError::TokenNotFound)?;
                 self.store_namespace(&record);
                 Ok(pb::AdminOk {
                     count: 1,
@@ -309,37 +317,46 @@ impl Broker {
                 })
             }),
         };
-        match result {
-            Ok(body) if self.open.write.is_empty() => {
-                // Nothing to write (a kick, a room that existed).
-                self.reply(session, ok(request_id, body), Some(permit));
-            }
-            Ok(body) => {
-                // Answered once what it changed is on disk.
-                self.open.confirms.push(PendingConfirm {
-                    session,
-                    reply: PendingReply::Frame(ok(request_id, body)),
-                    permit,
-                    then_pump: None,
-                    received: None,
-                });
-            }
-            Err(e) => {
-                info!(session = %session, code = e.name, message = %e.message, "admin request refused");
-                let frame = pb::ServerFrame {
-                    request_id,
-                    body: Some(pb::server_frame::Body::Error(e)),
-                };
-                self.reply(session, frame, Some(permit));
-            }
+        let body = result?;
+        if self.open.write.is_empty() {
+            // Nothing to write (a kick, a room that existed).
+            return Ok(Reply::Now(ok(body)));
         }
+        // Answered once what it changed is on disk.
+        Ok(Reply::AfterSync(Deferred::Frame {
+            body: ok(body),
+            then_pump: None,
+        }))
     }
 
-    fn tenant(&self, name: &str) -> Result<Arc<Tenant>, pb::Error> {
+    /// Reads the oldest messages of dead-letter room `id` (at most `max`,
+    /// 0 = the default), then redrives them (`AdminReq::Redriven`).
+    fn read_for_redrive(
+        &mut self,
+        id: RoomId,
+        ns: String,
+        name: String,
+        max: u32,
+    ) -> Result<Reply, BrokerError> {
+        let from = self.redrivable(id)?;
+        let count = dead_letter::redrive_count(max);
+        let store = self.reads.store();
+        Ok(Reply::AfterRead(Resume::new(async move {
+            let msgs = store.read(id, from, count, usize::MAX).await;
+            let back = ReadBack {
+                room: id,
+                from,
+                msgs,
+            };
+            Request::Admin(AdminReq::Redriven(ns, name, max, back))
+        })))
+    }
+
+    fn tenant(&self, name: &str) -> Result<Arc<Tenant>, BrokerError> {
         self.tenants
             .get(name)
             .filter(|t| !t.is_admin())
-            .ok_or_else(|| bad(ErrorCode::NotFound, format!("there is no namespace {name}")))
+            .ok_or_else(|| BrokerError::NamespaceNotFound(name.to_string()))
     }
 
     fn store_namespace(&mut self, record: &crate::tenancy::StoredNamespace) {
@@ -354,11 +371,11 @@ impl Broker {
         &mut self,
         name: &str,
         settings: NamespaceConfig,
-    ) -> Result<pb::AdminOk, pb::Error> {
+    ) -> Result<pb::AdminOk, BrokerError> {
         let tenant = self
             .tenants
             .create(name, settings)
-            .map_err(|e| bad(ErrorCode::InvalidRequest, e))?;
+            .map_err(BrokerError::InvalidRequest)?;
         let record = self.tenants.record_of(&tenant);
         self.store_namespace(&record);
         self.refresh_retention();
@@ -369,11 +386,11 @@ impl Broker {
         })
     }
 
-    fn delete_namespace(&mut self, name: &str) -> Result<pb::AdminOk, pb::Error> {
+    fn delete_namespace(&mut self, name: &str) -> Result<pb::AdminOk, BrokerError> {
         let tenant = self.tenant(name)?;
         self.tenants
             .remove(name)
-            .map_err(|e| bad(ErrorCode::InvalidRequest, e))?;
+            .map_err(BrokerError::InvalidRequest)?;
         let sessions: Vec<Uuid> = self
             .sessions
             .iter()
@@ -381,10 +398,7 @@ impl Broker {
             .map(|(id, _)| *id)
             .collect();
         for id in &sessions {
-            let mut e =
-                pb::Error::new(ErrorCode::NotFound, format!("namespace {name} was deleted"));
-            e.fatal = true;
-            self.close_session(*id, e);
+            self.close_session(*id, BrokerError::NamespaceDeleted(name.to_string()));
         }
         let rooms: Vec<RoomId> = self
             .namespaces
@@ -407,11 +421,11 @@ impl Broker {
 
     /// Sends `error` (fatal) to a session and forgets it; its writer closes
     /// the connection once the error is written.
-    fn close_session(&mut self, id: Uuid, error: pb::Error) {
+    fn close_session(&mut self, id: Uuid, error: BrokerError) {
         if let Some(s) = self.sessions.get(&id) {
             let frame = pb::ServerFrame {
                 request_id: 0,
-                body: Some(pb::server_frame::Body::Error(error)),
+                body: Some(pb::server_frame::Body::Error(error.into())),
             };
             if s.tx
                 .try_send(Outbound::Reply {
@@ -426,16 +440,12 @@ impl Broker {
         self.unregister(id);
     }
 
-    fn kick(&mut self, id: Uuid) -> Result<pb::AdminOk, pb::Error> {
+    fn kick(&mut self, id: Uuid) -> Result<pb::AdminOk, BrokerError> {
         if !self.sessions.contains_key(&id) {
-            return Err(bad(
-                ErrorCode::NotFound,
-                format!("there is no session {id}"),
-            ));
+            return Err(BrokerError::SessionNotFound(id));
         }
         info!(session = %id, "session kicked");
-        let e = pb::Error::new(ErrorCode::Kicked, "an administrator closed this session");
-        self.close_session(id, e);
+        self.close_session(id, BrokerError::Kicked);
         Ok(pb::AdminOk {
             count: 1,
             ..Default::default()
@@ -455,13 +465,11 @@ impl Broker {
             if let Some(s) = self.sessions.get_mut(&c.session) {
                 s.memberships.remove(&(room.name.clone(), c.label.clone()));
             }
-            let msg = format!("room {:?} was deleted", &*room.name);
-            let e = pb::Error::new(ErrorCode::NotFound, msg).for_membership(&room.name, &c.label);
-            let frame = pb::ServerFrame {
-                request_id: 0,
-                body: Some(pb::server_frame::Body::Error(e)),
+            let deleted = BrokerError::RoomDeleted {
+                room: room.name.clone(),
+                subscription: c.label.clone(),
             };
-            self.reply(c.session, frame, None);
+            self.push_error(c.session, deleted);
         }
         self.dirty.retain(|(r, _)| *r != id);
         self.open.write.deleted_rooms.push(id);
@@ -559,9 +567,9 @@ impl Broker {
     }
 }
 
-fn no_room(ns: &str, name: &str) -> pb::Error {
-    bad(
-        ErrorCode::NotFound,
-        format!("there is no room {name:?} in {ns}"),
-    )
+fn no_room(ns: &str, name: &str) -> BrokerError {
+    BrokerError::RoomNotFound {
+        namespace: ns.to_string(),
+        room: name.to_string(),
+    }
 }

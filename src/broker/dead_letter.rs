@@ -13,11 +13,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prost::Message as _;
 use roomq_wire::names::MAX_NAME_BYTES;
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use tracing::{info, warn};
 
 use super::room::DeadLetter;
-use super::Broker;
+use super::{Broker, BrokerError};
 use crate::storage::{RoomId, StoredMessage};
 
 /// Suffix of a room's dead-letter room.
@@ -35,6 +35,12 @@ const HEADERS: [&str; 5] = [
     REASON_HEADER,
     MEMBER_HEADER,
 ];
+
+/// How many messages a redrive asked to move `max` moves.
+pub(super) fn redrive_count(max: u32) -> usize {
+    let n = if max == 0 { DEFAULT_REDRIVE } else { max };
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
 
 /// Most messages one redrive moves when the request does not say.
 pub const DEFAULT_REDRIVE: u32 = 10_000;
@@ -113,11 +119,30 @@ impl Broker {
         );
     }
 
-    /// Moves up to `max` stored messages of dead-letter room `room_id` back
-    /// to the rooms named in their headers, without the dead-letter
-    /// headers, and deletes them from the dead-letter room. Returns how
-    /// many moved and whether more remain.
-    pub(super) fn redrive(&mut self, room_id: RoomId, max: u32) -> Result<(u64, bool), pb::Error> {
+    /// Where a redrive of `room_id` starts reading: its first seq. Fails
+    /// unless it is a dead-letter room.
+    pub(super) fn redrivable(&self, room_id: RoomId) -> Result<u64, BrokerError> {
+        let Some(room) = self.rooms.get(&room_id) else {
+            return Ok(1);
+        };
+        let dlq = &room.name;
+        if dlq.strip_suffix(SUFFIX).is_none_or(|o| o.is_empty()) {
+            return Err(BrokerError::NotDeadLetterRoom { room: dlq.clone() });
+        }
+        Ok(room.first_seq)
+    }
+
+    /// Moves `msgs`, the oldest stored messages of dead-letter room
+    /// `room_id` (read from its first seq), back to the room it is the
+    /// dead-letter room of, without the dead-letter headers, and deletes
+    /// them from the dead-letter room. Returns how many moved and whether
+    /// more remain.
+    pub(super) fn redrive(
+        &mut self,
+        room_id: RoomId,
+        msgs: Vec<Arc<StoredMessage>>,
+    ) -> Result<(u64, bool), BrokerError> {
+        let from = self.redrivable(room_id)?;
         let Some(room) = self.rooms.get(&room_id) else {
             return Ok((0, false));
         };
@@ -126,18 +151,8 @@ impl Broker {
         // Only back to the room this is the dead-letter room of (whatever a
         // message's headers say: anyone who may publish to the dead-letter
         // room could have written them).
-        let Some(origin) = dlq.strip_suffix(SUFFIX).filter(|o| !o.is_empty()) else {
-            return Err(pb::Error::new(
-                ErrorCode::InvalidRequest,
-                format!("{dlq:?} is not a dead-letter room (its name does not end in {SUFFIX:?})"),
-            ));
-        };
-        let origin = origin.to_string();
-        let from = room.first_seq;
+        let origin = dlq.strip_suffix(SUFFIX).unwrap_or_default().to_string();
         let last = room.committed_seq;
-        let max = if max == 0 { DEFAULT_REDRIVE } else { max } as usize;
-        let msgs = futures::executor::block_on(self.store.read(room_id, from, max, usize::MAX))
-            .map_err(|e| pb::Error::new(ErrorCode::Internal, e.to_string()))?;
         let msgs: Vec<Arc<StoredMessage>> = msgs.into_iter().filter(|m| m.seq <= last).collect();
         let mut moved = 0u64;
         let mut bytes = 0u64;

@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use super::RequestSlot;
 use roomq_wire::names::check_name;
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::ack::MAX_SEQS;
-use super::Broker;
+use super::reply::Reply;
+use super::{Broker, BrokerError};
 
 /// A checked in-progress signal.
 #[derive(Debug)]
@@ -22,17 +22,13 @@ pub struct InProgressReq {
 }
 
 /// Checks an in-progress signal; runs on the session's task.
-pub fn check(p: pb::InProgress) -> Result<InProgressReq, pb::Error> {
-    check_name("room", &p.room)
-        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+pub fn check(p: pb::InProgress) -> Result<InProgressReq, BrokerError> {
+    check_name("room", &p.room)?;
     if p.seqs.is_empty() || p.seqs.len() > MAX_SEQS {
-        return Err(pb::Error::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "in-progress lists 1 to {MAX_SEQS} seqs, not {}",
-                p.seqs.len()
-            ),
-        ));
+        return Err(BrokerError::InvalidRequest(format!(
+            "in-progress lists 1 to {MAX_SEQS} seqs, not {}",
+            p.seqs.len()
+        )));
     }
     Ok(InProgressReq {
         room: Arc::from(p.room),
@@ -45,33 +41,28 @@ impl Broker {
     pub(super) fn in_progress(
         &mut self,
         session: Uuid,
-        request_id: u64,
-        permit: RequestSlot,
         req: InProgressReq,
-    ) {
-        let (room_id, key) = match self.membership(session, &req.room, &req.label) {
-            Ok(m) => m,
-            Err(msg) => {
-                return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg)
-            }
-        };
-        let Some(member) = self.rooms.get(&room_id).and_then(|r| r.members.get(&key)) else {
-            let msg = "membership is gone";
-            return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg);
-        };
+    ) -> Result<Reply, BrokerError> {
+        let (room_id, key) = self.membership(session, &req.room, &req.label)?;
+        let member = self
+            .rooms
+            .get(&room_id)
+            .and_then(|r| r.members.get(&key))
+            .ok_or(BrokerError::MembershipGone)?;
         // A seq never delivered is an error; one that is no longer out with
         // the client (acked, or already due again) is skipped: the client
         // may be a step behind the broker.
         if let Some(bad) = req.seqs.iter().find(|s| **s == 0 || **s >= member.next_seq) {
-            let msg = format!("seq {bad} has not been delivered to this member");
-            return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
+            return Err(BrokerError::UnknownSeq {
+                seq: *bad,
+                why: "has not been delivered to this member",
+            });
         }
         // Only what is in flight at this session; each by the ack timeout of
         // its attempt.
-        let Some(consumer) = member.consumer(session) else {
-            let msg = "membership is gone";
-            return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg);
-        };
+        let consumer = member
+            .consumer(session)
+            .ok_or(BrokerError::MembershipGone)?;
         let now = Instant::now();
         let extend: Vec<(u64, Instant)> = req
             .seqs
@@ -93,10 +84,7 @@ impl Broker {
                 m.extend(seq, session, deadline, room_id, &key, &mut arm);
             }
         }
-        let frame = pb::ServerFrame {
-            request_id,
-            body: Some(pb::server_frame::Body::InProgressOk(pb::InProgressOk {})),
-        };
-        self.reply(session, frame, Some(permit));
+        let body = pb::server_frame::Body::InProgressOk(pb::InProgressOk {});
+        Ok(Reply::Now(body))
     }
 }

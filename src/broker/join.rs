@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::RequestSlot;
 use roomq_wire::names::check_name;
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use tracing::info;
 use uuid::Uuid;
 
 use super::dead_letter;
-use super::reads::StoreEvent;
+use super::reply::{Deferred, Reply, Resume};
 use super::room::{Consumer, GroupMode, Member, MemberKey};
-use super::{Broker, PendingConfirm, PendingReply};
+use super::Request;
+use super::{Broker, BrokerError};
 use crate::config::Limits;
 use crate::metrics::Quota;
 use crate::storage::{RoomId, Store};
@@ -53,13 +53,11 @@ pub struct JoinReq {
 }
 
 /// Checks a join; runs on the session's task.
-pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
-    let bad_name =
-        |e: roomq_wire::names::NameError| pb::Error::new(ErrorCode::InvalidName, e.to_string());
-    let invalid = |msg: String| pb::Error::new(ErrorCode::InvalidRequest, msg);
-    check_name("room", &j.room).map_err(bad_name)?;
+pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, BrokerError> {
+    let invalid = BrokerError::InvalidRequest;
+    check_name("room", &j.room)?;
     if !j.subscription.is_empty() {
-        check_name("subscription", &j.subscription).map_err(bad_name)?;
+        check_name("subscription", &j.subscription)?;
     }
     let mode = pb::MemberMode::try_from(j.mode)
         .map_err(|_| invalid(format!("unknown member mode {}", j.mode)))?;
@@ -82,7 +80,7 @@ pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
     let group = if j.group.is_empty() {
         None
     } else {
-        check_name("group", &j.group).map_err(bad_name)?;
+        check_name("group", &j.group)?;
         if mode == pb::MemberMode::Ephemeral {
             return Err(invalid(
                 "a group is durable; it cannot be joined as ephemeral".into(),
@@ -125,7 +123,7 @@ pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
         )));
     }
     for e in &j.events {
-        check_name("event pattern", e).map_err(bad_name)?;
+        check_name("event pattern", e)?;
     }
     Ok(JoinReq {
         room: j.room,
@@ -143,15 +141,9 @@ pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, pb::Error> {
 }
 
 impl Broker {
-    pub(super) fn join(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        permit: RequestSlot,
-        mut req: JoinReq,
-    ) {
+    pub(super) fn join(&mut self, session: Uuid, mut req: JoinReq) -> Result<Reply, BrokerError> {
         let Some(entry) = self.sessions.get(&session) else {
-            return;
+            return Ok(Reply::Gone);
         };
         // A start by time that the room's cache cannot answer searches the
         // stored log beside the actor; the join goes on when it is found.
@@ -161,41 +153,37 @@ impl Broker {
                     TimeSearch::At(seq) => req.start = Start::Found(seq),
                     TimeSearch::Store { lo, hi } => {
                         let store = self.reads.store();
-                        self.reads.spawn(async move {
-                            let seq = search_time(store, room_id, ms, lo, hi).await;
-                            StoreEvent::Positioned {
-                                session,
-                                request_id,
-                                permit,
-                                req,
-                                seq,
-                            }
-                        });
-                        return;
+                        return Ok(Reply::AfterRead(Resume::new(async move {
+                            req.start = Start::Found(search_time(store, room_id, ms, lo, hi).await);
+                            Request::Join(req)
+                        })));
                     }
                 }
             }
         }
         let Some(entry) = self.sessions.get(&session) else {
-            return;
+            return Ok(Reply::Gone);
         };
         let info = entry.info.clone();
         if entry
             .memberships
             .contains_key(&(Arc::from(req.room.as_str()), req.label.clone()))
         {
-            let msg = format!("already joined room {:?} as {:?}", req.room, &*req.label);
-            return self.reply_error(session, request_id, permit, ErrorCode::AlreadyJoined, msg);
+            return Err(BrokerError::AlreadyJoined {
+                room: req.room,
+                subscription: req.label,
+            });
         }
         if entry.memberships.len() >= self.config.limits.max_memberships_per_session as usize {
-            let msg = format!(
+            let detail = format!(
                 "a session may hold {} memberships",
                 self.config.limits.max_memberships_per_session
             );
             entry.info.tenant.metrics.quota_refused(Quota::Memberships);
-            let e = pb::Error::new(ErrorCode::QuotaExceeded, msg)
-                .with_quota("max_memberships_per_session");
-            return self.refuse(session, request_id, permit, e);
+            return Err(BrokerError::QuotaExceeded {
+                quota: Quota::Memberships,
+                detail,
+            });
         }
         let name: Option<Arc<str>> = if req.label.is_empty() {
             info.client_id.clone()
@@ -207,20 +195,9 @@ impl Broker {
             (pb::MemberMode::Auto, name) => name,
             (pb::MemberMode::Durable, Some(name)) => Some(name),
             (pb::MemberMode::Durable, None) if req.group.is_some() => None,
-            (pb::MemberMode::Durable, None) => {
-                let msg = "a durable membership needs a subscription name or a client id";
-                return self.reply_error(
-                    session,
-                    request_id,
-                    permit,
-                    ErrorCode::InvalidRequest,
-                    msg,
-                );
-            }
+            (pb::MemberMode::Durable, None) => return Err(BrokerError::NoDurableName),
         };
-        if let Err(e) = self.check_rooms(&info.tenant, [req.room.as_str()]) {
-            return self.refuse(session, request_id, permit, e);
-        }
+        self.check_rooms(&info.tenant, [req.room.as_str()])?;
         let room_id = self.room_id(&info.namespace, &req.room);
         let key = match (&req.group, &durable_name) {
             (Some((g, _)), _) => MemberKey::Group(g.clone()),
@@ -246,17 +223,18 @@ impl Broker {
             .and_then(|r| r.members.get(&key))
             .is_some_and(|m| m.consumer(session).is_some());
         if holds_already {
-            let msg = format!(
-                "this session already holds membership {:?} of room {:?}",
-                key_name(&key),
-                req.room,
-            );
-            return self.reply_error(session, request_id, permit, ErrorCode::AlreadyJoined, msg);
+            return Err(BrokerError::AlreadyHeld {
+                member: key_name(&key).to_string(),
+                room: req.room,
+            });
         }
         if let Some((prev, prev_label)) = previous {
             let room_name: Arc<str> = Arc::from(req.room.as_str());
-            let taken = pb::Error::new(ErrorCode::MembershipTakenOver, "")
-                .for_membership(&req.room, &prev_label);
+            let taken = BrokerError::MembershipTakenOver {
+                room: req.room.clone(),
+                subscription: prev_label.clone(),
+                member: key_name(&key).to_string(),
+            };
             if let Some(other) = self.sessions.get_mut(&prev) {
                 other.memberships.remove(&(room_name, prev_label));
             }
@@ -268,24 +246,11 @@ impl Broker {
                 m.detach(prev);
             }
             self.presence_event(room_id, &key, prev, pb::presence_event::Kind::Left);
-            let msg = format!(
-                "membership {:?} of room {:?} was joined by another session",
-                key_name(&key),
-                req.room
-            );
-            let taken = pb::Error {
-                message: msg,
-                ..taken
-            };
-            let frame = pb::ServerFrame {
-                request_id: 0,
-                body: Some(pb::server_frame::Body::Error(taken)),
-            };
-            self.reply(prev, frame, None);
+            self.push_error(prev, taken);
         }
 
         let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
+            return Ok(Reply::Gone);
         };
         // (After a purge the log may start past what is committed yet.)
         let end = (room.committed_seq + 1).max(room.first_seq);
@@ -368,21 +333,14 @@ impl Broker {
             "joined"
         );
         self.presence_event(room_id, &key, session, pb::presence_event::Kind::Joined);
-        let frame = pb::ServerFrame {
-            request_id,
-            body: Some(pb::server_frame::Body::JoinOk(reply)),
-        };
+        let body = pb::server_frame::Body::JoinOk(reply);
         if must_persist {
-            self.open.confirms.push(PendingConfirm {
-                session,
-                reply: PendingReply::Frame(frame),
-                permit,
+            Ok(Reply::AfterSync(Deferred::Frame {
+                body,
                 then_pump: Some((room_id, key)),
-                received: None,
-            });
+            }))
         } else {
-            self.reply(session, frame, Some(permit));
-            self.pump(room_id, &key);
+            Ok(Reply::NowThenPump(body, room_id, key))
         }
     }
 

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use super::RequestSlot;
 use roomq_wire::names::check_name;
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use uuid::Uuid;
 
+use super::reply::Reply;
 use super::room::MemberKey;
-use super::Broker;
+use super::{Broker, BrokerError};
 
 /// A checked leave.
 #[derive(Debug)]
@@ -20,9 +20,8 @@ pub struct LeaveReq {
 }
 
 /// Checks a leave; runs on the session's task.
-pub fn check(l: pb::Leave) -> Result<LeaveReq, pb::Error> {
-    check_name("room", &l.room)
-        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+pub fn check(l: pb::Leave) -> Result<LeaveReq, BrokerError> {
+    check_name("room", &l.room)?;
     Ok(LeaveReq {
         room: Arc::from(l.room),
         label: Arc::from(l.subscription),
@@ -31,20 +30,16 @@ pub fn check(l: pb::Leave) -> Result<LeaveReq, pb::Error> {
 }
 
 impl Broker {
-    pub(super) fn leave(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        permit: RequestSlot,
-        req: LeaveReq,
-    ) {
+    pub(super) fn leave(&mut self, session: Uuid, req: LeaveReq) -> Result<Reply, BrokerError> {
         let removed = self
             .sessions
             .get_mut(&session)
             .and_then(|s| s.memberships.remove(&(req.room.clone(), req.label.clone())));
         let Some((room_id, key)) = removed else {
-            let msg = format!("not a member of room {:?} as {:?}", &*req.room, &*req.label);
-            return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg);
+            return Err(BrokerError::NotJoined {
+                room: req.room,
+                subscription: req.label,
+            });
         };
         self.release_member(room_id, &key, session);
         if req.forget {
@@ -60,10 +55,6 @@ impl Broker {
                 self.dirty.insert((room_id, key));
             }
         }
-        let frame = pb::ServerFrame {
-            request_id,
-            body: Some(pb::server_frame::Body::LeaveOk(pb::LeaveOk {})),
-        };
-        self.reply(session, frame, Some(permit));
+        Ok(Reply::Now(pb::server_frame::Body::LeaveOk(pb::LeaveOk {})))
     }
 }

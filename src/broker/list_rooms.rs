@@ -1,18 +1,18 @@
 //! `ListRooms`: the rooms of the session's own namespace, with their last
 //! seq and member counts. Nothing of another namespace is visible (G5).
 
-use super::RequestSlot;
 use roomq_wire::pb;
 use uuid::Uuid;
 
-use super::Broker;
+use super::reply::Reply;
+use super::{Broker, BrokerError};
 
 use prost::Message as _;
 
 impl Broker {
-    pub(super) fn list_rooms(&mut self, session: Uuid, request_id: u64, permit: RequestSlot) {
+    pub(super) fn list_rooms(&mut self, session: Uuid) -> Result<Reply, BrokerError> {
         let Some(entry) = self.sessions.get(&session) else {
-            return;
+            return Ok(Reply::Gone);
         };
         let mut rooms: Vec<pb::RoomInfo> = self
             .namespaces
@@ -47,13 +47,7 @@ impl Broker {
         }
         let truncated = fit < rooms.len();
         rooms.truncate(fit);
-        let frame = pb::ServerFrame {
-            request_id,
-            body: Some(pb::server_frame::Body::ListRoomsOk(pb::ListRoomsOk {
-                rooms,
-                truncated,
-            })),
-        };
-        self.reply(session, frame, Some(permit));
+        let body = pb::server_frame::Body::ListRoomsOk(pb::ListRoomsOk { rooms, truncated });
+        Ok(Reply::Now(body))
     }
 }

@@ -3,11 +3,12 @@
 //! are never stored, and are dropped for a session whose queue is full.
 
 use roomq_wire::names::check_name;
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use uuid::Uuid;
 
+use super::reply::Reply;
 use super::room::{Member, MemberKey};
-use super::{outlet, ActorOutlet, Broker, Outbound, RequestSlot, SessionInfo};
+use super::{outlet, ActorOutlet, Broker, BrokerError, Outbound, SessionInfo};
 use crate::storage::RoomId;
 use crate::tenancy::pattern;
 
@@ -22,14 +23,10 @@ pub struct MembersReq {
 
 /// Checks a `Members` request; runs on the session's task. Listing a room's
 /// members needs the permission to join it.
-pub fn check(m: pb::Members, session: &SessionInfo) -> Result<MembersReq, pb::Error> {
-    check_name("room", &m.room)
-        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+pub fn check(m: pb::Members, session: &SessionInfo) -> Result<MembersReq, BrokerError> {
+    check_name("room", &m.room)?;
     if !pattern::any_matches(&session.grant.subscribe, &m.room) {
-        return Err(pb::Error::new(
-            ErrorCode::PermissionDenied,
-            format!("this session may not see the members of room {:?}", m.room),
-        ));
+        return Err(BrokerError::MembersHidden { room: m.room });
     }
     Ok(MembersReq { room: m.room })
 }
@@ -56,16 +53,10 @@ impl Broker {
         }
     }
 
-    pub(super) fn members(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        permit: RequestSlot,
-        req: MembersReq,
-    ) {
+    pub(super) fn members(&mut self, session: Uuid, req: MembersReq) -> Result<Reply, BrokerError> {
         let namespace = match self.sessions.get(&session) {
             Some(s) => s.info.namespace.clone(),
-            None => return,
+            None => return Ok(Reply::Gone),
         };
         let mut members = Vec::new();
         let mut truncated = false;
@@ -90,14 +81,8 @@ impl Broker {
         }
         // A stable order for the reader.
         members.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        let frame = pb::ServerFrame {
-            request_id,
-            body: Some(pb::server_frame::Body::MembersOk(pb::MembersOk {
-                members,
-                truncated,
-            })),
-        };
-        self.reply(session, frame, Some(permit));
+        let body = pb::server_frame::Body::MembersOk(pb::MembersOk { members, truncated });
+        Ok(Reply::Now(body))
     }
 
     /// Tells the consumers of `room_id` that asked for presence that

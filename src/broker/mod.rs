@@ -10,6 +10,9 @@
 //!
 //! Layout:
 //! - [`room`]: rooms and members, the delivery rules (no I/O).
+//! - [`error`](mod@error): [`BrokerError`], why a request is refused, turned into the
+//!   wire's error in one place; `reply`: what a request is answered with
+//!   (sent by the dispatcher in `Broker::handle`).
 //! - [`commit`]: group commit beside the actor; [`reads`]: reads of stored
 //!   messages beside the actor. Both report back as events.
 //! - one file per operation: [`join`], [`leave`], [`publish`], [`ack`],
@@ -24,6 +27,7 @@ pub mod ack;
 pub mod admin;
 pub mod commit;
 pub mod dead_letter;
+pub mod error;
 pub mod in_progress;
 pub mod join;
 pub mod leave;
@@ -32,6 +36,7 @@ pub mod members;
 pub mod nack;
 pub mod publish;
 pub mod reads;
+mod reply;
 pub mod retention;
 pub mod room;
 pub mod stats;
@@ -53,6 +58,7 @@ use crate::config::Config;
 use crate::storage::{RoomId, RoomStats, Store, StoreError, StoredMessage, WriteBatch};
 use crate::tenancy::{Grant, StoredNamespace, Tenant, Tenants};
 use commit::CommitOutcome;
+pub use error::{BrokerError, BrokerGone};
 use reads::{Reads, StoreEvent};
 use room::{Gap, Handout, MemberKey, Now, Outlet, Room, Timers};
 
@@ -207,8 +213,8 @@ impl BrokerHandle {
 
     /// Sends a command, waiting for room in the broker's queue. Fails only
     /// when the broker has stopped.
-    pub async fn send(&self, cmd: Command) -> Result<(), ()> {
-        self.tx.send(cmd).await.map_err(|_| ())
+    pub async fn send(&self, cmd: Command) -> Result<(), BrokerGone> {
+        self.tx.send(cmd).await.map_err(|_| BrokerGone)
     }
 }
 
@@ -713,16 +719,22 @@ impl Broker {
                 if !self.sessions.contains_key(&session) {
                     return;
                 }
-                match request {
-                    Request::Join(r) => self.join(session, request_id, permit, r),
-                    Request::Leave(r) => self.leave(session, request_id, permit, r),
-                    Request::Publish(r) => self.publish(session, request_id, permit, r),
-                    Request::Ack(r) => self.ack(session, request_id, permit, r),
-                    Request::Nack(r) => self.nack(session, request_id, permit, r),
-                    Request::InProgress(r) => self.in_progress(session, request_id, permit, r),
-                    Request::ListRooms => self.list_rooms(session, request_id, permit),
-                    Request::Members(r) => self.members(session, request_id, permit, r),
-                    Request::Admin(r) => self.admin(session, request_id, permit, r),
+                let admin = matches!(request, Request::Admin(_));
+                let result = match request {
+                    Request::Join(r) => self.join(session, r),
+                    Request::Leave(r) => self.leave(session, r),
+                    Request::Publish(r) => self.publish(session, r),
+                    Request::Ack(r) => self.ack(session, r),
+                    Request::Nack(r) => self.nack(session, r),
+                    Request::InProgress(r) => self.in_progress(session, r),
+                    Request::ListRooms => self.list_rooms(session),
+                    Request::Members(r) => self.members(session, r),
+                    Request::Admin(r) => self.admin(session, r),
+                };
+                // The one place where the actor turns an outcome into a frame.
+                match result {
+                    Ok(reply) => self.answer(session, request_id, permit, reply),
+                    Err(e) => self.refuse(session, request_id, permit, e, admin),
                 }
             }
             Command::Stats {
@@ -862,25 +874,36 @@ impl Broker {
         }
     }
 
-    fn reply_error(
+    /// Answers a request with `error`. Logged like the session's own
+    /// refusals (an admin request's with its own line).
+    fn refuse(
         &mut self,
         session: Uuid,
         request_id: u64,
         permit: RequestSlot,
-        code: ErrorCode,
-        message: impl Into<String>,
+        error: BrokerError,
+        admin: bool,
     ) {
-        self.refuse(session, request_id, permit, pb::Error::new(code, message));
-    }
-
-    /// Answers a request with `error` (which may carry structured fields).
-    fn refuse(&mut self, session: Uuid, request_id: u64, permit: RequestSlot, error: pb::Error) {
-        info!(session = %session, request_id, code = error.name, message = %error.message, "request refused");
+        let error = pb::Error::from(error);
+        if admin {
+            info!(session = %session, request_id, code = error.name, message = %error.message, "admin request refused");
+        } else {
+            info!(session = %session, request_id, code = error.name, message = %error.message, "request refused");
+        }
         let frame = pb::ServerFrame {
             request_id,
             body: Some(pb::server_frame::Body::Error(error)),
         };
         self.reply(session, frame, Some(permit));
+    }
+
+    /// Sends `push` (an error that is not an answer) to `session`.
+    fn push_error(&mut self, session: Uuid, push: BrokerError) {
+        let frame = pb::ServerFrame {
+            request_id: 0,
+            body: Some(pb::server_frame::Body::Error(push.into())),
+        };
+        self.reply(session, frame, None);
     }
 
     /// How many rooms `namespace` has.
@@ -899,7 +922,7 @@ impl Broker {
         &self,
         tenant: &Tenant,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), pb::Error> {
+    ) -> Result<(), BrokerError> {
         let missing: Vec<&str> = names
             .into_iter()
             .filter(|n| self.find_room(&tenant.name, n).is_none())
@@ -909,23 +932,19 @@ impl Broker {
         };
         let policy = tenant.policy();
         if !policy.create_rooms {
-            return Err(pb::Error::new(
-                ErrorCode::NotFound,
-                format!(
-                    "there is no room {first:?}; namespace {} creates rooms through /admin only",
-                    tenant.name
-                ),
-            ));
+            return Err(BrokerError::RoomNotCreated {
+                namespace: tenant.name.to_string(),
+                room: first.to_string(),
+            });
         }
         let rooms = self.room_count(&tenant.name);
         let max = policy.quotas.max_rooms as usize;
         if rooms + missing.len() > max {
             tenant.metrics.quota_refused(crate::metrics::Quota::Rooms);
-            return Err(pb::Error::new(
-                ErrorCode::QuotaExceeded,
-                format!("namespace {} has its maximum of {max} rooms", tenant.name),
-            )
-            .with_quota("max_rooms"));
+            return Err(BrokerError::QuotaExceeded {
+                quota: crate::metrics::Quota::Rooms,
+                detail: format!("namespace {} has its maximum of {max} rooms", tenant.name),
+            });
         }
         Ok(())
     }
@@ -1070,18 +1089,17 @@ impl Broker {
                 floor,
                 bytes,
             } => self.retention_scanned(room, first, floor, bytes),
-            StoreEvent::Positioned {
+            StoreEvent::Resume {
                 session,
                 request_id,
                 permit,
-                mut req,
-                seq,
-            } => {
-                if self.sessions.contains_key(&session) {
-                    req.start = join::Start::Found(seq);
-                    self.join(session, request_id, permit, req);
-                }
-            }
+                request,
+            } => self.handle(Command::Request {
+                session,
+                request_id,
+                permit,
+                request,
+            }),
         }
     }
 

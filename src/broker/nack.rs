@@ -3,15 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::RequestSlot;
 use roomq_wire::names::check_name;
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::ack::MAX_SEQS;
 use super::join::MAX_ACK_TIMEOUT;
-use super::Broker;
+use super::reply::Reply;
+use super::{Broker, BrokerError};
 
 /// A checked nack.
 #[derive(Debug)]
@@ -27,23 +27,19 @@ pub struct NackReq {
 pub const MAX_REASON_BYTES: usize = 255;
 
 /// Checks a nack; runs on the session's task.
-pub fn check(n: pb::Nack) -> Result<NackReq, pb::Error> {
-    check_name("room", &n.room)
-        .map_err(|e| pb::Error::new(ErrorCode::InvalidName, e.to_string()))?;
+pub fn check(n: pb::Nack) -> Result<NackReq, BrokerError> {
+    check_name("room", &n.room)?;
     if n.seqs.is_empty() || n.seqs.len() > MAX_SEQS {
-        return Err(pb::Error::new(
-            ErrorCode::InvalidRequest,
-            format!("a nack lists 1 to {MAX_SEQS} seqs, not {}", n.seqs.len()),
-        ));
+        return Err(BrokerError::InvalidRequest(format!(
+            "a nack lists 1 to {MAX_SEQS} seqs, not {}",
+            n.seqs.len()
+        )));
     }
     if n.reason.len() > MAX_REASON_BYTES {
-        return Err(pb::Error::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "a nack reason is at most {MAX_REASON_BYTES} bytes, not {}",
-                n.reason.len()
-            ),
-        ));
+        return Err(BrokerError::InvalidRequest(format!(
+            "a nack reason is at most {MAX_REASON_BYTES} bytes, not {}",
+            n.reason.len()
+        )));
     }
     Ok(NackReq {
         room: Arc::from(n.room),
@@ -59,28 +55,13 @@ pub fn check(n: pb::Nack) -> Result<NackReq, pb::Error> {
 }
 
 impl Broker {
-    pub(super) fn nack(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        permit: RequestSlot,
-        req: NackReq,
-    ) {
-        let (room_id, key) = match self.membership(session, &req.room, &req.label) {
-            Ok(m) => m,
-            Err(msg) => {
-                return self.reply_error(session, request_id, permit, ErrorCode::NotJoined, msg)
-            }
-        };
-        let Some(member) = self.rooms.get(&room_id).and_then(|r| r.members.get(&key)) else {
-            return self.reply_error(
-                session,
-                request_id,
-                permit,
-                ErrorCode::NotJoined,
-                "membership is gone",
-            );
-        };
+    pub(super) fn nack(&mut self, session: Uuid, req: NackReq) -> Result<Reply, BrokerError> {
+        let (room_id, key) = self.membership(session, &req.room, &req.label)?;
+        let member = self
+            .rooms
+            .get(&room_id)
+            .and_then(|r| r.members.get(&key))
+            .ok_or(BrokerError::MembershipGone)?;
         // Only what was delivered, and is not in flight at another
         // consumer of a group.
         let handed_back = |s: &u64| {
@@ -90,8 +71,10 @@ impl Broker {
                 .is_some_and(|u| u.attempts > 0 && u.holder.is_none_or(|h| h == session))
         };
         if let Some(bad) = req.seqs.iter().find(|s| !handed_back(s)) {
-            let msg = format!("seq {bad} is not an unacknowledged delivery of this session");
-            return self.reply_error(session, request_id, permit, ErrorCode::UnknownSeq, msg);
+            return Err(BrokerError::UnknownSeq {
+                seq: *bad,
+                why: "is not an unacknowledged delivery of this session",
+            });
         }
         let deadline = Instant::now() + req.delay;
         if let Some(room) = self.rooms.get_mut(&room_id) {
@@ -118,11 +101,7 @@ impl Broker {
         if let Some(s) = self.sessions.get(&session) {
             s.info.tenant.metrics.nacks.inc();
         }
-        let frame = pb::ServerFrame {
-            request_id,
-            body: Some(pb::server_frame::Body::NackOk(pb::NackOk {})),
-        };
-        self.reply(session, frame, Some(permit));
-        self.pump(room_id, &key);
+        let body = pb::server_frame::Body::NackOk(pb::NackOk {});
+        Ok(Reply::NowThenPump(body, room_id, key))
     }
 }

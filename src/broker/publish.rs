@@ -4,16 +4,14 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::RequestSlot;
 use bytes::Bytes;
 use prost::Message as _;
 use roomq_wire::names::check_name;
-use roomq_wire::{pb, ErrorCode};
+use roomq_wire::pb;
 use uuid::Uuid;
 
-use super::{
-    now_ms, outlet, ActorOutlet, Broker, DedupState, PendingConfirm, PendingReply, SessionInfo,
-};
+use super::reply::{Deferred, Reply};
+use super::{now_ms, outlet, ActorOutlet, Broker, BrokerError, DedupState, SessionInfo};
 use crate::config::Limits;
 use crate::metrics::Quota;
 use crate::storage::{Extra, MessageInfo, RoomId, StoredMessage};
@@ -61,7 +59,7 @@ pub async fn check(
     mut p: pb::Publish,
     session: &SessionInfo,
     limits: &Limits,
-) -> Result<PublishReq, pb::Error> {
+) -> Result<PublishReq, BrokerError> {
     validate(&p, limits)?;
     let tenant = session.tenant.clone();
     for hook in tenant.chain() {
@@ -73,7 +71,7 @@ pub async fn check(
             payload: &p.payload,
             headers: &mut p.headers,
         };
-        if let Some(e) = hook.publish(&mut ctx).await.into_error() {
+        if let Some(e) = BrokerError::refused_by(hook.publish(&mut ctx).await) {
             return Err(e);
         }
     }
@@ -81,57 +79,41 @@ pub async fn check(
 }
 
 /// The checks that need no hook: rooms, event, dedup id, precondition.
-fn validate(p: &pb::Publish, limits: &Limits) -> Result<(), pb::Error> {
-    let invalid = |code, msg: String| pb::Error::new(code, msg);
+fn validate(p: &pb::Publish, limits: &Limits) -> Result<(), BrokerError> {
+    let invalid = BrokerError::InvalidRequest;
     if p.rooms.is_empty() {
-        return Err(invalid(
-            ErrorCode::InvalidRequest,
-            "publish names no room".into(),
-        ));
+        return Err(invalid("publish names no room".into()));
     }
     if p.rooms.len() > limits.max_rooms_per_publish as usize {
-        return Err(invalid(
-            ErrorCode::InvalidRequest,
-            format!(
-                "publish names {} rooms; the limit is {}",
-                p.rooms.len(),
-                limits.max_rooms_per_publish
-            ),
-        ));
+        return Err(invalid(format!(
+            "publish names {} rooms; the limit is {}",
+            p.rooms.len(),
+            limits.max_rooms_per_publish
+        )));
     }
     let mut seen = HashSet::new();
     for room in &p.rooms {
-        check_name("room", room).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+        check_name("room", room)?;
         // (The common single-room publish needs no set.)
         if p.rooms.len() > 1 && !seen.insert(room.as_str()) {
-            return Err(invalid(
-                ErrorCode::InvalidRequest,
-                format!("room {room:?} is named twice"),
-            ));
+            return Err(invalid(format!("room {room:?} is named twice")));
         }
     }
-    check_name("event", &p.event).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+    check_name("event", &p.event)?;
     if p.expected_last_seq.is_some() && p.rooms.len() != 1 {
-        return Err(invalid(
-            ErrorCode::InvalidRequest,
-            "expected_last_seq needs exactly one room".into(),
-        ));
+        return Err(invalid("expected_last_seq needs exactly one room".into()));
     }
     if !matches!(p.dedup_id.len(), 0 | 16) {
-        return Err(invalid(
-            ErrorCode::InvalidRequest,
-            format!(
-                "dedup_id must be 16 bytes (a UUID), not {}",
-                p.dedup_id.len()
-            ),
-        ));
+        return Err(invalid(format!(
+            "dedup_id must be 16 bytes (a UUID), not {}",
+            p.dedup_id.len()
+        )));
     }
     if !p.key.is_empty() {
-        check_name("key", &p.key).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+        check_name("key", &p.key)?;
     }
     if p.deliver_at_ms != 0 && p.delay_ms != 0 {
         return Err(invalid(
-            ErrorCode::InvalidRequest,
             "deliver_at_ms and delay_ms exclude each other".into(),
         ));
     }
@@ -142,13 +124,10 @@ fn validate(p: &pb::Publish, limits: &Limits) -> Result<(), pb::Error> {
     };
     let ahead = p.delay_ms.max(at);
     if ahead > limits.max_schedule_ms {
-        return Err(invalid(
-            ErrorCode::InvalidRequest,
-            format!(
-                "delivery is scheduled {ahead} ms ahead; the limit is {} ms",
-                limits.max_schedule_ms
-            ),
-        ));
+        return Err(invalid(format!(
+            "delivery is scheduled {ahead} ms ahead; the limit is {} ms",
+            limits.max_schedule_ms
+        )));
     }
     if p.volatile {
         let stored_only = [
@@ -159,47 +138,44 @@ fn validate(p: &pb::Publish, limits: &Limits) -> Result<(), pb::Error> {
             (p.delay_ms != 0, "delay_ms"),
         ];
         if let Some((_, field)) = stored_only.iter().find(|(set, _)| *set) {
-            return Err(invalid(
-                ErrorCode::InvalidRequest,
-                format!("a volatile publish is not stored: {field} does not apply"),
-            ));
+            return Err(invalid(format!(
+                "a volatile publish is not stored: {field} does not apply"
+            )));
         }
     }
     let most = limits.max_rooms_per_publish as usize;
     if p.except_rooms.len() > most || p.except_sessions.len() > most {
-        return Err(invalid(
-            ErrorCode::InvalidRequest,
-            format!("a publish may name at most {most} except rooms and {most} except sessions"),
-        ));
+        return Err(invalid(format!(
+            "a publish may name at most {most} except rooms and {most} except sessions"
+        )));
     }
     for room in &p.except_rooms {
-        check_name("room", room).map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+        check_name("room", room)?;
     }
     if let Some(bad) = p.except_sessions.iter().find(|s| s.len() != 16) {
-        return Err(invalid(
-            ErrorCode::InvalidRequest,
-            format!("except_sessions entries are 16 bytes, not {}", bad.len()),
-        ));
+        return Err(invalid(format!(
+            "except_sessions entries are 16 bytes, not {}",
+            bad.len()
+        )));
     }
     Ok(())
 }
 
 /// Checks the headers (hooks may have added some) and encodes the message.
-fn encode(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<PublishReq, pb::Error> {
-    let invalid = |code, msg: String| pb::Error::new(code, msg);
+fn encode(
+    p: pb::Publish,
+    session: &SessionInfo,
+    limits: &Limits,
+) -> Result<PublishReq, BrokerError> {
     if p.headers.len() > limits.max_headers as usize {
-        return Err(invalid(
-            ErrorCode::InvalidRequest,
-            format!(
-                "{} headers; the limit is {}",
-                p.headers.len(),
-                limits.max_headers
-            ),
-        ));
+        return Err(BrokerError::InvalidRequest(format!(
+            "{} headers; the limit is {}",
+            p.headers.len(),
+            limits.max_headers
+        )));
     }
     for key in p.headers.keys() {
-        check_name("header name", key)
-            .map_err(|e| invalid(ErrorCode::InvalidName, e.to_string()))?;
+        check_name("header name", key)?;
     }
     let dedup = <[u8; 16]>::try_from(&p.dedup_id[..]).ok();
     let now = now_ms();
@@ -239,10 +215,10 @@ fn encode(p: pb::Publish, session: &SessionInfo, limits: &Limits) -> Result<Publ
         .max_frame()
         .saturating_sub(roomq_wire::DELIVERY_OVERHEAD);
     if encoded.len() > limit {
-        return Err(invalid(
-            ErrorCode::MessageTooLarge,
-            format!("message is {} bytes; the limit is {limit}", encoded.len()),
-        ));
+        return Err(BrokerError::MessageTooLarge {
+            size: encoded.len(),
+            limit,
+        });
     }
     Ok(PublishReq {
         rooms: p.rooms,
@@ -307,15 +283,9 @@ impl Broker {
 
     /// A volatile publish: handed to the consumers joined now, once per
     /// session across its rooms, and answered at once; nothing is stored.
-    fn publish_volatile(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        permit: RequestSlot,
-        req: PublishReq,
-    ) {
+    fn publish_volatile(&mut self, session: Uuid, req: PublishReq) -> Reply {
         let Some(entry) = self.sessions.get(&session) else {
-            return;
+            return Reply::Gone;
         };
         let namespace = entry.info.namespace.clone();
         let tenant = entry.info.tenant.clone();
@@ -336,26 +306,22 @@ impl Broker {
         if delivered > 0 && self.metrics.enabled {
             tenant.metrics.deliveries.inc_by(delivered);
         }
-        let seqs: super::Seqs = Arc::from(Vec::new());
-        let volatile = pb::Durability::Volatile;
-        self.confirm_publish(session, request_id, seqs, false, volatile, permit);
+        Reply::Confirm {
+            seqs: Arc::from(Vec::new()),
+            duplicate: false,
+            durability: pb::Durability::Volatile,
+        }
     }
 
-    pub(super) fn publish(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        permit: RequestSlot,
-        req: PublishReq,
-    ) {
+    pub(super) fn publish(&mut self, session: Uuid, req: PublishReq) -> Result<Reply, BrokerError> {
         let Some(entry) = self.sessions.get(&session) else {
-            return;
+            return Ok(Reply::Gone);
         };
         let namespace = entry.info.namespace.clone();
         let client_id = entry.info.client_id.clone();
         let tenant = entry.info.tenant.clone();
         if req.volatile {
-            return self.publish_volatile(session, request_id, permit, req);
+            return Ok(self.publish_volatile(session, req));
         }
         let policy = tenant.policy();
         let durability = pb::Durability::from(policy.durability);
@@ -369,27 +335,21 @@ impl Broker {
                         // The original may be written but not yet synced
                         // (a `batched` namespace): a duplicate says SYNC,
                         // so it waits for the next sync.
-                        self.open.confirms.push(PendingConfirm {
-                            session,
-                            reply: PendingReply::Confirm {
-                                request_id,
-                                seqs,
-                                duplicate: true,
-                            },
-                            permit,
-                            then_pump: None,
+                        return Ok(Reply::AfterSync(Deferred::Confirm {
+                            seqs,
+                            duplicate: true,
                             received: None,
-                        });
-                        return;
+                        }));
                     }
-                    let sync = pb::Durability::Sync;
-                    self.confirm_publish(session, request_id, seqs, true, sync, permit);
-                    return;
+                    return Ok(Reply::Confirm {
+                        seqs,
+                        duplicate: true,
+                        durability: pb::Durability::Sync,
+                    });
                 }
-                Some(DedupState::Pending { waiters, .. }) => {
+                Some(DedupState::Pending { .. }) => {
                     tenant.metrics.duplicates.inc();
-                    waiters.push((session, request_id, permit));
-                    return;
+                    return Ok(Reply::WithOriginal(key));
                 }
                 None => {}
             }
@@ -402,27 +362,28 @@ impl Broker {
                 .and_then(|id| self.rooms.get(&id))
                 .map_or(0, |room| room.last_seq);
             if last != expected {
-                let msg = format!("the room's last seq is {last}, not {expected}");
-                let e = pb::Error::new(ErrorCode::PreconditionFailed, msg).with_last_seq(last);
-                return self.refuse(session, request_id, permit, e);
+                return Err(BrokerError::PreconditionFailed {
+                    last_seq: last,
+                    expected,
+                });
             }
         }
-        if let Err(e) = self.check_rooms(&tenant, req.rooms.iter().map(String::as_str)) {
-            return self.refuse(session, request_id, permit, e);
-        }
+        self.check_rooms(&tenant, req.rooms.iter().map(String::as_str))?;
         // Checked here, not by the quota middleware: only the actor knows
         // what the publishes accepted before this one add.
         let max_stored = policy.quotas.max_stored_bytes;
         let adding = (req.encoded.len() as u64).saturating_mul(req.rooms.len() as u64);
         let stored = tenant.usage.stored_bytes();
         if max_stored > 0 && stored.saturating_add(adding) > max_stored {
-            let msg = format!(
+            let detail = format!(
                 "namespace {} stores {stored} of its {max_stored} bytes; this message needs {adding}",
                 tenant.name
             );
             tenant.metrics.quota_refused(Quota::StoredBytes);
-            let e = pb::Error::new(ErrorCode::QuotaExceeded, msg).with_quota("max_stored_bytes");
-            return self.refuse(session, request_id, permit, e);
+            return Err(BrokerError::QuotaExceeded {
+                quota: Quota::StoredBytes,
+                detail,
+            });
         }
         let mut seqs = Vec::with_capacity(req.rooms.len());
         let mut stored = Vec::with_capacity(req.rooms.len());
@@ -464,19 +425,16 @@ impl Broker {
         }
         if durability == pb::Durability::Batched {
             // Confirmed now; written (and delivered) with the next commit.
-            self.confirm_publish(session, request_id, seqs, false, durability, permit);
-            return;
-        }
-        self.open.confirms.push(PendingConfirm {
-            session,
-            reply: PendingReply::Confirm {
-                request_id,
+            return Ok(Reply::Confirm {
                 seqs,
                 duplicate: false,
-            },
-            permit,
-            then_pump: None,
+                durability,
+            });
+        }
+        Ok(Reply::AfterSync(Deferred::Confirm {
+            seqs,
+            duplicate: false,
             received: self.metrics.enabled.then(tokio::time::Instant::now),
-        });
+        }))
     }
 }

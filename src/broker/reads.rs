@@ -18,8 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::join::JoinReq;
-use super::RequestSlot;
+use super::{Request, RequestSlot};
 use crate::storage::{RoomId, Store, StoreError, StoredMessage};
 
 /// Most message bytes one read brings back.
@@ -46,14 +45,13 @@ pub enum StoreEvent {
         floor: u64,
         bytes: u64,
     },
-    /// A join by start time found where its member starts: the first seq
-    /// at or after `seq` accepted at or after the time.
-    Positioned {
+    /// A request that waited for stored data (see `Reply::AfterRead`),
+    /// completed with it: handled now like a new request.
+    Resume {
         session: uuid::Uuid,
         request_id: u64,
         permit: RequestSlot,
-        req: JoinReq,
-        seq: u64,
+        request: Request,
     },
 }
 
@@ -123,6 +121,25 @@ impl Reads {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let _ = tx.send(work.await);
+        });
+    }
+
+    /// Runs `work` beside the actor for request `request_id` of `session`,
+    /// which holds `permit` until it is answered.
+    pub fn resume(
+        &self,
+        session: uuid::Uuid,
+        request_id: u64,
+        permit: RequestSlot,
+        work: impl Future<Output = Request> + Send + 'static,
+    ) {
+        self.spawn(async move {
+            StoreEvent::Resume {
+                session,
+                request_id,
+                permit,
+                request: work.await,
+            }
         });
     }
 
