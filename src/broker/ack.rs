@@ -81,7 +81,7 @@ impl Broker {
             s.info.tenant.metrics.acks.inc();
         }
         if member.durable {
-            self.dirty.insert((room_id, key.clone()));
+            self.pipeline.mark_dirty(room_id, key.clone());
         }
         let body = pb::server_frame::Body::AckOk(pb::AckOk { next_seq });
         Ok(Reply::NowThenPump(body, room_id, key))

@@ -318,7 +318,7 @@ impl Broker {
             }),
         };
         let body = result?;
-        if self.open.write.is_empty() {
+        if self.pipeline.batch_is_empty() {
             // Nothing to write (a kick, a room that existed).
             return Ok(Reply::Now(ok(body)));
         }
@@ -361,8 +361,8 @@ impl Broker {
 
     fn store_namespace(&mut self, record: &crate::tenancy::StoredNamespace) {
         let body = serde_json::to_vec(record).unwrap_or_default();
-        self.open
-            .write
+        self.pipeline
+            .batch()
             .namespaces
             .push((record.name.clone(), Some(body)));
     }
@@ -409,8 +409,11 @@ impl Broker {
             self.delete_room(*id);
         }
         self.namespaces.remove(name);
-        self.dedup.retain(|(ns, _), _| &**ns != name);
-        self.open.write.namespaces.push((name.to_string(), None));
+        self.dedup.forget_namespace(name);
+        self.pipeline
+            .batch()
+            .namespaces
+            .push((name.to_string(), None));
         self.refresh_retention();
         info!(namespace = %tenant.name, rooms = rooms.len(), "namespace deleted");
         Ok(pb::AdminOk {
@@ -471,8 +474,8 @@ impl Broker {
             };
             self.push_error(c.session, deleted);
         }
-        self.dirty.retain(|(r, _)| *r != id);
-        self.open.write.deleted_rooms.push(id);
+        self.pipeline.forget_room(id);
+        self.pipeline.batch().deleted_rooms.push(id);
         if let Some(t) = self.tenants.get(&room.namespace) {
             t.usage.remove_stored(room.stored_bytes);
         }

@@ -76,12 +76,8 @@ impl Broker {
             .get_mut(&room_id)
             .and_then(|r| r.members.get_mut(&key))
         {
-            let mut arm = super::TimerArm {
-                timers: &mut self.timers,
-                gen: &mut self.timer_gen,
-            };
             for (seq, deadline) in extend {
-                m.extend(seq, session, deadline, room_id, &key, &mut arm);
+                m.extend(seq, session, deadline, room_id, &key, &mut self.timers);
             }
         }
         let body = pb::server_frame::Body::InProgressOk(pb::InProgressOk {});

@@ -309,13 +309,13 @@ impl Broker {
         if must_persist {
             member.joining = true;
             if let Some(name) = key.stored_name() {
-                self.open
-                    .write
+                self.pipeline
+                    .batch()
                     .cursors
                     .push((room_id, name, Some(member.record())));
             }
         } else if member.durable {
-            self.dirty.insert((room_id, key.clone()));
+            self.pipeline.mark_dirty(room_id, key.clone());
         }
         if let Some(entry) = self.sessions.get_mut(&session) {
             entry

@@ -52,7 +52,7 @@ impl Broker {
                 }),
             };
             if removed {
-                self.dirty.insert((room_id, key));
+                self.pipeline.mark_dirty(room_id, key);
             }
         }
         Ok(Reply::Now(pb::server_frame::Body::LeaveOk(pb::LeaveOk {})))

@@ -27,6 +27,7 @@ pub mod ack;
 pub mod admin;
 pub mod commit;
 pub mod dead_letter;
+mod dedup;
 pub mod error;
 pub mod in_progress;
 pub mod join;
@@ -34,15 +35,16 @@ pub mod leave;
 pub mod list_rooms;
 pub mod members;
 pub mod nack;
+mod pipeline;
 pub mod publish;
 pub mod reads;
 mod reply;
 pub mod retention;
 pub mod room;
 pub mod stats;
+mod timers;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,12 +57,15 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::storage::{RoomId, RoomStats, Store, StoreError, StoredMessage, WriteBatch};
+use crate::storage::{RoomId, Store, StoreError, StoredMessage, WriteBatch};
 use crate::tenancy::{Grant, StoredNamespace, Tenant, Tenants};
 use commit::CommitOutcome;
+use dedup::DedupTable;
 pub use error::{BrokerError, BrokerGone};
+use pipeline::{Committed, InFlightBatch, PendingConfirm, PendingReply, WritePipeline};
 use reads::{Reads, StoreEvent};
 use room::{Gap, Handout, MemberKey, Now, Outlet, Room, Timers};
+use timers::TimerHeap;
 
 /// A request's share of its session's budgets (requests awaiting a reply,
 /// and their bytes). Held until the reply is written, then released.
@@ -186,7 +191,6 @@ macro_rules! outlet {
             sessions: &mut $broker.sessions,
             reads: &mut $broker.reads,
             timers: &mut $broker.timers,
-            gen: &mut $broker.timer_gen,
             reserve: $broker.config.limits.max_pending_requests as usize + 8,
             lag: $broker
                 .metrics
@@ -230,129 +234,25 @@ struct SessionEntry {
     memberships: HashMap<(Arc<str>, Arc<str>), (RoomId, MemberKey)>,
 }
 
-/// A member's redelivery timer (ack timeout, nack delay). At most one is
-/// live per member; an entry whose deadline no longer matches the member's
-/// `armed` is stale and skipped.
-#[derive(Debug, PartialEq, Eq)]
-struct Timer {
-    deadline: Instant,
-    /// Insertion order, to break ties.
-    gen: u64,
-    room: RoomId,
-    member: MemberKey,
-}
-
-impl Ord for Timer {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.deadline, self.gen).cmp(&(other.deadline, other.gen))
-    }
-}
-
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// The timer heap is never swept below this size.
-const TIMER_COMPACT_MIN: usize = 4096;
-
 /// (room, seq) per room of one publish, shared by its confirmation and its
 /// dedup record.
 pub type Seqs = Arc<[(Arc<str>, u64)]>;
 
-/// What a pending reply will say.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-enum PendingReply {
-    /// A prepared frame (a join's reply).
-    Frame(pb::ServerFrame),
-    /// A publish confirmation; `duplicate` for a retry answered from the
-    /// dedup table.
-    Confirm {
-        request_id: u64,
-        seqs: Seqs,
-        duplicate: bool,
-    },
-}
-
-/// A reply that may only be sent once its batch is synced to disk: a publish
-/// confirmation, or the reply to a durable join whose new cursor must exist
-/// before the client can rely on it.
-#[derive(Debug)]
-struct PendingConfirm {
-    session: Uuid,
-    reply: PendingReply,
-    permit: RequestSlot,
-    /// A member to start delivering to once the reply is out.
-    then_pump: Option<(RoomId, MemberKey)>,
-    /// When the broker took the publish (for `roomq_publish_confirm_seconds`).
-    received: Option<Instant>,
-}
-
-/// Where a dedup id stands.
-#[derive(Debug)]
-enum DedupState {
-    /// Its batch is being written; retries wait for it.
-    Pending {
-        seqs: Seqs,
-        waiters: Vec<(Uuid, u64, RequestSlot)>,
-    },
-    /// Stored; retries get these seqs back.
-    Stored { seqs: Seqs },
-}
-
-type DedupKey = (Arc<str>, [u8; 16]);
-
-/// The writes gathered while the committer is busy.
-#[derive(Debug, Default)]
-struct OpenBatch {
-    write: WriteBatch,
-    /// Index into `write.appends` per room.
-    rooms: HashMap<RoomId, usize>,
-    confirms: Vec<PendingConfirm>,
-    dedup: Vec<DedupKey>,
-}
-
-/// What the batch being written will confirm.
-#[derive(Debug, Default)]
-struct InFlightBatch {
-    confirms: Vec<PendingConfirm>,
-    dedup: Vec<DedupKey>,
-}
-
 /// The actor.
 pub struct Broker {
     config: Arc<Config>,
-    store: Arc<dyn Store>,
     tenants: Arc<Tenants>,
     rooms: HashMap<RoomId, Room>,
     /// namespace → room name → id.
     namespaces: HashMap<Arc<str>, HashMap<Arc<str>, RoomId>>,
     next_room_id: RoomId,
     sessions: HashMap<Uuid, SessionEntry>,
-    timers: BinaryHeap<Reverse<Timer>>,
-    timer_gen: u64,
-    /// Heap size at which stale timers are swept out (see
-    /// [`Broker::compact_timers`]).
-    timers_compact_at: usize,
-    dedup: HashMap<DedupKey, DedupState>,
-    dedup_expiry: VecDeque<(Instant, DedupKey)>,
-    open: OpenBatch,
-    /// What the batch being written will confirm, while one is.
-    committing: Option<InFlightBatch>,
-    commit_task: Option<tokio::task::JoinHandle<CommitOutcome>>,
+    timers: TimerHeap,
+    dedup: DedupTable,
+    /// The open batch, the batch being written, cursors behind on disk.
+    pipeline: WritePipeline,
     /// Reads of stored messages and other storage work beside the actor.
     reads: Reads,
-    /// When the commit in progress started (for the commit watchdog).
-    commit_started: Instant,
-    /// Since when some written batch is not yet synced (`batched` data and
-    /// other writes nobody waits on). A sync follows within the cursor sync
-    /// interval.
-    unsynced_since: Option<Instant>,
-    /// Durable members whose stored cursor is behind.
-    dirty: HashSet<(RoomId, MemberKey)>,
-    last_cursor_sync: Instant,
     /// When retention next trims the rooms it covers.
     next_retention: Instant,
     /// Some namespace has retention rules.
@@ -424,24 +324,18 @@ impl Broker {
             started: Instant::now(),
             config: config.clone(),
             reads: Reads::new(store.clone(), config.storage.max_reads_in_flight as usize),
-            store,
             tenants,
             rooms: HashMap::new(),
             namespaces: HashMap::new(),
             next_room_id: 1,
             sessions: HashMap::new(),
-            timers: BinaryHeap::new(),
-            timer_gen: 0,
-            timers_compact_at: TIMER_COMPACT_MIN,
-            dedup: HashMap::new(),
-            dedup_expiry: VecDeque::new(),
-            open: OpenBatch::default(),
-            committing: None,
-            commit_task: None,
-            commit_started: Instant::now(),
-            unsynced_since: None,
-            dirty: HashSet::new(),
-            last_cursor_sync: Instant::now(),
+            timers: TimerHeap::default(),
+            dedup: DedupTable::new(config.limits.dedup_window()),
+            pipeline: WritePipeline::new(
+                store,
+                Duration::from_millis(config.storage.cursor_sync_interval_ms),
+                Duration::from_millis(config.storage.commit_timeout_ms),
+            ),
             next_retention: Instant::now(),
             retention_active: false,
             retention_scans: HashSet::new(),
@@ -493,7 +387,7 @@ impl Broker {
         for (ns, id, rec) in dedup_records {
             let age = wall.saturating_sub(rec.timestamp_ms);
             if age >= window {
-                broker.open.write.dedup_expire_before = Some(wall.saturating_sub(window));
+                broker.pipeline.batch().dedup_expire_before = Some(wall.saturating_sub(window));
                 continue;
             }
             let mut seqs = Vec::with_capacity(rec.seqs.len());
@@ -502,12 +396,8 @@ impl Broker {
                     seqs.push((room.name.clone(), seq));
                 }
             }
-            let key = (ns, id);
             let expires = Instant::now() + Duration::from_millis(window - age);
-            broker.dedup_expiry.push_back((expires, key.clone()));
-            broker
-                .dedup
-                .insert(key, DedupState::Stored { seqs: seqs.into() });
+            broker.dedup.restore((ns, id), seqs.into(), expires);
         }
         info!(
             rooms = broker.rooms.len(),
@@ -536,25 +426,24 @@ impl Broker {
         while let Some(cmd) = rx.recv().await {
             self.handle(cmd);
         }
-        self.sync_all_cursors();
+        self.pipeline.mark_all_dirty(&self.rooms);
         loop {
-            self.maybe_commit(true);
-            if self.committing.is_none() {
+            self.pipeline.start(true, &self.rooms);
+            if self.pipeline.idle() {
                 break;
             }
-            let limit = self.commit_timeout();
-            let outcome =
-                match tokio::time::timeout(limit, commit::finished(&mut self.commit_task)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => CommitOutcome::Failed(StoreError::Stalled(limit)),
-                };
+            let limit = Duration::from_millis(self.config.storage.commit_timeout_ms);
+            let outcome = match tokio::time::timeout(limit, self.pipeline.finished()).await {
+                Ok(outcome) => outcome,
+                Err(_) => CommitOutcome::Failed(StoreError::Stalled(limit)),
+            };
             if let Err(e) = self.on_commit(outcome) {
                 error!(error = %e, "storage failed during shutdown");
                 self.kill_all();
                 return Err(e);
             }
         }
-        let flushed = self.store.flush().await;
+        let flushed = self.pipeline.flush().await;
         self.close_all(ErrorCode::ShuttingDown, "the broker is shutting down");
         flushed.map(|_| ())
     }
@@ -568,7 +457,7 @@ impl Broker {
             let wake = self.next_wake();
             tokio::select! {
                 biased;
-                outcome = commit::finished(&mut self.commit_task) => self.on_commit(outcome)?,
+                outcome = self.pipeline.finished() => self.on_commit(outcome)?,
                 _ = shutdown.cancelled() => return Ok(()),
                 Some(event) = self.reads.next() => self.on_store_event(event),
                 cmd = rx.recv() => match cmd {
@@ -586,7 +475,7 @@ impl Broker {
                     None => return Ok(()),
                 },
                 _ = sleep_until_opt(wake) => {
-                    self.check_commit_stall()?;
+                    self.pipeline.check_stall()?;
                     self.on_timers();
                     self.maybe_trim();
                 }
@@ -597,74 +486,37 @@ impl Broker {
                 self.on_timers();
                 self.maybe_trim();
             }
-            self.maybe_commit(false);
+            self.pipeline.start(false, &self.rooms);
             self.compact_timers();
         }
     }
 
-    /// Drops timers that can no longer fire for anyone: their member left,
-    /// or re-armed for another deadline. Without this, members that come
-    /// and go would leave their timers in the heap until the deadline
-    /// (up to a day). Runs when the heap has doubled since the last sweep,
-    /// so its cost is amortised over the timers armed in between.
+    /// Sweeps out timers whose member left or re-armed.
     fn compact_timers(&mut self) {
-        if self.timers.len() <= self.timers_compact_at {
-            return;
-        }
         let rooms = &self.rooms;
-        let live = |t: &Timer| {
+        self.timers.compact(|t| {
             rooms
                 .get(&t.room)
                 .and_then(|r| r.members.get(&t.member))
                 .is_some_and(|m| m.armed == Some(t.deadline))
-        };
-        let kept: Vec<Reverse<Timer>> = std::mem::take(&mut self.timers)
-            .into_vec()
-            .into_iter()
-            .filter(|Reverse(t)| live(t))
-            .collect();
-        self.timers = BinaryHeap::from(kept);
-        self.timers_compact_at = (2 * self.timers.len()).max(TIMER_COMPACT_MIN);
-    }
-
-    fn commit_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.storage.commit_timeout_ms)
-    }
-
-    /// Fails if the commit in progress has run past the commit timeout.
-    fn check_commit_stall(&self) -> Result<(), StoreError> {
-        let limit = self.commit_timeout();
-        if self.commit_task.is_some() && self.commit_started.elapsed() >= limit {
-            return Err(StoreError::Stalled(limit));
-        }
-        Ok(())
+        });
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let mut wake = self.timers.peek().map(|Reverse(t)| t.deadline);
+        let mut wake = self.timers.next_deadline();
         let mut consider = |t: Instant| {
             wake = Some(wake.map_or(t, |w| w.min(t)));
         };
-        if self.commit_task.is_some() {
-            consider(self.commit_started + self.commit_timeout());
+        if let Some(t) = self.pipeline.next_wake() {
+            consider(t);
         }
-        if !self.dirty.is_empty() && self.committing.is_none() {
-            consider(self.last_cursor_sync + self.cursor_interval());
-        }
-        if let Some(since) = self.unsynced_since.filter(|_| self.committing.is_none()) {
-            consider(since + self.cursor_interval());
-        }
-        if let Some((t, _)) = self.dedup_expiry.front() {
-            consider(*t);
+        if let Some(t) = self.dedup.next_expiry() {
+            consider(t);
         }
         if self.retention_active {
             consider(self.next_retention);
         }
         wake
-    }
-
-    fn cursor_interval(&self) -> Duration {
-        Duration::from_millis(self.config.storage.cursor_sync_interval_ms)
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -957,7 +809,7 @@ impl Broker {
         }
         let id = self.next_room_id;
         self.next_room_id += 1;
-        self.open.write.next_room_id = Some(self.next_room_id);
+        self.pipeline.batch().next_room_id = Some(self.next_room_id);
         let name: Arc<str> = Arc::from(name);
         self.namespaces
             .entry(namespace.clone())
@@ -965,8 +817,8 @@ impl Broker {
             .insert(name.clone(), id);
         self.rooms
             .insert(id, Room::new(id, namespace.clone(), name.clone(), 0));
-        self.open
-            .write
+        self.pipeline
+            .batch()
             .new_rooms
             .push((id, namespace.clone(), name.clone()));
         info!(namespace = %namespace, room = %name, "room created");
@@ -988,7 +840,7 @@ impl Broker {
             self.count_deliveries(&namespace, tally, pumped.expired);
         }
         if pumped.changed && !matches!(key, MemberKey::Ephemeral(..)) {
-            self.dirty.insert((room_id, key.clone()));
+            self.pipeline.mark_dirty(room_id, key.clone());
         }
         for dead in pumped.dead {
             self.dead_letter(room_id, dead);
@@ -1014,13 +866,7 @@ impl Broker {
     fn on_timers(&mut self) {
         let now = Instant::now();
         let mut to_pump = Vec::new();
-        while let Some(Reverse(t)) = self.timers.peek() {
-            if t.deadline > now {
-                break;
-            }
-            let Some(Reverse(t)) = self.timers.pop() else {
-                break;
-            };
+        while let Some(t) = self.timers.pop_due(now) {
             let Some(m) = self
                 .rooms
                 .get_mut(&t.room)
@@ -1028,11 +874,7 @@ impl Broker {
             else {
                 continue;
             };
-            let mut arm = TimerArm {
-                timers: &mut self.timers,
-                gen: &mut self.timer_gen,
-            };
-            if m.on_timer(t.deadline, now, t.room, &t.member, &mut arm) {
+            if m.on_timer(t.deadline, now, t.room, &t.member, &mut self.timers) {
                 to_pump.push((t.room, t.member));
             }
         }
@@ -1041,18 +883,9 @@ impl Broker {
         for (room, key) in to_pump {
             self.pump(room, &key);
         }
-        while let Some((t, _)) = self.dedup_expiry.front() {
-            if *t > now {
-                break;
-            }
-            let Some((_, key)) = self.dedup_expiry.pop_front() else {
-                break;
-            };
-            if matches!(self.dedup.get(&key), Some(DedupState::Stored { .. })) {
-                self.dedup.remove(&key);
-                let cutoff = now_ms().saturating_sub(self.config.limits.dedup_window_ms);
-                self.open.write.dedup_expire_before = Some(cutoff);
-            }
+        if self.dedup.expire(now) {
+            let cutoff = now_ms().saturating_sub(self.config.limits.dedup_window_ms);
+            self.pipeline.batch().dedup_expire_before = Some(cutoff);
         }
     }
 
@@ -1103,104 +936,25 @@ impl Broker {
         }
     }
 
-    fn sync_all_cursors(&mut self) {
-        for (id, room) in &self.rooms {
-            for (key, m) in &room.members {
-                if m.durable {
-                    self.dirty.insert((*id, key.clone()));
-                }
-            }
-        }
-    }
-
-    /// Hands the open batch to the committer if it is idle and there is
-    /// something worth writing. Cursor-only batches wait for the cursor sync
-    /// interval unless `force` is set.
-    fn maybe_commit(&mut self, force: bool) {
-        if self.committing.is_some() {
-            return;
-        }
-        let now = Instant::now();
-        let cursors_due = !self.dirty.is_empty()
-            && (force
-                || !self.open.write.is_empty()
-                || now >= self.last_cursor_sync + self.cursor_interval());
-        if cursors_due {
-            for (room_id, key) in std::mem::take(&mut self.dirty) {
-                let Some(name) = key.stored_name() else {
-                    continue;
-                };
-                let record = self
-                    .rooms
-                    .get(&room_id)
-                    .and_then(|r| r.members.get(&key))
-                    .map(|m| m.record());
-                self.open.write.cursors.push((room_id, name, record));
-            }
-            self.last_cursor_sync = now;
-        }
-        let sync_due = self
-            .unsynced_since
-            .is_some_and(|since| force || now >= since + self.cursor_interval());
-        if self.open.write.is_empty() && self.open.confirms.is_empty() && !sync_due {
-            return;
-        }
-        // A batch someone waits on (a confirmation, a reply) is synced
-        // before it is answered, and so is one that changes cursors,
-        // namespaces or deletes; one that holds only `batched` publishes
-        // is written now and synced within the interval.
-        let w = &self.open.write;
-        let sync = if self.open.confirms.is_empty()
-            && !sync_due
-            && w.cursors.is_empty()
-            && w.namespaces.is_empty()
-            && w.deleted_rooms.is_empty()
-            && w.purged.is_empty()
-        {
-            commit::Sync::Later
-        } else {
-            commit::Sync::Now
-        };
-        let mut open = std::mem::take(&mut self.open);
-        for (room_id, _) in &open.write.appends {
-            if let Some(room) = self.rooms.get(room_id) {
-                let stats = RoomStats {
-                    first_seq: room.first_seq,
-                    stored_bytes: room.stored_bytes,
-                };
-                open.write.room_stats.push((*room_id, stats));
-            }
-        }
-        self.committing = Some(InFlightBatch {
-            confirms: open.confirms,
-            dedup: open.dedup,
-        });
-        self.commit_started = Instant::now();
-        self.commit_task = Some(commit::spawn(self.store.clone(), open.write, sync));
-    }
-
     fn on_commit(&mut self, outcome: CommitOutcome) -> Result<(), StoreError> {
-        self.commit_task = None;
-        let done = self.committing.take().unwrap_or_default();
-        match outcome {
-            CommitOutcome::Done(flushed, batch) => {
+        match self.pipeline.complete(outcome)? {
+            Committed::Synced {
+                flushed,
+                batch,
+                done,
+                took,
+            } => {
                 if self.metrics.enabled {
                     // The write and the sync, as the actor sees them end.
-                    let took = self.commit_started.elapsed();
                     self.metrics.commit_flush.observe(took.as_secs_f64());
                     let messages: usize = batch.appends.iter().map(|(_, m)| m.len()).sum();
                     if messages > 0 {
                         self.metrics.commit_batch.observe(messages as f64);
                     }
                 }
-                self.unsynced_since = None;
                 self.confirm(&flushed, batch, done);
             }
-            CommitOutcome::Written(batch) => {
-                self.unsynced_since.get_or_insert_with(Instant::now);
-                self.written(batch, done);
-            }
-            CommitOutcome::Failed(e) => return Err(e),
+            Committed::Written { batch, done } => self.written(batch, done),
         }
         Ok(())
     }
@@ -1213,21 +967,15 @@ impl Broker {
         self.make_visible(&batch);
         // Not expected (a batch with replies is synced), but never
         // answered early.
-        self.open.confirms.extend(done.confirms);
-        let window = self.config.limits.dedup_window();
+        for c in done.confirms {
+            self.pipeline.after_sync(c);
+        }
         for key in done.dedup {
-            let Some(state) = self.dedup.get_mut(&key) else {
+            let Some((seqs, waiters)) = self.dedup.stored(key, Instant::now()) else {
                 continue;
             };
-            let DedupState::Pending { seqs, waiters } = state else {
-                continue;
-            };
-            let seqs = seqs.clone();
-            let waiters = std::mem::take(waiters);
-            *state = DedupState::Stored { seqs: seqs.clone() };
-            self.dedup_expiry.push_back((Instant::now() + window, key));
             for (session, request_id, permit) in waiters {
-                self.open.confirms.push(PendingConfirm {
+                self.pipeline.after_sync(PendingConfirm {
                     session,
                     reply: PendingReply::Confirm {
                         request_id,
@@ -1310,18 +1058,10 @@ impl Broker {
                 joined.push((room_id, key));
             }
         }
-        let window = self.config.limits.dedup_window();
         for key in done.dedup {
-            let Some(state) = self.dedup.get_mut(&key) else {
+            let Some((seqs, waiters)) = self.dedup.stored(key, Instant::now()) else {
                 continue;
             };
-            let DedupState::Pending { seqs, waiters } = state else {
-                continue;
-            };
-            let seqs = seqs.clone();
-            let waiters = std::mem::take(waiters);
-            *state = DedupState::Stored { seqs: seqs.clone() };
-            self.dedup_expiry.push_back((Instant::now() + window, key));
             for (session, request_id, permit) in waiters {
                 let sync = pb::Durability::Sync;
                 self.confirm_publish(session, request_id, seqs.clone(), true, sync, permit);
@@ -1333,34 +1073,6 @@ impl Broker {
         for (room_id, key) in joined {
             self.pump(room_id, &key);
         }
-    }
-}
-
-fn arm(
-    timers: &mut BinaryHeap<Reverse<Timer>>,
-    gen: &mut u64,
-    deadline: Instant,
-    room: RoomId,
-    member: &MemberKey,
-) {
-    *gen += 1;
-    timers.push(Reverse(Timer {
-        deadline,
-        gen: *gen,
-        room,
-        member: member.clone(),
-    }));
-}
-
-/// Timer arming outside a pump (timer firings, nack delays, in-progress).
-struct TimerArm<'a> {
-    timers: &'a mut BinaryHeap<Reverse<Timer>>,
-    gen: &'a mut u64,
-}
-
-impl Timers for TimerArm<'_> {
-    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey) {
-        arm(self.timers, self.gen, deadline, room, member);
     }
 }
 
@@ -1384,8 +1096,7 @@ pub(crate) struct DeliveryTally {
 struct ActorOutlet<'a> {
     sessions: &'a mut HashMap<Uuid, SessionEntry>,
     reads: &'a mut Reads,
-    timers: &'a mut BinaryHeap<Reverse<Timer>>,
-    gen: &'a mut u64,
+    timers: &'a mut TimerHeap,
     /// Queue slots kept free for replies.
     reserve: usize,
     /// `roomq_delivery_lag_seconds`, when metrics are on.
@@ -1476,6 +1187,6 @@ impl Outlet for ActorOutlet<'_> {
 
 impl Timers for ActorOutlet<'_> {
     fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey) {
-        arm(self.timers, self.gen, deadline, room, member);
+        self.timers.arm_timer(deadline, room, member);
     }
 }

@@ -87,16 +87,12 @@ impl Broker {
                     }
                 }
                 if !req.delay.is_zero() {
-                    let mut arm = super::TimerArm {
-                        timers: &mut self.timers,
-                        gen: &mut self.timer_gen,
-                    };
-                    m.schedule(deadline, room_id, &key, &mut arm);
+                    m.schedule(deadline, room_id, &key, &mut self.timers);
                 }
             }
         }
         if !matches!(key, super::room::MemberKey::Ephemeral(..)) {
-            self.dirty.insert((room_id, key.clone()));
+            self.pipeline.mark_dirty(room_id, key.clone());
         }
         if let Some(s) = self.sessions.get(&session) {
             s.info.tenant.metrics.nacks.inc();

@@ -10,8 +10,9 @@ use roomq_wire::names::check_name;
 use roomq_wire::pb;
 use uuid::Uuid;
 
+use super::dedup::DedupState;
 use super::reply::{Deferred, Reply};
-use super::{now_ms, outlet, ActorOutlet, Broker, BrokerError, DedupState, SessionInfo};
+use super::{now_ms, outlet, ActorOutlet, Broker, BrokerError, SessionInfo};
 use crate::config::Limits;
 use crate::metrics::Quota;
 use crate::storage::{Extra, MessageInfo, RoomId, StoredMessage};
@@ -266,18 +267,7 @@ impl Broker {
         room.stored_bytes += msg.encoded.len() as u64;
         room.rate.record(tokio::time::Instant::now(), 1);
         msg.seq = room.last_seq;
-        let slot = match self.open.rooms.get(&room_id) {
-            Some(i) => *i,
-            None => {
-                self.open.write.appends.push((room_id, Vec::new()));
-                let i = self.open.write.appends.len() - 1;
-                self.open.rooms.insert(room_id, i);
-                i
-            }
-        };
-        if let Some((_, v)) = self.open.write.appends.get_mut(slot) {
-            v.push(Arc::new(msg));
-        }
+        self.pipeline.append(room_id, Arc::new(msg));
         room.last_seq
     }
 
@@ -327,11 +317,11 @@ impl Broker {
         let durability = pb::Durability::from(policy.durability);
         if let Some(id) = req.dedup {
             let key = (namespace.clone(), id);
-            match self.dedup.get_mut(&key) {
+            match self.dedup.get(&key) {
                 Some(DedupState::Stored { seqs }) => {
                     tenant.metrics.duplicates.inc();
                     let seqs = seqs.clone();
-                    if self.unsynced_since.is_some() {
+                    if self.pipeline.unsynced() {
                         // The original may be written but not yet synced
                         // (a `batched` namespace): a duplicate says SYNC,
                         // so it waits for the next sync.
@@ -406,7 +396,7 @@ impl Broker {
         let seqs: super::Seqs = seqs.into();
         if let Some(id) = req.dedup {
             let key = (namespace.clone(), id);
-            self.open.write.dedup_put.push((
+            self.pipeline.batch().dedup_put.push((
                 namespace,
                 id,
                 crate::storage::DedupRecord {
@@ -414,14 +404,8 @@ impl Broker {
                     seqs: stored,
                 },
             ));
-            self.dedup.insert(
-                key.clone(),
-                DedupState::Pending {
-                    seqs: seqs.clone(),
-                    waiters: Vec::new(),
-                },
-            );
-            self.open.dedup.push(key);
+            self.dedup.pending(key.clone(), seqs.clone());
+            self.pipeline.stores_dedup(key);
         }
         if durability == pb::Durability::Batched {
             // Confirmed now; written (and delivered) with the next commit.

@@ -8,10 +8,9 @@ use roomq_wire::pb::server_frame::Body;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::dedup::DedupKey;
 use super::room::MemberKey;
-use super::{
-    Broker, DedupKey, DedupState, PendingConfirm, PendingReply, Request, RequestSlot, Seqs,
-};
+use super::{Broker, PendingConfirm, PendingReply, Request, RequestSlot, Seqs};
 use crate::storage::RoomId;
 use futures::future::BoxFuture;
 
@@ -124,7 +123,7 @@ impl Broker {
                         (reply, None, received)
                     }
                 };
-                self.open.confirms.push(PendingConfirm {
+                self.pipeline.after_sync(PendingConfirm {
                     session,
                     reply,
                     permit,
@@ -135,9 +134,9 @@ impl Broker {
             Reply::WithOriginal(key) => {
                 // The handler found the id pending just now, and nothing ran
                 // since: the request waits with the original's other retries.
-                if let Some(DedupState::Pending { waiters, .. }) = self.dedup.get_mut(&key) {
-                    waiters.push((session, request_id, permit));
-                }
+                // (Were it not pending, the retry's slot would be dropped
+                // unanswered; the handler returned this just now.)
+                let _ = self.dedup.wait(&key, (session, request_id, permit));
             }
             Reply::AfterRead(work) => self.reads.resume(session, request_id, permit, work.0),
             Reply::Gone => {}

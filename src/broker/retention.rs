@@ -140,12 +140,12 @@ impl Broker {
         };
         for (key, m) in &room.members {
             if m.durable {
-                self.dirty.insert((id, key.clone()));
+                self.pipeline.mark_dirty(id, key.clone());
             }
         }
         tenant.usage.remove_stored(bytes);
-        self.open.write.room_stats.push((id, stats));
-        self.open.write.purged.push(id);
+        self.pipeline.batch().room_stats.push((id, stats));
+        self.pipeline.batch().purged.push(id);
         self.pump_room(id);
     }
 }
