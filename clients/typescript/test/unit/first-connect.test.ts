@@ -15,7 +15,7 @@ test("the first connection is retried with the reconnect backoff until the broke
     for await (const s of client.status()) seen.push(s);
   })();
   assert.equal(client.state, "connecting");
-  await wait(120);
+  for (let waited = 0; broker.refused < 2 && waited < 5000; waited += 10) await wait(10);
   assert.ok(broker.refused >= 2, `attempts so far: ${broker.refused}`);
   assert.equal(client.state, "connecting");
   broker.down = false;
@@ -71,7 +71,7 @@ test("firstConnect.deadlineMs bounds the time; firstConnect: false and reconnect
   const started = Date.now();
   await assert.rejects(connect("ws://fake/ws", { WebSocket: broker.WebSocket, reconnect: { initialDelayMs: 20, maxDelayMs: 20 }, firstConnect: { deadlineMs: 150 } }), ConnectionLostError);
   const took = Date.now() - started;
-  assert.ok(took < 400, `gave up after ${took} ms`);
+  assert.ok(took < 2000, `gave up after ${took} ms`);
   assert.ok(broker.refused >= 2, `retried before the deadline: ${broker.refused} attempts`);
   broker.refused = 0;
   await assert.rejects(connect("ws://fake/ws", { WebSocket: broker.WebSocket, firstConnect: false }), ConnectionLostError);
