@@ -1,6 +1,7 @@
 /**
  * The client: one live {@link Connection} at a time, replaced after a loss
- * with exponential backoff and full jitter. After each reconnect it joins
+ * with exponential backoff and full jitter (the first connection is tried
+ * with the same backoff). After each reconnect it joins
  * every room again from its stored cursor, then sends again every publish
  * that was not confirmed, with its original dedup id (see outbox.ts), then
  * the publishes queued while offline.
@@ -13,13 +14,14 @@ import { bytesCodec, type Codec } from "./codec.js";
 import { Connection, type EndReason, type Push } from "./connection.js";
 import type { GapNotice, Member } from "./delivery.js";
 import { Emitter } from "./emitter.js";
-import { BrokerError, ClosedError, ConnectionLostError, ErrorCode, OfflineQueueFullError, RoomqError, TimeoutError } from "./errors.js";
+import { BrokerError, ClosedError, ConnectionLostError, OfflineQueueFullError, RoomqError, TimeoutError, isRetryable } from "./errors.js";
 import { create } from "@bufbuild/protobuf";
 import { PublishSchema, type Limits, type Publish } from "./gen/roomq_pb.js";
 import { planJoin, type JoinOptions } from "./join.js";
 import { Outbox, type Entry, type OverflowPolicy } from "./outbox.js";
 import { planPublish, publishResult, type PublishOptions, type PublishResult } from "./publish.js";
 import { Room, memberFromWire, type RoomHost } from "./room.js";
+import { StatusQueue, type DroppedStatus } from "./status.js";
 import { defaultWebSocket, type WebSocketConstructor } from "./transport.js";
 import { num } from "./wire.js";
 
@@ -38,6 +40,16 @@ export interface ConnectOptions<T> {
   codec?: Codec<T>;
   /** Reconnect policy, or `false` to close the client when the connection is lost. */
   reconnect?: ReconnectOptions | false;
+  /**
+   * How long the first connection is tried, with the reconnect policy's
+   * backoff: at most `maxAttempts` attempts (the first one included), and
+   * no attempt starts after `deadlineMs` (counted from `connect` or
+   * `createClient`). Default: `reconnect.maxAttempts` attempts (unlimited
+   * unless set) and no deadline; with `reconnect: false`, one attempt.
+   * `false`: one attempt. A refusal that trying again cannot fix (see
+   * {@link isRetryable}) fails it at once.
+   */
+  firstConnect?: { maxAttempts?: number; deadlineMs?: number } | false;
   /** Time for one connection attempt, handshake included (ms, default 10,000). */
   connectTimeoutMs?: number;
   /** Ping period (ms); default a third of the broker's idle timeout, at most 15 s. */
@@ -80,11 +92,15 @@ export interface DisconnectInfo {
   willReconnect: boolean;
 }
 
-/** `reconnecting` event. */
+/** `reconnecting` event: the client waits `delayMs`, then tries to connect. */
 export interface ReconnectingInfo {
-  /** 1 for the first attempt after a loss. */
+  /** 1 for the first attempt after a loss (or the first retry of the first connection), then 2, 3, ... */
   attempt: number;
   delayMs: number;
+  /** True while trying the first connection (no connection has succeeded yet). */
+  initial: boolean;
+  /** Why the previous attempt failed (absent before the first attempt after a loss). */
+  error?: RoomqError;
 }
 
 /** `recovered` event: the state after a reconnect, once every room was joined again. */
@@ -99,6 +115,13 @@ export interface RecoveredInfo {
   resent: number;
 }
 
+/** `close` event: the client closed for good. */
+export interface CloseInfo {
+  reason: string;
+  /** The error that closed it: a refusal that retrying cannot fix, or the last attempt's error when it gave up. */
+  error?: RoomqError;
+}
+
 export interface ClientEvents {
   connect: [ConnectInfo];
   disconnect: [DisconnectInfo];
@@ -107,8 +130,24 @@ export interface ClientEvents {
   /** A broker error pushed outside any request that no room took, or a room's error without a room listener. */
   error: [RoomqError];
   /** The client closed (by `close()`, a refusal that retrying cannot fix, or the reconnect policy gave up). */
-  close: [{ reason: string; error?: RoomqError }];
+  close: [CloseInfo];
 }
+
+/**
+ * What `client.status()` yields: the client's events `connect`,
+ * `disconnect`, `reconnecting`, `recovered` and, last, `close`, each with a
+ * `type`; and `dropped` when a slow consumer lost the oldest events.
+ */
+export type ClientStatus =
+  | ({ type: "connect" } & ConnectInfo)
+  | ({ type: "disconnect" } & DisconnectInfo)
+  | ({ type: "reconnecting" } & ReconnectingInfo)
+  | ({ type: "recovered" } & RecoveredInfo)
+  | ({ type: "close" } & CloseInfo)
+  | DroppedStatus;
+
+/** Status events a `client.status()` iterator keeps by default for a consumer that falls behind. */
+const STATUS_BUFFER = 64;
 
 export type ClientState = "connecting" | "connected" | "reconnecting" | "closed";
 
@@ -119,16 +158,6 @@ export interface RoomSummary {
   members: number;
   connectedMembers: number;
 }
-
-/** Handshake refusals that retrying cannot fix. */
-const FINAL_CODES: ReadonlySet<number> = new Set([
-  ErrorCode.UNSUPPORTED_VERSION,
-  ErrorCode.INVALID_NAME,
-  ErrorCode.UNAUTHENTICATED,
-  ErrorCode.PERMISSION_DENIED,
-  ErrorCode.NOT_FOUND,
-  ErrorCode.KICKED,
-]);
 
 interface OutgoingPublish {
   init: Publish;
@@ -147,11 +176,26 @@ const SWEPT_TIMEOUT_MS = 2000;
 /**
  * Connects to a roomq broker over WebSocket and resolves once the first
  * handshake is accepted. `url` is the broker's `/ws` endpoint, e.g.
- * `ws://127.0.0.1:7421/ws`.
+ * `ws://127.0.0.1:7421/ws`. A failed attempt is retried with the reconnect
+ * backoff (see `firstConnect`); it rejects with the last attempt's error
+ * when that gives up, or at once for a refusal that retrying cannot fix.
  */
 export async function connect<T = Uint8Array | string>(url: string, options: ConnectOptions<T> = {}): Promise<Client<T>> {
+  const client = createClient<T>(url, options);
+  await client.ready();
+  return client;
+}
+
+/**
+ * Makes a client and starts connecting, without waiting: the application
+ * can watch `client.status()` (or `client.on("reconnecting", ...)`) while
+ * the first connection is tried, and `await client.ready()` for it.
+ * Joins and publishes made meanwhile wait for the connection as they do
+ * during a reconnect.
+ */
+export function createClient<T = Uint8Array | string>(url: string, options: ConnectOptions<T> = {}): Client<T> {
   const client = new Client<T>(url, options);
-  await client.start();
+  client.start();
   return client;
 }
 
@@ -165,13 +209,18 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
   private readonly rooms_ = new RoomTable<Room<T>>();
   private conn: Connection | undefined;
   /** True once the rooms are joined again after a reconnect: publishes may go. */
-  private ready = false;
+  private canPublish = false;
   private state_: ClientState = "connecting";
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private sweepTimer: ReturnType<typeof setInterval> | undefined;
   private readonly connWaiters = new Set<{ resolve: (c: Connection) => void; reject: (e: Error) => void }>();
   private recovering: GapNotice[] | undefined;
   private lastSessionId = "";
+  /** Settles with the first connection; see {@link ready}. */
+  private readonly firstConnection: Promise<void>;
+  private settleFirst: { resolve: () => void; reject: (e: Error) => void } | undefined;
+  /** The open `status()` iterators. */
+  private readonly statusQueues = new Set<StatusQueue<ClientStatus>>();
   /** What rooms see of the client. */
   private readonly host: RoomHost<T>;
 
@@ -201,6 +250,44 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
       },
       unhandled: (error) => this.emit("error", error),
     };
+    this.firstConnection = new Promise<void>((resolve, reject) => (this.settleFirst = { resolve, reject }));
+    // Nobody may ever call ready(): its rejection must not be reported as unhandled.
+    this.firstConnection.catch(() => undefined);
+  }
+
+  /**
+   * Resolves once the first connection is up (at once if it was); rejects
+   * if the client closed before, with the error that closed it (the last
+   * attempt's error when `firstConnect` gave up, or a refusal that
+   * retrying cannot fix) or a {@link ClosedError}.
+   */
+  ready(): Promise<void> {
+    return this.firstConnection;
+  }
+
+  /**
+   * The client's status events as an async iterator: `connect`,
+   * `disconnect` (reason, code), `reconnecting` (attempt, delay),
+   * `recovered` (resumed memberships, gaps) and, last, `close`; it ends
+   * when the client closes. Events before the call are not replayed.
+   *
+   * Bounded: it keeps at most `max` events (default 64) for a consumer
+   * that falls behind; past that the oldest are dropped, and the next
+   * event taken is `{ type: "dropped", count }`. `break` out of the loop
+   * to stop it.
+   */
+  status(options: { max?: number } = {}): AsyncIterableIterator<ClientStatus> {
+    const queue: StatusQueue<ClientStatus> = new StatusQueue<ClientStatus>(options.max ?? STATUS_BUFFER, () => this.statusQueues.delete(queue));
+    if (this.state_ === "closed") queue.end();
+    else this.statusQueues.add(queue);
+    return queue;
+  }
+
+  /** Emits a client event and tells the `status()` iterators. */
+  private announce<K extends "connect" | "disconnect" | "reconnecting" | "recovered" | "close">(type: K, info: ClientEvents[K][0]): void {
+    this.emit(type, ...([info] as unknown as ClientEvents[K]));
+    const status = { type, ...info } as ClientStatus;
+    for (const q of this.statusQueues) q.push(status);
   }
 
   /** connecting → connected ⇄ reconnecting → closed. */
@@ -231,16 +318,39 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     return this.outbox.size;
   }
 
-  /** @internal Opens the first connection. */
-  async start(): Promise<void> {
-    let conn: Connection;
-    try {
-      conn = await this.open();
-    } catch (e) {
-      this.state_ = "closed";
-      throw e;
-    }
-    this.attached(conn, false);
+  /** @internal Starts trying the first connection (see `firstConnect`); `ready()` tells how it ends. */
+  start(): void {
+    const policy = this.policy ?? reconnectPolicy();
+    const o = this.options.firstConnect;
+    const maxAttempts = o === false ? 1 : (o?.maxAttempts ?? (this.policy ? policy.maxAttempts : 1));
+    const deadline = o !== false && o?.deadlineMs !== undefined ? Date.now() + Math.max(0, o.deadlineMs) : Infinity;
+    const attempt = (n: number): void => {
+      if (this.state_ === "closed") return;
+      const left = deadline - Date.now();
+      this.open(Number.isFinite(left) ? Math.max(1, left) : undefined).then(
+        (conn) => this.attached(conn, false),
+        (e: unknown) => {
+          if (this.state_ === "closed") return;
+          const error = asRoomqError(e);
+          if (!retryableAttempt(e)) {
+            this.closeWith(error.message, error);
+            return;
+          }
+          const delayMs = Math.min(backoffDelay(policy, n - 1, Math.random()), Math.max(0, deadline - Date.now()));
+          if (n >= Math.max(1, maxAttempts) || Date.now() + delayMs >= deadline) {
+            const why = n >= maxAttempts ? `${n} attempt${n === 1 ? "" : "s"}` : "the first-connect deadline";
+            this.closeWith(`gave up connecting after ${why}: ${error.message}`, error);
+            return;
+          }
+          this.announce("reconnecting", { attempt: n, delayMs, initial: true, error });
+          this.reconnectTimer = setTimeout(() => {
+            this.reconnectTimer = undefined;
+            attempt(n + 1);
+          }, delayMs);
+        },
+      );
+    };
+    attempt(1);
   }
 
   // ---- publishing ---------------------------------------------------------
@@ -315,8 +425,8 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     for (;;) {
       try {
         const conn = await this.connection(deadline);
-        const ok = await conn.request({ case: "join", value: plan.join }, "joinOk");
-        r.joinedWith(ok);
+        // The room takes the JoinOk as it is read, before the deliveries behind it.
+        await conn.request({ case: "join", value: plan.join }, "joinOk", (ok) => r.joinedWith(ok, false));
         r.startKeepAlive(options.ackTimeoutMs ?? Number(conn.limits?.ackTimeoutMs ?? 30_000n));
         return r;
       } catch (e) {
@@ -354,13 +464,15 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
 
   // ---- connection life ----------------------------------------------------
 
-  private open(): Promise<Connection> {
+  /** One connection attempt; `limitMs` shortens its timeout (the first-connect deadline). */
+  private open(limitMs?: number): Promise<Connection> {
     const o = this.options;
+    const timeout = o.connectTimeoutMs ?? 10_000;
     return Connection.open({
       url: this.url,
       WebSocket: this.WebSocketImpl,
       handshake: { namespace: o.namespace ?? "/", token: o.token ?? "", clientId: o.clientId ?? "", clientName: o.clientName ?? "" },
-      connectTimeoutMs: o.connectTimeoutMs ?? 10_000,
+      connectTimeoutMs: limitMs === undefined ? timeout : Math.min(timeout, limitMs),
       pingIntervalMs: o.pingIntervalMs ?? 0,
       pingTimeoutMs: o.pingTimeoutMs ?? 10_000,
       onPush: (push) => this.routePush(push),
@@ -379,9 +491,11 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     this.state_ = "connected";
     for (const w of [...this.connWaiters]) w.resolve(conn);
     this.connWaiters.clear();
-    this.emit("connect", { sessionId: conn.sessionId, resumed: conn.resumed, reconnected });
+    this.settleFirst?.resolve();
+    this.settleFirst = undefined;
+    this.announce("connect", { sessionId: conn.sessionId, resumed: conn.resumed, reconnected });
     if (!reconnected) {
-      this.ready = true;
+      this.canPublish = true;
       this.apply(this.outbox.connectedReady());
       return;
     }
@@ -395,8 +509,8 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     await Promise.all(
       rooms.map(async (r) => {
         try {
-          const ok = await conn.request({ case: "join", value: r.resumeRequest() }, "joinOk");
-          r.joinedWith(ok);
+          // The room takes the JoinOk as it is read: its `resumed` event comes before the catch-up deliveries.
+          await conn.request({ case: "join", value: r.resumeRequest() }, "joinOk", (ok) => r.joinedWith(ok, true));
           info.resumed.push({ room: r.name, subscription: r.subscription, nextSeq: r.info.nextSeq, lastSeq: r.info.lastSeq });
         } catch (e) {
           if (e instanceof ConnectionLostError) return;
@@ -410,22 +524,22 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     if (this.conn !== conn) return; // lost again while resuming
     info.gaps = this.recovering;
     this.recovering = undefined;
-    this.ready = true;
+    this.canPublish = true;
     const effects = this.outbox.connectedReady();
     info.resent = effects.send.filter((e) => e.sends > 1).length;
     this.apply(effects);
-    this.emit("recovered", info);
+    this.announce("recovered", info);
   }
 
   /** The connection ended. */
   private lost(end: EndReason): void {
     if (this.conn === undefined) return;
     this.conn = undefined;
-    this.ready = false;
+    this.canPublish = false;
     this.recovering = undefined;
     this.apply(this.outbox.disconnected());
     for (const r of this.rooms_.values()) r.disconnected();
-    const final = end.error !== undefined && FINAL_CODES.has(end.error.code);
+    const final = end.error !== undefined && !isRetryable(end.error);
     const willReconnect = this.state_ !== "closed" && this.policy !== undefined && !final;
     const info: DisconnectInfo = { reason: end.reason, willReconnect };
     if (end.error) {
@@ -433,7 +547,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
       info.codeName = end.error.codeName;
     }
     if (end.closeCode !== undefined) info.closeCode = end.closeCode;
-    this.emit("disconnect", info);
+    this.announce("disconnect", info);
     if (this.state_ === "closed") return;
     if (!willReconnect) {
       this.closeWith(end.reason, end.error);
@@ -443,26 +557,31 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     this.scheduleReconnect(0);
   }
 
-  private scheduleReconnect(attempt: number): void {
+  /** Waits, then tries attempt `attempt + 1` after a loss; `error`: why the previous one failed. */
+  private scheduleReconnect(attempt: number, error?: RoomqError): void {
     const policy = this.policy;
     if (!policy || this.state_ === "closed") return;
     if (attempt >= policy.maxAttempts) {
-      this.closeWith(`gave up reconnecting after ${attempt} attempts`);
+      this.closeWith(`gave up reconnecting after ${attempt} attempts${error ? `: ${error.message}` : ""}`, error);
       return;
     }
     const delayMs = backoffDelay(policy, attempt, Math.random());
-    this.emit("reconnecting", { attempt: attempt + 1, delayMs });
+    const info: ReconnectingInfo = { attempt: attempt + 1, delayMs, initial: false };
+    if (error) info.error = error;
+    this.announce("reconnecting", info);
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined;
       if (this.state_ === "closed") return;
       this.open().then(
         (conn) => this.attached(conn, true),
         (e: unknown) => {
-          if (e instanceof BrokerError && FINAL_CODES.has(e.code)) {
-            this.closeWith(e.message, e);
+          if (this.state_ === "closed") return;
+          const error = asRoomqError(e);
+          if (!retryableAttempt(e)) {
+            this.closeWith(error.message, error);
             return;
           }
-          this.scheduleReconnect(attempt + 1);
+          this.scheduleReconnect(attempt + 1, error);
         },
       );
     }, delayMs);
@@ -482,9 +601,13 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     this.rooms_.clear();
     for (const w of this.connWaiters) w.reject(new ClosedError(`the client closed: ${reason}`));
     this.connWaiters.clear();
-    const event: { reason: string; error?: RoomqError } = { reason };
+    this.settleFirst?.reject(error ?? new ClosedError(`the client closed: ${reason}`));
+    this.settleFirst = undefined;
+    const event: CloseInfo = { reason };
     if (error) event.error = error;
-    this.emit("close", event);
+    this.announce("close", event);
+    for (const q of this.statusQueues) q.end();
+    this.statusQueues.clear();
   }
 
   /** The connection, waiting for one until `deadline`. */
@@ -531,7 +654,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
 
   private sendPublish(entry: Entry<OutgoingPublish>): void {
     const conn = this.conn;
-    if (!conn || !this.ready) return; // sent again by connectedReady()
+    if (!conn || !this.canPublish) return; // sent again by connectedReady()
     const out = entry.payload;
     conn.request({ case: "publish", value: out.init }, "publishOk").then(
       (ok) => {
@@ -591,6 +714,23 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
         return;
     }
   }
+}
+
+/**
+ * Whether a failed connection attempt is worth another: not after a refusal
+ * that retrying cannot fix, nor after an error that is not the SDK's (the
+ * WebSocket class refused the URL).
+ */
+function retryableAttempt(e: unknown): boolean {
+  if (e instanceof BrokerError) return isRetryable(e);
+  return e instanceof RoomqError;
+}
+
+function asRoomqError(e: unknown): RoomqError {
+  if (e instanceof RoomqError) return e;
+  const error = new RoomqError(e instanceof Error ? e.message : String(e));
+  (error as { cause?: unknown }).cause = e;
+  return error;
 }
 
 /** The structured membership fields of a pushed error, where the broker sends them. */

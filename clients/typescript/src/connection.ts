@@ -64,6 +64,8 @@ export interface ConnectionOptions {
 interface Pending {
   resolve: (body: ServerBody) => void;
   reject: (error: Error) => void;
+  /** Called with the reply as soon as it is read, before any later frame is handled. */
+  onReply: ((body: ServerBody) => void) | undefined;
 }
 
 export class Connection {
@@ -179,9 +181,18 @@ export class Connection {
    * Sends a request and resolves with the reply's body of kind `expect`;
    * rejects with a {@link BrokerError} if the broker refuses it, with a
    * {@link ConnectionLostError} if the connection ends first.
+   *
+   * `onReply` is called with a successful reply synchronously, as soon as
+   * the frame is read: before the frames behind it in the same socket read
+   * are handled, which the promise's continuation is not (with `ws`, one
+   * read hands over many frames in one go). A join's `JoinOk` updates its
+   * room there, before the deliveries that follow it.
    */
-  async request<C extends ServerCase>(body: ClientBody, expect: C): Promise<ReplyOf<C>> {
-    const reply = await this.send(body);
+  async request<C extends ServerCase>(body: ClientBody, expect: C, onReply?: (reply: ReplyOf<C>) => void): Promise<ReplyOf<C>> {
+    const hook = onReply && ((b: ServerBody) => {
+      if (b.case === expect) onReply(b.value as ReplyOf<C>);
+    });
+    const reply = await this.send(body, hook);
     if (reply.case === expect) return reply.value as ReplyOf<C>;
     if (reply.case === "error") throw brokerError(reply.value);
     throw new ProtocolError(`expected ${expect}, got ${reply.case ?? "an empty frame"}`);
@@ -197,7 +208,7 @@ export class Connection {
     return this.pending.size;
   }
 
-  private send(body: ClientBody): Promise<ServerBody> {
+  private send(body: ClientBody, onReply?: (body: ServerBody) => void): Promise<ServerBody> {
     if (this.ended) return Promise.reject(new ConnectionLostError(this.ended.reason));
     const id = this.nextId++;
     // Publishes (the hot path) as a ready `Publish` message: the direct encoder.
@@ -208,7 +219,7 @@ export class Connection {
       return Promise.reject(new InvalidUseError(`the request is ${bytes.length} bytes, over the broker's max_frame_bytes ${max}`));
     }
     return new Promise<ServerBody>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, onReply });
       if (this.pending.size - this.backlog.length > this.maxPending) {
         this.backlog.push({ id, bytes });
       } else {
@@ -280,6 +291,16 @@ export class Connection {
       waiting.reject(brokerError(body.value));
       this.end({ reason: `${body.value.name}: ${body.value.message}`, error: brokerError(body.value) });
       return;
+    }
+    if (waiting.onReply) {
+      try {
+        waiting.onReply(body);
+      } catch (e) {
+        // The hook is the SDK's own; a failure there must not take the connection down.
+        setTimeout(() => {
+          throw e;
+        }, 0);
+      }
     }
     waiting.resolve(body);
   }

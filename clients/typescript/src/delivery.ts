@@ -44,11 +44,20 @@ export class Delivery<T> {
   readonly deliverAtMs: number;
   /** Never stored, never redelivered; `ack` and `inProgress` do nothing, `nack` is refused. */
   readonly volatile: boolean;
+  /**
+   * Catch-up: the message was stored before this membership was joined, or
+   * joined again after a reconnect (its seq is at most the room's last seq
+   * in that join's answer, `room.info.lastSeq`) — published while this
+   * client was away, not acknowledged before, or history from a `start`
+   * position. False for what is published after the (re)join, and for
+   * volatile messages.
+   */
+  readonly catchUp: boolean;
   private readonly owner: DeliveryOwner;
   private done = false;
 
   /** @internal Made by the room from a wire delivery and its decoded payload. */
-  constructor(d: WireDelivery, m: WireMessage, seq: number, data: T, owner: DeliveryOwner) {
+  constructor(d: WireDelivery, m: WireMessage, seq: number, data: T, owner: DeliveryOwner, catchUp = false) {
     this.room = d.room;
     this.subscription = d.subscription;
     this.seq = seq;
@@ -64,10 +73,20 @@ export class Delivery<T> {
     this.expiresAtMs = Number(m.expiresAtMs);
     this.deliverAtMs = Number(m.deliverAtMs);
     this.volatile = d.volatile;
+    this.catchUp = catchUp;
     this.owner = owner;
   }
 
-  /** The session that published it (UUID text, as `Member.sessionId` and `client.sessionId`). */
+  /**
+   * The session that published it (UUID text, as `Member.sessionId`,
+   * `PresenceChange.member.sessionId` and `client.sessionId`): compare it
+   * with `client.sessionId` to tell your own messages, or look it up in
+   * `room.members()` for the publisher's client id and name while it is
+   * connected. A session id is per connection: the same client has a new
+   * one after each reconnect. The broker does not send the publisher's
+   * client id or name with a message; put them in the payload or
+   * `headers` if receivers need them later.
+   */
   get publisherSession(): string {
     return uuidToString(this.publisherSessionBytes);
   }

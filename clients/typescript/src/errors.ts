@@ -107,6 +107,38 @@ export class ProtocolError extends RoomqError {}
 /** A call that does not apply, e.g. a nack of a volatile delivery. */
 export class InvalidUseError extends RoomqError {}
 
+/**
+ * Codes that end a connection, or refuse its handshake, for a reason that
+ * trying again cannot fix: the namespace, name, token or protocol version
+ * is wrong, or an administrator closed the session.
+ */
+const FINAL_CODES: ReadonlySet<number> = new Set([
+  ErrorCode.UNSUPPORTED_VERSION,
+  ErrorCode.INVALID_NAME,
+  ErrorCode.UNAUTHENTICATED,
+  ErrorCode.PERMISSION_DENIED,
+  ErrorCode.NOT_FOUND,
+  ErrorCode.KICKED,
+]);
+
+/**
+ * Whether a connection that the broker refused or ended with this error
+ * code is worth trying again (with back-off). False for
+ * `UNSUPPORTED_VERSION`, `INVALID_NAME`, `UNAUTHENTICATED`,
+ * `PERMISSION_DENIED`, `NOT_FOUND` and `KICKED`: the client stops
+ * (re)connecting on these and closes. True for every other code, unknown
+ * ones included (`SHUTTING_DOWN`, `IDLE_TIMEOUT`, a namespace's
+ * `QUOTA_EXCEEDED` `max_connections`, ...). Takes a code number, a code
+ * name, or a {@link BrokerError}.
+ *
+ * It is about connections: whether a refused *request* may succeed later
+ * depends on more than its code (see `BrokerError.info.quota`).
+ */
+export function isRetryable(code: number | ErrorCodeName | BrokerError): boolean {
+  const n = code instanceof BrokerError ? code.code : typeof code === "number" ? code : ErrorCode[code];
+  return !FINAL_CODES.has(n);
+}
+
 /** Whether `e` is a {@link BrokerError}, optionally of one code. */
 export function isBrokerError(e: unknown, code?: number | ErrorCodeName): e is BrokerError {
   return e instanceof BrokerError && (code === undefined || e.is(code));

@@ -3,19 +3,33 @@
  * Node ≥ 20, over WebSocket.
  *
  * Layout:
- * - `client.ts`: `connect`, the {@link Client} (reconnect, resume, re-send), `to(...).emit(...)`
+ * - `client.ts`: `connect`, `createClient`, the {@link Client} (first connect and
+ *   reconnect, resume, re-send, `status()`), `to(...).emit(...)`
  * - `room.ts`, `delivery.ts`: memberships, deliveries, acks, presence, gaps
  * - `connection.ts`, `transport.ts`: one WebSocket connection: handshake, requests, pushes, ping
  * - `codec.ts`, `ids.ts`, `wire.ts`: frames, payload codecs, UUIDs
  * - state machines without I/O: `outbox.ts` (publish window, offline queue,
  *   re-send), `filter.ts` (ordered mode), `acks.ts` (ack coalescing),
- *   `backoff.ts` (full jitter), `join.ts` and `publish.ts` (requests from options)
+ *   `backoff.ts` (full jitter), `status.ts` (the bounded status iterator),
+ *   `join.ts` and `publish.ts` (requests from options)
  * - `gen/`: generated from proto/roomq.proto; never edited by hand
  */
-export { connect, Client, BroadcastOperator } from "./client.js";
-export type { ConnectOptions, ConnectInfo, DisconnectInfo, ReconnectingInfo, RecoveredInfo, ClientEvents, ClientState, RoomSummary } from "./client.js";
+export { connect, createClient, Client, BroadcastOperator } from "./client.js";
+export type {
+  ConnectOptions,
+  ConnectInfo,
+  DisconnectInfo,
+  ReconnectingInfo,
+  RecoveredInfo,
+  CloseInfo,
+  ClientEvents,
+  ClientState,
+  ClientStatus,
+  RoomSummary,
+} from "./client.js";
+export type { DroppedStatus } from "./status.js";
 export { Room } from "./room.js";
-export type { RoomClosed, JoinInfo } from "./room.js";
+export type { RoomClosed, RoomResumed, JoinInfo } from "./room.js";
 export { Delivery } from "./delivery.js";
 export type { GapNotice, Member, PresenceChange } from "./delivery.js";
 export type { JoinOptions, StartAt } from "./join.js";
@@ -36,6 +50,7 @@ export {
   ProtocolError,
   InvalidUseError,
   isBrokerError,
+  isRetryable,
 } from "./errors.js";
 export type { ErrorCodeName, BrokerErrorDetail } from "./errors.js";
 export { uuidToString, uuidBytes } from "./ids.js";

@@ -38,6 +38,26 @@ export interface RoomClosed {
   error?: RoomqError;
 }
 
+/**
+ * `room.on("resumed", ...)`: the membership was joined again after a
+ * reconnect. Emitted as the broker's answer is read, before any delivery
+ * that follows it.
+ */
+export interface RoomResumed {
+  room: string;
+  subscription: string;
+  /** Durable: it continues from its stored cursor. Ephemeral: it starts again from now (what was published while away is not delivered). */
+  durable: boolean;
+  /** The membership's cursor: its lowest unacknowledged seq; the catch-up starts there. */
+  nextSeq: number;
+  /**
+   * The room's last seq when it was joined again: what was stored up to it
+   * (published while away, or not acknowledged before) is the catch-up,
+   * delivered with `delivery.catchUp`; later seqs are live.
+   */
+  lastSeq: number;
+}
+
 /** What `join` learned. */
 export interface JoinInfo {
   /** The durable name the membership resolved to ("" if ephemeral; the group's name for a group). */
@@ -63,7 +83,7 @@ const EXTRA_QUEUE = 1024;
 /** Notices of one kind kept for the first listener of that kind. */
 const EARLY_NOTICES = 1000;
 
-const RESERVED = new Set(["presence", "gap", "error", "closed"]);
+const RESERVED = new Set(["presence", "gap", "error", "closed", "resumed"]);
 
 export function memberFromWire(p: Presence | undefined): Member {
   return {
@@ -97,6 +117,9 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   private readonly gapHandlers = new Set<(gap: GapNotice) => void>();
   private readonly errorHandlers = new Set<(error: RoomqError, delivery?: Delivery<T>) => void>();
   private readonly closedHandlers = new Set<(closed: RoomClosed) => void>();
+  private readonly resumedHandlers = new Set<(resumed: RoomResumed) => void>();
+  /** The room's last seq in the latest JoinOk: deliveries up to it are catch-up. */
+  private catchUpTo = 0;
   /** Deliveries no handler took, for `for await`. */
   private readonly queue: Delivery<T>[] = [];
   private readonly waiters: Array<(d: IteratorResult<Delivery<T>>) => void> = [];
@@ -154,6 +177,8 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   on(event: "error", listener: (error: RoomqError, delivery?: Delivery<T>) => void): this;
   /** The room stopped: left, taken over by another session, deleted, or the client closed. */
   on(event: "closed", listener: (closed: RoomClosed) => void): this;
+  /** The membership was joined again after a reconnect (before its catch-up deliveries). */
+  on(event: "resumed", listener: (resumed: RoomResumed) => void): this;
   /** Messages of this event (use `onAny` for events named like the reserved ones). */
   on(event: string, listener: Handler<T>): this;
   on(event: string, listener: Handler<T> | ((arg: never, d?: never) => void)): this {
@@ -176,6 +201,9 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
       case "closed":
         this.closedHandlers.add(listener as (closed: RoomClosed) => void);
         break;
+      case "resumed":
+        this.resumedHandlers.add(listener as (resumed: RoomResumed) => void);
+        break;
       default: {
         let set = this.handlers.get(event);
         if (!set) this.handlers.set(event, (set = new Set()));
@@ -193,6 +221,7 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     else if (event === "gap") this.gapHandlers.delete(fn);
     else if (event === "error") this.errorHandlers.delete(fn);
     else if (event === "closed") this.closedHandlers.delete(fn);
+    else if (event === "resumed") this.resumedHandlers.delete(fn);
     else this.handlers.get(event)?.delete(fn);
     return this;
   }
@@ -251,11 +280,19 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
 
   // ---- routing (called by the client) -----------------------------------
 
-  /** @internal The join (or a resume) was answered. */
-  joinedWith(ok: { subscription: string; durable: boolean; nextSeq: bigint; lastSeq: bigint }): void {
+  /**
+   * @internal The join (`resumed` false) or a resume after a reconnect was
+   * answered. Called as the JoinOk is read, before the deliveries behind it.
+   */
+  joinedWith(ok: { subscription: string; durable: boolean; nextSeq: bigint; lastSeq: bigint }, resumed: boolean): void {
+    if (this.closedWith) return;
     this.joined = true;
     this.info = { durableName: ok.subscription, durable: ok.durable, nextSeq: num(ok.nextSeq), lastSeq: num(ok.lastSeq) };
+    this.catchUpTo = this.info.lastSeq;
     this.filter.advanceFloor(num(ok.nextSeq));
+    if (!resumed) return;
+    const event: RoomResumed = { room: this.name, subscription: this.subscription, durable: ok.durable, nextSeq: this.info.nextSeq, lastSeq: this.info.lastSeq };
+    for (const h of [...this.resumedHandlers]) this.guard(() => h(event));
   }
 
   /** @internal The request that joins again after a reconnect. */
@@ -448,12 +485,17 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     } catch (e) {
       // Undecodable: hand the raw delivery to the "error" listeners, who
       // may ack or nack it; with auto-ack it is acknowledged (skipped).
-      const delivery = new Delivery<T>(d, m, seq, undefined as T, this.owner);
+      const delivery = new Delivery<T>(d, m, seq, undefined as T, this.owner, this.isCatchUp(d, seq));
       this.reportError(new RoomqError(`cannot decode the payload of ${d.room}#${seq}: ${e instanceof Error ? e.message : String(e)}`), delivery);
       if (this.autoAck) delivery.ackQuietly();
       return undefined;
     }
-    return new Delivery<T>(d, m, seq, data, this.owner);
+    return new Delivery<T>(d, m, seq, data, this.owner, this.isCatchUp(d, seq));
+  }
+
+  /** Stored before the latest (re)join was answered: the membership is catching up. */
+  private isCatchUp(d: WireDelivery, seq: number): boolean {
+    return !d.volatile && seq > 0 && seq <= this.catchUpTo;
   }
 
   private dispatch(delivery: Delivery<T>): void {

@@ -1,18 +1,17 @@
 /**
- * Which stored lines of a room this page missed. A line is "missed" (shown
- * with "(while you were away)") when it was stored before the page joined
- * the room — the room's last seq in the join's answer marks that end — or
- * while the connection was down (from the loss until the rooms were joined
- * again). A line at or below the highest seq already shown (remembered
- * across visits) is a second copy and is not shown again. No DOM here.
+ * Which stored lines of a room this page missed. The SDK flags a delivery
+ * `catchUp` when it was stored before the room was joined, or joined again
+ * after a reconnect (published while the page was closed or the
+ * connection was down): such a line is "missed" and shown with "(while you
+ * were away)". A line at or below the highest seq already shown
+ * (remembered across visits) is a second copy and is not shown again. No
+ * DOM here.
  */
 
 export type Verdict = "live" | "missed" | "shown";
 
 export class Backlog {
   private shown: number;
-  private missedUpTo = 0;
-  private away = false;
 
   /** `shown`: the highest seq shown on an earlier visit (0 for none). */
   constructor(shown: number) {
@@ -28,19 +27,12 @@ export class Backlog {
   joined(lastSeq: number): void {
     // A last seq below what was shown: the room was deleted and made again.
     if (lastSeq < this.shown) this.shown = 0;
-    this.missedUpTo = Math.max(this.missedUpTo, lastSeq);
-    this.away = false;
   }
 
-  /** The connection was lost: what arrives until `joined` was published while away. */
-  lost(): void {
-    this.away = true;
-  }
-
-  /** The verdict on a stored line of seq `seq` (deliveries come in seq order). */
-  classify(seq: number): Verdict {
+  /** The verdict on a stored line of seq `seq` (deliveries come in seq order); `catchUp` as the SDK flagged it. */
+  classify(seq: number, catchUp: boolean): Verdict {
     if (seq <= this.shown) return "shown";
     this.shown = seq;
-    return this.away || seq <= this.missedUpTo ? "missed" : "live";
+    return catchUp ? "missed" : "live";
   }
 }

@@ -4,7 +4,11 @@
  * - A nickname is a durable identity (client id `chat-<nickname>`), so each
  *   room joined is a durable membership: lines published while the page was
  *   closed, or while the broker restarted, are delivered when it comes back,
- *   in order, and shown marked "(while you were away)" (see backlog.ts).
+ *   in order, flagged `catchUp` by the SDK, and shown marked "(while you
+ *   were away)" (see backlog.ts).
+ * - The connection state at the top follows `client.status()`. The SDK
+ *   retries the first connection too: a nickname entered while the broker
+ *   is down connects when it comes back.
  * - A line goes to everyone in the room except its sender (`client.to(room)`,
  *   i.e. `exceptSelf`); the sender shows it at once and adds its seq when the
  *   broker confirms it.
@@ -16,7 +20,8 @@
  */
 import {
   BrokerError,
-  connect,
+  createClient,
+  isRetryable,
   jsonCodec,
   type Client,
   type Delivery,
@@ -40,8 +45,6 @@ const TYPING_EVERY_MS = 2000;
 const TYPING_SHOWN_MS = 3500;
 /** The room list is refreshed this often while connected. */
 const ROOMS_EVERY_MS = 15_000;
-/** Handshake refusals that retrying cannot fix. */
-const REFUSED_FOR_GOOD: ReadonlySet<string> = new Set(["UNSUPPORTED_VERSION", "INVALID_NAME", "UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND", "KICKED"]);
 
 // ---- the page's elements --------------------------------------------------
 
@@ -114,6 +117,8 @@ interface Session {
 }
 
 let session: Session | undefined;
+/** The client while its first connection is tried (before `session` exists). */
+let connecting: Client<unknown> | undefined;
 /** Bumped when the nickname changes, so a late answer for the old one is ignored. */
 let generation = 0;
 
@@ -165,7 +170,7 @@ function onLine(view: RoomView, data: unknown, d: Delivery<unknown>): void {
   const s = session;
   const line = said(data);
   if (!s || !line) return;
-  const verdict = view.backlog.classify(d.seq);
+  const verdict = view.backlog.classify(d.seq, d.catchUp);
   if (verdict === "shown") return; // a second copy (an ack lost in a crash): acknowledged again, not shown
   saveShownSeq(s.nick, view.name, view.backlog.shownSeq);
   stopTyping(view, line.nick);
@@ -271,6 +276,11 @@ async function openRoom(s: Session, name: string): Promise<void> {
     room.on(LINE, (data, d) => onLine(v, data, d));
     room.on(TYPING, (data) => onTyping(v, data));
     room.on("presence", (change) => onPresence(v, change));
+    room.on("resumed", (r) => {
+      // Joined again after a reconnect: what it missed follows, flagged catchUp.
+      v.backlog.joined(r.lastSeq);
+      void loadMembers(v);
+    });
     room.on("gap", (gap) => notice(v, `${gap.missed} line(s) were deleted before you could read them (seq ${gap.fromSeq}–${gap.toSeq}).`));
     room.on("error", (e) => console.warn(`room ${v.name}:`, e));
     room.on("closed", (closed) => {
@@ -452,24 +462,35 @@ function validNickname(nick: string): string | undefined {
   return undefined;
 }
 
-/**
- * Connects, trying again with backoff (full jitter) while the broker cannot
- * be reached: `connect` itself rejects when its first attempt fails, and
- * reconnects on its own only after a first success.
- */
-async function connectPatiently(nick: string, gen: number): Promise<Client<unknown> | undefined> {
-  for (let attempt = 0; gen === generation; attempt++) {
-    try {
-      return await connect<unknown>(wsUrl(), { clientId: clientIdOf(nick), clientName: nick, codec: jsonCodec<unknown>() });
-    } catch (e) {
-      // A refusal that trying again cannot fix (the SDK's own reconnect stops on these too).
-      if (e instanceof BrokerError && REFUSED_FOR_GOOD.has(e.codeName)) throw e;
-      const delay = Math.random() * Math.min(10_000, 250 * 2 ** attempt);
-      showState("reconnecting", `reconnecting… (attempt ${attempt + 1})`);
-      await new Promise((r) => setTimeout(r, delay));
+/** Shows the client's status events at the top, while `gen` is the nickname's generation. */
+async function showStatus(client: Client<unknown>, gen: number): Promise<void> {
+  for await (const st of client.status()) {
+    if (gen !== generation) continue; // the nickname changed; this client is being closed
+    switch (st.type) {
+      case "connect":
+        showState("connected", "connected");
+        break;
+      case "disconnect":
+        if (st.willReconnect) showState("reconnecting", "reconnecting…");
+        break;
+      case "reconnecting":
+        showState("reconnecting", `reconnecting… (attempt ${st.attempt})`);
+        break;
+      case "recovered":
+        if (session?.client === client) void refreshRooms(session);
+        break;
+      case "close":
+        // Before the first connection, enter() says why (client.ready() rejects).
+        if (session?.client !== client) break;
+        // A refusal that trying again cannot fix (an administrator closed the
+        // session, the namespace is closed): back to the nickname form.
+        if (st.error instanceof BrokerError && !isRetryable(st.error)) leaveSession(`Disconnected: ${st.error.message}`);
+        else showState("closed", `disconnected: ${st.reason}`);
+        break;
+      case "dropped":
+        break; // only older states were dropped; the newest is still to come
     }
   }
-  return undefined;
 }
 
 async function enter(nick: string): Promise<void> {
@@ -480,51 +501,30 @@ async function enter(nick: string): Promise<void> {
   ui.me.hidden = false;
   ui.meName.textContent = nick;
   showState("connecting", "connecting…");
-  let client: Client<unknown> | undefined;
+  // The SDK tries the first connection with the same backoff as reconnects,
+  // for as long as it takes, and gives up only on a refusal that trying
+  // again cannot fix.
+  const client = createClient<unknown>(wsUrl(), { clientId: clientIdOf(nick), clientName: nick, codec: jsonCodec<unknown>() });
+  connecting = client;
+  void showStatus(client, gen);
   try {
-    client = await connectPatiently(nick, gen);
+    await client.ready();
   } catch (e) {
-    showState("closed", "not connected");
+    if (gen !== generation) return;
     leaveSession(`Could not connect as ${nick}: ${e instanceof Error ? e.message : String(e)}`);
     return;
+  } finally {
+    if (connecting === client) connecting = undefined;
   }
-  if (!client) return;
   if (gen !== generation) {
     client.close();
     return;
   }
   const s: Session = { nick, client, rooms: new Map(), active: "", roomsTimer: undefined, lastTyping: 0 };
   session = s;
-  showState("connected", "connected");
-  client.on("disconnect", () => {
-    for (const v of s.rooms.values()) v.backlog.lost();
-  });
-  client.on("reconnecting", ({ attempt }) => showState("reconnecting", `reconnecting… (attempt ${attempt})`));
-  client.on("connect", () => showState("connected", "connected"));
-  client.on("recovered", (info) => {
-    for (const r of info.resumed) {
-      const v = s.rooms.get(r.room);
-      if (v) {
-        v.backlog.joined(r.lastSeq);
-        void loadMembers(v);
-      }
-    }
-    void refreshRooms(s);
-  });
-  client.on("close", ({ reason }) => {
-    if (session !== s) return;
-    showState("closed", `disconnected: ${reason}`);
-  });
-  client.on("error", (e) => {
-    // Until the broker names the membership in this error (issue 13), the
-    // SDK cannot give it to its room; say it in the room shown.
-    if (e instanceof BrokerError && e.codeName === "MEMBERSHIP_TAKEN_OVER") {
-      const view = s.rooms.get(s.active);
-      if (view) notice(view, "Your nickname was opened in another tab or window: rooms joined there now get your lines there.");
-      return;
-    }
-    console.warn("roomq:", e);
-  });
+  // A membership taken over by another tab, or a deleted room, closes its
+  // room (see openRoom); what is left here is for the console.
+  client.on("error", (e) => console.warn("roomq:", e));
   s.roomsTimer = setInterval(() => {
     if (client.state === "connected") void refreshRooms(s);
   }, ROOMS_EVERY_MS);
@@ -543,6 +543,8 @@ async function enter(nick: string): Promise<void> {
 
 function leaveSession(error = ""): void {
   generation++;
+  connecting?.close();
+  connecting = undefined;
   const s = session;
   session = undefined;
   if (s) {

@@ -9,7 +9,9 @@
  * `general`; Bob's page closes; Alice sends three lines; the broker is
  * killed with SIGKILL and started again on the same data directory and
  * ports; Bob comes back in a new page and sees exactly those three lines,
- * in order, marked "(while you were away)", once. Screenshots go to
+ * in order, marked "(while you were away)", once. Carol picks her nickname
+ * while the broker is down and is connected once it is back (the SDK
+ * retries the first connection). Screenshots go to
  * target/e2e/ at the repository root.
  *
  * Environment: ROOMQD (default ../../target/debug/roomqd from
@@ -139,8 +141,8 @@ async function waitForText(page: Page, selector: string, text: string): Promise<
   );
 }
 
-/** Opens the chat; enters `nick` unless the page remembered one and entered by itself. */
-async function openChat(context: BrowserContext, base: string, nick: string, errors: string[]): Promise<Page> {
+/** Loads the chat page; page errors and console errors go to `errors`. */
+async function loadChat(context: BrowserContext, base: string, nick: string, errors: string[]): Promise<Page> {
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   page.on("pageerror", (e) => errors.push(`${nick}: page error: ${e.message}`));
@@ -149,6 +151,12 @@ async function openChat(context: BrowserContext, base: string, nick: string, err
     if (m.type() === "error" && !/WebSocket connection to .* failed|ERR_CONNECTION_REFUSED/.test(m.text())) errors.push(`${nick}: console: ${m.text()}`);
   });
   await page.goto(base, { timeout: WAIT_MS });
+  return page;
+}
+
+/** Opens the chat; enters `nick` unless the page remembered one and entered by itself. */
+async function openChat(context: BrowserContext, base: string, nick: string, errors: string[]): Promise<Page> {
+  const page = await loadChat(context, base, nick, errors);
   if (await page.isVisible("[data-testid=nickname]")) {
     await page.fill("[data-testid=nickname]", nick);
     await page.press("[data-testid=nickname]", "Enter");
@@ -250,12 +258,23 @@ async function scenario(): Promise<void> {
   for (const text of away) await say(alice, text);
   await confirmed(alice);
 
+  // Carol's page is loaded, but she has not picked a nickname yet.
+  const carolContext = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+  const carol = await loadChat(carolContext, broker.base, "carol", errors);
+
   // The broker dies (SIGKILL) and comes back on the same data directory and ports.
   await broker.kill();
   await waitForState(alice, "reconnecting");
   await shot(alice, "2-alice-reconnecting");
+  // Carol picks hers while the broker is down: the SDK keeps trying the
+  // first connection (the page shows its attempts) and gets in when it is back.
+  await carol.fill("[data-testid=nickname]", "carol");
+  await carol.press("[data-testid=nickname]", "Enter");
+  await waitForText(carol, "[data-testid=connection-state]", "reconnecting… (attempt");
   await broker.start();
   await waitForState(alice, "connected");
+  await waitForState(carol, "connected");
+  await carol.waitForSelector("#room-list li.joined button.open:not(:has(.hint))", { timeout: WAIT_MS });
 
   // Bob comes back: a new page, the same nickname (remembered by the page).
   const bobAgain = await openChat(bobContext, broker.base, "bob", errors);
@@ -284,10 +303,17 @@ async function scenario(): Promise<void> {
   assert.equal(now.length, 4);
   assert.deepEqual(now[3] && { nick: now[3].nick, text: now[3].text, missed: now[3].missed }, { nick: "alice", text: "welcome back", missed: false });
   assert.ok(Number(now[3]?.seq) > (seqs[2] ?? 0));
+  // Carol, who joined after the restart, gets it live too (and nothing from before she joined).
+  const carolSaw = await waitForLines(carol, 1, "carol, live");
+  assert.deepEqual(
+    carolSaw.map((l) => ({ nick: l.nick, text: l.text, missed: l.missed })),
+    [{ nick: "alice", text: "welcome back", missed: false }],
+  );
 
   await shot(alice, "alice");
   await shot(bobAgain, "bob");
   assert.deepEqual(errors, [], "no page errors, no console errors (CSP included)");
   await aliceContext.close();
   await bobContext.close();
+  await carolContext.close();
 }

@@ -86,12 +86,22 @@ export class Broker {
   }
 
   static async start(): Promise<Broker> {
+    const broker = await Broker.prepare();
+    await broker.spawn();
+    return broker;
+  }
+
+  /** A broker with its ports and data directory chosen, not started yet: start it with `launch`. */
+  static async prepare(): Promise<Broker> {
     if (!existsSync(ROOMQD)) throw new Error(`no roomqd at ${ROOMQD}: build it (cargo build --bin roomqd) or set ROOMQD`);
     const dir = mkdtempSync(join(tmpdir(), "roomq-ts-"));
     writeFileSync(join(dir, "roomq.toml"), config());
-    const broker = new Broker(dir, await freePort(), await freePort());
-    await broker.spawn();
-    return broker;
+    return new Broker(dir, await freePort(), await freePort());
+  }
+
+  /** Starts a prepared broker and waits until it is ready. */
+  async launch(): Promise<void> {
+    await this.spawn();
   }
 
   /** The WebSocket URL. */

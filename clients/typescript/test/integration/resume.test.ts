@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { textCodec, type Delivery, type RecoveredInfo } from "../../src/index.js";
+import WebSocket from "ws";
+import { textCodec, type Delivery, type RecoveredInfo, type RoomResumed, type WebSocketConstructor } from "../../src/index.js";
 import { Broker, until, wait } from "./broker.js";
 
 let broker: Broker;
@@ -84,4 +85,65 @@ test("unacknowledged deliveries come back after a reconnect; ordered mode hands 
   await pub.publish("resume-unacked", "e", "y");
   await until(() => held.length === 2);
   assert.equal(held[1]?.seq, 2);
+});
+
+/**
+ * A WebSocket class whose connections the test can cut, and which reaches
+ * nothing (a closed port) while `offline`: one client loses its
+ * connection while the broker and the other clients stay up.
+ */
+class Switch {
+  offline = false;
+  private readonly sockets = new Set<WebSocket>();
+  readonly WebSocket: WebSocketConstructor;
+
+  constructor(deadUrl: string) {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const sw = this;
+    this.WebSocket = class extends WebSocket {
+      constructor(url: string, protocols: string) {
+        super(sw.offline ? deadUrl : url, protocols);
+        sw.sockets.add(this);
+      }
+    } as unknown as WebSocketConstructor;
+  }
+
+  /** Goes offline and kills the open connections (no close handshake). */
+  cut(): void {
+    this.offline = true;
+    for (const s of this.sockets) s.terminate();
+    this.sockets.clear();
+  }
+}
+
+test("a membership joined again after a reconnect emits `resumed` first, then what it missed flagged catchUp", async () => {
+  const pub = await broker.client({ codec: textCodec });
+  const sw = new Switch("ws://127.0.0.1:1/ws");
+  const c = await broker.client({ clientId: "resume-gus", codec: textCodec, WebSocket: sw.WebSocket, reconnect: { initialDelayMs: 20, maxDelayMs: 100 } });
+  const room = await c.join("resume-flag");
+  const seen: string[] = [];
+  const resumes: RoomResumed[] = [];
+  room.on("e", async (t, d) => {
+    seen.push(`${t}:${d.catchUp ? "catch-up" : "live"}`);
+    await d.ack();
+  });
+  room.on("resumed", (r) => {
+    resumes.push(r);
+    seen.push("resumed");
+  });
+  await pub.publish("resume-flag", "e", "a");
+  await until(() => seen.length === 1, 5000, "the first line");
+  await wait(50); // the ack is confirmed
+  const down = new Promise<void>((r) => c.once("disconnect", () => r()));
+  sw.cut();
+  await down;
+  for (const t of ["b", "c", "d"]) await pub.publish("resume-flag", "e", t);
+  const recovered = new Promise<RecoveredInfo>((r) => c.once("recovered", r));
+  sw.offline = false;
+  await recovered;
+  await until(() => seen.length === 5, 5000, "the lines missed");
+  await pub.publish("resume-flag", "e", "e");
+  await until(() => seen.length === 6, 5000, "a live line");
+  assert.deepEqual(seen, ["a:live", "resumed", "b:catch-up", "c:catch-up", "d:catch-up", "e:live"]);
+  assert.deepEqual(resumes, [{ room: "resume-flag", subscription: "", durable: true, nextSeq: 2, lastSeq: 4 }]);
 });

@@ -19,8 +19,20 @@ export class FakeBroker {
   refuseAcks = false;
   /** Refuse new connections (the broker is down). */
   down = false;
+  /** New connections refused so far. */
+  refused = 0;
+  /** Sockets made so far (connection attempts started). */
+  attempts = 0;
+  /**
+   * Frames sent right behind a JoinOk, in the same socket read (as `ws`
+   * hands over several frames of one read in one go): given the join's
+   * room and subscription.
+   */
+  behindJoin: ((room: string, subscription: string) => ServerInit[]) | undefined;
   private readonly stored = new Map<string, number>();
   private lastSeq = new Map<string, number>();
+  /** The cursor a join of the room answers with (default 1). */
+  readonly nextSeq = new Map<string, bigint>();
   private sockets: FakeSocket[] = [];
   readonly WebSocket: WebSocketConstructor;
 
@@ -54,9 +66,11 @@ export class FakeBroker {
       case "handshake":
         reply({ case: "handshakeOk", value: { protocolVersion: 1, sessionId: new Uint8Array(16).fill(conn + 1), limits: { maxInFlight: 100, ackTimeoutMs: 30000n, idleTimeoutMs: 60000n, maxPendingRequests: 1024, maxFrameBytes: 1 << 20 } } });
         return;
-      case "join":
-        reply({ case: "joinOk", value: { room: b.value.room, subscription: b.value.subscription || "me", durable: true, nextSeq: 1n, lastSeq: BigInt(this.lastSeq.get(b.value.room) ?? 0) } });
+      case "join": {
+        const ok: ServerInit = { requestId: id, body: { case: "joinOk", value: { room: b.value.room, subscription: b.value.subscription || "me", durable: true, nextSeq: this.nextSeq.get(b.value.room) ?? 1n, lastSeq: BigInt(this.lastSeq.get(b.value.room) ?? 0) } } };
+        s.deliverMany([ok, ...(this.behindJoin?.(b.value.room, b.value.subscription) ?? [])]);
         return;
+      }
       case "publish": {
         if (this.holdPublishes) return;
         const key = Buffer.from(b.value.dedupId).toString("hex");
@@ -123,8 +137,10 @@ class FakeSocket {
 
   constructor(broker: FakeBroker, _url: string, protocol: string) {
     this.broker = broker;
+    broker.attempts++;
     setTimeout(() => {
       if (broker.down) {
+        broker.refused++;
         this.readyState = 3;
         (this.onerror as ((e: object) => void) | null)?.({ message: "refused" });
         (this.onclose as ((e: object) => void) | null)?.({ code: 1006, reason: "" });
@@ -148,10 +164,19 @@ class FakeSocket {
   }
 
   deliver(frame: ServerInit): void {
+    this.deliverMany([frame]);
+  }
+
+  /** Hands the frames over in one task, one message event after the other (no microtask between). */
+  deliverMany(frames: ServerInit[]): void {
     if (this.readyState !== 1) return;
-    const bytes = toBinary(ServerFrameSchema, create(ServerFrameSchema, frame));
-    const copy = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
-    setTimeout(() => (this.onmessage as ((e: object) => void) | null)?.({ data: copy }), 0);
+    const copies = frames.map((frame) => {
+      const bytes = toBinary(ServerFrameSchema, create(ServerFrameSchema, frame));
+      return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+    });
+    setTimeout(() => {
+      for (const data of copies) (this.onmessage as ((e: object) => void) | null)?.({ data });
+    }, 0);
   }
 
   serverClose(code: number, reason: string): void {
