@@ -228,7 +228,7 @@ impl Broker {
                     .tenants
                     .list()
                     .iter()
-                    .map(|t| namespace_info(t, self.room_count(&t.name)))
+                    .map(|t| namespace_info(t, self.rooms.count(&t.name)))
                     .collect();
                 let body = pb::AdminOk {
                     namespaces,
@@ -241,8 +241,9 @@ impl Broker {
             AdminReq::CreateNamespace(name, settings) => self.create_namespace(&name, settings),
             AdminReq::DeleteNamespace(name) => self.delete_namespace(&name),
             AdminReq::CreateRoom(ns, name) => self.tenant(&ns).map(|_| {
-                let existed = self.find_room(&ns, &name).is_some();
-                self.room_id(&Arc::from(ns.as_str()), &name);
+                let existed = self.rooms.find(&ns, &name).is_some();
+                self.rooms
+                    .create(&Arc::from(ns.as_str()), &name, self.pipeline.batch());
                 pb::AdminOk {
                     count: u64::from(!existed),
                     ..Default::default()
@@ -250,7 +251,8 @@ impl Broker {
             }),
             AdminReq::DeleteRoom(ns, name) => self.tenant(&ns).and_then(|_| {
                 let id = self
-                    .find_room(&ns, &name)
+                    .rooms
+                    .find(&ns, &name)
                     .ok_or_else(|| no_room(&ns, &name))?;
                 self.delete_room(id);
                 Ok(pb::AdminOk {
@@ -260,7 +262,8 @@ impl Broker {
             }),
             AdminReq::PurgeRoom(ns, name) => self.tenant(&ns).and_then(|tenant| {
                 let id = self
-                    .find_room(&ns, &name)
+                    .rooms
+                    .find(&ns, &name)
                     .ok_or_else(|| no_room(&ns, &name))?;
                 Ok(pb::AdminOk {
                     count: self.purge_room(id, &tenant),
@@ -270,14 +273,16 @@ impl Broker {
             AdminReq::Redrive(ns, name, max) => {
                 self.tenant(&ns)?;
                 let id = self
-                    .find_room(&ns, &name)
+                    .rooms
+                    .find(&ns, &name)
                     .ok_or_else(|| no_room(&ns, &name))?;
                 return self.read_for_redrive(id, ns, name, max);
             }
             AdminReq::Redriven(ns, name, max, back) => {
                 self.tenant(&ns)?;
                 let id = self
-                    .find_room(&ns, &name)
+                    .rooms
+                    .find(&ns, &name)
                     .ok_or_else(|| no_room(&ns, &name))?;
                 let from = self.rooms.get(&id).map(|r| r.first_seq);
                 if back.room != id || Some(back.from) != from {
@@ -401,14 +406,14 @@ impl Broker {
             self.close_session(*id, BrokerError::NamespaceDeleted(name.to_string()));
         }
         let rooms: Vec<RoomId> = self
-            .namespaces
-            .get(name)
+            .rooms
+            .in_namespace(name)
             .map(|r| r.values().copied().collect())
             .unwrap_or_default();
         for id in &rooms {
             self.delete_room(*id);
         }
-        self.namespaces.remove(name);
+        self.rooms.forget_namespace(name);
         self.dedup.forget_namespace(name);
         self.pipeline
             .batch()
@@ -458,12 +463,9 @@ impl Broker {
     /// Deletes a room: its members are told (a non-fatal NOT_FOUND push),
     /// its data goes with the next commit.
     fn delete_room(&mut self, id: RoomId) {
-        let Some(room) = self.rooms.remove(&id) else {
+        let Some(room) = self.rooms.remove(id) else {
             return;
         };
-        if let Some(names) = self.namespaces.get_mut(&room.namespace) {
-            names.remove(&room.name);
-        }
         for c in room.members.values().flat_map(|m| m.consumers.iter()) {
             if let Some(s) = self.sessions.get_mut(&c.session) {
                 s.memberships.remove(&(room.name.clone(), c.label.clone()));
@@ -499,11 +501,11 @@ impl Broker {
         let now = Instant::now();
         let mut ids: Vec<RoomId> = match namespace {
             Some(ns) => self
-                .namespaces
-                .get(ns)
+                .rooms
+                .in_namespace(ns)
                 .map(|r| r.values().copied().collect())
                 .unwrap_or_default(),
-            None => self.rooms.keys().copied().collect(),
+            None => self.rooms.ids().collect(),
         };
         ids.sort_by_cached_key(|id| {
             self.rooms

@@ -101,7 +101,9 @@ impl Broker {
         }
         let encoded = Bytes::from(message.encode_to_vec());
         let size = encoded.len() as u64;
-        let target_id = self.room_id(&namespace, &target);
+        let target_id = self
+            .rooms
+            .create(&namespace, &target, self.pipeline.batch());
         let seq = self.append(target_id, StoredMessage::new(0, encoded));
         if let Some(t) = self.tenants.get(&namespace) {
             t.usage.add_stored(size, 1);
@@ -171,7 +173,9 @@ impl Broker {
                 .filter(|(k, _)| !HEADERS.contains(&k.as_str()))
                 .collect::<BTreeMap<_, _>>();
             let encoded = Bytes::from(message.encode_to_vec());
-            let target = self.room_id(&namespace, &origin);
+            let target = self
+                .rooms
+                .create(&namespace, &origin, self.pipeline.batch());
             added += encoded.len() as u64;
             self.append(target, StoredMessage::new(0, encoded));
             moved += 1;

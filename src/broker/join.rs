@@ -148,7 +148,7 @@ impl Broker {
         // A start by time that the room's cache cannot answer searches the
         // stored log beside the actor; the join goes on when it is found.
         if let Start::Time(ms) = req.start {
-            if let Some(room_id) = self.find_room(&entry.info.namespace, &req.room) {
+            if let Some(room_id) = self.rooms.find(&entry.info.namespace, &req.room) {
                 match self.time_search(room_id, ms) {
                     TimeSearch::At(seq) => req.start = Start::Found(seq),
                     TimeSearch::Store { lo, hi } => {
@@ -197,8 +197,10 @@ impl Broker {
             (pb::MemberMode::Durable, None) if req.group.is_some() => None,
             (pb::MemberMode::Durable, None) => return Err(BrokerError::NoDurableName),
         };
-        self.check_rooms(&info.tenant, [req.room.as_str()])?;
-        let room_id = self.room_id(&info.namespace, &req.room);
+        self.rooms.check(&info.tenant, [req.room.as_str()])?;
+        let room_id = self
+            .rooms
+            .create(&info.namespace, &req.room, self.pipeline.batch());
         let key = match (&req.group, &durable_name) {
             (Some((g, _)), _) => MemberKey::Group(g.clone()),
             (None, Some(n)) => MemberKey::Durable(n.clone()),

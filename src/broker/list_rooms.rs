@@ -15,8 +15,8 @@ impl Broker {
             return Ok(Reply::Gone);
         };
         let mut rooms: Vec<pb::RoomInfo> = self
-            .namespaces
-            .get(&entry.info.namespace)
+            .rooms
+            .in_namespace(&entry.info.namespace)
             .map(|names| {
                 names
                     .values()

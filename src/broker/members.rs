@@ -64,7 +64,8 @@ impl Broker {
         let budget = self.config.limits.max_frame().saturating_sub(256);
         let mut used = 0;
         let room = self
-            .find_room(&namespace, &req.room)
+            .rooms
+            .find(&namespace, &req.room)
             .and_then(|id| self.rooms.get(&id));
         if let Some(room) = room {
             'all: for (key, m) in &room.members {

@@ -38,6 +38,7 @@ pub mod nack;
 mod pipeline;
 pub mod publish;
 pub mod reads;
+mod registry;
 mod reply;
 pub mod retention;
 pub mod room;
@@ -64,6 +65,7 @@ use dedup::DedupTable;
 pub use error::{BrokerError, BrokerGone};
 use pipeline::{Committed, InFlightBatch, PendingConfirm, PendingReply, WritePipeline};
 use reads::{Reads, StoreEvent};
+use registry::Registry;
 use room::{Gap, Handout, MemberKey, Now, Outlet, Room, Timers};
 use timers::TimerHeap;
 
@@ -242,10 +244,7 @@ pub type Seqs = Arc<[(Arc<str>, u64)]>;
 pub struct Broker {
     config: Arc<Config>,
     tenants: Arc<Tenants>,
-    rooms: HashMap<RoomId, Room>,
-    /// namespace → room name → id.
-    namespaces: HashMap<Arc<str>, HashMap<Arc<str>, RoomId>>,
-    next_room_id: RoomId,
+    rooms: Registry,
     sessions: HashMap<Uuid, SessionEntry>,
     timers: TimerHeap,
     dedup: DedupTable,
@@ -325,9 +324,7 @@ impl Broker {
             config: config.clone(),
             reads: Reads::new(store.clone(), config.storage.max_reads_in_flight as usize),
             tenants,
-            rooms: HashMap::new(),
-            namespaces: HashMap::new(),
-            next_room_id: 1,
+            rooms: Registry::new(1),
             sessions: HashMap::new(),
             timers: TimerHeap::default(),
             dedup: DedupTable::new(config.limits.dedup_window()),
@@ -341,21 +338,15 @@ impl Broker {
             retention_scans: HashSet::new(),
         };
         broker.refresh_retention();
-        broker.next_room_id = recovered.next_room_id.max(1);
+        broker.rooms = Registry::new(recovered.next_room_id);
         for r in recovered.rooms {
-            broker.next_room_id = broker.next_room_id.max(r.id + 1);
-            broker
-                .namespaces
-                .entry(r.namespace.clone())
-                .or_default()
-                .insert(r.name.clone(), r.id);
             let mut room = Room::new(r.id, r.namespace.clone(), r.name, r.last_seq);
             room.first_seq = r.stats.first_seq.max(1);
             room.stored_bytes = r.stats.stored_bytes;
             if let Some(t) = broker.tenants.get(&r.namespace) {
                 t.usage.add_stored(r.stats.stored_bytes, 0);
             }
-            broker.rooms.insert(r.id, room);
+            broker.rooms.restore(room);
         }
         let limits = &config.limits;
         for (room_id, name, rec) in recovered.cursors {
@@ -612,7 +603,7 @@ impl Broker {
         let Some(client) = &info.client_id else {
             return false;
         };
-        let Some(rooms) = self.namespaces.get(&info.namespace) else {
+        let Some(rooms) = self.rooms.in_namespace(&info.namespace) else {
             return false;
         };
         rooms.values().any(|id| {
@@ -756,73 +747,6 @@ impl Broker {
             body: Some(pb::server_frame::Body::Error(push.into())),
         };
         self.reply(session, frame, None);
-    }
-
-    /// How many rooms `namespace` has.
-    fn room_count(&self, namespace: &str) -> usize {
-        self.namespaces.get(namespace).map_or(0, |r| r.len())
-    }
-
-    /// The room `name` of `namespace`, if it exists.
-    fn find_room(&self, namespace: &str, name: &str) -> Option<RoomId> {
-        self.namespaces.get(namespace)?.get(name).copied()
-    }
-
-    /// Checks that a session of `tenant` may use `names`: rooms that do not
-    /// exist must be creatable on first use and within the room quota.
-    fn check_rooms<'a>(
-        &self,
-        tenant: &Tenant,
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), BrokerError> {
-        let missing: Vec<&str> = names
-            .into_iter()
-            .filter(|n| self.find_room(&tenant.name, n).is_none())
-            .collect();
-        let Some(first) = missing.first() else {
-            return Ok(());
-        };
-        let policy = tenant.policy();
-        if !policy.create_rooms {
-            return Err(BrokerError::RoomNotCreated {
-                namespace: tenant.name.to_string(),
-                room: first.to_string(),
-            });
-        }
-        let rooms = self.room_count(&tenant.name);
-        let max = policy.quotas.max_rooms as usize;
-        if rooms + missing.len() > max {
-            tenant.metrics.quota_refused(crate::metrics::Quota::Rooms);
-            return Err(BrokerError::QuotaExceeded {
-                quota: crate::metrics::Quota::Rooms,
-                detail: format!("namespace {} has its maximum of {max} rooms", tenant.name),
-            });
-        }
-        Ok(())
-    }
-
-    /// Finds the room `name` of `namespace`, creating it if it is new
-    /// (callers check [`Self::check_rooms`] first).
-    fn room_id(&mut self, namespace: &Arc<str>, name: &str) -> RoomId {
-        if let Some(id) = self.find_room(namespace, name) {
-            return id;
-        }
-        let id = self.next_room_id;
-        self.next_room_id += 1;
-        self.pipeline.batch().next_room_id = Some(self.next_room_id);
-        let name: Arc<str> = Arc::from(name);
-        self.namespaces
-            .entry(namespace.clone())
-            .or_default()
-            .insert(name.clone(), id);
-        self.rooms
-            .insert(id, Room::new(id, namespace.clone(), name.clone(), 0));
-        self.pipeline
-            .batch()
-            .new_rooms
-            .push((id, namespace.clone(), name.clone()));
-        info!(namespace = %namespace, room = %name, "room created");
-        id
     }
 
     /// Delivers what member `key` of `room_id` may have now, and moves what

@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 use super::commit::{self, CommitOutcome};
 use super::dedup::DedupKey;
-use super::room::{MemberKey, Room};
+use super::registry::Registry;
+use super::room::MemberKey;
 use super::{RequestSlot, Seqs};
 use crate::storage::{Flushed, RoomId, RoomStats, Store, StoreError, StoredMessage, WriteBatch};
 
@@ -209,7 +210,7 @@ impl WritePipeline {
     /// is something worth writing. Cursor-only batches wait for the cursor
     /// sync interval unless `force` is set. `rooms` gives the cursors and
     /// room stats to write.
-    pub fn start(&mut self, force: bool, rooms: &HashMap<RoomId, Room>) {
+    pub fn start(&mut self, force: bool, rooms: &Registry) {
         if !self.idle() {
             return;
         }
@@ -300,8 +301,8 @@ impl WritePipeline {
     }
 
     /// Marks every durable cursor of `rooms` to be written (at shutdown).
-    pub fn mark_all_dirty(&mut self, rooms: &HashMap<RoomId, Room>) {
-        for (id, room) in rooms {
+    pub fn mark_all_dirty(&mut self, rooms: &Registry) {
+        for (id, room) in rooms.iter() {
             for (key, m) in &room.members {
                 if m.durable {
                     self.dirty.insert((*id, key.clone()));

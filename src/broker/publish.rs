@@ -283,7 +283,7 @@ impl Broker {
         let msg = Arc::new(req.message(session, entry.info.client_id.clone()));
         let mut served = Vec::new();
         for name in &req.rooms {
-            let Some(id) = self.find_room(&namespace, name) else {
+            let Some(id) = self.rooms.find(&namespace, name) else {
                 continue;
             };
             let Some(room) = self.rooms.get_mut(&id) else {
@@ -348,7 +348,7 @@ impl Broker {
             let last = req
                 .rooms
                 .first()
-                .and_then(|name| self.find_room(&namespace, name))
+                .and_then(|name| self.rooms.find(&namespace, name))
                 .and_then(|id| self.rooms.get(&id))
                 .map_or(0, |room| room.last_seq);
             if last != expected {
@@ -358,7 +358,8 @@ impl Broker {
                 });
             }
         }
-        self.check_rooms(&tenant, req.rooms.iter().map(String::as_str))?;
+        self.rooms
+            .check(&tenant, req.rooms.iter().map(String::as_str))?;
         // Checked here, not by the quota middleware: only the actor knows
         // what the publishes accepted before this one add.
         let max_stored = policy.quotas.max_stored_bytes;
@@ -380,7 +381,7 @@ impl Broker {
         let size = req.encoded.len() as u64;
         let template = req.message(session, client_id);
         for name in &req.rooms {
-            let room_id = self.room_id(&namespace, name);
+            let room_id = self.rooms.create(&namespace, name, self.pipeline.batch());
             let seq = self.append(room_id, template.clone());
             if let Some(room) = self.rooms.get(&room_id) {
                 seqs.push((room.name.clone(), seq));

@@ -51,7 +51,7 @@ impl Broker {
             if policy.retention.is_empty() {
                 continue;
             }
-            let rooms: Vec<(RoomId, RetentionRule)> = match self.namespaces.get(&tenant.name) {
+            let rooms: Vec<(RoomId, RetentionRule)> = match self.rooms.in_namespace(&tenant.name) {
                 Some(rooms) => rooms
                     .iter()
                     .filter_map(|(name, id)| {

@@ -108,7 +108,7 @@ impl Broker {
                 pb::NamespaceStats {
                     name: t.name.to_string(),
                     sessions: sessions.get(&t.name).copied().unwrap_or(0),
-                    rooms: self.room_count(&t.name) as u64,
+                    rooms: self.rooms.count(&t.name) as u64,
                     members: members.get(&t.name).copied().unwrap_or(0),
                     published: m.published.get(),
                     stored_bytes: m.stored_bytes.get(),
