@@ -8,8 +8,8 @@
 //! local engine that does blocking I/O implements the synchronous
 //! [`BlockingStore`] and is wrapped in [`OnBlockingPool`], which runs each
 //! call on tokio's blocking pool; a networked engine implements [`Store`]
-//! directly. The conformance suite in `tests/store_conformance.rs` is what
-//! any engine must pass.
+//! directly. The conformance suite in `tests/conformance/` (run against
+//! sled by `tests/store_conformance.rs`) is what any engine must pass.
 //!
 //! Everything written goes through [`Store::commit`] or [`Store::write`],
 //! which apply one atomic batch. Two levels of "stored" are told apart in
@@ -151,7 +151,9 @@ pub struct RecoveredRoom {
     pub id: RoomId,
     pub namespace: Arc<str>,
     pub name: Arc<str>,
-    /// Highest stored seq, 0 if the room is empty.
+    /// Highest seq the room has used: that of its newest stored message,
+    /// or `stats.first_seq - 1` once everything was purged (seqs are never
+    /// reused); 0 if the room never had a message.
     pub last_seq: u64,
     /// First stored seq and stored bytes.
     pub stats: RoomStats,
@@ -196,8 +198,11 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Reads up to `max` messages of `room` with seq >= `from`, in order,
-    /// stopping early once `max_bytes` of message data have been read.
-    /// Everything a resolved `commit` or `write` stored is visible.
+    /// stopping early once `max_bytes` of message data have been read: the
+    /// last message returned is the one that brings the sum of their
+    /// `encoded` lengths to `max_bytes` or more. Everything a resolved
+    /// `commit` or `write` stored is visible; messages a purge deleted
+    /// (below the room's `first_seq`) are not, even from a lower `from`.
     fn read(
         &self,
         room: RoomId,

@@ -270,7 +270,7 @@ impl BlockingStore for SledStore {
         let floors: std::collections::HashMap<RoomId, u64> = batch
             .room_stats
             .iter()
-            .filter(|(room, _)| batch.purged.contains(room))
+            .filter(|(room, _)| batch.purged.contains(room) && live(room))
             .map(|(room, stats)| (*room, stats.first_seq))
             .collect();
         for (id, ns, name) in batch.new_rooms.iter().filter(|r| live(&r.0)) {
@@ -300,15 +300,20 @@ impl BlockingStore for SledStore {
             b.insert(&stats_key(*room), encode_room_stats(stats));
         }
         for (room, floor) in &floors {
-            // Values are whole commits; one that starts below the floor is
-            // removed only if it also ends below it (a purge empties the
-            // room, so every earlier value does).
+            // Every value that starts below the floor goes. The one value
+            // that may hold the floor too (a trim by retention falls
+            // anywhere) is written again with its messages from the floor
+            // on, under the floor's key: a read from below the floor must
+            // not find the trimmed messages.
             for item in self.db.range(log_key(*room, 0)..log_key(*room, *floor)) {
                 let (k, v) = item?;
                 let first = k.get(9..).and_then(be_u64).ok_or_else(|| bad_key(&k))?;
-                if first + u64::from(log_batch_count(&k, &v)?) <= *floor {
-                    b.remove(k);
+                if first + u64::from(log_batch_count(&k, &v)?) > *floor {
+                    let mut kept = Vec::new();
+                    decode_log_batch(&k, Bytes::from_owner(v), *floor, &mut kept, usize::MAX)?;
+                    b.insert(&log_key(*room, *floor), encode_log_batch(&kept));
                 }
+                b.remove(k);
             }
         }
         for room in &deleted {
@@ -383,11 +388,17 @@ impl BlockingStore for SledStore {
             let (key, value) = item?;
             let before = out.len();
             decode_log_batch(&key, Bytes::from_owner(value), from, &mut out, max)?;
-            bytes += out
-                .iter()
-                .skip(before)
-                .map(|m| m.encoded.len())
-                .sum::<usize>();
+            // A value holds many messages: keep those up to the one that
+            // brings the bytes read to `max_bytes`.
+            let mut kept = before;
+            for m in out.iter().skip(before) {
+                if bytes >= max_bytes {
+                    break;
+                }
+                bytes += m.encoded.len();
+                kept += 1;
+            }
+            out.truncate(kept);
             if out.len() >= max || bytes >= max_bytes {
                 break;
             }
