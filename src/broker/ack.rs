@@ -53,7 +53,8 @@ impl Broker {
         room: &Arc<str>,
         label: &Arc<str>,
     ) -> Result<(RoomId, MemberKey), BrokerError> {
-        self.sessions
+        self.outlet
+            .sessions
             .get(&session)
             .and_then(|s| s.memberships.get(&(room.clone(), label.clone())))
             .cloned()
@@ -77,7 +78,7 @@ impl Broker {
                 why: "has not been delivered to this session",
             })?;
         let next_seq = member.ack_floor();
-        if let Some(s) = self.sessions.get(&session) {
+        if let Some(s) = self.outlet.sessions.get(&session) {
             s.info.tenant.metrics.acks.inc();
         }
         if member.durable {

@@ -345,7 +345,7 @@ impl Broker {
     ) -> Result<Reply, BrokerError> {
         let from = self.redrivable(id)?;
         let count = dead_letter::redrive_count(max);
-        let store = self.reads.store();
+        let store = self.outlet.reads.store();
         Ok(Reply::AfterRead(Resume::new(async move {
             let msgs = store.read(id, from, count, usize::MAX).await;
             let back = ReadBack {
@@ -397,6 +397,7 @@ impl Broker {
             .remove(name)
             .map_err(BrokerError::InvalidRequest)?;
         let sessions: Vec<Uuid> = self
+            .outlet
             .sessions
             .iter()
             .filter(|(_, s)| &*s.info.namespace == name)
@@ -430,7 +431,7 @@ impl Broker {
     /// Sends `error` (fatal) to a session and forgets it; its writer closes
     /// the connection once the error is written.
     fn close_session(&mut self, id: Uuid, error: BrokerError) {
-        if let Some(s) = self.sessions.get(&id) {
+        if let Some(s) = self.outlet.sessions.get(&id) {
             let frame = pb::ServerFrame {
                 request_id: 0,
                 body: Some(pb::server_frame::Body::Error(error.into())),
@@ -449,7 +450,7 @@ impl Broker {
     }
 
     fn kick(&mut self, id: Uuid) -> Result<pb::AdminOk, BrokerError> {
-        if !self.sessions.contains_key(&id) {
+        if !self.outlet.sessions.contains_key(&id) {
             return Err(BrokerError::SessionNotFound(id));
         }
         info!(session = %id, "session kicked");
@@ -467,7 +468,7 @@ impl Broker {
             return;
         };
         for c in room.members.values().flat_map(|m| m.consumers.iter()) {
-            if let Some(s) = self.sessions.get_mut(&c.session) {
+            if let Some(s) = self.outlet.sessions.get_mut(&c.session) {
                 s.memberships.remove(&(room.name.clone(), c.label.clone()));
             }
             let deleted = BrokerError::RoomDeleted {

@@ -77,7 +77,14 @@ impl Broker {
             .and_then(|r| r.members.get_mut(&key))
         {
             for (seq, deadline) in extend {
-                m.extend(seq, session, deadline, room_id, &key, &mut self.timers);
+                m.extend(
+                    seq,
+                    session,
+                    deadline,
+                    room_id,
+                    &key,
+                    &mut self.outlet.timers,
+                );
             }
         }
         let body = pb::server_frame::Body::InProgressOk(pb::InProgressOk {});

@@ -142,7 +142,7 @@ pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, BrokerError> {
 
 impl Broker {
     pub(super) fn join(&mut self, session: Uuid, mut req: JoinReq) -> Result<Reply, BrokerError> {
-        let Some(entry) = self.sessions.get(&session) else {
+        let Some(entry) = self.outlet.sessions.get(&session) else {
             return Ok(Reply::Gone);
         };
         // A start by time that the room's cache cannot answer searches the
@@ -152,7 +152,7 @@ impl Broker {
                 match self.time_search(room_id, ms) {
                     TimeSearch::At(seq) => req.start = Start::Found(seq),
                     TimeSearch::Store { lo, hi } => {
-                        let store = self.reads.store();
+                        let store = self.outlet.reads.store();
                         return Ok(Reply::AfterRead(Resume::new(async move {
                             req.start = Start::Found(search_time(store, room_id, ms, lo, hi).await);
                             Request::Join(req)
@@ -161,7 +161,7 @@ impl Broker {
                 }
             }
         }
-        let Some(entry) = self.sessions.get(&session) else {
+        let Some(entry) = self.outlet.sessions.get(&session) else {
             return Ok(Reply::Gone);
         };
         let info = entry.info.clone();
@@ -237,7 +237,7 @@ impl Broker {
                 subscription: prev_label.clone(),
                 member: key_name(&key).to_string(),
             };
-            if let Some(other) = self.sessions.get_mut(&prev) {
+            if let Some(other) = self.outlet.sessions.get_mut(&prev) {
                 other.memberships.remove(&(room_name, prev_label));
             }
             if let Some(m) = self
@@ -319,7 +319,7 @@ impl Broker {
         } else if member.durable {
             self.pipeline.mark_dirty(room_id, key.clone());
         }
-        if let Some(entry) = self.sessions.get_mut(&session) {
+        if let Some(entry) = self.outlet.sessions.get_mut(&session) {
             entry
                 .memberships
                 .insert((room_name, req.label.clone()), (room_id, key.clone()));

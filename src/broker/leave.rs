@@ -32,6 +32,7 @@ pub fn check(l: pb::Leave) -> Result<LeaveReq, BrokerError> {
 impl Broker {
     pub(super) fn leave(&mut self, session: Uuid, req: LeaveReq) -> Result<Reply, BrokerError> {
         let removed = self
+            .outlet
             .sessions
             .get_mut(&session)
             .and_then(|s| s.memberships.remove(&(req.room.clone(), req.label.clone())));

@@ -11,7 +11,7 @@ use prost::Message as _;
 
 impl Broker {
     pub(super) fn list_rooms(&mut self, session: Uuid) -> Result<Reply, BrokerError> {
-        let Some(entry) = self.sessions.get(&session) else {
+        let Some(entry) = self.outlet.sessions.get(&session) else {
             return Ok(Reply::Gone);
         };
         let mut rooms: Vec<pb::RoomInfo> = self

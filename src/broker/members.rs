@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::reply::Reply;
 use super::room::{Member, MemberKey};
-use super::{outlet, ActorOutlet, Broker, BrokerError, Outbound, SessionInfo};
+use super::{Broker, BrokerError, Outbound, SessionInfo};
 use crate::storage::RoomId;
 use crate::tenancy::pattern;
 
@@ -34,7 +34,7 @@ pub fn check(m: pb::Members, session: &SessionInfo) -> Result<MembersReq, Broker
 impl Broker {
     /// How consumer `session` of member `key` looks to others.
     fn presence_of(&self, key: &MemberKey, member: &Member, session: Uuid) -> pb::Presence {
-        let info = self.sessions.get(&session).map(|s| &s.info);
+        let info = self.outlet.sessions.get(&session).map(|s| &s.info);
         let (subscription, group) = match key {
             MemberKey::Durable(n) => (n.to_string(), String::new()),
             MemberKey::Group(g) => (String::new(), g.to_string()),
@@ -54,7 +54,7 @@ impl Broker {
     }
 
     pub(super) fn members(&mut self, session: Uuid, req: MembersReq) -> Result<Reply, BrokerError> {
-        let namespace = match self.sessions.get(&session) {
+        let namespace = match self.outlet.sessions.get(&session) {
             Some(s) => s.info.namespace.clone(),
             None => return Ok(Reply::Gone),
         };
@@ -118,7 +118,6 @@ impl Broker {
                 self.presence_of(key, &Member::new(durable, 0, 0), session)
             }
         };
-        let mut out: ActorOutlet<'_> = outlet!(self);
         for (to, label) in listeners {
             let frame = pb::ServerFrame {
                 request_id: 0,
@@ -132,7 +131,7 @@ impl Broker {
                 ))),
             };
             // Live only: dropped if the listener's queue is full.
-            let _ = out.offer(
+            let _ = self.outlet.offer(
                 to,
                 Outbound::Reply {
                     frame,

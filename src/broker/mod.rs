@@ -35,6 +35,7 @@ pub mod leave;
 pub mod list_rooms;
 pub mod members;
 pub mod nack;
+mod outlet;
 mod pipeline;
 pub mod publish;
 pub mod reads;
@@ -46,7 +47,7 @@ pub mod stats;
 mod timers;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -63,11 +64,11 @@ use crate::tenancy::{Grant, StoredNamespace, Tenant, Tenants};
 use commit::CommitOutcome;
 use dedup::DedupTable;
 pub use error::{BrokerError, BrokerGone};
+use outlet::{DeliveryTally, SessionEntry, SessionOutlet};
 use pipeline::{Committed, InFlightBatch, PendingConfirm, PendingReply, WritePipeline};
 use reads::{Reads, StoreEvent};
 use registry::Registry;
-use room::{Gap, Handout, MemberKey, Now, Outlet, Room, Timers};
-use timers::TimerHeap;
+use room::{MemberKey, Now, Room};
 
 /// A request's share of its session's budgets (requests awaiting a reply,
 /// and their bytes). Held until the reply is written, then released.
@@ -185,26 +186,6 @@ pub enum Command {
     },
 }
 
-/// The [`ActorOutlet`] over the broker's sessions, store and timers (a
-/// macro, so that it borrows only those fields of the broker).
-macro_rules! outlet {
-    ($broker:ident) => {
-        ActorOutlet {
-            sessions: &mut $broker.sessions,
-            reads: &mut $broker.reads,
-            timers: &mut $broker.timers,
-            reserve: $broker.config.limits.max_pending_requests as usize + 8,
-            lag: $broker
-                .metrics
-                .enabled
-                .then_some(&$broker.metrics.delivery_lag),
-            wall_ms: $crate::broker::now_ms(),
-            tally: $crate::broker::DeliveryTally::default(),
-        }
-    };
-}
-pub(crate) use outlet;
-
 /// A cheap, cloneable way to reach the broker.
 #[derive(Debug, Clone)]
 pub struct BrokerHandle {
@@ -224,18 +205,6 @@ impl BrokerHandle {
     }
 }
 
-/// The broker's view of a connected session.
-struct SessionEntry {
-    info: Arc<SessionInfo>,
-    tx: mpsc::Sender<Outbound>,
-    /// Set by the broker when the queue is full; the writer clears it and
-    /// sends [`Command::Writable`] once it has drained.
-    blocked: Arc<AtomicBool>,
-    kill: CancellationToken,
-    /// Memberships by (room, label).
-    memberships: HashMap<(Arc<str>, Arc<str>), (RoomId, MemberKey)>,
-}
-
 /// (room, seq) per room of one publish, shared by its confirmation and its
 /// dedup record.
 pub type Seqs = Arc<[(Arc<str>, u64)]>;
@@ -245,13 +214,11 @@ pub struct Broker {
     config: Arc<Config>,
     tenants: Arc<Tenants>,
     rooms: Registry,
-    sessions: HashMap<Uuid, SessionEntry>,
-    timers: TimerHeap,
+    /// Sessions, their queues and memberships; timers; reads.
+    outlet: SessionOutlet,
     dedup: DedupTable,
     /// The open batch, the batch being written, cursors behind on disk.
     pipeline: WritePipeline,
-    /// Reads of stored messages and other storage work beside the actor.
-    reads: Reads,
     /// When retention next trims the rooms it covers.
     next_retention: Instant,
     /// Some namespace has retention rules.
@@ -318,15 +285,18 @@ impl Broker {
         }
         tenants.restore(stored_namespaces);
         let metrics = tenants.metrics.clone();
+        let lag = metrics.enabled.then(|| metrics.delivery_lag.clone());
         let mut broker = Broker {
             metrics,
             started: Instant::now(),
             config: config.clone(),
-            reads: Reads::new(store.clone(), config.storage.max_reads_in_flight as usize),
+            outlet: SessionOutlet::new(
+                Reads::new(store.clone(), config.storage.max_reads_in_flight as usize),
+                config.limits.max_pending_requests as usize + 8,
+                lag,
+            ),
             tenants,
             rooms: Registry::new(1),
-            sessions: HashMap::new(),
-            timers: TimerHeap::default(),
             dedup: DedupTable::new(config.limits.dedup_window()),
             pipeline: WritePipeline::new(
                 store,
@@ -450,7 +420,7 @@ impl Broker {
                 biased;
                 outcome = self.pipeline.finished() => self.on_commit(outcome)?,
                 _ = shutdown.cancelled() => return Ok(()),
-                Some(event) = self.reads.next() => self.on_store_event(event),
+                Some(event) = self.outlet.reads.next() => self.on_store_event(event),
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => {
                         self.handle(cmd);
@@ -485,7 +455,7 @@ impl Broker {
     /// Sweeps out timers whose member left or re-armed.
     fn compact_timers(&mut self) {
         let rooms = &self.rooms;
-        self.timers.compact(|t| {
+        self.outlet.timers.compact(|t| {
             rooms
                 .get(&t.room)
                 .and_then(|r| r.members.get(&t.member))
@@ -494,7 +464,7 @@ impl Broker {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let mut wake = self.timers.next_deadline();
+        let mut wake = self.outlet.timers.next_deadline();
         let mut consider = |t: Instant| {
             wake = Some(wake.map_or(t, |w| w.min(t)));
         };
@@ -540,7 +510,7 @@ impl Broker {
                     resumed,
                     "client connected"
                 );
-                self.sessions.insert(
+                self.outlet.sessions.insert(
                     info.id,
                     SessionEntry {
                         info,
@@ -559,7 +529,7 @@ impl Broker {
                 permit,
                 request,
             } => {
-                if !self.sessions.contains_key(&session) {
+                if !self.outlet.sessions.contains_key(&session) {
                     return;
                 }
                 let admin = matches!(request, Request::Admin(_));
@@ -588,7 +558,7 @@ impl Broker {
                 let _ = reply.send(self.stats(max_rooms, order));
             }
             Command::Writable { session } => {
-                let members: Vec<(RoomId, MemberKey)> = match self.sessions.get(&session) {
+                let members: Vec<(RoomId, MemberKey)> = match self.outlet.sessions.get(&session) {
                     Some(s) => s.memberships.values().cloned().collect(),
                     None => return,
                 };
@@ -617,7 +587,7 @@ impl Broker {
     }
 
     fn unregister(&mut self, session: Uuid) {
-        let Some(entry) = self.sessions.get_mut(&session) else {
+        let Some(entry) = self.outlet.sessions.get_mut(&session) else {
             return;
         };
         info!(
@@ -632,7 +602,7 @@ impl Broker {
         for (room_id, key) in memberships.into_values() {
             self.release_member(room_id, &key, session);
         }
-        self.sessions.remove(&session);
+        self.outlet.sessions.remove(&session);
     }
 
     /// Takes `session` off member `key` (dropping an ephemeral member);
@@ -664,13 +634,13 @@ impl Broker {
     /// Tells every session why it is being closed, then drops them: each
     /// writer sends what is queued (this error last) and closes.
     fn close_all(&mut self, code: ErrorCode, message: &str) {
-        for s in self.sessions.values() {
+        for s in self.outlet.sessions.values() {
             let _ = s.tx.try_send(Outbound::Reply {
                 frame: error_frame(0, code, message),
                 permit: None,
             });
         }
-        self.sessions.clear();
+        self.outlet.sessions.clear();
     }
 
     fn kill_all(&mut self) {
@@ -680,7 +650,7 @@ impl Broker {
     /// Sends a reply or push to a session. A session whose queue cannot take
     /// it is disconnected (it broke the pending-request budget).
     fn reply(&mut self, session: Uuid, frame: pb::ServerFrame, permit: Option<RequestSlot>) {
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.outlet.sessions.get(&session) else {
             return;
         };
         if s.tx.try_send(Outbound::Reply { frame, permit }).is_err() {
@@ -700,7 +670,7 @@ impl Broker {
         durability: pb::Durability,
         permit: RequestSlot,
     ) {
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.outlet.sessions.get(&session) else {
             return;
         };
         let out = Outbound::Confirm {
@@ -755,9 +725,9 @@ impl Broker {
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
-        let mut out = outlet!(self);
-        let pumped = room.pump(key, clock_now(), &mut out);
-        let tally = out.tally;
+        self.outlet.begin();
+        let pumped = room.pump(key, clock_now(), &mut self.outlet);
+        let tally = self.outlet.tally();
         room.redelivered += tally.redelivered;
         if tally.delivered > 0 || pumped.expired > 0 {
             let namespace = room.namespace.clone();
@@ -790,7 +760,7 @@ impl Broker {
     fn on_timers(&mut self) {
         let now = Instant::now();
         let mut to_pump = Vec::new();
-        while let Some(t) = self.timers.pop_due(now) {
+        while let Some(t) = self.outlet.timers.pop_due(now) {
             let Some(m) = self
                 .rooms
                 .get_mut(&t.room)
@@ -798,7 +768,7 @@ impl Broker {
             else {
                 continue;
             };
-            if m.on_timer(t.deadline, now, t.room, &t.member, &mut self.timers) {
+            if m.on_timer(t.deadline, now, t.room, &t.member, &mut self.outlet.timers) {
                 to_pump.push((t.room, t.member));
             }
         }
@@ -817,7 +787,7 @@ impl Broker {
     fn on_store_event(&mut self, event: StoreEvent) {
         match event {
             StoreEvent::Read { room, from, result } => {
-                self.reads.finished(room, from);
+                self.outlet.reads.finished(room, from);
                 match result {
                     // Nothing there (trimmed meanwhile): the members moved
                     // on with the trim, or ask again when next pumped.
@@ -1004,113 +974,5 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Deliveries one outlet handed out, counted into the namespace's
-/// counters once per pump rather than once per message.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct DeliveryTally {
-    /// Every delivery, redeliveries included.
-    delivered: u64,
-    redelivered: u64,
-}
-
-/// The actor's [`Outlet`]: session queues, the store, the timer heap.
-struct ActorOutlet<'a> {
-    sessions: &'a mut HashMap<Uuid, SessionEntry>,
-    reads: &'a mut Reads,
-    timers: &'a mut TimerHeap,
-    /// Queue slots kept free for replies.
-    reserve: usize,
-    /// `roomq_delivery_lag_seconds`, when metrics are on.
-    lag: Option<&'a prometheus::Histogram>,
-    /// The broker's clock when the outlet was made (for the lag).
-    wall_ms: u64,
-    tally: DeliveryTally,
-}
-
-impl ActorOutlet<'_> {
-    /// Queues `out` for `session` if its queue has room beyond the slots
-    /// kept for replies.
-    fn offer(&mut self, session: Uuid, out: Outbound) -> bool {
-        let Some(s) = self.sessions.get(&session) else {
-            return false;
-        };
-        if s.tx.capacity() <= self.reserve {
-            // Announce interest first, then look again: the writer clears
-            // the flag after draining, so one of the two sees the other.
-            s.blocked.store(true, Ordering::SeqCst);
-            if s.tx.capacity() <= self.reserve {
-                return false;
-            }
-        }
-        match s.tx.try_send(out) {
-            Ok(()) => true,
-            Err(_) => {
-                s.blocked.store(true, Ordering::SeqCst);
-                false
-            }
-        }
-    }
-}
-
-impl Outlet for ActorOutlet<'_> {
-    fn deliver(&mut self, to: Handout<'_>, msg: &Arc<StoredMessage>) -> bool {
-        let out = Outbound::Delivery {
-            room: to.room.clone(),
-            label: to.label.clone(),
-            attempt: to.attempt,
-            redelivered: to.redelivered,
-            volatile: to.volatile,
-            msg: msg.clone(),
-        };
-        let (attempt, redelivered, volatile) = (to.attempt, to.redelivered, to.volatile);
-        if !self.offer(to.session, out) {
-            return false;
-        }
-        self.tally.delivered += 1;
-        if redelivered {
-            self.tally.redelivered += 1;
-        }
-        if let Some(h) = self.lag.filter(|_| attempt == 1 && !volatile) {
-            let ms = self.wall_ms.saturating_sub(msg.info.timestamp_ms);
-            h.observe(ms as f64 / 1000.0);
-        }
-        true
-    }
-
-    fn gap(&mut self, session: Uuid, room: &Arc<str>, label: &Arc<str>, gap: Gap) -> bool {
-        let frame = pb::ServerFrame {
-            request_id: 0,
-            body: Some(pb::server_frame::Body::Gap(Box::new(pb::Gap {
-                room: room.to_string(),
-                subscription: label.to_string(),
-                from_seq: gap.from,
-                to_seq: gap.to,
-                missed: gap.missed,
-            }))),
-        };
-        let out = Outbound::Reply {
-            frame,
-            permit: None,
-        };
-        self.offer(session, out)
-    }
-
-    fn in_room(&self, session: Uuid, room: &str) -> bool {
-        self.sessions
-            .get(&session)
-            .is_some_and(|s| s.memberships.keys().any(|(r, _)| &**r == room))
-    }
-
-    fn read(&mut self, room: RoomId, from: u64) {
-        self.reads.request(room, from);
-    }
-}
-
-impl Timers for ActorOutlet<'_> {
-    fn arm_timer(&mut self, deadline: Instant, room: RoomId, member: &MemberKey) {
-        self.timers.arm_timer(deadline, room, member);
     }
 }

@@ -87,14 +87,14 @@ impl Broker {
                     }
                 }
                 if !req.delay.is_zero() {
-                    m.schedule(deadline, room_id, &key, &mut self.timers);
+                    m.schedule(deadline, room_id, &key, &mut self.outlet.timers);
                 }
             }
         }
         if !matches!(key, super::room::MemberKey::Ephemeral(..)) {
             self.pipeline.mark_dirty(room_id, key.clone());
         }
-        if let Some(s) = self.sessions.get(&session) {
+        if let Some(s) = self.outlet.sessions.get(&session) {
             s.info.tenant.metrics.nacks.inc();
         }
         let body = pb::server_frame::Body::NackOk(pb::NackOk {});

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::dedup::DedupState;
 use super::reply::{Deferred, Reply};
-use super::{now_ms, outlet, ActorOutlet, Broker, BrokerError, SessionInfo};
+use super::{now_ms, Broker, BrokerError, SessionInfo};
 use crate::config::Limits;
 use crate::metrics::Quota;
 use crate::storage::{Extra, MessageInfo, RoomId, StoredMessage};
@@ -274,7 +274,7 @@ impl Broker {
     /// A volatile publish: handed to the consumers joined now, once per
     /// session across its rooms, and answered at once; nothing is stored.
     fn publish_volatile(&mut self, session: Uuid, req: PublishReq) -> Reply {
-        let Some(entry) = self.sessions.get(&session) else {
+        let Some(entry) = self.outlet.sessions.get(&session) else {
             return Reply::Gone;
         };
         let namespace = entry.info.namespace.clone();
@@ -289,9 +289,9 @@ impl Broker {
             let Some(room) = self.rooms.get_mut(&id) else {
                 continue;
             };
-            let mut out: ActorOutlet<'_> = outlet!(self);
-            room.volatile(&msg, &mut served, &mut out);
-            delivered += out.tally.delivered;
+            self.outlet.begin();
+            room.volatile(&msg, &mut served, &mut self.outlet);
+            delivered += self.outlet.tally().delivered;
         }
         if delivered > 0 && self.metrics.enabled {
             tenant.metrics.deliveries.inc_by(delivered);
@@ -304,7 +304,7 @@ impl Broker {
     }
 
     pub(super) fn publish(&mut self, session: Uuid, req: PublishReq) -> Result<Reply, BrokerError> {
-        let Some(entry) = self.sessions.get(&session) else {
+        let Some(entry) = self.outlet.sessions.get(&session) else {
             return Ok(Reply::Gone);
         };
         let namespace = entry.info.namespace.clone();

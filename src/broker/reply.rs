@@ -138,7 +138,10 @@ impl Broker {
                 // unanswered; the handler returned this just now.)
                 let _ = self.dedup.wait(&key, (session, request_id, permit));
             }
-            Reply::AfterRead(work) => self.reads.resume(session, request_id, permit, work.0),
+            Reply::AfterRead(work) => self
+                .outlet
+                .reads
+                .resume(session, request_id, permit, work.0),
             Reply::Gone => {}
         }
     }

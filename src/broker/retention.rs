@@ -96,8 +96,8 @@ impl Broker {
             return;
         }
         self.retention_scans.insert(id);
-        let store = self.reads.store();
-        self.reads.spawn(async move {
+        let store = self.outlet.reads.store();
+        self.outlet.reads.spawn(async move {
             scan.run(store, id).await;
             StoreEvent::Retention {
                 room: id,

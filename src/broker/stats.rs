@@ -47,7 +47,7 @@ impl Broker {
         let now = Instant::now();
         let (mut tcp, mut ws) = (0u32, 0u32);
         let mut sessions: HashMap<Arc<str>, u32> = HashMap::new();
-        for s in self.sessions.values() {
+        for s in self.outlet.sessions.values() {
             match s.info.transport {
                 Transport::Tcp => tcp += 1,
                 Transport::WebSocket => ws += 1,
