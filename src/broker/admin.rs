@@ -14,8 +14,9 @@ use uuid::Uuid;
 use super::dead_letter;
 use super::reply::{Deferred, Reply, Resume};
 use super::room::MemberKey;
-use super::{Broker, BrokerError, Outbound, Request};
+use super::{Broker, BrokerError, Request};
 use crate::config::{DurabilityMode, NamespaceConfig, Quotas, RetentionRule, TokenConfig};
+use crate::session::Outbound;
 use crate::storage::{RoomId, StoreError, StoredMessage};
 use crate::tenancy::{token, Tenant};
 

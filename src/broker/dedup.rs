@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{RequestSlot, Seqs};
+use crate::session::{RequestSlot, Seqs};
 
 /// A dedup id: its namespace and the client's 16 bytes.
 pub type DedupKey = (Arc<str>, [u8; 16]);

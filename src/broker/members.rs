@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use super::reply::Reply;
 use super::room::{Member, MemberKey};
-use super::{Broker, BrokerError, Outbound, SessionInfo};
+use super::{Broker, BrokerError};
+use crate::session::{Outbound, SessionInfo};
 use crate::storage::RoomId;
 use crate::tenancy::pattern;
 

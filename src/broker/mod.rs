@@ -46,21 +46,22 @@ pub mod room;
 pub mod stats;
 mod timers;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use roomq_wire::{pb, ErrorCode};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::storage::{RoomId, Store, StoreError, StoredMessage, WriteBatch};
-use crate::tenancy::{Grant, StoredNamespace, Tenant, Tenants};
+use crate::session::{Outbound, RequestSlot, Seqs, SessionInfo};
+use crate::storage::{RoomId, Store, StoreError, WriteBatch};
+use crate::tenancy::{StoredNamespace, Tenants};
 use commit::CommitOutcome;
 use dedup::DedupTable;
 pub use error::{BrokerError, BrokerGone};
@@ -68,77 +69,8 @@ use outlet::{DeliveryTally, SessionEntry, SessionOutlet};
 use pipeline::{Committed, InFlightBatch, PendingConfirm, PendingReply, WritePipeline};
 use reads::{Reads, StoreEvent};
 use registry::Registry;
+use retention::RetentionState;
 use room::{MemberKey, Now, Room};
-
-/// A request's share of its session's budgets (requests awaiting a reply,
-/// and their bytes). Held until the reply is written, then released.
-#[derive(Debug)]
-pub struct RequestSlot {
-    _count: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
-}
-
-impl RequestSlot {
-    /// A slot made of one request permit and the request's byte permits.
-    pub fn new(count: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Self {
-        RequestSlot {
-            _count: count,
-            _bytes: bytes,
-        }
-    }
-}
-
-/// A frame on its way to one session's socket.
-// A reply frame is the largest variant; boxing it would cost an allocation
-// per reply to save a few dozen bytes per queued item.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Outbound {
-    /// A reply (or push). The permit, if any, is the request's slot in the
-    /// session's pending-request budget, released once the frame is written.
-    Reply {
-        frame: pb::ServerFrame,
-        permit: Option<RequestSlot>,
-    },
-    /// A publish confirmation; encoded by the session's writer (which keeps
-    /// that work off the broker actor).
-    Confirm {
-        request_id: u64,
-        seqs: Seqs,
-        duplicate: bool,
-        durability: pb::Durability,
-        permit: RequestSlot,
-    },
-    /// A delivery; encoded by the session's writer.
-    Delivery {
-        room: Arc<str>,
-        label: Arc<str>,
-        attempt: u32,
-        redelivered: bool,
-        volatile: bool,
-        msg: Arc<StoredMessage>,
-    },
-}
-
-/// What a session tells the broker about itself when its handshake is done.
-#[derive(Debug)]
-pub struct SessionInfo {
-    pub id: Uuid,
-    /// `id` as bytes, shared by every message the session publishes.
-    pub id_bytes: bytes::Bytes,
-    pub namespace: Arc<str>,
-    pub client_id: Option<Arc<str>>,
-    pub client_name: String,
-    pub peer: String,
-    /// The listener it came through.
-    pub transport: crate::transport::Transport,
-    /// The session's namespace.
-    pub tenant: Arc<Tenant>,
-    /// What the session's credentials allow.
-    pub grant: Grant,
-    /// Attributes set by connect hooks.
-    pub attributes: std::collections::BTreeMap<String, String>,
-}
 
 /// A request that has passed the session's checks.
 #[derive(Debug)]
@@ -205,10 +137,6 @@ impl BrokerHandle {
     }
 }
 
-/// (room, seq) per room of one publish, shared by its confirmation and its
-/// dedup record.
-pub type Seqs = Arc<[(Arc<str>, u64)]>;
-
 /// The actor.
 pub struct Broker {
     config: Arc<Config>,
@@ -219,12 +147,8 @@ pub struct Broker {
     dedup: DedupTable,
     /// The open batch, the batch being written, cursors behind on disk.
     pipeline: WritePipeline,
-    /// When retention next trims the rooms it covers.
-    next_retention: Instant,
-    /// Some namespace has retention rules.
-    retention_active: bool,
-    /// Rooms whose retention scan of the stored log is running.
-    retention_scans: HashSet<RoomId>,
+    /// When retention sweeps, and the scans of stored logs it runs.
+    retention: RetentionState,
     metrics: Arc<crate::metrics::Metrics>,
     started: Instant,
 }
@@ -303,9 +227,7 @@ impl Broker {
                 Duration::from_millis(config.storage.cursor_sync_interval_ms),
                 Duration::from_millis(config.storage.commit_timeout_ms),
             ),
-            next_retention: Instant::now(),
-            retention_active: false,
-            retention_scans: HashSet::new(),
+            retention: RetentionState::default(),
         };
         broker.refresh_retention();
         broker.rooms = Registry::new(recovered.next_room_id);
@@ -474,8 +396,8 @@ impl Broker {
         if let Some(t) = self.dedup.next_expiry() {
             consider(t);
         }
-        if self.retention_active {
-            consider(self.next_retention);
+        if let Some(t) = self.retention.next_sweep() {
+            consider(t);
         }
         wake
     }

@@ -15,10 +15,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::now_ms;
 use super::reads::Reads;
 use super::room::{Gap, Handout, MemberKey, Outlet, Timers};
 use super::timers::TimerHeap;
-use super::{now_ms, Outbound, SessionInfo};
+use crate::session::{Outbound, SessionInfo};
 use crate::storage::{RoomId, StoredMessage};
 
 /// The broker's view of a connected session.

@@ -21,7 +21,7 @@ use super::commit::{self, CommitOutcome};
 use super::dedup::DedupKey;
 use super::registry::Registry;
 use super::room::MemberKey;
-use super::{RequestSlot, Seqs};
+use crate::session::{RequestSlot, Seqs};
 use crate::storage::{Flushed, RoomId, RoomStats, Store, StoreError, StoredMessage, WriteBatch};
 
 /// What a pending reply will say.

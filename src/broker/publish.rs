@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use super::dedup::DedupState;
 use super::reply::{Deferred, Reply};
-use super::{now_ms, Broker, BrokerError, SessionInfo};
+use super::{now_ms, Broker, BrokerError};
 use crate::config::Limits;
 use crate::metrics::Quota;
+use crate::session::SessionInfo;
 use crate::storage::{Extra, MessageInfo, RoomId, StoredMessage};
 use crate::tenancy::middleware::PublishCtx;
 
@@ -394,7 +395,7 @@ impl Broker {
             tenant.metrics.published.inc_by(count);
             tenant.metrics.stored_bytes.inc_by(bytes);
         }
-        let seqs: super::Seqs = seqs.into();
+        let seqs: crate::session::Seqs = seqs.into();
         if let Some(id) = req.dedup {
             let key = (namespace.clone(), id);
             self.pipeline.batch().dedup_put.push((

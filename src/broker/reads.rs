@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{Request, RequestSlot};
+use super::Request;
+use crate::session::RequestSlot;
 use crate::storage::{RoomId, Store, StoreError, StoredMessage};
 
 /// Most message bytes one read brings back.

@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::dedup::DedupKey;
 use super::room::MemberKey;
-use super::{Broker, PendingConfirm, PendingReply, Request, RequestSlot, Seqs};
+use super::{Broker, PendingConfirm, PendingReply, Request};
+use crate::session::{RequestSlot, Seqs};
 use crate::storage::RoomId;
 use futures::future::BoxFuture;
 

@@ -5,6 +5,7 @@
 //! are moved up and owed a gap notice (see `room::Member::trim`). Purges
 //! and redrives trim through the same path.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +27,40 @@ pub fn rule_for<'a>(rules: &'a [RetentionRule], room: &str) -> Option<&'a Retent
     rules.iter().find(|r| pattern::matches(&r.rooms, room))
 }
 
+/// When retention next sweeps, and the rooms whose stored log is being
+/// scanned for it.
+#[derive(Debug)]
+pub struct RetentionState {
+    /// Some namespace has retention rules.
+    active: bool,
+    /// When the next sweep is due.
+    next: Instant,
+    /// Rooms whose scan of the stored log is running.
+    scans: HashSet<RoomId>,
+}
+
+impl Default for RetentionState {
+    fn default() -> Self {
+        RetentionState {
+            active: false,
+            next: Instant::now(),
+            scans: HashSet::new(),
+        }
+    }
+}
+
+impl RetentionState {
+    /// When the next sweep is due, if any namespace has rules.
+    pub fn next_sweep(&self) -> Option<Instant> {
+        self.active.then_some(self.next)
+    }
+}
+
 impl Broker {
     /// Whether any namespace has retention rules (then the actor wakes
     /// for its sweeps).
     pub(super) fn refresh_retention(&mut self) {
-        self.retention_active = self
+        self.retention.active = self
             .tenants
             .list()
             .iter()
@@ -40,10 +70,10 @@ impl Broker {
     /// Runs a retention sweep if one is due.
     pub(super) fn maybe_trim(&mut self) {
         let now = Instant::now();
-        if !self.retention_active || now < self.next_retention {
+        if !self.retention.active || now < self.retention.next {
             return;
         }
-        self.next_retention =
+        self.retention.next =
             now + Duration::from_millis(self.config.storage.retention_interval_ms);
         let wall = now_ms();
         for tenant in self.tenants.list() {
@@ -70,7 +100,7 @@ impl Broker {
     /// its oldest messages are there, otherwise after a scan of the stored
     /// log beside the actor ([`StoreEvent::Retention`]).
     fn apply_retention(&mut self, id: RoomId, rule: &RetentionRule, wall: u64) {
-        if self.retention_scans.contains(&id) {
+        if self.retention.scans.contains(&id) {
             return;
         }
         let Some(room) = self.rooms.get(&id) else {
@@ -95,7 +125,7 @@ impl Broker {
             self.retention_scanned(id, first, floor, bytes);
             return;
         }
-        self.retention_scans.insert(id);
+        self.retention.scans.insert(id);
         let store = self.outlet.reads.store();
         self.outlet.reads.spawn(async move {
             scan.run(store, id).await;
@@ -112,7 +142,7 @@ impl Broker {
     /// them) are due to go, looking from `first`. Trims them unless the room
     /// was trimmed meanwhile (the next sweep looks again).
     pub(super) fn retention_scanned(&mut self, id: RoomId, first: u64, floor: u64, bytes: u64) {
-        self.retention_scans.remove(&id);
+        self.retention.scans.remove(&id);
         let Some(room) = self.rooms.get(&id) else {
             return;
         };

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use roomq_wire::ErrorCode;
 
 use super::{pattern, Tenant};
-use crate::broker::SessionInfo;
 use crate::metrics::Quota;
+use crate::session::SessionInfo;
 
 /// A hook's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,10 @@
 //! syscall where it can. A socket that takes no bytes for the write deadline
 //! gets the session killed; its durable memberships keep everything.
 
+mod outbound;
+
+pub use outbound::{Outbound, RequestSlot, Seqs, SessionInfo};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,10 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::broker::{
-    self, error_frame, BrokerError, BrokerHandle, Command, Outbound, Request, RequestSlot,
-    SessionInfo,
-};
+use crate::broker::{self, error_frame, BrokerError, BrokerHandle, Command, Request};
 use crate::config::Config;
 use crate::tenancy::middleware::{ConnectCtx, JoinCtx, SessionSetup};
 use crate::tenancy::Tenants;
