@@ -8,9 +8,10 @@ use roomq_wire::names::check_name;
 use roomq_wire::pb;
 use uuid::Uuid;
 
+use super::core::Broker;
+use super::error::BrokerError;
 use super::reply::Reply;
 use super::room::MemberKey;
-use super::{Broker, BrokerError};
 use crate::storage::RoomId;
 
 /// Most seqs one ack or nack may list.

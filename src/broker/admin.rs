@@ -11,10 +11,11 @@ use tokio::time::Instant;
 use tracing::info;
 use uuid::Uuid;
 
+use super::core::Broker;
 use super::dead_letter;
+use super::error::BrokerError;
 use super::reply::{Deferred, Reply, Resume};
 use super::room::MemberKey;
-use super::{Broker, BrokerError, Request};
 use crate::config::{DurabilityMode, NamespaceConfig, Quotas, RetentionRule, TokenConfig};
 use crate::session::Outbound;
 use crate::storage::{RoomId, StoreError, StoredMessage};
@@ -354,7 +355,7 @@ impl Broker {
                 from,
                 msgs,
             };
-            Request::Admin(AdminReq::Redriven(ns, name, max, back))
+            AdminReq::Redriven(ns, name, max, back)
         })))
     }
 

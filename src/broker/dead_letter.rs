@@ -16,8 +16,9 @@ use roomq_wire::names::MAX_NAME_BYTES;
 use roomq_wire::pb;
 use tracing::{info, warn};
 
+use super::core::Broker;
+use super::error::BrokerError;
 use super::room::DeadLetter;
-use super::{Broker, BrokerError};
 use crate::storage::{RoomId, StoredMessage};
 
 /// Suffix of a room's dead-letter room.

@@ -10,8 +10,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::ack::MAX_SEQS;
+use super::core::Broker;
+use super::error::BrokerError;
 use super::reply::Reply;
-use super::{Broker, BrokerError};
 
 /// A checked in-progress signal.
 #[derive(Debug)]

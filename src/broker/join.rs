@@ -9,11 +9,11 @@ use roomq_wire::pb;
 use tracing::info;
 use uuid::Uuid;
 
+use super::core::Broker;
 use super::dead_letter;
+use super::error::BrokerError;
 use super::reply::{Deferred, Reply, Resume};
 use super::room::{Consumer, GroupMode, Member, MemberKey};
-use super::Request;
-use super::{Broker, BrokerError};
 use crate::config::Limits;
 use crate::metrics::Quota;
 use crate::storage::{RoomId, Store};
@@ -155,7 +155,7 @@ impl Broker {
                         let store = self.outlet.reads.store();
                         return Ok(Reply::AfterRead(Resume::new(async move {
                             req.start = Start::Found(search_time(store, room_id, ms, lo, hi).await);
-                            Request::Join(req)
+                            req
                         })));
                     }
                 }

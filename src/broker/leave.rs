@@ -7,9 +7,10 @@ use roomq_wire::names::check_name;
 use roomq_wire::pb;
 use uuid::Uuid;
 
+use super::core::Broker;
+use super::error::BrokerError;
 use super::reply::Reply;
 use super::room::MemberKey;
-use super::{Broker, BrokerError};
 
 /// A checked leave.
 #[derive(Debug)]

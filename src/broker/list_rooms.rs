@@ -4,8 +4,9 @@
 use roomq_wire::pb;
 use uuid::Uuid;
 
+use super::core::Broker;
+use super::error::BrokerError;
 use super::reply::Reply;
-use super::{Broker, BrokerError};
 
 use prost::Message as _;
 

@@ -6,9 +6,10 @@ use roomq_wire::names::check_name;
 use roomq_wire::pb;
 use uuid::Uuid;
 
+use super::core::Broker;
+use super::error::BrokerError;
 use super::reply::Reply;
 use super::room::{Member, MemberKey};
-use super::{Broker, BrokerError};
 use crate::session::{Outbound, SessionInfo};
 use crate::storage::RoomId;
 use crate::tenancy::pattern;

@@ -25,7 +25,9 @@
 
 pub mod ack;
 pub mod admin;
+mod clock;
 pub mod commit;
+mod core;
 pub mod dead_letter;
 mod dedup;
 pub mod error;
@@ -49,7 +51,7 @@ mod timers;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use roomq_wire::{pb, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
@@ -58,19 +60,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
+pub use self::core::Broker;
 use crate::config::Config;
-use crate::session::{Outbound, RequestSlot, Seqs, SessionInfo};
+use crate::session::{Outbound, RequestSlot, SessionInfo};
 use crate::storage::{RoomId, Store, StoreError, WriteBatch};
 use crate::tenancy::{StoredNamespace, Tenants};
+pub use clock::now_ms;
 use commit::CommitOutcome;
 use dedup::DedupTable;
 pub use error::{BrokerError, BrokerGone};
-use outlet::{DeliveryTally, SessionEntry, SessionOutlet};
+use outlet::{SessionEntry, SessionOutlet};
 use pipeline::{Committed, InFlightBatch, PendingConfirm, PendingReply, WritePipeline};
 use reads::{Reads, StoreEvent};
 use registry::Registry;
 use retention::RetentionState;
-use room::{MemberKey, Now, Room};
+use room::{MemberKey, Room};
 
 /// A request that has passed the session's checks.
 #[derive(Debug)]
@@ -84,6 +88,20 @@ pub enum Request {
     ListRooms,
     Members(members::MembersReq),
     Admin(admin::AdminReq),
+}
+
+/// A request resumed after a read (`Reply::AfterRead`) becomes a
+/// [`Request`] again without its operation file naming this module.
+impl From<join::JoinReq> for Request {
+    fn from(r: join::JoinReq) -> Self {
+        Request::Join(r)
+    }
+}
+
+impl From<admin::AdminReq> for Request {
+    fn from(r: admin::AdminReq) -> Self {
+        Request::Admin(r)
+    }
 }
 
 /// Messages to the broker actor.
@@ -134,48 +152,6 @@ impl BrokerHandle {
     /// when the broker has stopped.
     pub async fn send(&self, cmd: Command) -> Result<(), BrokerGone> {
         self.tx.send(cmd).await.map_err(|_| BrokerGone)
-    }
-}
-
-/// The actor.
-pub struct Broker {
-    config: Arc<Config>,
-    tenants: Arc<Tenants>,
-    rooms: Registry,
-    /// Sessions, their queues and memberships; timers; reads.
-    outlet: SessionOutlet,
-    dedup: DedupTable,
-    /// The open batch, the batch being written, cursors behind on disk.
-    pipeline: WritePipeline,
-    /// When retention sweeps, and the scans of stored logs it runs.
-    retention: RetentionState,
-    metrics: Arc<crate::metrics::Metrics>,
-    started: Instant,
-}
-
-/// Milliseconds since the Unix epoch, as the broker keeps time: the wall
-/// clock read once, advanced by tokio's monotonic clock. Message
-/// timestamps, TTLs and deliver-at times all use it, so they agree with the
-/// broker's timers (and move with paused time in tests); a wall clock that
-/// is stepped while the broker runs does not move it.
-pub fn now_ms() -> u64 {
-    static BASE: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
-    let (instant, wall) = *BASE.get_or_init(|| {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        (std::time::Instant::now(), wall)
-    });
-    let elapsed = Instant::now().into_std().saturating_duration_since(instant);
-    wall.saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The delivery rules' clock now.
-fn clock_now() -> Now {
-    Now {
-        instant: Instant::now(),
-        wall_ms: now_ms(),
     }
 }
 
@@ -508,51 +484,6 @@ impl Broker {
         })
     }
 
-    fn unregister(&mut self, session: Uuid) {
-        let Some(entry) = self.outlet.sessions.get_mut(&session) else {
-            return;
-        };
-        info!(
-            namespace = %entry.info.namespace,
-            session = %session,
-            peer = %entry.info.peer,
-            "client disconnected"
-        );
-        let memberships = std::mem::take(&mut entry.memberships);
-        // Released while the session is still known, so that the presence
-        // events name who left.
-        for (room_id, key) in memberships.into_values() {
-            self.release_member(room_id, &key, session);
-        }
-        self.outlet.sessions.remove(&session);
-    }
-
-    /// Takes `session` off member `key` (dropping an ephemeral member);
-    /// what it had in flight goes to the member's other consumers, if any,
-    /// or waits for the next. Tells the room's presence listeners.
-    fn release_member(&mut self, room_id: RoomId, key: &MemberKey, session: Uuid) {
-        let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
-        };
-        let Some(m) = room.members.get_mut(key) else {
-            return;
-        };
-        let label = m.consumer(session).map(|c| c.label.clone());
-        if !m.detach(session) {
-            return;
-        }
-        let others = m.connected();
-        if let MemberKey::Ephemeral(..) = key {
-            room.members.remove(key);
-        }
-        if label.is_some() {
-            self.presence_event(room_id, key, session, pb::presence_event::Kind::Left);
-        }
-        if others {
-            self.pump(room_id, key);
-        }
-    }
-
     /// Tells every session why it is being closed, then drops them: each
     /// writer sends what is queued (this error last) and closes.
     fn close_all(&mut self, code: ErrorCode, message: &str) {
@@ -567,46 +498,6 @@ impl Broker {
 
     fn kill_all(&mut self) {
         self.close_all(ErrorCode::StorageFailure, "the broker's storage failed");
-    }
-
-    /// Sends a reply or push to a session. A session whose queue cannot take
-    /// it is disconnected (it broke the pending-request budget).
-    fn reply(&mut self, session: Uuid, frame: pb::ServerFrame, permit: Option<RequestSlot>) {
-        let Some(s) = self.outlet.sessions.get(&session) else {
-            return;
-        };
-        if s.tx.try_send(Outbound::Reply { frame, permit }).is_err() {
-            warn!(session = %session, "outbound queue full for a reply; disconnecting");
-            s.kill.cancel();
-            self.unregister(session);
-        }
-    }
-
-    /// Sends a publish confirmation (see [`Outbound::Confirm`]).
-    fn confirm_publish(
-        &mut self,
-        session: Uuid,
-        request_id: u64,
-        seqs: Seqs,
-        duplicate: bool,
-        durability: pb::Durability,
-        permit: RequestSlot,
-    ) {
-        let Some(s) = self.outlet.sessions.get(&session) else {
-            return;
-        };
-        let out = Outbound::Confirm {
-            request_id,
-            seqs,
-            duplicate,
-            durability,
-            permit,
-        };
-        if s.tx.try_send(out).is_err() {
-            warn!(session = %session, "outbound queue full for a reply; disconnecting");
-            s.kill.cancel();
-            self.unregister(session);
-        }
     }
 
     /// Answers a request with `error`. Logged like the session's own
@@ -630,53 +521,6 @@ impl Broker {
             body: Some(pb::server_frame::Body::Error(error)),
         };
         self.reply(session, frame, Some(permit));
-    }
-
-    /// Sends `push` (an error that is not an answer) to `session`.
-    fn push_error(&mut self, session: Uuid, push: BrokerError) {
-        let frame = pb::ServerFrame {
-            request_id: 0,
-            body: Some(pb::server_frame::Body::Error(push.into())),
-        };
-        self.reply(session, frame, None);
-    }
-
-    /// Delivers what member `key` of `room_id` may have now, and moves what
-    /// it gave up on to the dead-letter room.
-    fn pump(&mut self, room_id: RoomId, key: &MemberKey) {
-        let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
-        };
-        self.outlet.begin();
-        let pumped = room.pump(key, clock_now(), &mut self.outlet);
-        let tally = self.outlet.tally();
-        room.redelivered += tally.redelivered;
-        if tally.delivered > 0 || pumped.expired > 0 {
-            let namespace = room.namespace.clone();
-            self.count_deliveries(&namespace, tally, pumped.expired);
-        }
-        if pumped.changed && !matches!(key, MemberKey::Ephemeral(..)) {
-            self.pipeline.mark_dirty(room_id, key.clone());
-        }
-        for dead in pumped.dead {
-            self.dead_letter(room_id, dead);
-        }
-    }
-
-    /// Pumps every connected member of `room_id`.
-    fn pump_room(&mut self, room_id: RoomId) {
-        let keys: Vec<MemberKey> = match self.rooms.get(&room_id) {
-            Some(room) => room
-                .members
-                .iter()
-                .filter(|(_, m)| m.connected())
-                .map(|(k, _)| k.clone())
-                .collect(),
-            None => return,
-        };
-        for key in keys {
-            self.pump(room_id, &key);
-        }
     }
 
     fn on_timers(&mut self) {

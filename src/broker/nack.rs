@@ -9,9 +9,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::ack::MAX_SEQS;
+use super::core::Broker;
+use super::error::BrokerError;
 use super::join::MAX_ACK_TIMEOUT;
 use super::reply::Reply;
-use super::{Broker, BrokerError};
 
 /// A checked nack.
 #[derive(Debug)]

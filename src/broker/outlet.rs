@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::now_ms;
+use super::clock::now_ms;
 use super::reads::Reads;
 use super::room::{Gap, Handout, MemberKey, Outlet, Timers};
 use super::timers::TimerHeap;

@@ -10,9 +10,11 @@ use roomq_wire::names::check_name;
 use roomq_wire::pb;
 use uuid::Uuid;
 
+use super::clock::now_ms;
+use super::core::Broker;
 use super::dedup::DedupState;
+use super::error::BrokerError;
 use super::reply::{Deferred, Reply};
-use super::{now_ms, Broker, BrokerError};
 use crate::config::Limits;
 use crate::metrics::Quota;
 use crate::session::SessionInfo;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tracing::info;
 
+use super::error::BrokerError;
 use super::room::Room;
-use super::BrokerError;
 use crate::metrics::Quota;
 use crate::storage::{RoomId, WriteBatch};
 use crate::tenancy::Tenant;

@@ -8,9 +8,11 @@ use roomq_wire::pb::server_frame::Body;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::core::Broker;
 use super::dedup::DedupKey;
+use super::pipeline::{PendingConfirm, PendingReply};
 use super::room::MemberKey;
-use super::{Broker, PendingConfirm, PendingReply, Request};
+use super::Request;
 use crate::session::{RequestSlot, Seqs};
 use crate::storage::RoomId;
 use futures::future::BoxFuture;
@@ -49,8 +51,10 @@ pub(super) enum Reply {
 pub(super) struct Resume(pub(super) BoxFuture<'static, Request>);
 
 impl Resume {
-    pub(super) fn new(work: impl std::future::Future<Output = Request> + Send + 'static) -> Self {
-        Resume(Box::pin(work))
+    pub(super) fn new<R: Into<Request>>(
+        work: impl std::future::Future<Output = R> + Send + 'static,
+    ) -> Self {
+        Resume(Box::pin(async move { work.await.into() }))
     }
 }
 

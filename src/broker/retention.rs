@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::info;
 
+use super::clock::now_ms;
+use super::core::Broker;
 use super::reads::StoreEvent;
-use super::{now_ms, Broker};
 use crate::config::RetentionRule;
 use crate::storage::{RoomId, RoomStats, Store, StoredMessage};
 use crate::tenancy::{pattern, Tenant};

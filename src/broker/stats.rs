@@ -11,8 +11,10 @@ use std::sync::Arc;
 use roomq_wire::pb;
 use tokio::time::Instant;
 
+use super::clock::now_ms;
+use super::core::Broker;
+use super::outlet::DeliveryTally;
 use super::room::Room;
-use super::{now_ms, Broker, DeliveryTally};
 use crate::metrics::summary;
 use crate::transport::Transport;
 
