@@ -13,6 +13,7 @@
 //! - *due*: to be delivered as soon as a consumer can take it (`due`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -563,6 +564,104 @@ impl Member {
         });
     }
 
+    /// How many messages its consumers may have in flight together: a pump
+    /// takes no more from the log while that many are in flight or due.
+    fn window(&self) -> usize {
+        self.consumers
+            .iter()
+            .map(|c| usize::try_from(c.max_in_flight).unwrap_or(usize::MAX))
+            .sum()
+    }
+
+    /// Decides what becomes of `msg`, a candidate from `source`, by the
+    /// delivery rules (the same for a due message and a new one), and
+    /// delivers it if it goes to a consumer now. Changes nothing in the
+    /// member but a group's round-robin turn: the pump records the outcome.
+    fn hand_out(
+        &mut self,
+        msg: &Arc<StoredMessage>,
+        source: Source,
+        room: &Arc<str>,
+        blocked: &[Uuid],
+        now: Now,
+        out: &mut impl Outlet,
+    ) -> Outcome {
+        if expired(msg, now) {
+            return Outcome::Expired;
+        }
+        if self.skips(msg) {
+            return Outcome::Unwanted;
+        }
+        if msg.info.deliver_at_ms > now.wall_ms {
+            return Outcome::Early(now.instant_of(msg.info.deliver_at_ms));
+        }
+        // A new message has no deliveries yet: it never dies here.
+        let attempts = source.attempts();
+        if self.max_deliveries > 0 && attempts >= self.max_deliveries {
+            return Outcome::Dead;
+        }
+        let idx = match self.choose(msg, room, source.seen_by(), blocked, &*out) {
+            Ok(Some(i)) => i,
+            Ok(None) => return Outcome::Busy,
+            Err(()) => return Outcome::Unwanted,
+        };
+        // (`choose` returns the index of one of the consumers.)
+        let Some(c) = self.consumers.get(idx) else {
+            return Outcome::Busy;
+        };
+        let send = Handout {
+            session: c.session,
+            room,
+            label: &c.label,
+            attempt: attempts.saturating_add(1),
+            redelivered: attempts > 0,
+            volatile: false,
+        };
+        if out.deliver(send, msg) {
+            Outcome::Delivered {
+                idx,
+                attempt: send.attempt,
+            }
+        } else {
+            Outcome::Blocked(send.session)
+        }
+    }
+
+    /// Takes candidate `msg` into the member if it is new (from the log),
+    /// given its `outcome`: the cursor moves past it and it is due, like any
+    /// message handed back, so that the pump records the outcome of either
+    /// source alike. This is the one place where a new message differs
+    /// from a due one: where the pump stops at it instead, leaving it in the
+    /// log. `Continue(true)` when it was taken (the stored cursor changed).
+    fn admit(
+        &mut self,
+        msg: &StoredMessage,
+        source: Source,
+        outcome: Outcome,
+    ) -> ControlFlow<(), bool> {
+        if let Source::Due { .. } = source {
+            return ControlFlow::Continue(false);
+        }
+        let stop = match outcome {
+            Outcome::Early(_) => self.waiting >= MAX_WAITING,
+            // In a group, a message whose consumer is busy is handed out
+            // from `due` when that consumer has room, and the others go on;
+            // any other member takes the log strictly in order.
+            Outcome::Busy => {
+                self.group.is_none() || self.in_flight() + self.due.len() >= self.window()
+            }
+            Outcome::Blocked(_) => self.group.is_none(),
+            Outcome::Expired | Outcome::Unwanted | Outcome::Dead | Outcome::Delivered { .. } => {
+                false
+            }
+        };
+        if stop {
+            return ControlFlow::Break(());
+        }
+        self.take(msg, None);
+        ControlFlow::Continue(true)
+    }
+
     /// Which consumer gets `msg` now, if any may: `None` when none may
     /// have it at all (`Err`), or when the one that must have it is full
     /// (`Ok(None)`).
@@ -623,6 +722,67 @@ impl Member {
         };
         Ok(self.consumers.get(pick).filter(|c| ready(c)).map(|_| pick))
     }
+}
+
+/// Where a pump's candidate comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Unacknowledged and due: delivered `attempts` times so far, last
+    /// handed to session `seen_by`.
+    Due {
+        attempts: u32,
+        seen_by: Option<Uuid>,
+    },
+    /// The message at the member's cursor, new to it.
+    New,
+}
+
+impl Source {
+    /// Deliveries so far.
+    fn attempts(self) -> u32 {
+        match self {
+            Source::Due { attempts, .. } => attempts,
+            Source::New => 0,
+        }
+    }
+
+    /// The session it was last handed to.
+    fn seen_by(self) -> Option<Uuid> {
+        match self {
+            Source::Due { seen_by, .. } => seen_by,
+            Source::New => None,
+        }
+    }
+}
+
+/// What becomes of one candidate of a pump ([`Member::hand_out`]).
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// Its TTL ran out: dropped, and counted.
+    Expired,
+    /// Excluded for the member (its filter, `except_self`), or for every
+    /// consumer: dropped.
+    Unwanted,
+    /// Its deliver-at time is still to come: it waits until then.
+    Early(Instant),
+    /// Delivered as often as the member allows: dead-lettered.
+    Dead,
+    /// The consumer it must go to has no free slot: kept for later.
+    Busy,
+    /// That consumer's queue is full: kept for later, and nothing more is
+    /// handed to the consumer in this pump.
+    Blocked(Uuid),
+    /// Delivered to consumer `idx`, its `attempt`th delivery.
+    Delivered { idx: usize, attempt: u32 },
+}
+
+/// How far a pump has gone through a member's candidates.
+#[derive(Debug)]
+enum Next {
+    /// Through its due seqs, up to `after` (0: none yet).
+    Due { after: u64 },
+    /// Through the log: what is left of the batch last read from it.
+    New(std::vec::IntoIter<Arc<StoredMessage>>),
 }
 
 /// The rendezvous score of `key` for `session`.
@@ -962,6 +1122,12 @@ impl Room {
     /// Delivers to member `key` whatever it may have now: what is due
     /// first, in seq order, then new messages in seq order, each to the
     /// consumer it belongs to, within each consumer's in-flight limit.
+    ///
+    /// One loop over the member's candidates ([`Room::candidate`]): each
+    /// is judged by the same rules ([`Member::hand_out`]); a new one is then
+    /// taken from the log, or the pump stops at it ([`Member::admit`], the
+    /// one place where the two sources differ); from there on it is one of
+    /// the member's due messages, and what became of it is recorded alike.
     pub fn pump(&mut self, key: &MemberKey, now: Now, out: &mut impl Outlet) -> Pumped {
         let mut done = Pumped::default();
         match self.members.get(key) {
@@ -976,174 +1142,116 @@ impl Room {
         // Consumers whose queues are full for the rest of this pump.
         let mut blocked: Vec<Uuid> = Vec::new();
         let name = self.name.clone();
-
-        let due: Vec<u64> = self
-            .members
-            .get(key)
-            .map(|m| m.due.iter().copied().collect())
-            .unwrap_or_default();
-        for seq in due {
-            let msg = self.message(seq, out);
+        let mut next = Next::Due { after: 0 };
+        while let Some((msg, source)) = self.candidate(key, &mut next, out) {
             let Some(member) = self.members.get_mut(key) else {
-                return done;
+                break;
             };
-            let Some(msg) = msg else {
-                // Unreadable (the read failed and was logged): the member
-                // waits here rather than lose the message.
-                return done;
-            };
-            let Some(entry) = member.unacked.get(&seq) else {
-                continue;
-            };
-            let attempts = entry.attempts;
-            let seen_by = entry.seen_by;
-            let dropped = expired(&msg, now);
-            done.expired += u64::from(dropped);
-            if dropped || member.skips(&msg) {
-                member.remove(seq);
-                done.changed = true;
-                continue;
+            let seq = msg.seq;
+            let outcome = member.hand_out(&msg, source, &name, &blocked, now, out);
+            if let Outcome::Blocked(session) = outcome {
+                blocked.push(session);
             }
-            if msg.info.deliver_at_ms > now.wall_ms {
-                let until = now.instant_of(msg.info.deliver_at_ms);
-                member.wait(seq, until, None);
-                member.schedule(until, self.id, key, out);
-                continue;
+            match member.admit(&msg, source, outcome) {
+                ControlFlow::Continue(taken) => done.changed |= taken,
+                ControlFlow::Break(()) => break,
             }
-            if member.max_deliveries > 0 && attempts >= member.max_deliveries {
-                let reason = entry.reason.clone();
-                member.remove(seq);
-                done.dead.push(DeadLetter {
-                    msg,
-                    attempts,
-                    reason,
-                    member: dead_letter_member(key),
-                });
-                done.changed = true;
-                continue;
-            }
-            let idx = match member.choose(&msg, &name, seen_by, &blocked, &*out) {
-                Ok(Some(i)) => i,
-                Ok(None) => continue,
-                Err(()) => {
+            match outcome {
+                Outcome::Expired | Outcome::Unwanted => {
+                    done.expired += u64::from(matches!(outcome, Outcome::Expired));
                     member.remove(seq);
                     done.changed = true;
-                    continue;
                 }
-            };
-            let Some(c) = member.consumers.get(idx) else {
-                continue;
-            };
-            let send = Handout {
-                session: c.session,
-                room: &name,
-                label: &c.label,
-                attempt: attempts.saturating_add(1),
-                redelivered: attempts > 0,
-                volatile: false,
-            };
-            if !out.deliver(send, &msg) {
-                blocked.push(send.session);
-                continue;
-            }
-            let key_hash = msg.info.key_hash;
-            let deadline = member.hold(seq, idx, send.attempt, key_hash, now.instant);
-            member.schedule(deadline, self.id, key, out);
-            done.changed = true;
-        }
-
-        // New messages.
-        loop {
-            let Some(member) = self.members.get(key) else {
-                return done;
-            };
-            let window: usize = member
-                .consumers
-                .iter()
-                .map(|c| usize::try_from(c.max_in_flight).unwrap_or(usize::MAX))
-                .sum();
-            let taken = member.in_flight() + member.due.len();
-            // Waiting messages use no in-flight slot; this bounds them (and
-            // the stored cursor) however often a client nacks with a delay.
-            if taken >= window
-                || member.waiting >= MAX_WAITING
-                || member.next_seq > self.committed_seq
-            {
-                return done;
-            }
-            let batch = self.fetch(member.next_seq, (window - taken).min(256), out);
-            if batch.is_empty() {
-                return done;
-            }
-            for msg in batch {
-                let Some(member) = self.members.get_mut(key) else {
-                    return done;
-                };
-                if msg.seq < member.next_seq {
-                    continue;
-                }
-                // (A gap in the log, where messages were trimmed, is skipped.)
-                member.next_seq = msg.seq;
-                let dropped = expired(&msg, now);
-                done.expired += u64::from(dropped);
-                if dropped || member.skips(&msg) {
-                    member.next_seq += 1;
+                Outcome::Dead => {
+                    let reason = member.unacked.get(&seq).and_then(|u| u.reason.clone());
+                    member.remove(seq);
+                    done.dead.push(DeadLetter {
+                        msg,
+                        attempts: source.attempts(),
+                        reason,
+                        member: dead_letter_member(key),
+                    });
                     done.changed = true;
-                    continue;
                 }
-                if msg.info.deliver_at_ms > now.wall_ms {
-                    if member.waiting >= MAX_WAITING {
-                        return done;
-                    }
-                    let until = now.instant_of(msg.info.deliver_at_ms);
-                    member.take(&msg, Some(until));
+                // Waiting is not part of the stored cursor: nothing changed
+                // there (but the taking of a new message).
+                Outcome::Early(until) => {
+                    member.wait(seq, until, None);
                     member.schedule(until, self.id, key, out);
-                    done.changed = true;
-                    continue;
                 }
-                let idx = match member.choose(&msg, &name, None, &blocked, &*out) {
-                    Ok(Some(i)) => i,
-                    Ok(None) if member.group.is_some() => {
-                        // Its consumer is busy; the others go on, and it is
-                        // handed out from `due` when that consumer has room.
-                        if member.in_flight() + member.due.len() >= window {
-                            return done;
+                // It stays due, for when its consumer can take it.
+                Outcome::Busy | Outcome::Blocked(_) => {}
+                Outcome::Delivered { idx, attempt } => {
+                    let deadline = member.hold(seq, idx, attempt, msg.info.key_hash, now.instant);
+                    member.schedule(deadline, self.id, key, out);
+                    done.changed = true;
+                }
+            }
+        }
+        done
+    }
+
+    /// Member `key`'s next candidate for delivery in the pump at `next`:
+    /// its lowest due seq not yet looked at, then, when none is left, the
+    /// message at its cursor (a gap in the log, where messages were
+    /// trimmed, is skipped). `None` ends the pump: the member has nothing
+    /// more for now, may take no more from the log (its in-flight window is
+    /// full, or too many messages wait), or waits for a message that is not
+    /// at hand and was asked for ([`Outlet::read`]; the room is pumped again
+    /// when it comes).
+    fn candidate(
+        &mut self,
+        key: &MemberKey,
+        next: &mut Next,
+        out: &mut impl Outlet,
+    ) -> Option<(Arc<StoredMessage>, Source)> {
+        loop {
+            match next {
+                Next::Due { after } => {
+                    let member = self.members.get(key)?;
+                    let range = (Bound::Excluded(*after), Bound::Unbounded);
+                    let Some(&seq) = member.due.range(range).next() else {
+                        *next = Next::New(Vec::new().into_iter());
+                        continue;
+                    };
+                    *after = seq;
+                    // Unreadable (the read failed and was logged): the
+                    // member waits here rather than lose the message.
+                    let msg = self.message(seq, out)?;
+                    let Some(u) = self.members.get(key)?.unacked.get(&seq) else {
+                        continue;
+                    };
+                    let source = Source::Due {
+                        attempts: u.attempts,
+                        seen_by: u.seen_by,
+                    };
+                    return Some((msg, source));
+                }
+                Next::New(batch) => {
+                    if batch.as_slice().is_empty() {
+                        let member = self.members.get(key)?;
+                        let window = member.window();
+                        let taken = member.in_flight() + member.due.len();
+                        // Waiting messages use no in-flight slot; this bounds
+                        // them (and the stored cursor) however often a client
+                        // nacks with a delay.
+                        if taken >= window
+                            || member.waiting >= MAX_WAITING
+                            || member.next_seq > self.committed_seq
+                        {
+                            return None;
                         }
-                        member.take(&msg, None);
-                        done.changed = true;
+                        let max = (window - taken).min(256);
+                        *batch = self.fetch(member.next_seq, max, out).into_iter();
+                    }
+                    let msg = batch.next()?;
+                    let member = self.members.get_mut(key)?;
+                    if msg.seq < member.next_seq {
                         continue;
                     }
-                    Ok(None) => return done,
-                    Err(()) => {
-                        member.next_seq += 1;
-                        done.changed = true;
-                        continue;
-                    }
-                };
-                let Some(c) = member.consumers.get(idx) else {
-                    return done;
-                };
-                let send = Handout {
-                    session: c.session,
-                    room: &name,
-                    label: &c.label,
-                    attempt: 1,
-                    redelivered: false,
-                    volatile: false,
-                };
-                if !out.deliver(send, &msg) {
-                    if member.group.is_none() {
-                        return done;
-                    }
-                    blocked.push(send.session);
-                    member.take(&msg, None);
-                    done.changed = true;
-                    continue;
+                    member.next_seq = msg.seq;
+                    return Some((msg, Source::New));
                 }
-                member.next_seq = msg.seq + 1;
-                let deadline = member.hold(msg.seq, idx, 1, msg.info.key_hash, now.instant);
-                member.schedule(deadline, self.id, key, out);
-                done.changed = true;
             }
         }
     }
@@ -1227,6 +1335,10 @@ mod tests {
         capacity: usize,
         gen: u64,
         gaps: Vec<Gap>,
+        /// Sessions whose queues are full.
+        full: Vec<Uuid>,
+        /// Store reads asked for, by first seq.
+        reads: Vec<u64>,
     }
 
     impl Recorder {
@@ -1237,7 +1349,7 @@ mod tests {
 
     impl Outlet for Recorder {
         fn deliver(&mut self, to: Handout<'_>, msg: &Arc<StoredMessage>) -> bool {
-            if self.sent.len() >= self.capacity {
+            if self.sent.len() >= self.capacity || self.full.contains(&to.session) {
                 return false;
             }
             self.sent
@@ -1248,7 +1360,9 @@ mod tests {
             self.gaps.push(gap);
             true
         }
-        fn read(&mut self, _: RoomId, _: u64) {}
+        fn read(&mut self, _: RoomId, from: u64) {
+            self.reads.push(from);
+        }
         fn in_room(&self, _: Uuid, _: &str) -> bool {
             false
         }
@@ -1604,5 +1718,269 @@ mod tests {
         assert_eq!(out.gaps.len(), 1);
         assert_eq!(out.seqs(), vec![8, 9, 10]);
         assert_eq!(room.members[&key].gap, None);
+    }
+
+    /// A message with an expiry and a deliver-at time (0: none).
+    fn timed(seq: u64, expires_at_ms: u64, deliver_at_ms: u64) -> Arc<StoredMessage> {
+        let m = roomq_wire::pb::Message {
+            expires_at_ms,
+            deliver_at_ms,
+            ..Default::default()
+        };
+        Arc::new(StoredMessage::new(seq, Bytes::from(m.encode_to_vec())))
+    }
+
+    /// A room holding `msgs` (committed and cached) and a durable member
+    /// restored from `rec` with one consumer.
+    fn restored(
+        msgs: &[Arc<StoredMessage>],
+        rec: CursorRecord,
+        mif: u32,
+    ) -> (Room, MemberKey, Uuid) {
+        let mut room = Room::new(1, "/".into(), "r".into(), 0);
+        room.committed(msgs, 100_000, usize::MAX);
+        room.last_seq = room.committed_seq;
+        let key = MemberKey::Durable("m".into());
+        let mut m = Member::from_record(&rec, 0);
+        let c = consumer(mif);
+        let s = c.session;
+        m.attach(c);
+        room.members.insert(key.clone(), m);
+        (room, key, s)
+    }
+
+    fn record(next_seq: u64, unacked: Vec<(u64, u32)>) -> CursorRecord {
+        CursorRecord {
+            next_seq,
+            unacked,
+            owner: None,
+            gap: None,
+        }
+    }
+
+    /// Two ordering keys of `msgs`' kind that rendezvous hashing gives to
+    /// `a` and to `b`.
+    fn keys_for(a: Uuid, b: Uuid) -> (String, String) {
+        let owner = |k: &str| {
+            let h = keyed(1, k).info.key_hash;
+            if rendezvous(a, h) > rendezvous(b, h) {
+                a
+            } else {
+                b
+            }
+        };
+        let names: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        let ka = names.iter().find(|k| owner(k) == a).unwrap().clone();
+        let kb = names.iter().find(|k| owner(k) == b).unwrap().clone();
+        (ka, kb)
+    }
+
+    #[test]
+    fn due_redeliveries_go_first_lowest_seq_first_then_new_ones_within_the_window() {
+        let (mut room, key, s) = room_with(6, 4);
+        let mut out = out();
+        room.pump(&key, now(), &mut out);
+        assert_eq!(out.seqs(), vec![1, 2, 3, 4]);
+        let m = room.members.get_mut(&key).unwrap();
+        m.ack(s, &[2], 0).unwrap();
+        m.make_due(3, None);
+        m.make_due(1, None);
+        out.sent.clear();
+        let p = room.pump(&key, now(), &mut out);
+        assert_eq!(
+            out.sent,
+            vec![(s, 1, 2, true), (s, 3, 2, true), (s, 5, 1, false)],
+            "1 and 3 again, then one new message fills the window of 4"
+        );
+        assert!(p.changed);
+        let m = &room.members[&key];
+        assert_eq!(m.next_seq, 6);
+        assert_eq!(m.in_flight(), 4);
+        assert!(m.due.is_empty());
+    }
+
+    #[test]
+    fn a_busy_group_consumer_takes_its_message_into_due_while_the_others_go_on() {
+        let mut room = Room::new(1, "/".into(), "r".into(), 0);
+        let key = MemberKey::Group("g".into());
+        let mut m = Member::new(true, 1, 0);
+        m.group = Some(GroupMode::KeyOrdered);
+        let (a, b) = (consumer(1), consumer(3));
+        let (sa, sb) = (a.session, b.session);
+        m.attach(a);
+        m.attach(b);
+        room.members.insert(key.clone(), m);
+        let (ka, kb) = keys_for(sa, sb);
+        let msgs = vec![
+            keyed(1, &ka),
+            keyed(2, &ka),
+            keyed(3, &kb),
+            keyed(4, &ka),
+            keyed(5, &kb),
+        ];
+        room.committed(&msgs, 100, usize::MAX);
+        room.last_seq = 5;
+        let mut out = out();
+        let p = room.pump(&key, now(), &mut out);
+        assert_eq!(out.sent, vec![(sa, 1, 1, false), (sb, 3, 1, false)]);
+        assert!(p.changed);
+        let m = &room.members[&key];
+        assert_eq!(m.due.iter().copied().collect::<Vec<_>>(), vec![2, 4]);
+        assert_eq!(m.next_seq, 5, "window of 4 full: 2 in flight, 2 due");
+        assert_eq!(m.unacked[&2].attempts, 0);
+
+        ack_all(&mut room, &key, sa);
+        out.sent.clear();
+        room.pump(&key, now(), &mut out);
+        // 2 goes to `a` (a first delivery), 4 stays due behind it, and `b`
+        // takes the next new message.
+        assert_eq!(out.sent, vec![(sa, 2, 1, false), (sb, 5, 1, false)]);
+        let m = &room.members[&key];
+        assert_eq!(m.due.iter().copied().collect::<Vec<_>>(), vec![4]);
+        assert_eq!(m.next_seq, 6);
+    }
+
+    #[test]
+    fn a_group_consumer_with_a_full_queue_gets_its_messages_later_the_others_go_on() {
+        let msgs: Vec<Arc<StoredMessage>> = Vec::new();
+        let (mut room, key) = group_room(&msgs, 2, 10);
+        let sessions: Vec<Uuid> = room.members[&key]
+            .consumers
+            .iter()
+            .map(|c| c.session)
+            .collect();
+        let (sa, sb) = (sessions[0], sessions[1]);
+        let (ka, kb) = keys_for(sa, sb);
+        let msgs = vec![keyed(1, &ka), keyed(2, &kb), keyed(3, &ka), keyed(4, &kb)];
+        room.committed(&msgs, 100, usize::MAX);
+        room.last_seq = 4;
+        let mut out = out();
+        out.full.push(sa);
+        let p = room.pump(&key, now(), &mut out);
+        assert_eq!(out.sent, vec![(sb, 2, 1, false), (sb, 4, 1, false)]);
+        assert!(p.changed);
+        let m = &room.members[&key];
+        assert_eq!(m.due.iter().copied().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(m.next_seq, 5);
+
+        out.full.clear();
+        out.sent.clear();
+        room.pump(&key, now(), &mut out);
+        assert_eq!(out.sent, vec![(sa, 1, 1, false), (sa, 3, 1, false)]);
+    }
+
+    #[test]
+    fn a_member_whose_redelivery_is_refused_takes_nothing_new() {
+        let (mut room, key, s) = room_with(5, 10);
+        let mut out = Recorder {
+            capacity: 3,
+            ..Default::default()
+        };
+        room.pump(&key, now(), &mut out);
+        assert_eq!(room.members[&key].next_seq, 4);
+        room.members.get_mut(&key).unwrap().make_due(1, None);
+        let p = room.pump(&key, now(), &mut out);
+        assert!(!p.changed, "nothing taken, nothing delivered");
+        let m = &room.members[&key];
+        assert_eq!(m.next_seq, 4, "the cursor stays at the first new one");
+        assert_eq!(m.due.iter().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(m.unacked.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+
+        out.capacity = 100;
+        out.sent.clear();
+        room.pump(&key, now(), &mut out);
+        assert_eq!(
+            out.sent,
+            vec![(s, 1, 2, true), (s, 4, 1, false), (s, 5, 1, false)]
+        );
+    }
+
+    #[test]
+    fn waiting_messages_are_bounded() {
+        let t = now();
+        let later = t.wall_ms + 5_000;
+        let n = MAX_WAITING as u64;
+        let mut msgs: Vec<_> = (1..=n).map(|s| timed(s, 0, later)).collect();
+        msgs.push(msg(n + 1, None));
+        msgs.push(timed(n + 2, 0, later));
+        msgs.push(msg(n + 3, None));
+        let (mut room, key, s) = restored(&msgs, record(1, Vec::new()), 1000);
+        let mut out = out();
+        let p = room.pump(&key, t, &mut out);
+        // The bound is looked at before each read of the log and before a
+        // scheduled message is taken: a plain message read with the last
+        // scheduled ones that fit still goes out; the next scheduled one
+        // stops the member.
+        assert_eq!(out.sent, vec![(s, n + 1, 1, false)]);
+        assert!(p.changed);
+        let m = &room.members[&key];
+        assert_eq!(m.waiting, MAX_WAITING);
+        assert_eq!(m.next_seq, n + 2);
+        assert_eq!(
+            out.gen, 2,
+            "one timer for the waiting, one for the delivery"
+        );
+
+        let p = room.pump(&key, t, &mut out);
+        assert_eq!(out.sent.len(), 1);
+        assert!(!p.changed);
+        assert_eq!(room.members[&key].next_seq, n + 2);
+    }
+
+    #[test]
+    fn a_due_message_not_yet_deliverable_waits_without_changing_the_cursor() {
+        let t = now();
+        let msgs = vec![timed(1, 0, t.wall_ms + 5_000)];
+        let (mut room, key, _) = restored(&msgs, record(2, vec![(1, 1)]), 10);
+        let mut out = out();
+        let p = room.pump(&key, t, &mut out);
+        assert!(out.sent.is_empty());
+        assert!(!p.changed, "waiting is not stored");
+        let m = &room.members[&key];
+        assert_eq!(m.waiting, 1);
+        assert!(m.due.is_empty());
+        assert_eq!(m.armed, Some(t.instant + Duration::from_secs(5)));
+        assert_eq!(out.gen, 1);
+    }
+
+    #[test]
+    fn expired_messages_are_dropped_and_counted_whether_due_or_new() {
+        let t = now();
+        let gone = t.wall_ms - 1;
+        let msgs = vec![
+            timed(1, gone, 0),
+            msg(2, None),
+            timed(3, gone, 0),
+            msg(4, None),
+        ];
+        let (mut room, key, s) = restored(&msgs, record(3, vec![(1, 1)]), 10);
+        let mut out = out();
+        let p = room.pump(&key, t, &mut out);
+        assert_eq!(p.expired, 2);
+        assert!(p.changed);
+        assert_eq!(out.sent, vec![(s, 4, 1, false)]);
+        let m = &room.members[&key];
+        assert_eq!(m.unacked.keys().copied().collect::<Vec<_>>(), vec![4]);
+        assert_eq!(m.next_seq, 5);
+    }
+
+    #[test]
+    fn a_due_message_not_at_hand_is_read_and_the_member_waits_for_it() {
+        let msgs = vec![msg(5, None), msg(6, None)];
+        let (mut room, key, s) = restored(&msgs, record(5, vec![(2, 1)]), 10);
+        let mut out = out();
+        let p = room.pump(&key, now(), &mut out);
+        assert_eq!(out.reads, vec![2]);
+        assert!(out.sent.is_empty(), "new messages wait behind it");
+        assert!(!p.changed);
+
+        room.lend(2, vec![msg(2, None)]);
+        room.pump(&key, now(), &mut out);
+        room.release();
+        assert_eq!(
+            out.sent,
+            vec![(s, 2, 2, true), (s, 5, 1, false), (s, 6, 1, false)]
+        );
+        assert_eq!(out.reads, vec![2]);
     }
 }
