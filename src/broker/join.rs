@@ -12,8 +12,10 @@ use uuid::Uuid;
 use super::core::Broker;
 use super::dead_letter;
 use super::error::BrokerError;
+use super::outlet::SessionEntry;
+use super::pipeline::WritePipeline;
 use super::reply::{Deferred, Reply, Resume};
-use super::room::{Consumer, GroupMode, Member, MemberKey};
+use super::room::{Consumer, GroupMode, Member, MemberKey, Room};
 use crate::config::Limits;
 use crate::metrics::Quota;
 use crate::storage::{RoomId, Store};
@@ -141,6 +143,12 @@ pub fn check(j: pb::Join, limits: &Limits) -> Result<JoinReq, BrokerError> {
 }
 
 impl Broker {
+    /// Makes `session` a member of a room as `req` asks. The steps run in
+    /// this order and the first refusal wins: the start by time is found,
+    /// the session is admitted, the member is named, the room is checked
+    /// (and created), the member is taken over from another session, the
+    /// consumer is attached and its position filed for disk; then the
+    /// membership is recorded, logged and announced, and the reply goes.
     pub(super) fn join(&mut self, session: Uuid, mut req: JoinReq) -> Result<Reply, BrokerError> {
         let Some(entry) = self.outlet.sessions.get(&session) else {
             return Ok(Reply::Gone);
@@ -164,108 +172,123 @@ impl Broker {
         let Some(entry) = self.outlet.sessions.get(&session) else {
             return Ok(Reply::Gone);
         };
+        admit(entry, &req, &self.config.limits)?;
         let info = entry.info.clone();
-        if entry
-            .memberships
-            .contains_key(&(Arc::from(req.room.as_str()), req.label.clone()))
-        {
-            return Err(BrokerError::AlreadyJoined {
-                room: req.room,
-                subscription: req.label,
-            });
-        }
-        if entry.memberships.len() >= self.config.limits.max_memberships_per_session as usize {
-            let detail = format!(
-                "a session may hold {} memberships",
-                self.config.limits.max_memberships_per_session
-            );
-            entry.info.tenant.metrics.quota_refused(Quota::Memberships);
-            return Err(BrokerError::QuotaExceeded {
-                quota: Quota::Memberships,
-                detail,
-            });
-        }
-        let name: Option<Arc<str>> = if req.label.is_empty() {
-            info.client_id.clone()
-        } else {
-            Some(req.label.clone())
-        };
-        let durable_name = match (req.mode, name) {
-            (pb::MemberMode::Ephemeral, _) => None,
-            (pb::MemberMode::Auto, name) => name,
-            (pb::MemberMode::Durable, Some(name)) => Some(name),
-            (pb::MemberMode::Durable, None) if req.group.is_some() => None,
-            (pb::MemberMode::Durable, None) => return Err(BrokerError::NoDurableName),
-        };
+        let group_name = req.group.as_ref().map(|(name, _)| name);
+        let (key, durable_name) = member_key(
+            req.mode,
+            &req.label,
+            info.client_id.as_ref(),
+            group_name,
+            session,
+        )?;
         self.rooms.check(&info.tenant, [req.room.as_str()])?;
         let room_id = self
             .rooms
             .create(&info.namespace, &req.room, self.pipeline.batch());
-        let key = match (&req.group, &durable_name) {
-            (Some((g, _)), _) => MemberKey::Group(g.clone()),
-            (None, Some(n)) => MemberKey::Durable(n.clone()),
-            (None, None) => MemberKey::Ephemeral(session, req.label.clone()),
-        };
-        let group = req.group.as_ref().map(|(_, mode)| *mode);
-
-        // A durable member held by another session moves to this one (a
-        // group takes any number of sessions).
-        let previous = match group {
-            Some(_) => None,
-            None => self
-                .rooms
-                .get(&room_id)
-                .and_then(|r| r.members.get(&key))
-                .and_then(|m| m.consumers.first())
-                .map(|c| (c.session, c.label.clone())),
-        };
-        let holds_already = self
-            .rooms
-            .get(&room_id)
-            .and_then(|r| r.members.get(&key))
-            .is_some_and(|m| m.consumer(session).is_some());
-        if holds_already {
-            return Err(BrokerError::AlreadyHeld {
-                member: key_name(&key).to_string(),
-                room: req.room,
-            });
-        }
-        if let Some((prev, prev_label)) = previous {
-            let room_name: Arc<str> = Arc::from(req.room.as_str());
-            let taken = BrokerError::MembershipTakenOver {
-                room: req.room.clone(),
-                subscription: prev_label.clone(),
-                member: key_name(&key).to_string(),
-            };
-            if let Some(other) = self.outlet.sessions.get_mut(&prev) {
-                other.memberships.remove(&(room_name, prev_label));
-            }
-            if let Some(m) = self
-                .rooms
-                .get_mut(&room_id)
-                .and_then(|r| r.members.get_mut(&key))
-            {
-                m.detach(prev);
-            }
-            self.presence_event(room_id, &key, prev, pb::presence_event::Kind::Left);
-            self.push_error(prev, taken);
-        }
-
-        let Some(room) = self.rooms.get_mut(&room_id) else {
+        self.take_over(room_id, &key, session, &req.room)?;
+        let durable = durable_name.is_some() || req.group.is_some();
+        let Some(joined) = self.attach(room_id, &key, durable, session, &req, &info.client_id)
+        else {
             return Ok(Reply::Gone);
         };
-        // (After a purge the log may start past what is committed yet.)
-        let end = (room.committed_seq + 1).max(room.first_seq);
-        let position = match req.start {
-            Start::Resume | Start::New => end,
-            Start::Earliest => room.first_seq,
-            Start::Seq(s) => s.clamp(room.first_seq, end),
-            Start::Found(s) => s.clamp(room.first_seq, end),
-            // The room is new: nothing was stored at any time.
-            Start::Time(_) => end,
+        if let Some(entry) = self.outlet.sessions.get_mut(&session) {
+            entry.memberships.insert(
+                (joined.room_name.clone(), req.label.clone()),
+                (room_id, key.clone()),
+            );
+        }
+        info!(
+            namespace = %info.namespace,
+            session = %session,
+            room = %req.room,
+            member = key_name(&key),
+            group = req.group.is_some(),
+            durable = joined.durable,
+            next_seq = joined.next_seq,
+            "joined"
+        );
+        self.presence_event(room_id, &key, session, pb::presence_event::Kind::Joined);
+        Ok(reply(&req, key, room_id, &joined))
+    }
+
+    /// Moves member `key` of `room_id` to `session` from the session that
+    /// holds it, if another one does. A session cannot hold a member twice
+    /// (under another label): that is refused with `AlreadyHeld`. A group
+    /// takes any number of sessions, so nothing moves; a durable member has
+    /// one, so the one it had loses it. That session forgets the
+    /// membership, its consumer is detached (what it had in flight becomes
+    /// due), the room's listeners hear it left, and it is told
+    /// (`MembershipTakenOver`), in that order.
+    fn take_over(
+        &mut self,
+        room_id: RoomId,
+        key: &MemberKey,
+        session: Uuid,
+        room: &str,
+    ) -> Result<(), BrokerError> {
+        let member = self.rooms.get(&room_id).and_then(|r| r.members.get(key));
+        if member.is_some_and(|m| m.consumer(session).is_some()) {
+            return Err(BrokerError::AlreadyHeld {
+                member: key_name(key).to_string(),
+                room: room.to_string(),
+            });
+        }
+        // The key is a group's exactly when the join names a group.
+        if matches!(key, MemberKey::Group(_)) {
+            return Ok(());
+        }
+        let Some((prev, prev_label)) = member
+            .and_then(|m| m.consumers.first())
+            .map(|c| (c.session, c.label.clone()))
+        else {
+            return Ok(());
         };
-        let is_new = !room.members.contains_key(&key);
-        let durable = durable_name.is_some() || group.is_some();
+        let taken = BrokerError::MembershipTakenOver {
+            room: room.to_string(),
+            subscription: prev_label.clone(),
+            member: key_name(key).to_string(),
+        };
+        if let Some(other) = self.outlet.sessions.get_mut(&prev) {
+            other.memberships.remove(&(Arc::from(room), prev_label));
+        }
+        if let Some(m) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.members.get_mut(key))
+        {
+            m.detach(prev);
+        }
+        self.presence_event(room_id, key, prev, pb::presence_event::Kind::Left);
+        self.push_error(prev, taken);
+        Ok(())
+    }
+
+    /// Attaches `session` as a consumer of member `key` of `room_id` with
+    /// the settings `req` asks for, creating the member (at its start
+    /// position) or moving it there, and files its position for disk.
+    /// Returns what the reply needs, or `None` if the room is gone.
+    ///
+    /// A new member starts at the start position. An existing one moves
+    /// there unless the start is `Resume`, or it is a group: a group's
+    /// cursor is shared, so only its first join places it. A durable member
+    /// that was created or moved must be stored before the reply (see
+    /// [`file_position`]). The member takes the join's group mode,
+    /// delivery limit and event patterns; a durable member that is not a
+    /// group is owned by the joining session's client id.
+    fn attach(
+        &mut self,
+        room_id: RoomId,
+        key: &MemberKey,
+        durable: bool,
+        session: Uuid,
+        req: &JoinReq,
+        owner: &Option<Arc<str>>,
+    ) -> Option<Joined> {
+        let room = self.rooms.get_mut(&room_id)?;
+        let position = start_position(room, req.start);
+        let group = req.group.as_ref().map(|(_, mode)| *mode);
+        let is_new = !room.members.contains_key(key);
         let member = room
             .members
             .entry(key.clone())
@@ -284,7 +307,7 @@ impl Broker {
         member.max_deliveries = req.max_deliveries;
         member.events = req.events.clone();
         if member.durable && group.is_none() {
-            member.owner = info.client_id.clone();
+            member.owner = owner.clone();
         }
         let mut consumer = Consumer::new(
             session,
@@ -295,55 +318,15 @@ impl Broker {
         consumer.backoff = req.backoff.clone();
         consumer.presence = req.presence;
         member.attach(consumer);
-        let reply = pb::JoinOk {
-            room: req.room.clone(),
-            subscription: match &key {
-                MemberKey::Durable(n) | MemberKey::Group(n) => n.to_string(),
-                MemberKey::Ephemeral(..) => String::new(),
-            },
+        let joined = Joined {
             durable: member.durable,
             next_seq: member.ack_floor(),
             last_seq: room.committed_seq,
-            max_in_flight: req.max_in_flight,
-            ack_timeout_ms: u64::try_from(req.ack_timeout.as_millis()).unwrap_or(u64::MAX),
+            room_name: room.name.clone(),
+            must_persist,
         };
-        let room_name = room.name.clone();
-        if must_persist {
-            member.joining = true;
-            if let Some(name) = key.stored_name() {
-                self.pipeline
-                    .batch()
-                    .cursors
-                    .push((room_id, name, Some(member.record())));
-            }
-        } else if member.durable {
-            self.pipeline.mark_dirty(room_id, key.clone());
-        }
-        if let Some(entry) = self.outlet.sessions.get_mut(&session) {
-            entry
-                .memberships
-                .insert((room_name, req.label.clone()), (room_id, key.clone()));
-        }
-        info!(
-            namespace = %info.namespace,
-            session = %session,
-            room = %req.room,
-            member = key_name(&key),
-            group = group.is_some(),
-            durable = reply.durable,
-            next_seq = reply.next_seq,
-            "joined"
-        );
-        self.presence_event(room_id, &key, session, pb::presence_event::Kind::Joined);
-        let body = pb::server_frame::Body::JoinOk(reply);
-        if must_persist {
-            Ok(Reply::AfterSync(Deferred::Frame {
-                body,
-                then_pump: Some((room_id, key)),
-            }))
-        } else {
-            Ok(Reply::NowThenPump(body, room_id, key))
-        }
+        file_position(&mut self.pipeline, room_id, key, member, must_persist);
+        Some(joined)
     }
 
     /// Where a start at wall time `ms` in `room_id` is, if the room's
@@ -368,6 +351,157 @@ impl Broker {
         } else {
             TimeSearch::Store { lo, hi }
         }
+    }
+}
+
+/// Whether the session may take one more membership: not if it is in the
+/// room under this label already (`AlreadyJoined`), nor if it holds as
+/// many memberships as a session may (`QuotaExceeded`, counted in the
+/// namespace's metrics), checked in that order.
+fn admit(entry: &SessionEntry, req: &JoinReq, limits: &Limits) -> Result<(), BrokerError> {
+    if entry
+        .memberships
+        .contains_key(&(Arc::from(req.room.as_str()), req.label.clone()))
+    {
+        return Err(BrokerError::AlreadyJoined {
+            room: req.room.clone(),
+            subscription: req.label.clone(),
+        });
+    }
+    if entry.memberships.len() >= limits.max_memberships_per_session as usize {
+        let detail = format!(
+            "a session may hold {} memberships",
+            limits.max_memberships_per_session
+        );
+        entry.info.tenant.metrics.quota_refused(Quota::Memberships);
+        return Err(BrokerError::QuotaExceeded {
+            quota: Quota::Memberships,
+            detail,
+        });
+    }
+    Ok(())
+}
+
+/// Which member a join in `mode` with `label` names, and its durable name
+/// if it has one. The name is the label, or the session's client id when
+/// the label is empty. An ephemeral join has no durable name; an auto join
+/// is durable when it has a name; a durable join must have one unless it
+/// joins a group (`NoDurableName`). The member is the group if there is
+/// one, else the durable member of that name, else an ephemeral member of
+/// this session and label.
+fn member_key(
+    mode: pb::MemberMode,
+    label: &Arc<str>,
+    client_id: Option<&Arc<str>>,
+    group: Option<&Arc<str>>,
+    session: Uuid,
+) -> Result<(MemberKey, Option<Arc<str>>), BrokerError> {
+    let name: Option<Arc<str>> = if label.is_empty() {
+        client_id.cloned()
+    } else {
+        Some(label.clone())
+    };
+    let durable_name = match (mode, name) {
+        (pb::MemberMode::Ephemeral, _) => None,
+        (pb::MemberMode::Auto, name) => name,
+        (pb::MemberMode::Durable, Some(name)) => Some(name),
+        (pb::MemberMode::Durable, None) if group.is_some() => None,
+        (pb::MemberMode::Durable, None) => return Err(BrokerError::NoDurableName),
+    };
+    let key = match (group, &durable_name) {
+        (Some(g), _) => MemberKey::Group(g.clone()),
+        (None, Some(n)) => MemberKey::Durable(n.clone()),
+        (None, None) => MemberKey::Ephemeral(session, label.clone()),
+    };
+    Ok((key, durable_name))
+}
+
+/// The seq a member joining `room` at `start` is placed at: the end of the
+/// log (after the last committed message) for `Resume` and `New`, its first
+/// stored message for `Earliest`, and a requested or found seq clamped to
+/// the stored log or its end. After a purge the log may start past what is
+/// committed yet; then its first seq is the end.
+fn start_position(room: &Room, start: Start) -> u64 {
+    let end = (room.committed_seq + 1).max(room.first_seq);
+    match start {
+        Start::Resume | Start::New => end,
+        Start::Earliest => room.first_seq,
+        Start::Seq(s) => s.clamp(room.first_seq, end),
+        Start::Found(s) => s.clamp(room.first_seq, end),
+        // The room is new: nothing was stored at any time.
+        Start::Time(_) => end,
+    }
+}
+
+/// Files member `key`'s position for disk. A durable member that was
+/// created or moved (`must_persist`) goes into the open batch and takes
+/// nothing (`joining`) until that batch is synced, when its join is
+/// answered. A durable member that stayed where it was is written with a
+/// coming batch. An ephemeral member has nothing stored.
+fn file_position(
+    pipeline: &mut WritePipeline,
+    room_id: RoomId,
+    key: &MemberKey,
+    member: &mut Member,
+    must_persist: bool,
+) {
+    if must_persist {
+        member.joining = true;
+        if let Some(name) = key.stored_name() {
+            pipeline
+                .batch()
+                .cursors
+                .push((room_id, name, Some(member.record())));
+        }
+    } else if member.durable {
+        pipeline.mark_dirty(room_id, key.clone());
+    }
+}
+
+/// What the answer to a join needs from the member it attached to.
+#[derive(Debug)]
+struct Joined {
+    durable: bool,
+    /// The member's first seq not acknowledged.
+    next_seq: u64,
+    /// The room's last committed seq.
+    last_seq: u64,
+    /// The room's name, shared with the room.
+    room_name: Arc<str>,
+    /// The member's position is in the open batch: answer once it is synced.
+    must_persist: bool,
+}
+
+/// The answer to a join: its `JoinOk`, sent once the member's position is
+/// on disk if it had to be stored, otherwise now; either way the member is
+/// pumped after it.
+fn reply(req: &JoinReq, key: MemberKey, room_id: RoomId, joined: &Joined) -> Reply {
+    let body = pb::server_frame::Body::JoinOk(join_ok(req, &key, joined));
+    if joined.must_persist {
+        Reply::AfterSync(Deferred::Frame {
+            body,
+            then_pump: Some((room_id, key)),
+        })
+    } else {
+        Reply::NowThenPump(body, room_id, key)
+    }
+}
+
+/// The `JoinOk` for member `key`: the name a durable member or group goes
+/// by (none for an ephemeral one), where it reads from, and the limits the
+/// join was granted.
+fn join_ok(req: &JoinReq, key: &MemberKey, joined: &Joined) -> pb::JoinOk {
+    pb::JoinOk {
+        room: req.room.clone(),
+        subscription: match key {
+            MemberKey::Durable(n) | MemberKey::Group(n) => n.to_string(),
+            MemberKey::Ephemeral(..) => String::new(),
+        },
+        durable: joined.durable,
+        next_seq: joined.next_seq,
+        last_seq: joined.last_seq,
+        max_in_flight: req.max_in_flight,
+        ack_timeout_ms: u64::try_from(req.ack_timeout.as_millis()).unwrap_or(u64::MAX),
     }
 }
 
@@ -414,5 +548,123 @@ fn key_name(key: &MemberKey) -> &str {
     match key {
         MemberKey::Durable(n) | MemberKey::Group(n) => n,
         MemberKey::Ephemeral(_, label) => label,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(
+        mode: pb::MemberMode,
+        label: &str,
+        client_id: Option<&str>,
+        group: Option<&str>,
+        session: Uuid,
+    ) -> Result<(MemberKey, Option<Arc<str>>), BrokerError> {
+        let label: Arc<str> = label.into();
+        let client_id: Option<Arc<str>> = client_id.map(Arc::from);
+        let group: Option<Arc<str>> = group.map(Arc::from);
+        member_key(mode, &label, client_id.as_ref(), group.as_ref(), session)
+    }
+
+    fn durable(n: &str) -> MemberKey {
+        MemberKey::Durable(n.into())
+    }
+
+    #[test]
+    fn naming_policy() {
+        use pb::MemberMode::{Auto, Durable, Ephemeral};
+        let s = Uuid::new_v4();
+        let eph = |label: &str| MemberKey::Ephemeral(s, label.into());
+        let group = |g: &str| MemberKey::Group(g.into());
+        let some = |n: &str| Some(Arc::<str>::from(n));
+        // (mode, label, client id, group) -> (key, durable name)
+        let table = [
+            // Ephemeral: never a durable name, even with a label or client id.
+            (Ephemeral, "", None, None, eph(""), None),
+            (Ephemeral, "sub", Some("c"), None, eph("sub"), None),
+            (Ephemeral, "", Some("c"), None, eph(""), None),
+            // Auto: durable when it has a name, the label before the client id.
+            (Auto, "sub", None, None, durable("sub"), some("sub")),
+            (Auto, "sub", Some("c"), None, durable("sub"), some("sub")),
+            (Auto, "", Some("c"), None, durable("c"), some("c")),
+            (Auto, "", None, None, eph(""), None),
+            (Auto, "", None, Some("g"), group("g"), None),
+            (Auto, "sub", Some("c"), Some("g"), group("g"), some("sub")),
+            // Durable: named by the label, else the client id.
+            (Durable, "sub", None, None, durable("sub"), some("sub")),
+            (Durable, "sub", Some("c"), None, durable("sub"), some("sub")),
+            (Durable, "", Some("c"), None, durable("c"), some("c")),
+            // A group names the member; no durable name is needed.
+            (Durable, "", None, Some("g"), group("g"), None),
+            (Durable, "", Some("c"), Some("g"), group("g"), some("c")),
+            // Refused by `check`, but named like this: the group wins.
+            (Ephemeral, "", None, Some("g"), group("g"), None),
+        ];
+        for (mode, label, client, g, key, name) in table {
+            let (k, n) = named(mode, label, client, g, s).unwrap();
+            assert_eq!(
+                (&k, &n),
+                (&key, &name),
+                "{mode:?} label {label:?} client {client:?} group {g:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn durable_without_a_name_or_group_is_refused() {
+        let s = Uuid::new_v4();
+        let r = named(pb::MemberMode::Durable, "", None, None, s);
+        assert!(matches!(r, Err(BrokerError::NoDurableName)), "{r:?}");
+    }
+
+    /// A room whose log holds `first..=committed`.
+    fn room(first: u64, committed: u64) -> Room {
+        let mut room = Room::new(1, "/".into(), "r".into(), committed);
+        room.first_seq = first;
+        room
+    }
+
+    #[test]
+    fn start_at_the_end_or_the_beginning() {
+        let r = room(1, 10);
+        assert_eq!(start_position(&r, Start::Resume), 11);
+        assert_eq!(start_position(&r, Start::New), 11);
+        assert_eq!(start_position(&r, Start::Earliest), 1);
+        // A time start in a room that did not exist: the end.
+        assert_eq!(start_position(&r, Start::Time(5)), 11);
+        let empty = room(1, 0);
+        assert_eq!(start_position(&empty, Start::New), 1);
+        assert_eq!(start_position(&empty, Start::Earliest), 1);
+    }
+
+    #[test]
+    fn start_seq_is_clamped_to_the_log() {
+        let r = room(4, 10);
+        for start in [Start::Seq as fn(u64) -> Start, Start::Found] {
+            assert_eq!(start_position(&r, start(0)), 4);
+            assert_eq!(start_position(&r, start(2)), 4);
+            assert_eq!(start_position(&r, start(4)), 4);
+            assert_eq!(start_position(&r, start(7)), 7);
+            assert_eq!(start_position(&r, start(11)), 11);
+            assert_eq!(start_position(&r, start(12)), 11);
+            assert_eq!(start_position(&r, start(u64::MAX)), 11);
+        }
+        assert_eq!(start_position(&r, Start::Earliest), 4);
+    }
+
+    #[test]
+    fn after_a_purge_the_log_starts_past_what_is_committed() {
+        // Purged through 20 while only 10 is committed.
+        let r = room(21, 10);
+        assert_eq!(start_position(&r, Start::Resume), 21);
+        assert_eq!(start_position(&r, Start::New), 21);
+        assert_eq!(start_position(&r, Start::Earliest), 21);
+        assert_eq!(start_position(&r, Start::Seq(5)), 21);
+        assert_eq!(start_position(&r, Start::Seq(30)), 21);
+        assert_eq!(start_position(&r, Start::Found(11)), 21);
+        assert_eq!(start_position(&r, Start::Found(30)), 21);
+        assert_eq!(start_position(&r, Start::Time(0)), 21);
     }
 }
