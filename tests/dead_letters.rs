@@ -407,6 +407,76 @@ async fn redrive_moves_dead_letters_back_to_their_room_without_the_dead_headers(
     broker.stop().await;
 }
 
+/// Two redrives of one dead-letter room at once: each reads the room's
+/// oldest messages beside the broker, and both reads may start before
+/// either moves anything. Whatever the interleaving, each dead letter goes
+/// back exactly once and the bytes are counted once.
+#[tokio::test]
+async fn concurrent_redrives_move_each_dead_letter_once() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let (config, admin_token) = admin_config(&dir);
+    let broker = TestBroker::start_with(config, dir).await;
+    let admin = broker.admin(&admin_token).await;
+    let (w, mut wd) = broker.connect("worker").await;
+    w.join_with(pb::Join {
+        max_in_flight: 20,
+        ..worker_join("jobs", Some(1), HOUR_MS)
+    })
+    .await
+    .unwrap();
+    let (p, _pd) = broker.connect("").await;
+    for i in 1..=10 {
+        p.publish_with(publish_to("jobs", &format!("job{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    for i in 1..=10 {
+        assert_eq!(seq(&next(&mut wd).await), i);
+        nack_why(&w, "jobs", i, "later").await;
+    }
+    assert_quiet(&mut wd, Duration::from_millis(200)).await;
+    assert_eq!(read_all(&broker, "jobs.dlq").await.len(), 10);
+
+    let redrive = || {
+        admin.admin(admin::Op::Redrive(pb::AdminRedrive {
+            namespace: "/".into(),
+            room: "jobs.dlq".into(),
+            max: 0,
+        }))
+    };
+    // Sent back to back on one connection, before either is answered.
+    let (a, b) = tokio::join!(redrive(), redrive());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.count + b.count, 10, "{a:?} {b:?}");
+
+    // Each job is back once, as seqs 11..=20, in dead-letter order.
+    for i in 1..=10u64 {
+        let d = next(&mut wd).await;
+        let m = message(&d);
+        assert_eq!((m.seq, m.event.as_str()), (10 + i, format!("job{i}").as_str()));
+        w.ack("jobs", "", &[m.seq]).await.unwrap();
+    }
+    assert_quiet(&mut wd, Duration::from_millis(300)).await;
+    let jobs = admin::room(&admin, "/", "jobs").await.unwrap();
+    assert_eq!(jobs.last_seq, 20, "{jobs:?}");
+    let dlq = admin::room(&admin, "/", "jobs.dlq").await.unwrap();
+    assert_eq!(
+        (dlq.first_seq, dlq.last_seq, dlq.stored_bytes),
+        (11, 10, 0),
+        "{dlq:?}"
+    );
+    // The namespace's stored bytes are its rooms' (a dead letter moved
+    // twice would be taken off twice).
+    let rooms: u64 = admin::rooms(&admin, "/")
+        .await
+        .iter()
+        .map(|r| r.stored_bytes)
+        .sum();
+    let ns = admin::namespace(&admin, "/").await.unwrap();
+    assert_eq!(ns.stored_bytes, rooms, "{ns:?}");
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn the_default_max_deliveries_comes_from_the_config_and_a_join_overrides_it() {
     let dir = Arc::new(tempfile::tempdir().unwrap());

@@ -340,8 +340,10 @@ impl Broker {
                 }
             }
             // Under a steady stream of commands the select above may
-            // never pick the timer branch: run what is due here too.
+            // never pick the timer branch: run what is due here too,
+            // the commit watchdog included.
             if self.next_wake().is_some_and(|w| w <= Instant::now()) {
+                self.pipeline.check_stall()?;
                 self.on_timers();
                 self.maybe_trim();
             }
