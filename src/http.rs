@@ -37,7 +37,7 @@ use tower_http::services::ServeDir;
 use tracing::{debug, info, warn};
 
 use crate::broker::BrokerHandle;
-use crate::config::{Config, HttpConfig};
+use crate::config::{Config, HttpConfig, MetricsConfig};
 use crate::server::Readiness;
 use crate::tenancy::Tenants;
 use crate::ws::{WsSource, SUBPROTOCOL};
@@ -405,23 +405,27 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
         .is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
 }
 
-/// `/metrics`: the Prometheus text exposition. With `metrics.token` set, a
-/// request must carry it as a bearer token; without one, only loopback
-/// peers are answered. The broker actor takes a snapshot for the gauges
-/// of its tables; counters and histograms are read from the registry.
-async fn metrics(headers: &HeaderMap, conn: &Conn) -> Response<Body> {
-    let shared = &conn.shared;
-    let settings = &shared.config.metrics;
+/// Why `/metrics` is refused to `peer` with `headers`, if it is: off
+/// (404); no token set and the peer is not loopback (403; an IPv4 peer
+/// seen on a dual-stack listener as `::ffff:127.0.0.1` is loopback); a
+/// token set and not given (401).
+fn metrics_refusal(
+    settings: &MetricsConfig,
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+) -> Option<Response<Body>> {
     if !settings.enabled {
-        return text(StatusCode::NOT_FOUND, "metrics are off (metrics.enabled)\n");
+        return Some(text(
+            StatusCode::NOT_FOUND,
+            "metrics are off (metrics.enabled)\n",
+        ));
     }
     if settings.token.is_empty() {
-        if !conn.peer.ip().is_loopback() {
-            info!(peer = %conn.peer, "/metrics refused: no metrics.token set, and the peer is not loopback");
-            return text(
+        if !peer.to_canonical().is_loopback() {
+            return Some(text(
                 StatusCode::FORBIDDEN,
                 "set metrics.token to scrape from another host\n",
-            );
+            ));
         }
     } else if !bearer_matches(headers, &settings.token) {
         let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
@@ -429,7 +433,22 @@ async fn metrics(headers: &HeaderMap, conn: &Conn) -> Response<Body> {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"roomq metrics\""),
         );
-        return r;
+        return Some(r);
+    }
+    None
+}
+
+/// `/metrics`: the Prometheus text exposition. With `metrics.token` set, a
+/// request must carry it as a bearer token; without one, only loopback
+/// peers are answered. The broker actor takes a snapshot for the gauges
+/// of its tables; counters and histograms are read from the registry.
+async fn metrics(headers: &HeaderMap, conn: &Conn) -> Response<Body> {
+    let shared = &conn.shared;
+    if let Some(refusal) = metrics_refusal(&shared.config.metrics, conn.peer.ip(), headers) {
+        if refusal.status() == StatusCode::FORBIDDEN {
+            info!(peer = %conn.peer, "/metrics refused: no metrics.token set, and the peer is not loopback");
+        }
+        return refusal;
     }
     let registry = &shared.tenants.metrics;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -729,6 +748,62 @@ pub fn validate(config: &HttpConfig) -> Result<Origins, OriginError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_without_a_token_answer_loopback_peers_only() {
+        let settings = MetricsConfig {
+            enabled: true,
+            token: String::new(),
+            ..MetricsConfig::default()
+        };
+        let none = HeaderMap::new();
+        let status = |ip: &str| {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            metrics_refusal(&settings, ip, &none).map(|r| r.status())
+        };
+        assert_eq!(status("127.0.0.1"), None);
+        assert_eq!(status("127.8.9.10"), None);
+        assert_eq!(status("::1"), None);
+        assert_eq!(status("::ffff:127.0.0.1"), None);
+        assert_eq!(status("10.0.0.7"), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status("192.168.1.2"), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status("::ffff:10.0.0.7"), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status("2001:db8::1"), Some(StatusCode::FORBIDDEN));
+    }
+
+    #[test]
+    fn metrics_with_a_token_need_it_from_every_peer_and_off_is_404() {
+        let settings = MetricsConfig {
+            enabled: true,
+            token: "s3cret".into(),
+            ..MetricsConfig::default()
+        };
+        let mut good = HeaderMap::new();
+        good.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret"),
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer nope"),
+        );
+        let far: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let near: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(metrics_refusal(&settings, far, &good).is_none());
+        let status = |ip, h| metrics_refusal(&settings, ip, h).map(|r| r.status());
+        assert_eq!(status(far, &bad), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(
+            status(near, &HeaderMap::new()),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        let off = MetricsConfig {
+            enabled: false,
+            ..MetricsConfig::default()
+        };
+        let r = metrics_refusal(&off, near, &good).map(|r| r.status());
+        assert_eq!(r, Some(StatusCode::NOT_FOUND));
+    }
 
     fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -365,3 +365,53 @@ async fn scheduling_further_ahead_than_max_schedule_ms_is_refused() {
     }
     broker.stop().await;
 }
+
+/// Expired messages are counted (`roomq_messages_expired_total`; the admin
+/// `stats` reads the same counter): once per member that passes one over,
+/// whether it expired before its first delivery or while unacked.
+#[tokio::test(start_paused = true)]
+async fn expired_messages_are_counted_per_member_that_skips_them() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let (mut config, token) = admin_config(&dir);
+    config.limits.idle_timeout_ms = NEVER_MS;
+    config.limits.handshake_timeout_ms = NEVER_MS;
+    config.limits.write_timeout_ms = NEVER_MS;
+    let broker = TestBroker::start_with(config, dir).await;
+    let admin = broker.admin(&token).await;
+    let expired = || async {
+        let op = pb::admin::Op::Stats(pb::AdminStats {
+            max_rooms: 0,
+            order: pb::StatsOrder::Backlog as i32,
+        });
+        let stats = admin.admin(op).await.unwrap().stats.unwrap();
+        stats
+            .namespaces
+            .iter()
+            .find(|n| n.name == "/")
+            .map_or(0, |n| n.expired)
+    };
+    assert_eq!(expired().await, 0);
+
+    // A worker holds seq 1 unacked past its TTL: not redelivered, counted.
+    let (w, mut wd) = broker.connect("worker").await;
+    w.join_with(member_join("r", 4_000)).await.unwrap();
+    let (p, _pd) = broker.connect("").await;
+    p.publish_with(with_ttl("r", "short", 6_000)).await.unwrap();
+    assert_eq!(seq(&next_paused(&mut wd).await), 1);
+    assert_eq!(seq(&next_paused(&mut wd).await), 1);
+    assert_quiet(&mut wd, Duration::from_secs(60)).await;
+    assert_eq!(expired().await, 1);
+
+    // A member that joins later passes over it too: counted again.
+    let (late, mut ld) = broker.connect("late").await;
+    late.join_with(member_join("r", HOUR_MS)).await.unwrap();
+    assert_quiet(&mut ld, Duration::from_secs(60)).await;
+    assert_eq!(expired().await, 2);
+    // A message within its TTL is not.
+    p.publish_with(with_ttl("r", "fresh", 60_000))
+        .await
+        .unwrap();
+    assert_eq!(seq(&next_paused(&mut ld).await), 2);
+    assert_eq!(expired().await, 2);
+    broker.stop().await;
+}
