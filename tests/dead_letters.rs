@@ -453,7 +453,10 @@ async fn concurrent_redrives_move_each_dead_letter_once() {
     for i in 1..=10u64 {
         let d = next(&mut wd).await;
         let m = message(&d);
-        assert_eq!((m.seq, m.event.as_str()), (10 + i, format!("job{i}").as_str()));
+        assert_eq!(
+            (m.seq, m.event.as_str()),
+            (10 + i, format!("job{i}").as_str())
+        );
         w.ack("jobs", "", &[m.seq]).await.unwrap();
     }
     assert_quiet(&mut wd, Duration::from_millis(300)).await;
