@@ -156,12 +156,7 @@ impl Broker {
         // room could have written them).
         let origin = dlq.strip_suffix(SUFFIX).unwrap_or_default().to_string();
         let last = room.committed_seq;
-        // Another redrive may have moved some of what was read since the
-        // read began (`from` is the room's first seq now): those stay moved.
-        let msgs: Vec<Arc<StoredMessage>> = msgs
-            .into_iter()
-            .filter(|m| (from..=last).contains(&m.seq))
-            .collect();
+        let msgs: Vec<Arc<StoredMessage>> = msgs.into_iter().filter(|m| m.seq <= last).collect();
         let mut moved = 0u64;
         let mut bytes = 0u64;
         let mut added = 0u64;
