@@ -8,11 +8,11 @@ use roomq_wire::names::check_name;
 use roomq_wire::pb;
 use uuid::Uuid;
 
-use super::core::Broker;
 use super::error::BrokerError;
+use super::outlet::SessionOutlet;
+use super::pipeline::WritePipeline;
+use super::registry::Registry;
 use super::reply::Reply;
-use super::room::MemberKey;
-use crate::storage::RoomId;
 
 /// Most seqs one ack or nack may list.
 pub const MAX_SEQS: usize = 10_000;
@@ -46,46 +46,36 @@ pub fn check(a: pb::Ack) -> Result<AckReq, BrokerError> {
     })
 }
 
-impl Broker {
-    /// The membership (room, label) of `session`.
-    pub(super) fn membership(
-        &self,
-        session: Uuid,
-        room: &Arc<str>,
-        label: &Arc<str>,
-    ) -> Result<(RoomId, MemberKey), BrokerError> {
-        self.outlet
-            .sessions
-            .get(&session)
-            .and_then(|s| s.memberships.get(&(room.clone(), label.clone())))
-            .cloned()
-            .ok_or_else(|| BrokerError::NotJoined {
-                room: room.clone(),
-                subscription: label.clone(),
-            })
+/// Applies an ack of `session` to the member it names (through the
+/// session's memberships in `outlet`) in `rooms`, counts it in the tenant's
+/// metrics, and marks a durable member's cursor dirty in `pipeline`. The
+/// answer carries the member's ack floor; the dispatcher then pumps the
+/// member, since the ack may have freed room for more deliveries.
+pub(super) fn ack(
+    rooms: &mut Registry,
+    outlet: &SessionOutlet,
+    pipeline: &mut WritePipeline,
+    session: Uuid,
+    req: AckReq,
+) -> Result<Reply, BrokerError> {
+    let (room_id, key) = outlet.membership(session, &req.room, &req.label)?;
+    let member = rooms
+        .get_mut(&room_id)
+        .and_then(|r| r.members.get_mut(&key))
+        .ok_or(BrokerError::MembershipGone)?;
+    member
+        .ack(session, &req.seqs, req.up_to)
+        .map_err(|seq| BrokerError::UnknownSeq {
+            seq,
+            why: "has not been delivered to this session",
+        })?;
+    let next_seq = member.ack_floor();
+    if let Some(s) = outlet.sessions.get(&session) {
+        s.info.tenant.metrics.acks.inc();
     }
-
-    pub(super) fn ack(&mut self, session: Uuid, req: AckReq) -> Result<Reply, BrokerError> {
-        let (room_id, key) = self.membership(session, &req.room, &req.label)?;
-        let member = self
-            .rooms
-            .get_mut(&room_id)
-            .and_then(|r| r.members.get_mut(&key))
-            .ok_or(BrokerError::MembershipGone)?;
-        member
-            .ack(session, &req.seqs, req.up_to)
-            .map_err(|seq| BrokerError::UnknownSeq {
-                seq,
-                why: "has not been delivered to this session",
-            })?;
-        let next_seq = member.ack_floor();
-        if let Some(s) = self.outlet.sessions.get(&session) {
-            s.info.tenant.metrics.acks.inc();
-        }
-        if member.durable {
-            self.pipeline.mark_dirty(room_id, key.clone());
-        }
-        let body = pb::server_frame::Body::AckOk(pb::AckOk { next_seq });
-        Ok(Reply::NowThenPump(body, room_id, key))
+    if member.durable {
+        pipeline.mark_dirty(room_id, key.clone());
     }
+    let body = pb::server_frame::Body::AckOk(pb::AckOk { next_seq });
+    Ok(Reply::NowThenPump(body, room_id, key))
 }

@@ -1,8 +1,9 @@
 //! The actor's state: the broker's owned parts, and what the operations
 //! share on top of them (sending a reply, pumping a member, letting a
 //! session go). The dispatcher that drives it is in `mod.rs`; the
-//! operations are in their own files, each an `impl Broker` block that
-//! takes these parts.
+//! operations are in their own files: `join`, `publish` and `admin` as
+//! `impl Broker` blocks, the others as free functions over the parts they
+//! use, which the dispatcher lends them.
 
 use std::sync::Arc;
 
@@ -60,28 +61,17 @@ impl Broker {
         self.outlet.sessions.remove(&session);
     }
 
-    /// Takes `session` off member `key` (dropping an ephemeral member);
-    /// what it had in flight goes to the member's other consumers, if any,
-    /// or waits for the next. Tells the room's presence listeners.
+    /// Takes `session` off member `key` (dropping an ephemeral member) and
+    /// tells the room's presence listeners
+    /// ([`SessionOutlet::release_member`]); what it had in flight goes to
+    /// the member's other consumers, pumped here, if any, or waits for the
+    /// next. For `unregister`; `leave` has the dispatcher pump
+    /// (`Reply::PumpThenNow`).
     pub(super) fn release_member(&mut self, room_id: RoomId, key: &MemberKey, session: Uuid) {
-        let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
-        };
-        let Some(m) = room.members.get_mut(key) else {
-            return;
-        };
-        let label = m.consumer(session).map(|c| c.label.clone());
-        if !m.detach(session) {
-            return;
-        }
-        let others = m.connected();
-        if let MemberKey::Ephemeral(..) = key {
-            room.members.remove(key);
-        }
-        if label.is_some() {
-            self.presence_event(room_id, key, session, pb::presence_event::Kind::Left);
-        }
-        if others {
+        if self
+            .outlet
+            .release_member(&mut self.rooms, room_id, key, session)
+        {
             self.pump(room_id, key);
         }
     }

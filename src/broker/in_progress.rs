@@ -10,8 +10,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::ack::MAX_SEQS;
-use super::core::Broker;
 use super::error::BrokerError;
+use super::outlet::SessionOutlet;
+use super::registry::Registry;
 use super::reply::Reply;
 
 /// A checked in-progress signal.
@@ -38,57 +39,51 @@ pub fn check(p: pb::InProgress) -> Result<InProgressReq, BrokerError> {
     })
 }
 
-impl Broker {
-    pub(super) fn in_progress(
-        &mut self,
-        session: Uuid,
-        req: InProgressReq,
-    ) -> Result<Reply, BrokerError> {
-        let (room_id, key) = self.membership(session, &req.room, &req.label)?;
-        let member = self
-            .rooms
-            .get(&room_id)
-            .and_then(|r| r.members.get(&key))
-            .ok_or(BrokerError::MembershipGone)?;
-        // A seq never delivered is an error; one that is no longer out with
-        // the client (acked, or already due again) is skipped: the client
-        // may be a step behind the broker.
-        if let Some(bad) = req.seqs.iter().find(|s| **s == 0 || **s >= member.next_seq) {
-            return Err(BrokerError::UnknownSeq {
-                seq: *bad,
-                why: "has not been delivered to this member",
-            });
-        }
-        // Only what is in flight at this session; each by the ack timeout of
-        // its attempt.
-        let consumer = member
-            .consumer(session)
-            .ok_or(BrokerError::MembershipGone)?;
-        let now = Instant::now();
-        let extend: Vec<(u64, Instant)> = req
-            .seqs
-            .iter()
-            .filter_map(|s| member.unacked.get(s).map(|u| (*s, u)))
-            .filter(|(_, u)| u.holder == Some(session))
-            .map(|(s, u)| (s, now + consumer.timeout(u.attempts)))
-            .collect();
-        if let Some(m) = self
-            .rooms
-            .get_mut(&room_id)
-            .and_then(|r| r.members.get_mut(&key))
-        {
-            for (seq, deadline) in extend {
-                m.extend(
-                    seq,
-                    session,
-                    deadline,
-                    room_id,
-                    &key,
-                    &mut self.outlet.timers,
-                );
-            }
-        }
-        let body = pb::server_frame::Body::InProgressOk(pb::InProgressOk {});
-        Ok(Reply::Now(body))
+/// Restarts the ack timers of the deliveries of `session` that are in
+/// flight at it, in the member it names (through the session's memberships
+/// in `outlet`) in `rooms`, each from now by its attempt's ack timeout,
+/// re-arming them in `outlet`'s timers.
+pub(super) fn in_progress(
+    rooms: &mut Registry,
+    outlet: &mut SessionOutlet,
+    session: Uuid,
+    req: InProgressReq,
+) -> Result<Reply, BrokerError> {
+    let (room_id, key) = outlet.membership(session, &req.room, &req.label)?;
+    let member = rooms
+        .get(&room_id)
+        .and_then(|r| r.members.get(&key))
+        .ok_or(BrokerError::MembershipGone)?;
+    // A seq never delivered is an error; one that is no longer out with
+    // the client (acked, or already due again) is skipped: the client
+    // may be a step behind the broker.
+    if let Some(bad) = req.seqs.iter().find(|s| **s == 0 || **s >= member.next_seq) {
+        return Err(BrokerError::UnknownSeq {
+            seq: *bad,
+            why: "has not been delivered to this member",
+        });
     }
+    // Only what is in flight at this session; each by the ack timeout of
+    // its attempt.
+    let consumer = member
+        .consumer(session)
+        .ok_or(BrokerError::MembershipGone)?;
+    let now = Instant::now();
+    let extend: Vec<(u64, Instant)> = req
+        .seqs
+        .iter()
+        .filter_map(|s| member.unacked.get(s).map(|u| (*s, u)))
+        .filter(|(_, u)| u.holder == Some(session))
+        .map(|(s, u)| (s, now + consumer.timeout(u.attempts)))
+        .collect();
+    if let Some(m) = rooms
+        .get_mut(&room_id)
+        .and_then(|r| r.members.get_mut(&key))
+    {
+        for (seq, deadline) in extend {
+            m.extend(seq, session, deadline, room_id, &key, &mut outlet.timers);
+        }
+    }
+    let body = pb::server_frame::Body::InProgressOk(pb::InProgressOk {});
+    Ok(Reply::Now(body))
 }

@@ -208,7 +208,13 @@ impl Broker {
             next_seq = joined.next_seq,
             "joined"
         );
-        self.presence_event(room_id, &key, session, pb::presence_event::Kind::Joined);
+        self.outlet.presence_event(
+            &self.rooms,
+            room_id,
+            &key,
+            session,
+            pb::presence_event::Kind::Joined,
+        );
         Ok(reply(&req, key, room_id, &joined))
     }
 
@@ -259,7 +265,13 @@ impl Broker {
         {
             m.detach(prev);
         }
-        self.presence_event(room_id, key, prev, pb::presence_event::Kind::Left);
+        self.outlet.presence_event(
+            &self.rooms,
+            room_id,
+            key,
+            prev,
+            pb::presence_event::Kind::Left,
+        );
         self.push_error(prev, taken);
         Ok(())
     }

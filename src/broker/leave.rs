@@ -7,8 +7,10 @@ use roomq_wire::names::check_name;
 use roomq_wire::pb;
 use uuid::Uuid;
 
-use super::core::Broker;
 use super::error::BrokerError;
+use super::outlet::SessionOutlet;
+use super::pipeline::WritePipeline;
+use super::registry::Registry;
 use super::reply::Reply;
 use super::room::MemberKey;
 
@@ -30,33 +32,51 @@ pub fn check(l: pb::Leave) -> Result<LeaveReq, BrokerError> {
     })
 }
 
-impl Broker {
-    pub(super) fn leave(&mut self, session: Uuid, req: LeaveReq) -> Result<Reply, BrokerError> {
-        let removed = self
-            .outlet
-            .sessions
-            .get_mut(&session)
-            .and_then(|s| s.memberships.remove(&(req.room.clone(), req.label.clone())));
-        let Some((room_id, key)) = removed else {
-            return Err(BrokerError::NotJoined {
-                room: req.room,
-                subscription: req.label,
-            });
+/// Ends the membership (room, label) of `session`: it leaves the session's
+/// memberships in `outlet`, its consumer is released from the member in
+/// `rooms` ([`SessionOutlet::release_member`]), and, with `forget`, a
+/// member left idle is removed and its removal filed in `pipeline`. If the
+/// member has other consumers, the dispatcher pumps it before it sends the
+/// answer (`Reply::PumpThenNow`), so they take over what this one had in
+/// flight, first.
+pub(super) fn leave(
+    rooms: &mut Registry,
+    outlet: &mut SessionOutlet,
+    pipeline: &mut WritePipeline,
+    session: Uuid,
+    req: LeaveReq,
+) -> Result<Reply, BrokerError> {
+    let removed = outlet
+        .sessions
+        .get_mut(&session)
+        .and_then(|s| s.memberships.remove(&(req.room.clone(), req.label.clone())));
+    let Some((room_id, key)) = removed else {
+        return Err(BrokerError::NotJoined {
+            room: req.room,
+            subscription: req.label,
+        });
+    };
+    let others = outlet.release_member(rooms, room_id, &key, session);
+    // With others, the member is still connected, so `forget` leaves it
+    // alone: the dispatcher's pump after this (before the answer) does
+    // what a pump here would.
+    if req.forget {
+        let removed = match &key {
+            MemberKey::Ephemeral(..) => false,
+            // A group is forgotten only by its last consumer.
+            _ => rooms.get_mut(&room_id).is_some_and(|room| {
+                let idle = room.members.get(&key).is_some_and(|m| !m.connected());
+                idle && room.members.remove(&key).is_some()
+            }),
         };
-        self.release_member(room_id, &key, session);
-        if req.forget {
-            let removed = match &key {
-                MemberKey::Ephemeral(..) => false,
-                // A group is forgotten only by its last consumer.
-                _ => self.rooms.get_mut(&room_id).is_some_and(|room| {
-                    let idle = room.members.get(&key).is_some_and(|m| !m.connected());
-                    idle && room.members.remove(&key).is_some()
-                }),
-            };
-            if removed {
-                self.pipeline.mark_dirty(room_id, key);
-            }
+        if removed {
+            pipeline.mark_dirty(room_id, key.clone());
         }
-        Ok(Reply::Now(pb::server_frame::Body::LeaveOk(pb::LeaveOk {})))
     }
+    let body = pb::server_frame::Body::LeaveOk(pb::LeaveOk {});
+    Ok(if others {
+        Reply::PumpThenNow(body, room_id, key)
+    } else {
+        Reply::Now(body)
+    })
 }

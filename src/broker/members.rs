@@ -6,10 +6,12 @@ use roomq_wire::names::check_name;
 use roomq_wire::pb;
 use uuid::Uuid;
 
-use super::core::Broker;
 use super::error::BrokerError;
+use super::outlet::SessionOutlet;
+use super::registry::Registry;
 use super::reply::Reply;
 use super::room::{Member, MemberKey};
+use crate::config::Config;
 use crate::session::{Outbound, SessionInfo};
 use crate::storage::RoomId;
 use crate::tenancy::pattern;
@@ -33,10 +35,52 @@ pub fn check(m: pb::Members, session: &SessionInfo) -> Result<MembersReq, Broker
     Ok(MembersReq { room: m.room })
 }
 
-impl Broker {
+/// Answers a `Members` request of `session`: the consumers of the room of
+/// that name in the session's namespace (none if there is no such room),
+/// each as `SessionOutlet::presence_of` describes it, in session id order,
+/// as many as fit in a frame (`config`'s frame limit) and `MAX_LISTED`.
+pub(super) fn members(
+    rooms: &Registry,
+    outlet: &SessionOutlet,
+    config: &Config,
+    session: Uuid,
+    req: MembersReq,
+) -> Result<Reply, BrokerError> {
+    let namespace = match outlet.sessions.get(&session) {
+        Some(s) => s.info.namespace.clone(),
+        None => return Ok(Reply::Gone),
+    };
+    let mut members = Vec::new();
+    let mut truncated = false;
+    // Keep the reply within the frame limit.
+    let budget = config.limits.max_frame().saturating_sub(256);
+    let mut used = 0;
+    let room = rooms
+        .find(&namespace, &req.room)
+        .and_then(|id| rooms.get(&id));
+    if let Some(room) = room {
+        'all: for (key, m) in &room.members {
+            for c in &m.consumers {
+                let p = outlet.presence_of(key, m, c.session);
+                used += prost::Message::encoded_len(&p) + 4;
+                if members.len() >= MAX_LISTED || used > budget {
+                    truncated = true;
+                    break 'all;
+                }
+                members.push(p);
+            }
+        }
+    }
+    // A stable order for the reader.
+    members.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    let body = pb::server_frame::Body::MembersOk(pb::MembersOk { members, truncated });
+    Ok(Reply::Now(body))
+}
+
+impl SessionOutlet {
     /// How consumer `session` of member `key` looks to others.
     fn presence_of(&self, key: &MemberKey, member: &Member, session: Uuid) -> pb::Presence {
-        let info = self.outlet.sessions.get(&session).map(|s| &s.info);
+        let info = self.sessions.get(&session).map(|s| &s.info);
         let (subscription, group) = match key {
             MemberKey::Durable(n) => (n.to_string(), String::new()),
             MemberKey::Group(g) => (String::new(), g.to_string()),
@@ -55,49 +99,17 @@ impl Broker {
         }
     }
 
-    pub(super) fn members(&mut self, session: Uuid, req: MembersReq) -> Result<Reply, BrokerError> {
-        let namespace = match self.outlet.sessions.get(&session) {
-            Some(s) => s.info.namespace.clone(),
-            None => return Ok(Reply::Gone),
-        };
-        let mut members = Vec::new();
-        let mut truncated = false;
-        // Keep the reply within the frame limit.
-        let budget = self.config.limits.max_frame().saturating_sub(256);
-        let mut used = 0;
-        let room = self
-            .rooms
-            .find(&namespace, &req.room)
-            .and_then(|id| self.rooms.get(&id));
-        if let Some(room) = room {
-            'all: for (key, m) in &room.members {
-                for c in &m.consumers {
-                    let p = self.presence_of(key, m, c.session);
-                    used += prost::Message::encoded_len(&p) + 4;
-                    if members.len() >= MAX_LISTED || used > budget {
-                        truncated = true;
-                        break 'all;
-                    }
-                    members.push(p);
-                }
-            }
-        }
-        // A stable order for the reader.
-        members.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        let body = pb::server_frame::Body::MembersOk(pb::MembersOk { members, truncated });
-        Ok(Reply::Now(body))
-    }
-
-    /// Tells the consumers of `room_id` that asked for presence that
-    /// consumer `session` of member `key` joined or left.
+    /// Tells the consumers of `room_id` (in `rooms`) that asked for
+    /// presence that consumer `session` of member `key` joined or left.
     pub(super) fn presence_event(
         &mut self,
+        rooms: &Registry,
         room_id: RoomId,
         key: &MemberKey,
         session: Uuid,
         kind: pb::presence_event::Kind,
     ) {
-        let Some(room) = self.rooms.get(&room_id) else {
+        let Some(room) = rooms.get(&room_id) else {
             return;
         };
         let listeners: Vec<(Uuid, std::sync::Arc<str>)> = room
@@ -133,7 +145,7 @@ impl Broker {
                 ))),
             };
             // Live only: dropped if the listener's queue is full.
-            let _ = self.outlet.offer(
+            let _ = self.offer(
                 to,
                 Outbound::Reply {
                     frame,

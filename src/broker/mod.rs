@@ -18,7 +18,11 @@
 //! - one file per operation: [`join`], [`leave`], [`publish`], [`ack`],
 //!   [`nack`], [`in_progress`], [`list_rooms`], [`members`], [`admin`],
 //!   each holding the request's checks (run by the session) and the
-//!   actor's handling.
+//!   actor's handling. Join, publish and admin are handled by methods on
+//!   [`Broker`] (they use nearly every part); the other six by free
+//!   functions that take only the parts they use (the rooms' `Registry`,
+//!   the `SessionOutlet`, the `WritePipeline`, the `Config`), lent by
+//!   `Broker::handle`.
 //! - [`dead_letter`]: dead-lettering and redrive; [`retention`]: the
 //!   retention sweep and the trim path it shares with purge and redrive.
 //! - [`stats`]: the figures behind `/metrics` and the admin `Stats` op.
@@ -433,15 +437,41 @@ impl Broker {
                     return;
                 }
                 let admin = matches!(request, Request::Admin(_));
+                // Join, publish and admin are methods (they use nearly
+                // every part); the others are lent the parts they use.
                 let result = match request {
                     Request::Join(r) => self.join(session, r),
-                    Request::Leave(r) => self.leave(session, r),
+                    Request::Leave(r) => leave::leave(
+                        &mut self.rooms,
+                        &mut self.outlet,
+                        &mut self.pipeline,
+                        session,
+                        r,
+                    ),
                     Request::Publish(r) => self.publish(session, r),
-                    Request::Ack(r) => self.ack(session, r),
-                    Request::Nack(r) => self.nack(session, r),
-                    Request::InProgress(r) => self.in_progress(session, r),
-                    Request::ListRooms => self.list_rooms(session),
-                    Request::Members(r) => self.members(session, r),
+                    Request::Ack(r) => ack::ack(
+                        &mut self.rooms,
+                        &self.outlet,
+                        &mut self.pipeline,
+                        session,
+                        r,
+                    ),
+                    Request::Nack(r) => nack::nack(
+                        &mut self.rooms,
+                        &mut self.outlet,
+                        &mut self.pipeline,
+                        session,
+                        r,
+                    ),
+                    Request::InProgress(r) => {
+                        in_progress::in_progress(&mut self.rooms, &mut self.outlet, session, r)
+                    }
+                    Request::ListRooms => {
+                        list_rooms::list_rooms(&self.rooms, &self.outlet, &self.config, session)
+                    }
+                    Request::Members(r) => {
+                        members::members(&self.rooms, &self.outlet, &self.config, session, r)
+                    }
                     Request::Admin(r) => self.admin(session, r),
                 };
                 // The one place where the actor turns an outcome into a frame.

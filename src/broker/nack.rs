@@ -9,10 +9,13 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::ack::MAX_SEQS;
-use super::core::Broker;
 use super::error::BrokerError;
 use super::join::MAX_ACK_TIMEOUT;
+use super::outlet::SessionOutlet;
+use super::pipeline::WritePipeline;
+use super::registry::Registry;
 use super::reply::Reply;
+use super::room::MemberKey;
 
 /// A checked nack.
 #[derive(Debug)]
@@ -55,50 +58,58 @@ pub fn check(n: pb::Nack) -> Result<NackReq, BrokerError> {
     })
 }
 
-impl Broker {
-    pub(super) fn nack(&mut self, session: Uuid, req: NackReq) -> Result<Reply, BrokerError> {
-        let (room_id, key) = self.membership(session, &req.room, &req.label)?;
-        let member = self
-            .rooms
-            .get(&room_id)
-            .and_then(|r| r.members.get(&key))
-            .ok_or(BrokerError::MembershipGone)?;
-        // Only what was delivered, and is not in flight at another
-        // consumer of a group.
-        let handed_back = |s: &u64| {
-            member
-                .unacked
-                .get(s)
-                .is_some_and(|u| u.attempts > 0 && u.holder.is_none_or(|h| h == session))
-        };
-        if let Some(bad) = req.seqs.iter().find(|s| !handed_back(s)) {
-            return Err(BrokerError::UnknownSeq {
-                seq: *bad,
-                why: "is not an unacknowledged delivery of this session",
-            });
-        }
-        let deadline = Instant::now() + req.delay;
-        if let Some(room) = self.rooms.get_mut(&room_id) {
-            if let Some(m) = room.members.get_mut(&key) {
-                for seq in &req.seqs {
-                    if req.delay.is_zero() {
-                        m.make_due(*seq, req.reason.clone());
-                    } else {
-                        m.wait(*seq, deadline, req.reason.clone());
-                    }
-                }
-                if !req.delay.is_zero() {
-                    m.schedule(deadline, room_id, &key, &mut self.outlet.timers);
+/// Hands deliveries of `session` back to the member it names (through the
+/// session's memberships in `outlet`) in `rooms`: due now, or after the
+/// delay, with a timer armed in `outlet`'s timers. Marks the cursor of a
+/// member that is not ephemeral dirty in `pipeline` and counts the nack in
+/// the tenant's metrics; the dispatcher then pumps the member.
+pub(super) fn nack(
+    rooms: &mut Registry,
+    outlet: &mut SessionOutlet,
+    pipeline: &mut WritePipeline,
+    session: Uuid,
+    req: NackReq,
+) -> Result<Reply, BrokerError> {
+    let (room_id, key) = outlet.membership(session, &req.room, &req.label)?;
+    let member = rooms
+        .get(&room_id)
+        .and_then(|r| r.members.get(&key))
+        .ok_or(BrokerError::MembershipGone)?;
+    // Only what was delivered, and is not in flight at another
+    // consumer of a group.
+    let handed_back = |s: &u64| {
+        member
+            .unacked
+            .get(s)
+            .is_some_and(|u| u.attempts > 0 && u.holder.is_none_or(|h| h == session))
+    };
+    if let Some(bad) = req.seqs.iter().find(|s| !handed_back(s)) {
+        return Err(BrokerError::UnknownSeq {
+            seq: *bad,
+            why: "is not an unacknowledged delivery of this session",
+        });
+    }
+    let deadline = Instant::now() + req.delay;
+    if let Some(room) = rooms.get_mut(&room_id) {
+        if let Some(m) = room.members.get_mut(&key) {
+            for seq in &req.seqs {
+                if req.delay.is_zero() {
+                    m.make_due(*seq, req.reason.clone());
+                } else {
+                    m.wait(*seq, deadline, req.reason.clone());
                 }
             }
+            if !req.delay.is_zero() {
+                m.schedule(deadline, room_id, &key, &mut outlet.timers);
+            }
         }
-        if !matches!(key, super::room::MemberKey::Ephemeral(..)) {
-            self.pipeline.mark_dirty(room_id, key.clone());
-        }
-        if let Some(s) = self.outlet.sessions.get(&session) {
-            s.info.tenant.metrics.nacks.inc();
-        }
-        let body = pb::server_frame::Body::NackOk(pb::NackOk {});
-        Ok(Reply::NowThenPump(body, room_id, key))
     }
+    if !matches!(key, MemberKey::Ephemeral(..)) {
+        pipeline.mark_dirty(room_id, key.clone());
+    }
+    if let Some(s) = outlet.sessions.get(&session) {
+        s.info.tenant.metrics.nacks.inc();
+    }
+    let body = pb::server_frame::Body::NackOk(pb::NackOk {});
+    Ok(Reply::NowThenPump(body, room_id, key))
 }

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::clock::now_ms;
+use super::error::BrokerError;
 use super::reads::Reads;
+use super::registry::Registry;
 use super::room::{Gap, Handout, MemberKey, Outlet, Timers};
 use super::timers::TimerHeap;
 use crate::session::{Outbound, SessionInfo};
@@ -81,6 +83,56 @@ impl SessionOutlet {
     /// What was handed out since [`SessionOutlet::begin`].
     pub fn tally(&self) -> DeliveryTally {
         self.tally
+    }
+
+    /// The membership (room, label) of `session`: the room's id and the
+    /// member's key. `NotJoined` if the session has no such membership.
+    pub fn membership(
+        &self,
+        session: Uuid,
+        room: &Arc<str>,
+        label: &Arc<str>,
+    ) -> Result<(RoomId, MemberKey), BrokerError> {
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.memberships.get(&(room.clone(), label.clone())))
+            .cloned()
+            .ok_or_else(|| BrokerError::NotJoined {
+                room: room.clone(),
+                subscription: label.clone(),
+            })
+    }
+
+    /// Takes `session` off member `key` of `room_id` (dropping an ephemeral
+    /// member) and tells the room's presence listeners. What it had in
+    /// flight goes to the member's other consumers, if any, or waits for
+    /// the next: returns whether there are others, which the caller then
+    /// pumps (`Broker::pump`) before anything else happens.
+    pub fn release_member(
+        &mut self,
+        rooms: &mut Registry,
+        room_id: RoomId,
+        key: &MemberKey,
+        session: Uuid,
+    ) -> bool {
+        let Some(room) = rooms.get_mut(&room_id) else {
+            return false;
+        };
+        let Some(m) = room.members.get_mut(key) else {
+            return false;
+        };
+        let label = m.consumer(session).map(|c| c.label.clone());
+        if !m.detach(session) {
+            return false;
+        }
+        let others = m.connected();
+        if let MemberKey::Ephemeral(..) = key {
+            room.members.remove(key);
+        }
+        if label.is_some() {
+            self.presence_event(rooms, room_id, key, session, pb::presence_event::Kind::Left);
+        }
+        others
     }
 
     /// Queues `out` for `session` if its queue has room beyond the slots

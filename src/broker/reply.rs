@@ -25,6 +25,10 @@ pub(super) enum Reply {
     /// Sent now; then the member is pumped, so that what the request freed
     /// (an ack, a nack) or started (a join) is delivered after the answer.
     NowThenPump(Body, RoomId, MemberKey),
+    /// The member is pumped, then this is sent: what the request released
+    /// (a leave's consumer had in flight) goes to the member's other
+    /// consumers before the answer, for a handler that cannot pump.
+    PumpThenNow(Body, RoomId, MemberKey),
     /// A publish confirmation, sent now.
     Confirm {
         seqs: Seqs,
@@ -104,6 +108,10 @@ impl Broker {
             Reply::NowThenPump(body, room_id, key) => {
                 self.reply(session, frame(body), Some(permit));
                 self.pump(room_id, &key);
+            }
+            Reply::PumpThenNow(body, room_id, key) => {
+                self.pump(room_id, &key);
+                self.reply(session, frame(body), Some(permit));
             }
             Reply::Confirm {
                 seqs,
