@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::presence::Members;
 use crate::raw::{ConnectOptions, Connection, Deliveries, Push};
-use crate::subscription::{epoch_ms, whole_ms, JoinOptions, SubShared, Subscription};
+use crate::subscription::{epoch_ms, whole_ms, EndReason, JoinOptions, SubShared, Subscription};
 use crate::ClientError;
 
 /// How the client reconnects after losing its connection.
@@ -95,7 +95,9 @@ pub enum Event {
     },
     /// A subscription could not be joined again and was closed.
     ResumeFailed { room: String, error: String },
-    /// The broker pushed an error not tied to a request.
+    /// The broker pushed an error not tied to a request. Also emitted for
+    /// a `MEMBERSHIP_TAKEN_OVER` or deleted-room `NOT_FOUND` that ended a
+    /// subscription (see [`Subscription::ended`]).
     BrokerError {
         code: u32,
         name: String,
@@ -281,6 +283,22 @@ impl Inner {
             if moved || rx.changed().await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Removes `sub` from the subscription table, if it is still the one
+    /// registered under `key` (the label may have been joined again since
+    /// `sub` ended).
+    pub(crate) fn unregister(&self, key: &SubKey, sub: &SubShared) {
+        let mut subs = match self.subs.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if subs
+            .get(key)
+            .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), sub))
+        {
+            subs.remove(key);
         }
     }
 
@@ -754,11 +772,24 @@ fn dispatch(inner: &Arc<Inner>, conn: &Connection, push: Push) {
                 sub.offer(d, conn);
             }
         }
-        Push::Error(e) => inner.emit(Event::BrokerError {
-            code: e.code,
-            name: e.name,
-            message: e.message,
-        }),
+        Push::Error(e) => {
+            // A membership-scoped error ends that membership here: it must
+            // not be joined again on a reconnect (which would take a durable
+            // membership back from the session that took it over).
+            let reason = (!e.fatal && !e.room.is_empty())
+                .then(|| EndReason::from_code(e.code))
+                .flatten();
+            if let Some(reason) = reason {
+                if let Some(sub) = find_sub(inner, &e.room, &e.subscription) {
+                    sub.end(inner, reason, ClientError::from_wire(e.clone()));
+                }
+            }
+            inner.emit(Event::BrokerError {
+                code: e.code,
+                name: e.name,
+                message: e.message,
+            });
+        }
         Push::Gap(g) => {
             if let Some(sub) = find_sub(inner, &g.room, &g.subscription) {
                 sub.gap(g);

@@ -31,7 +31,10 @@
 //!   order, never one it has already acknowledged, and never a second copy
 //!   of one it still holds. A group's consumers share the work instead
 //!   ([`JoinOptions::group`]). [`Subscription::next_event`] also yields
-//!   [`Gap`] notices and [`PresenceChange`]s.
+//!   [`Gap`] notices and [`PresenceChange`]s. A subscription the broker
+//!   ends (another session took the durable membership over, or the room
+//!   was deleted) ends its stream, says why in [`Subscription::ended`], and
+//!   is not joined again on a reconnect.
 //!
 //! Layout:
 //! - [`client`]: `Client`, its builder, publishing, the reconnecting supervisor.
@@ -59,7 +62,9 @@ pub use error::{ClientError, ErrorDetail};
 pub use presence::{Member, Members, PresenceChange, PresenceKind};
 pub use raw::{ConnectOptions, Deliveries, Push};
 pub use roomq_wire::{pb as proto, ErrorCode};
-pub use subscription::{Delivery, Gap, JoinOptions, Start, Subscription, SubscriptionEvent};
+pub use subscription::{
+    Delivery, EndReason, Ended, Gap, JoinOptions, Start, Subscription, SubscriptionEvent,
+};
 pub use tls::TlsOptions;
 /// The rustls this crate uses, for building a [`TlsOptions`] by hand.
 pub use tokio_rustls::rustls;

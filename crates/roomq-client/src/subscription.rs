@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -24,11 +24,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::client::{Client, Event, Inner};
+use crate::client::{Client, Event, Inner, SubKey};
 use crate::filter::{Filter, Mode, Verdict};
 use crate::presence::PresenceChange;
 use crate::raw::Connection;
-use crate::ClientError;
+use crate::{ClientError, ErrorCode};
 
 /// Volatile deliveries and notices (gaps, presence changes) that may wait in
 /// a subscription's queue, on top of the room kept for ordinary deliveries.
@@ -277,6 +277,40 @@ impl From<pb::Gap> for Gap {
     }
 }
 
+/// Why the broker ended a subscription; see [`Subscription::ended`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Another session joined the same durable membership (same client id
+    /// or durable name) and holds it now (`MEMBERSHIP_TAKEN_OVER`). Joining
+    /// it again would take it back.
+    TakenOver,
+    /// An administrator deleted the room, with its cursors (`NOT_FOUND`).
+    Deleted,
+}
+
+impl EndReason {
+    /// The reason a pushed error with this code gives, if it ends a
+    /// membership.
+    pub fn from_code(code: u32) -> Option<EndReason> {
+        match ErrorCode::from_u32(code)? {
+            ErrorCode::MembershipTakenOver => Some(EndReason::TakenOver),
+            ErrorCode::NotFound => Some(EndReason::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// The broker ended a subscription: the membership is no longer this
+/// session's. The SDK does not join it again after a reconnect; its stream
+/// yields what was already queued and then ends.
+#[derive(Debug)]
+pub struct Ended {
+    pub reason: EndReason,
+    /// The error the broker pushed: a [`ClientError::Broker`] whose
+    /// [`ClientError::detail`] names the room and subscription.
+    pub error: ClientError,
+}
+
 /// What [`Subscription::next_event`] yields: a message, or a notice about
 /// the membership, in the order the broker sent them.
 #[derive(Debug)]
@@ -319,6 +353,8 @@ pub(crate) struct SubShared {
     /// did not read them in time.
     dropped: AtomicU64,
     closed: CancellationToken,
+    /// Set once, when the broker ends the membership.
+    ended: OnceLock<Ended>,
     inner: std::sync::Weak<Inner>,
 }
 
@@ -440,8 +476,12 @@ impl SubShared {
         });
     }
 
-    /// Joins again on a new connection, from the stored cursor.
+    /// Joins again on a new connection, from the stored cursor. Not if it
+    /// has ended (or been dropped) since the reconnect began.
     pub(crate) async fn resume(self: &Arc<Self>, inner: &Inner, conn: &Connection) {
+        if self.closed.is_cancelled() {
+            return;
+        }
         let mut join = self.join.clone();
         join.start = if join.mode == pb::MemberMode::Ephemeral as i32 {
             pb::StartPosition::New as i32
@@ -449,6 +489,9 @@ impl SubShared {
             pb::StartPosition::Resume as i32
         };
         match conn.join_with(join).await {
+            // Ended meanwhile (a takeover or deletion pushed before the
+            // JoinOk): nothing was resumed.
+            Ok(_) if self.ended.get().is_some() => {}
             Ok(ok) => {
                 lock(&self.filter).advance_floor(ok.next_seq);
                 inner.emit(Event::Resumed {
@@ -462,10 +505,25 @@ impl SubShared {
                     room: self.room.clone(),
                     error: e.to_string(),
                 });
-                lock(&inner.subs).remove(&(self.room.clone(), self.label.clone()));
+                inner.unregister(&self.key(), self);
                 self.close();
             }
         }
+    }
+
+    fn key(&self) -> SubKey {
+        (self.room.clone(), self.label.clone())
+    }
+
+    /// The broker ended the membership (taken over, or its room deleted):
+    /// it is no longer this client's, so it leaves the subscription table
+    /// (never to be resumed) and its stream ends after what is queued.
+    pub(crate) fn end(&self, inner: &Inner, reason: EndReason, error: ClientError) {
+        if self.ended.set(Ended { reason, error }).is_err() {
+            return;
+        }
+        inner.unregister(&self.key(), self);
+        self.close();
     }
 
     /// Ends the subscription's stream.
@@ -612,6 +670,11 @@ impl Delivery {
 /// Dropping it stops routing deliveries to it (a durable membership keeps
 /// its cursor; unacknowledged deliveries are redelivered later). Call
 /// [`Subscription::leave`] to leave explicitly.
+///
+/// The broker can end it: when another session takes the durable
+/// membership over, or an administrator deletes the room. Its stream then
+/// ends after the deliveries already queued, and [`Subscription::ended`]
+/// says why.
 pub struct Subscription {
     rx: mpsc::Receiver<SubscriptionEvent>,
     shared: Arc<SubShared>,
@@ -621,14 +684,16 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next delivery; `None` once the subscription has ended (left, or
-    /// the client closed). Gap and presence notices met on the way are
-    /// discarded (the SDK has already acted on a gap).
+    /// The next delivery; `None` once the subscription has ended (left, the
+    /// client closed, or the broker ended it: see [`Subscription::ended`]).
+    /// Gap and presence notices met on the way are discarded (the SDK has
+    /// already acted on a gap).
     pub async fn next(&mut self) -> Option<Delivery> {
         futures::future::poll_fn(|cx| self.poll_delivery(cx)).await
     }
 
-    /// The next message or notice; `None` once the subscription has ended.
+    /// The next message or notice; `None` once the subscription has ended
+    /// (see [`Subscription::next`]).
     pub async fn next_event(&mut self) -> Option<SubscriptionEvent> {
         futures::future::poll_fn(|cx| self.poll_event(cx)).await
     }
@@ -642,6 +707,21 @@ impl Subscription {
     /// [`EXTRA_QUEUE`] of them were waiting to be read.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Why the broker ended this subscription, once it has: another
+    /// session took the durable membership over, or the room was deleted.
+    /// `None` while it lasts, and when it ended otherwise (left, client
+    /// closed, [`Event::ResumeFailed`]). It is `Some` from the moment the
+    /// broker's push is read: the stream still yields the deliveries
+    /// queued before it, then ends; the SDK never joins the membership
+    /// again (not after a reconnect either), and [`Subscription::leave`]
+    /// and [`Subscription::forget`] do nothing. Acknowledging a delivery
+    /// of an ended subscription fails with `NOT_JOINED`: after a takeover
+    /// the broker redelivers it to the new holder; after a deletion it is
+    /// gone.
+    pub fn ended(&self) -> Option<&Ended> {
+        self.shared.ended.get()
     }
 
     /// The group this subscription consumes for, if any.
@@ -706,14 +786,19 @@ impl Subscription {
     async fn leave_inner(&mut self, forget: bool) -> Result<(), ClientError> {
         self.left = true;
         self.unregister();
+        if self.ended().is_some() {
+            // The membership is no longer this session's.
+            return Ok(());
+        }
         let (conn, _) = self.client.inner.connection().await?;
         conn.leave(&self.shared.room, &self.shared.label, forget)
             .await
     }
 
     fn unregister(&self) {
-        lock(&self.client.inner.subs)
-            .remove(&(self.shared.room.clone(), self.shared.label.clone()));
+        self.client
+            .inner
+            .unregister(&self.shared.key(), &self.shared);
         self.shared.close();
     }
 }
@@ -724,6 +809,9 @@ impl Drop for Subscription {
             return;
         }
         self.unregister();
+        if self.ended().is_some() {
+            return;
+        }
         // Best effort: tell the broker, so it stops sending.
         if let (Ok(handle), Some(conn)) = (
             tokio::runtime::Handle::try_current(),
@@ -776,6 +864,7 @@ pub(crate) async fn join(
         extras: AtomicUsize::new(0),
         dropped: AtomicU64::new(0),
         closed: CancellationToken::new(),
+        ended: OnceLock::new(),
         inner: Arc::downgrade(inner),
     });
     {
@@ -790,7 +879,7 @@ pub(crate) async fn join(
     let joined = match conn.join_with(request).await {
         Ok(ok) => ok,
         Err(e) => {
-            lock(&inner.subs).remove(&key);
+            inner.unregister(&key, &shared);
             return Err(e);
         }
     };

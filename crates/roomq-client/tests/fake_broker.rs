@@ -10,7 +10,8 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use roomq_client::proto as pb;
 use roomq_client::{
-    Client, ClientError, JoinOptions, PresenceKind, ReconnectPolicy, SubscriptionEvent,
+    Client, ClientError, EndReason, ErrorCode, Event, JoinOptions, PresenceKind, ReconnectPolicy,
+    SubscriptionEvent,
 };
 use roomq_wire::codec::{decode_client, encode_frame};
 use roomq_wire::{FrameCodec, DEFAULT_MAX_FRAME};
@@ -416,5 +417,106 @@ async fn members_and_volatile_publishes() {
             assert_eq!((p.key.as_str(), p.ttl_ms, p.delay_ms), ("k1", 60_000, 1000));
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// A non-fatal error push, as the broker sends one about a membership.
+fn error_push(code: ErrorCode, room: &str, subscription: &str) -> Reply {
+    Reply::Error(pb::Error {
+        code: code as u32,
+        name: code.name().into(),
+        message: "pushed by the test".into(),
+        fatal: false,
+        room: room.into(),
+        subscription: subscription.into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_membership_error_ends_only_its_subscription_after_what_was_queued() {
+    let mut broker = FakeBroker::start().await;
+    let client = broker.client().await;
+    let mut events = client.events();
+    let mut sub = client.join("general", JoinOptions::new()).await.unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+    let mut other = client
+        .join("general", JoinOptions::new().durable("other"))
+        .await
+        .unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+
+    broker.push(delivery("general", 1, false));
+    broker.push(delivery("general", 2, false));
+    // None of these ends a subscription: no membership named, another
+    // label, a code that ends nothing.
+    broker.push(error_push(ErrorCode::NotFound, "", ""));
+    broker.push(error_push(
+        ErrorCode::MembershipTakenOver,
+        "general",
+        "nobody",
+    ));
+    broker.push(error_push(ErrorCode::NotJoined, "general", ""));
+    broker.push(error_push(ErrorCode::MembershipTakenOver, "general", ""));
+
+    // What was queued comes first, then the stream ends.
+    assert_eq!(next_seq(&mut sub).await, 1);
+    assert_eq!(next_seq(&mut sub).await, 2);
+    assert!(timeout(WAIT, sub.next_event()).await.unwrap().is_none());
+    assert!(timeout(WAIT, sub.next()).await.unwrap().is_none());
+    let ended = sub.ended().expect("ended by the broker");
+    assert_eq!(ended.reason, EndReason::TakenOver);
+    assert_eq!(ended.error.code(), Some(ErrorCode::MembershipTakenOver));
+
+    // Every push is also a client-wide event.
+    let mut codes = Vec::new();
+    while codes.len() < 4 {
+        if let Event::BrokerError { code, .. } =
+            timeout(WAIT, events.recv()).await.unwrap().unwrap()
+        {
+            codes.push(code);
+        }
+    }
+    assert_eq!(
+        codes,
+        [
+            ErrorCode::NotFound as u32,
+            ErrorCode::MembershipTakenOver as u32,
+            ErrorCode::NotJoined as u32,
+            ErrorCode::MembershipTakenOver as u32,
+        ]
+    );
+
+    // The other membership of the room goes on.
+    let mut d = delivery("general", 3, false);
+    if let Reply::Delivery(d) = &mut d {
+        d.subscription = "other".into();
+    }
+    broker.push(d);
+    assert_eq!(next_seq(&mut other).await, 3);
+    assert!(other.ended().is_none());
+
+    // The ended subscription is no longer the client's: leaving it (or
+    // dropping it) sends nothing, and the same label can be joined again.
+    sub.leave().await.unwrap();
+    let mut again = client.join("general", JoinOptions::new()).await.unwrap();
+    match broker.request().await {
+        Req::Join(j) => assert_eq!((j.room.as_str(), j.subscription.as_str()), ("general", "")),
+        other => panic!("expected the new join, got {other:?}"),
+    }
+    broker.push(delivery("general", 4, false));
+    assert_eq!(next_seq(&mut again).await, 4);
+    assert!(again.ended().is_none());
+
+    // A deleted room's NOT_FOUND ends both memberships of the room.
+    broker.push(error_push(ErrorCode::NotFound, "general", ""));
+    broker.push(error_push(ErrorCode::NotFound, "general", "other"));
+    for s in [&mut again, &mut other] {
+        assert!(timeout(WAIT, s.next_event()).await.unwrap().is_none());
+        assert_eq!(s.ended().map(|e| e.reason), Some(EndReason::Deleted));
     }
 }
