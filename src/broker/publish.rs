@@ -18,7 +18,7 @@ use super::reply::{Deferred, Reply};
 use crate::config::Limits;
 use crate::metrics::Quota;
 use crate::session::SessionInfo;
-use crate::storage::{Extra, MessageInfo, RoomId, StoredMessage};
+use crate::storage::{key_hash, Extra, MessageInfo, RoomId, StoredMessage};
 use crate::tenancy::middleware::PublishCtx;
 
 /// A checked publish.
@@ -188,6 +188,20 @@ fn encode(
         (0, delay) => now.saturating_add(delay),
         (at, _) => at,
     };
+    // The routing fields, from the values at hand (the same a scan of the
+    // encoding would read, as debug builds check, without the scan).
+    let info = MessageInfo {
+        key_hash: match p.key.as_str() {
+            "" => 0,
+            key => key_hash(key.as_bytes()),
+        },
+        timestamp_ms: now,
+        expires_at_ms: match p.ttl_ms {
+            0 => 0,
+            ttl => now.saturating_add(ttl),
+        },
+        deliver_at_ms,
+    };
     let message = pb::Message {
         seq: 0,
         event: p.event,
@@ -196,14 +210,11 @@ fn encode(
         publisher_session: session.id_bytes.clone(),
         timestamp_ms: now,
         key: p.key,
-        expires_at_ms: match p.ttl_ms {
-            0 => 0,
-            ttl => now.saturating_add(ttl),
-        },
+        expires_at_ms: info.expires_at_ms,
         deliver_at_ms,
     };
     let encoded = Bytes::from(message.encode_to_vec());
-    let info = MessageInfo::of(&encoded);
+    debug_assert_eq!(info, MessageInfo::of(&encoded));
     let extra = Extra {
         except_sessions: p.except_sessions.iter().map(|s| s.to_vec()).collect(),
         except_rooms: p.except_rooms,

@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 pub use blocking::{BlockingStore, OnBlockingPool};
 
-pub use record::{CursorRecord, DedupRecord, Extra, MessageInfo, StoredMessage};
+pub use record::{key_hash, CursorRecord, DedupRecord, Extra, MessageInfo, StoredMessage};
 
 /// What a room keeps beside its log: where the log starts (messages below
 /// were purged) and how many message bytes it stores.
