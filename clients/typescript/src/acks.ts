@@ -22,13 +22,30 @@ export interface AckPlan {
   seqs: number[];
 }
 
+/** The distinct positive seqs of `pending`, ascending (without sorting when they already are, as auto-acks are). */
+function ascendingPositive(pending: Iterable<number>): number[] {
+  if (Array.isArray(pending)) {
+    const a = pending as number[];
+    let ok = true;
+    for (let i = 0; i < a.length; i++) {
+      const s = a[i] ?? 0;
+      if (!(s > 0) || (i > 0 && s <= (a[i - 1] ?? 0))) {
+        ok = false;
+        break;
+      }
+    }
+    if (ok) return a;
+  }
+  return [...new Set(pending)].filter((s) => s > 0).sort((a, b) => a - b);
+}
+
 /**
  * The `Ack` frames for `pending` seqs. `lowestOutstanding` is the lowest
  * seq held or given back (Infinity if none); `cumulative` is false for a
  * group's consumer.
  */
 export function planAcks(pending: Iterable<number>, lowestOutstanding: number, cumulative: boolean, maxSeqs = MAX_SEQS_PER_ACK): AckPlan[] {
-  const seqs = [...new Set(pending)].filter((s) => s > 0).sort((a, b) => a - b);
+  const seqs = ascendingPositive(pending);
   if (seqs.length === 0) return [];
   let upTo = 0;
   let rest = seqs;

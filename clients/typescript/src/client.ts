@@ -11,19 +11,18 @@
  */
 import { backoffDelay, reconnectPolicy, type ReconnectOptions, type ReconnectPolicy } from "./backoff.js";
 import { bytesCodec, type Codec } from "./codec.js";
-import { Connection, type EndReason, type Push } from "./connection.js";
+import { Connection, type EndReason, type Pending, type Push, type ServerBody } from "./connection.js";
 import type { GapNotice, Member } from "./delivery.js";
 import { Emitter } from "./emitter.js";
-import { BrokerError, ClosedError, ConnectionLostError, OfflineQueueFullError, RoomqError, TimeoutError, isRetryable } from "./errors.js";
-import { create } from "@bufbuild/protobuf";
-import { PublishSchema, type Limits, type Publish } from "./gen/roomq_pb.js";
+import { BrokerError, ClosedError, ConnectionLostError, OfflineQueueFullError, ProtocolError, RoomqError, TimeoutError, isRetryable } from "./errors.js";
+import type { Limits, Publish } from "./gen/roomq_pb.js";
 import { planJoin, type JoinOptions } from "./join.js";
 import { Outbox, type Entry, type OverflowPolicy } from "./outbox.js";
-import { planPublish, publishResult, type PublishOptions, type PublishResult } from "./publish.js";
+import { planPublish, publishMessage, publishResult, type PublishOptions, type PublishResult } from "./publish.js";
 import { Room, memberFromWire, type RoomHost } from "./room.js";
 import { StatusQueue, type DroppedStatus } from "./status.js";
 import { defaultWebSocket, type WebSocketConstructor } from "./transport.js";
-import { num } from "./wire.js";
+import { brokerError, num } from "./wire.js";
 
 export interface ConnectOptions<T> {
   /** The namespace (default `/`). */
@@ -366,7 +365,7 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     if (this.state_ === "closed") return Promise.reject(new ClosedError("the client is closed"));
     let init: Publish;
     try {
-      init = create(PublishSchema, planPublish(typeof room === "string" ? [room] : room, event, this.codec.encode(data), options));
+      init = publishMessage(planPublish(typeof room === "string" ? [room] : room, event, this.codec.encode(data), options));
     } catch (e) {
       return Promise.reject(e);
     }
@@ -656,23 +655,35 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
     const conn = this.conn;
     if (!conn || !this.canPublish) return; // sent again by connectedReady()
     const out = entry.payload;
-    conn.request({ case: "publish", value: out.init }, "publishOk").then(
-      (ok) => {
-        if (!this.outbox.get(entry.id)) return;
-        clearTimeout(out.timer);
-        const next = this.outbox.settled(entry.id);
-        out.resolve(publishResult(ok, out.init.dedupId));
-        this.apply(next);
-      },
-      (e: unknown) => {
-        // A lost connection is handled by `lost` (re-send or fail).
-        if (e instanceof ConnectionLostError || !this.outbox.get(entry.id)) return;
-        clearTimeout(out.timer);
-        const next = this.outbox.settled(entry.id);
-        out.reject(e instanceof Error ? e : new RoomqError(String(e)));
-        this.apply(next);
-      },
-    );
+    // No promise per request: the reply is handled as it is read, so the
+    // publishes it lets out of the window go in the same socket write.
+    const waiter: PublishWaiter = { client: this as Client<unknown>, entry, resolve: publishReplied, reject: publishRejected, onReply: undefined };
+    conn.publish(out.init, waiter);
+  }
+
+  /** @internal The broker answered a publish. */
+  publishReplied(entry: Entry<OutgoingPublish>, reply: ServerBody): void {
+    if (reply.case !== "publishOk") {
+      this.publishFailed(entry, reply.case === "error" ? brokerError(reply.value) : new ProtocolError(`expected publishOk, got ${reply.case ?? "an empty frame"}`));
+      return;
+    }
+    if (!this.outbox.get(entry.id)) return;
+    const out = entry.payload;
+    clearTimeout(out.timer);
+    const next = this.outbox.settled(entry.id);
+    out.resolve(publishResult(reply.value, out.init.dedupId));
+    this.apply(next);
+  }
+
+  /** @internal A publish failed before an answer (see `Connection.publish`), or was refused. */
+  publishFailed(entry: Entry<OutgoingPublish>, e: Error): void {
+    // A lost connection is handled by `lost` (re-send or fail).
+    if (e instanceof ConnectionLostError || !this.outbox.get(entry.id)) return;
+    const out = entry.payload;
+    clearTimeout(out.timer);
+    const next = this.outbox.settled(entry.id);
+    out.reject(e);
+    this.apply(next);
   }
 
   private fail(entry: Entry<OutgoingPublish>, error: Error): void {
@@ -714,6 +725,23 @@ export class Client<T = Uint8Array | string> extends Emitter<ClientEvents> {
         return;
     }
   }
+}
+
+/**
+ * The waiter of one publish on a connection: one object, whose methods are
+ * shared (no closures per publish).
+ */
+interface PublishWaiter extends Pending {
+  readonly client: Client<unknown>;
+  readonly entry: Entry<OutgoingPublish>;
+}
+
+function publishReplied(this: PublishWaiter, reply: ServerBody): void {
+  this.client.publishReplied(this.entry, reply);
+}
+
+function publishRejected(this: PublishWaiter, error: Error): void {
+  this.client.publishFailed(this.entry, error);
 }
 
 /**

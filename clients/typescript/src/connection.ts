@@ -7,8 +7,8 @@
 import { isMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import { decodeServerFrame, encodeClientFrame } from "./codec.js";
 import { BrokerError, ConnectionLostError, InvalidUseError, ProtocolError, TimeoutError } from "./errors.js";
-import { PublishSchema, type ClientFrameSchema, type Limits, type ServerFrame } from "./gen/roomq_pb.js";
-import { decodeDeliveryFrame, encodePublishFrame } from "./fastwire.js";
+import { PublishSchema, type AckOk, type ClientFrameSchema, type Limits, type Publish, type ServerFrame } from "./gen/roomq_pb.js";
+import { decodeFastFrame, encodeAckFrame, encodePublishFrame, type AckParts } from "./fastwire.js";
 import { uuidToString } from "./ids.js";
 import {
   SUBPROTOCOL,
@@ -27,6 +27,11 @@ export type ServerCase = NonNullable<ServerBody["case"]>;
 export type ReplyOf<C extends ServerCase> = Extract<ServerBody, { case: C }>["value"];
 /** A push: a frame with request id 0. */
 export type Push = Exclude<ServerBody, { case: undefined }>;
+
+/** The encoder of one publish, for the id the connection gives it. */
+function publishEncoder(p: Publish): (id: number) => Uint8Array {
+  return (id) => encodePublishFrame(id, p);
+}
 
 /** Why a connection ended. */
 export interface EndReason {
@@ -61,11 +66,30 @@ export interface ConnectionOptions {
   onEnd: (end: EndReason) => void;
 }
 
-interface Pending {
-  resolve: (body: ServerBody) => void;
-  reject: (error: Error) => void;
+/** Who waits for a reply. Called as methods (`this` is the object), so one object can be the whole waiter. */
+export interface Pending {
+  resolve(body: ServerBody): void;
+  reject(error: Error): void;
   /** Called with the reply as soon as it is read, before any later frame is handled. */
   onReply: ((body: ServerBody) => void) | undefined;
+}
+
+/** The `ws` package's own event API, used when present (no event object per message). */
+interface WsEmitter {
+  on(event: "message", listener: (data: unknown, isBinary: boolean) => void): unknown;
+  removeListener(event: "message", listener: (data: unknown, isBinary: boolean) => void): unknown;
+}
+
+function wsEmitter(ws: WebSocketLike): WsEmitter | undefined {
+  const w = ws as unknown as { on?: unknown; removeListener?: unknown; terminate?: unknown };
+  return typeof w.on === "function" && typeof w.removeListener === "function" && typeof w.terminate === "function" ? (ws as unknown as WsEmitter) : undefined;
+}
+
+/** The reply's value if it is of kind `expect`; throws the broker's refusal or a ProtocolError otherwise. */
+function expectReply<C extends ServerCase>(reply: ServerBody, expect: C): ReplyOf<C> {
+  if (reply.case === expect) return reply.value as ReplyOf<C>;
+  if (reply.case === "error") throw brokerError(reply.value);
+  throw new ProtocolError(`expected ${expect}, got ${reply.case ?? "an empty frame"}`);
 }
 
 export class Connection {
@@ -77,14 +101,18 @@ export class Connection {
 
   private readonly ws: WebSocketLike;
   private readonly options: ConnectionOptions;
-  private nextId = 2n;
-  private readonly pending = new Map<bigint, Pending>();
+  /** Request ids are numbers: a connection never comes near 2^53 requests. */
+  private nextId = 2;
+  private readonly pending = new Map<number, Pending>();
   /** Requests waiting for the pending-request budget. */
-  private readonly backlog: Array<{ id: bigint; bytes: Uint8Array }> = [];
+  private readonly backlog: Array<{ id: number; bytes: Uint8Array }> = [];
   private readonly maxPending: number;
   private ended: EndReason | undefined;
   private corked = false;
-  private lastReceived = Date.now();
+  /** Frames received so far (the ping's liveness check compares it). */
+  private receivedCount = 0;
+  /** The `ws` message listener, when the socket is a `ws` one. */
+  private readonly wsListener: ((data: unknown, isBinary: boolean) => void) | undefined;
   private pingTimer: ReturnType<typeof setInterval> | undefined;
   private pongTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -97,7 +125,17 @@ export class Connection {
     this.limits = ok.limits;
     this.serverVersion = ok.serverVersion;
     this.maxPending = Math.max(1, ok.limits?.maxPendingRequests || 1024);
-    ws.onmessage = (e: MessageEventLike) => this.received(e.data);
+    const emitter = wsEmitter(ws);
+    if (emitter) {
+      // `ws`: listen to its own event, which hands over the data without
+      // building a MessageEvent per message. A text message is refused as
+      // it is with `onmessage` (no bytes).
+      ws.onmessage = null;
+      this.wsListener = (data: unknown, isBinary: boolean) => this.received(isBinary ? data : undefined);
+      emitter.on("message", this.wsListener);
+    } else {
+      ws.onmessage = (e: MessageEventLike) => this.received(e.data);
+    }
     ws.onclose = (e: CloseEventLike) =>
       this.end({ reason: e.reason ? `connection closed: ${e.reason}` : "connection closed", closeCode: e.code });
     ws.onerror = (e: ErrorEventLike) => this.end({ reason: e.message ? `connection error: ${e.message}` : "connection error" });
@@ -192,10 +230,28 @@ export class Connection {
     const hook = onReply && ((b: ServerBody) => {
       if (b.case === expect) onReply(b.value as ReplyOf<C>);
     });
-    const reply = await this.send(body, hook);
-    if (reply.case === expect) return reply.value as ReplyOf<C>;
-    if (reply.case === "error") throw brokerError(reply.value);
-    throw new ProtocolError(`expected ${expect}, got ${reply.case ?? "an empty frame"}`);
+    // Publishes as a ready `Publish` message: the direct encoder.
+    const encode = body.case === "publish" && isMessage(body.value, PublishSchema) ? publishEncoder(body.value) : (id: number) => encodeClientFrame({ requestId: BigInt(id), body });
+    const reply = await new Promise<ServerBody>((resolve, reject) => this.send(encode, { resolve, reject, onReply: hook }));
+    return expectReply(reply, expect);
+  }
+
+  /**
+   * Sends a publish without making a promise (the hot path): `waiter.resolve`
+   * gets the reply's body (a `publishOk`, or the broker's `error`)
+   * synchronously as it is read; `waiter.reject` gets a
+   * {@link ConnectionLostError} if the connection ends first, or an
+   * {@link InvalidUseError} for a frame over `max_frame_bytes` (never
+   * synchronously).
+   */
+  publish(p: Publish, waiter: Pending): void {
+    this.send(publishEncoder(p), waiter);
+  }
+
+  /** Sends an `Ack` (encoded directly) and resolves with its `AckOk`. */
+  async ack(a: AckParts): Promise<AckOk> {
+    const reply = await new Promise<ServerBody>((resolve, reject) => this.send((id) => encodeAckFrame(id, a), { resolve, reject, onReply: undefined }));
+    return expectReply(reply, "ackOk");
   }
 
   /** Closes the connection (no reconnect is implied; the caller decides). */
@@ -208,24 +264,35 @@ export class Connection {
     return this.pending.size;
   }
 
-  private send(body: ClientBody, onReply?: (body: ServerBody) => void): Promise<ServerBody> {
-    if (this.ended) return Promise.reject(new ConnectionLostError(this.ended.reason));
+  /** Encodes a request with the next id and sends it, or keeps it for the pending-request budget. Fails `p` asynchronously. */
+  private send(encode: (id: number) => Uint8Array, p: Pending): void {
+    if (this.ended) {
+      const error = new ConnectionLostError(this.ended.reason);
+      queueMicrotask(() => p.reject(error));
+      return;
+    }
     const id = this.nextId++;
-    // Publishes (the hot path) as a ready `Publish` message: the direct encoder.
-    const bytes = body.case === "publish" && isMessage(body.value, PublishSchema) ? encodePublishFrame(id, body.value) : encodeClientFrame({ requestId: id, body });
+    let bytes: Uint8Array;
+    try {
+      bytes = encode(id);
+    } catch (e) {
+      this.nextId--;
+      queueMicrotask(() => p.reject(e instanceof Error ? e : new Error(String(e))));
+      return;
+    }
     const max = this.limits?.maxFrameBytes;
     if (max && bytes.length > max) {
       this.nextId--;
-      return Promise.reject(new InvalidUseError(`the request is ${bytes.length} bytes, over the broker's max_frame_bytes ${max}`));
+      const error = new InvalidUseError(`the request is ${bytes.length} bytes, over the broker's max_frame_bytes ${max}`);
+      queueMicrotask(() => p.reject(error));
+      return;
     }
-    return new Promise<ServerBody>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, onReply });
-      if (this.pending.size - this.backlog.length > this.maxPending) {
-        this.backlog.push({ id, bytes });
-      } else {
-        this.write(bytes);
-      }
-    });
+    this.pending.set(id, p);
+    if (this.pending.size - this.backlog.length > this.maxPending) {
+      this.backlog.push({ id, bytes });
+    } else {
+      this.write(bytes);
+    }
   }
 
   private write(bytes: Uint8Array): void {
@@ -256,24 +323,31 @@ export class Connection {
 
   private received(data: unknown): void {
     if (this.ended) return;
-    this.lastReceived = Date.now();
+    this.receivedCount++;
     const bytes = messageBytes(data);
-    // Deliveries (most of what a receiver gets) through the direct decoder.
-    const delivery = bytes && decodeDeliveryFrame(bytes);
-    if (delivery) {
-      this.options.onPush({ case: "delivery", value: delivery });
-      return;
+    // Deliveries and the confirmations of publishes and acks (most of what
+    // a client reads) through the direct decoder; the rest, and anything
+    // it declines, through the generated one.
+    const fast = bytes && decodeFastFrame(bytes);
+    let requestId: number;
+    let body: ServerBody;
+    if (fast) {
+      requestId = fast.requestId;
+      body = fast.body;
+    } else {
+      let frame: ServerFrame;
+      try {
+        if (!bytes) throw new ProtocolError("a text message where a binary frame was expected");
+        frame = decodeServerFrame(bytes);
+      } catch (e) {
+        this.end({ reason: `undecodable frame from the broker: ${e instanceof Error ? e.message : String(e)}` });
+        return;
+      }
+      // Past 2^53 no request of this connection matches: -1 is none of them.
+      requestId = frame.requestId <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(frame.requestId) : -1;
+      body = frame.body;
     }
-    let frame: ServerFrame;
-    try {
-      if (!bytes) throw new ProtocolError("a text message where a binary frame was expected");
-      frame = decodeServerFrame(bytes);
-    } catch (e) {
-      this.end({ reason: `undecodable frame from the broker: ${e instanceof Error ? e.message : String(e)}` });
-      return;
-    }
-    const body = frame.body;
-    if (frame.requestId === 0n) {
+    if (requestId === 0) {
       if (body.case === undefined) return; // a body this SDK does not know
       if (body.case === "error" && body.value.fatal) {
         this.end({ reason: `${body.value.name}: ${body.value.message}`, error: brokerError(body.value) });
@@ -282,14 +356,15 @@ export class Connection {
       this.options.onPush(body);
       return;
     }
-    const waiting = this.pending.get(frame.requestId);
+    const waiting = this.pending.get(requestId);
     if (!waiting) return; // a reply to a request the client gave up on
-    this.pending.delete(frame.requestId);
+    this.pending.delete(requestId);
     this.releaseBacklog();
     if (body.case === "error" && body.value.fatal) {
-      // Fatal errors come with id 0, but be safe: the connection is over.
-      waiting.reject(brokerError(body.value));
+      // Fatal errors come with id 0, but be safe: the connection is over
+      // (ended first, as when the request's promise continued later).
       this.end({ reason: `${body.value.name}: ${body.value.message}`, error: brokerError(body.value) });
+      waiting.reject(brokerError(body.value));
       return;
     }
     if (waiting.onReply) {
@@ -320,11 +395,11 @@ export class Connection {
 
   private ping(): void {
     if (this.ended || this.pongTimer) return;
-    const sentAt = Date.now();
-    this.send({ case: "ping", value: { nonce: BigInt(sentAt) } }).catch(() => undefined);
+    const before = this.receivedCount;
+    this.request({ case: "ping", value: { nonce: BigInt(Date.now()) } }, "pong").catch(() => undefined);
     this.pongTimer = setTimeout(() => {
       this.pongTimer = undefined;
-      if (this.lastReceived < sentAt) this.end({ reason: `no reply to a ping within ${this.options.pingTimeoutMs} ms` });
+      if (this.receivedCount === before) this.end({ reason: `no reply to a ping within ${this.options.pingTimeoutMs} ms` });
     }, this.options.pingTimeoutMs);
   }
 
@@ -336,6 +411,7 @@ export class Connection {
     this.pongTimer = undefined;
     const ws = this.ws;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (this.wsListener) wsEmitter(ws)?.removeListener("message", this.wsListener);
     // Swallow late error events of a socket being torn down.
     ws.onerror = () => undefined;
     try {

@@ -33,6 +33,15 @@ export class Filter {
   private readonly acked = new Set<number>();
   /** Seqs handed to the application and not yet acked or nacked, with when. */
   private readonly heldAt = new Map<number, number>();
+  /**
+   * The seq handed out last and its time, before it goes into `heldAt` (0 =
+   * none): a delivery acknowledged as soon as it is handed out (auto-ack)
+   * then never touches the map, whose churn costs more than the rest of the
+   * filter. Every other method first moves it into the map. It is never a
+   * key of the map at the same time.
+   */
+  private lastSeq = 0;
+  private lastAt = 0;
   /** Highest seq handed out (ordered mode). */
   private lastHanded = 0;
   /** Seqs given back (nack, hold expired): their redelivery passes once. */
@@ -44,6 +53,7 @@ export class Filter {
 
   /** Decides about a delivery of `seq` arriving at `now` (ms). */
   offer(seq: number, now: number): Verdict {
+    this.spill();
     if (seq < this.floor || this.acked.has(seq)) return "reack";
     if (this.mode === "ordered") {
       if (this.heldAt.has(seq)) return "drop";
@@ -54,17 +64,31 @@ export class Filter {
     } else {
       this.released.delete(seq);
     }
-    this.heldAt.set(seq, now);
+    if (this.heldAt.has(seq)) {
+      this.heldAt.set(seq, now); // handed again while held (unordered mode): never in both places
+    } else {
+      this.lastSeq = seq;
+      this.lastAt = now;
+    }
     if (seq > this.lastHanded) this.lastHanded = seq;
     return "hand";
   }
 
   /** The application acknowledged `seq`. */
   ack(seq: number): void {
-    this.heldAt.delete(seq);
-    this.released.delete(seq);
-    if (seq >= this.floor) this.acked.add(seq);
-    this.compact();
+    if (seq === this.lastSeq) this.lastSeq = 0;
+    else {
+      this.spill();
+      this.heldAt.delete(seq);
+    }
+    if (this.released.size > 0) this.released.delete(seq);
+    if (seq === this.floor) {
+      // In order (the common case): the floor moves without the set.
+      this.floor++;
+      if (this.acked.size > 0) this.compact();
+    } else if (seq > this.floor) {
+      this.acked.add(seq);
+    }
     if (this.mode === "shared" && this.acked.size > SHARED_ACKED_CAP) {
       // Forget the oldest remembered ack; a redelivery of it would be handed
       // again, which at-least-once allows.
@@ -75,6 +99,7 @@ export class Filter {
 
   /** The broker reported that every seq below `nextSeq` is acknowledged. */
   advanceFloor(nextSeq: number): void {
+    this.spill();
     if (nextSeq > this.floor) {
       this.floor = nextSeq;
       for (const s of this.acked) if (s < nextSeq) this.acked.delete(s);
@@ -88,6 +113,7 @@ export class Filter {
    * everything up to `toSeq` as done.
    */
   skipped(fromSeq: number, toSeq: number): void {
+    this.spill();
     for (const s of [...this.heldAt.keys()]) if (s >= fromSeq && s <= toSeq) this.heldAt.delete(s);
     for (const s of [...this.released]) if (s >= fromSeq && s <= toSeq) this.released.delete(s);
     this.advanceFloor(toSeq + 1);
@@ -95,11 +121,13 @@ export class Filter {
 
   /** The application gave `seq` back: its redelivery will be let through. */
   release(seq: number): void {
+    this.spill();
     if (this.heldAt.delete(seq)) this.released.add(seq);
   }
 
   /** Seqs held since before `cutoff` are released (held too long); returns them. */
   expireHeld(cutoff: number): number[] {
+    this.spill();
     const old: number[] = [];
     for (const [s, t] of this.heldAt) if (t < cutoff) old.push(s);
     for (const s of old) {
@@ -111,11 +139,13 @@ export class Filter {
 
   /** Seqs the application holds now, ascending. */
   held(): number[] {
+    this.spill();
     return [...this.heldAt.keys()].sort((a, b) => a - b);
   }
 
   /** Whether the application holds `seq`. */
   holds(seq: number): boolean {
+    this.spill();
     return this.heldAt.has(seq);
   }
 
@@ -129,10 +159,18 @@ export class Filter {
    * holds, or gave back and the broker will redeliver. `Infinity` if none.
    */
   lowestOutstanding(): number {
+    this.spill();
     let low = Number.POSITIVE_INFINITY;
     for (const s of this.heldAt.keys()) if (s < low) low = s;
     for (const s of this.released) if (s < low) low = s;
     return low;
+  }
+
+  /** Moves the seq handed out last into `heldAt`. */
+  private spill(): void {
+    if (this.lastSeq === 0) return;
+    this.heldAt.set(this.lastSeq, this.lastAt);
+    this.lastSeq = 0;
   }
 
   private compact(): void {

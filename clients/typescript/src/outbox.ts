@@ -57,8 +57,12 @@ export type FailReason = "offline-queue-full" | "not-connected" | "connection-lo
 export class Outbox<P> {
   private readonly options: OutboxOptions;
   private readonly entries = new Map<number, Entry<P>>();
-  /** Queued entries in submission order, from `head` on (stale ones are skipped). */
-  private waiting: Entry<P>[] = [];
+  /**
+   * Queued entries in submission order, from `head` on (stale ones are
+   * skipped). Slots before `head` are cleared, so that a publish's objects
+   * are not kept alive by this array once it was sent.
+   */
+  private waiting: Array<Entry<P> | undefined> = [];
   private head = 0;
   /** Entries in state "queued". */
   private queuedCount = 0;
@@ -206,7 +210,8 @@ export class Outbox<P> {
   private fill(): Entry<P>[] {
     const out: Entry<P>[] = [];
     while (this.inFlight < this.options.window && this.head < this.waiting.length) {
-      const e = this.waiting[this.head++];
+      const e = this.waiting[this.head];
+      this.waiting[this.head++] = undefined;
       if (!e || e.state !== "queued" || !this.entries.has(e.id)) continue;
       e.state = "sent";
       e.sends++;

@@ -72,11 +72,6 @@ export interface JoinInfo {
 type Handler<T> = (data: T, delivery: Delivery<T>) => void | Promise<void>;
 type AnyHandler<T> = (event: string, data: T, delivery: Delivery<T>) => void | Promise<void>;
 
-interface PendingAck {
-  seq: number;
-  resolve: () => void;
-}
-
 /** Volatile deliveries that may wait for `for await` (stored ones are bounded by max_in_flight). */
 const EXTRA_QUEUE = 1024;
 
@@ -123,7 +118,9 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   /** Deliveries no handler took, for `for await`. */
   private readonly queue: Delivery<T>[] = [];
   private readonly waiters: Array<(d: IteratorResult<Delivery<T>>) => void> = [];
-  private pendingAcks: PendingAck[] = [];
+  /** Seqs acknowledged since the last flush, and the `ack()` promises waiting for it (auto-acks have none). */
+  private ackSeqs: number[] = [];
+  private ackWaiters: Array<() => void> = [];
   /** Volatile deliveries waiting in `queue`, and those dropped because too many waited. */
   private queuedVolatile = 0;
   private droppedVolatile = 0;
@@ -357,7 +354,10 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   disconnected(): void {
     clearTimeout(this.ackTimer);
     this.ackTimer = undefined;
-    for (const p of this.pendingAcks.splice(0)) p.resolve();
+    const waiters = this.ackWaiters;
+    this.ackSeqs = [];
+    this.ackWaiters = [];
+    for (const w of waiters) w();
   }
 
   /** @internal The room ends (left, client closed, taken over, deleted). */
@@ -366,7 +366,7 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     this.closedWith = closed;
     clearInterval(this.keepAliveTimer);
     // Acks already made are still sent if the connection is up.
-    if (this.pendingAcks.length > 0 && closed.reason === "left") this.flushAcks();
+    if (this.ackSeqs.length > 0 && closed.reason === "left") this.flushAcks();
     else this.disconnected();
     for (const w of this.waiters.splice(0)) w({ done: true, value: undefined });
     for (const h of [...this.closedHandlers]) this.guard(() => h(closed));
@@ -409,58 +409,57 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
   private queueAck(seq: number, quiet: true): void;
   private queueAck(seq: number, quiet = false): Promise<void> | void {
     if (!this.host.current()) return quiet ? undefined : Promise.resolve();
-    const schedule = () => {
-      if (this.pendingAcks.length >= 1000) this.flushAcks();
-      else if (!this.ackTimer) this.ackTimer = setTimeout(() => this.flushAcks(), this.host.ackDelayMs);
-    };
     if (quiet) {
-      this.pendingAcks.push({ seq, resolve: noop });
-      schedule();
+      this.ackSeqs.push(seq);
+      this.scheduleAcks();
       return undefined;
     }
     return new Promise<void>((resolve) => {
-      this.pendingAcks.push({ seq, resolve });
-      schedule();
+      this.ackSeqs.push(seq);
+      this.ackWaiters.push(resolve);
+      this.scheduleAcks();
     });
   }
+
+  private scheduleAcks(): void {
+    if (this.ackSeqs.length >= 1000) this.flushAcks();
+    else if (!this.ackTimer) this.ackTimer = setTimeout(this.flushAcksLater, this.host.ackDelayMs);
+  }
+
+  private readonly flushAcksLater = (): void => this.flushAcks();
 
   private flushAcks(): void {
     clearTimeout(this.ackTimer);
     this.ackTimer = undefined;
-    const batch = this.pendingAcks.splice(0);
-    if (batch.length === 0) return;
+    const seqs = this.ackSeqs;
+    if (seqs.length === 0) return;
+    const waiters = this.ackWaiters;
+    this.ackSeqs = [];
+    this.ackWaiters = [];
+    const release = (): void => {
+      for (const w of waiters) w();
+    };
     const conn = this.host.current();
     if (!conn) {
-      for (const p of batch) p.resolve();
+      release();
       return;
     }
-    const plans = planAcks(
-      batch.map((p) => p.seq),
-      this.filter.lowestOutstanding(),
-      this.mode !== "shared",
-    );
+    const plans = planAcks(seqs, this.filter.lowestOutstanding(), this.mode !== "shared");
     const sends = plans.map((plan) =>
-      conn
-        .request({ case: "ack", value: { room: this.name, subscription: this.subscription, upTo: BigInt(plan.upTo), seqs: plan.seqs.map((s) => BigInt(s)) } }, "ackOk")
-        .then((ok) => this.filter.advanceFloor(num(ok.nextSeq))),
+      conn.ack({ room: this.name, subscription: this.subscription, upTo: plan.upTo, seqs: plan.seqs }).then((ok) => this.filter.advanceFloor(num(ok.nextSeq))),
     );
-    Promise.all(sends).then(
-      () => {
-        for (const p of batch) p.resolve();
-      },
-      (e: unknown) => {
-        if (e instanceof ConnectionLostError) {
-          for (const p of batch) p.resolve();
-          return;
-        }
-        // An ack never rejects (an ignored promise must not take a Node
-        // process down); a refusal, e.g. NOT_JOINED after a takeover, goes
-        // to the "error" listeners.
-        this.ackFailures += batch.length;
-        for (const p of batch) p.resolve();
-        this.reportError(asRoomqError(e));
-      },
-    );
+    (sends.length === 1 ? (sends[0] as Promise<void>) : Promise.all(sends)).then(release, (e: unknown) => {
+      if (e instanceof ConnectionLostError) {
+        release();
+        return;
+      }
+      // An ack never rejects (an ignored promise must not take a Node
+      // process down); a refusal, e.g. NOT_JOINED after a takeover, goes
+      // to the "error" listeners.
+      this.ackFailures += seqs.length;
+      release();
+      this.reportError(asRoomqError(e));
+    });
   }
 
   private keepAlive(): void {
@@ -512,20 +511,30 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
       } else this.droppedVolatile++;
       return;
     }
-    const results: Array<void | Promise<void>> = [];
+    // Handlers' promises, if any returned one (most return nothing: no array then).
+    let promises: Promise<void>[] | undefined;
     try {
-      for (const h of set ?? []) results.push(h(delivery.data, delivery));
-      for (const h of this.anyHandlers) results.push(h(delivery.event, delivery.data, delivery));
+      if (set) {
+        for (const h of set) {
+          const r = h(delivery.data, delivery);
+          if (r instanceof Promise) (promises ??= []).push(r);
+        }
+      }
+      if (this.anyHandlers.size > 0) {
+        for (const h of this.anyHandlers) {
+          const r = h(delivery.event, delivery.data, delivery);
+          if (r instanceof Promise) (promises ??= []).push(r);
+        }
+      }
     } catch (e) {
       this.handlerFailed(delivery, e);
       return;
     }
     if (!this.autoAck) {
-      for (const r of results) if (r instanceof Promise) r.catch((e: unknown) => this.reportError(asRoomqError(e), delivery));
+      if (promises) for (const r of promises) r.catch((e: unknown) => this.reportError(asRoomqError(e), delivery));
       return;
     }
-    const promises = results.filter((r): r is Promise<void> => r instanceof Promise);
-    if (promises.length === 0) {
+    if (!promises) {
       delivery.ackQuietly();
       return;
     }
@@ -575,8 +584,6 @@ export class Room<T> implements AsyncIterable<Delivery<T>> {
     }
   }
 }
-
-function noop(): void {}
 
 function asRoomqError(e: unknown): RoomqError {
   if (e instanceof RoomqError) return e;
