@@ -264,6 +264,9 @@ pub struct StorageConfig {
     /// replays, redeliveries of old messages) running at once. More wait
     /// in order.
     pub max_reads_in_flight: u32,
+    /// How long after a failed read of stored messages it is tried again
+    /// (ms). The members that needed it wait meanwhile; nothing is skipped.
+    pub read_retry_ms: u64,
 }
 
 /// TLS for client connections: on when both files are set. An empty path
@@ -423,6 +426,7 @@ impl Default for StorageConfig {
             commit_timeout_ms: 30_000,
             retention_interval_ms: 1_000,
             max_reads_in_flight: 16,
+            read_retry_ms: 1_000,
         }
     }
 }
@@ -491,7 +495,7 @@ impl Config {
         let t = &self.tls;
         let h = &self.http;
         let m = &self.metrics;
-        let checks: [(bool, &str); 25] = [
+        let checks: [(bool, &str); 26] = [
             (
                 m.max_room_series <= 10_000,
                 "metrics.max_room_series must be at most 10000",
@@ -573,6 +577,7 @@ impl Config {
                 s.max_reads_in_flight > 0,
                 "storage.max_reads_in_flight must be > 0",
             ),
+            (s.read_retry_ms > 0, "storage.read_retry_ms must be > 0"),
             (
                 t.cert_path.as_os_str().is_empty() == t.key_path.as_os_str().is_empty(),
                 "tls.cert_path and tls.key_path must be set together",

@@ -378,6 +378,9 @@ impl Broker {
         if let Some(t) = self.dedup.next_expiry() {
             consider(t);
         }
+        if let Some(t) = self.outlet.reads.next_retry() {
+            consider(t);
+        }
         if let Some(t) = self.retention.next_sweep() {
             consider(t);
         }
@@ -575,6 +578,9 @@ impl Broker {
         for (room, key) in to_pump {
             self.pump(room, &key);
         }
+        for room in self.outlet.reads.due_retries(now) {
+            self.pump_room(room);
+        }
         if self.dedup.expire(now) {
             let cutoff = now_ms().saturating_sub(self.config.limits.dedup_window_ms);
             self.pipeline.batch().dedup_expire_before = Some(cutoff);
@@ -601,10 +607,13 @@ impl Broker {
                             r.release();
                         }
                     }
-                    // The members wait (and ask again when next pumped)
-                    // rather than lose the messages.
+                    // The members wait rather than lose the messages; the
+                    // room is pumped again after `storage.read_retry_ms`,
+                    // which asks for the read anew.
                     Err(e) => {
-                        error!(room_id = room, from, error = %e, "cannot read stored messages; not delivered");
+                        let retry = Duration::from_millis(self.config.storage.read_retry_ms);
+                        error!(room_id = room, from, error = %e, retry_ms = self.config.storage.read_retry_ms, "cannot read stored messages; not delivered yet, will try again");
+                        self.outlet.reads.retry_at(room, Instant::now() + retry);
                     }
                 }
             }

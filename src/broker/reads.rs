@@ -68,6 +68,9 @@ pub struct Reads {
     queue: VecDeque<(RoomId, u64)>,
     waiting: HashSet<(RoomId, u64)>,
     max: usize,
+    /// Rooms whose read failed, with when to pump them again (which asks
+    /// for the read anew), soonest first.
+    retries: std::collections::BTreeSet<(tokio::time::Instant, RoomId)>,
 }
 
 impl Reads {
@@ -82,7 +85,35 @@ impl Reads {
             queue: VecDeque::new(),
             waiting: HashSet::new(),
             max: max.max(1),
+            retries: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Notes that a read of `room` failed: the room is pumped again at
+    /// `at`, and its members (which waited rather than skip anything) ask
+    /// for the read anew. One retry per room is pending at a time.
+    pub fn retry_at(&mut self, room: RoomId, at: tokio::time::Instant) {
+        if !self.retries.iter().any(|(_, r)| *r == room) {
+            self.retries.insert((at, room));
+        }
+    }
+
+    /// When the next retry is due.
+    pub fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.retries.first().map(|(at, _)| *at)
+    }
+
+    /// The rooms whose retries are due at `now`, taken off the list.
+    pub fn due_retries(&mut self, now: tokio::time::Instant) -> Vec<RoomId> {
+        let mut due = Vec::new();
+        while let Some(&(at, room)) = self.retries.first() {
+            if at > now {
+                break;
+            }
+            self.retries.pop_first();
+            due.push(room);
+        }
+        due
     }
 
     /// The store, for work that reads more than once (see [`Reads::spawn`]).
