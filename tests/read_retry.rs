@@ -1,7 +1,9 @@
-//! A failed read of stored messages is tried again after
+//! Failed reads of the stored log. A read for delivery is tried again after
 //! `storage.read_retry_ms`, without anything else happening in the room:
 //! the member that needed it waits at the message it could not read, then
-//! gets everything, in order, once. Timers run on paused tokio time.
+//! gets everything, in order, once. A join by time whose search cannot read
+//! the log is refused, not started elsewhere. Timers run on paused tokio
+//! time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -114,4 +116,91 @@ async fn a_failed_read_is_tried_again_and_the_member_gets_everything_in_order() 
     assert_quiet(&mut md, Duration::from_secs(10)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// A join by time whose search of the stored log cannot read it is refused
+/// with `INTERNAL` (nothing is joined), rather than started later than
+/// asked; joined again, it starts at the right message.
+#[tokio::test(start_paused = true)]
+async fn a_join_by_time_whose_search_cannot_read_the_log_is_refused_not_misplaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = paused_config(&dir);
+    config.storage.room_cache_messages = 4;
+    let store = FlakyReads {
+        inner: SledStore::open(dir.path(), 8 << 20).unwrap(),
+        failures: AtomicUsize::new(0),
+        reads: Arc::new(AtomicUsize::new(0)),
+    };
+    let failures = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(run_with_store(
+        listener,
+        config,
+        Arc::new(OnBlockingPool::new(SharedFlaky(failures.clone()))),
+        shutdown.clone(),
+    ));
+    let opts = |id: &str| roomq_client::ConnectOptions::new(addr.to_string()).client_id(id);
+    let (p, _pd) = Client::connect(opts("publisher")).await.unwrap();
+    // Seqs 1..=20 a second apart; the start time is seq 8's.
+    let mut stamps = Vec::new();
+    let (w, mut wd) = Client::connect(opts("watcher")).await.unwrap();
+    w.join_with(join("r", pb::StartPosition::New, 100, 3_600_000))
+        .await
+        .unwrap();
+    for i in 1..=20u64 {
+        assert_eq!(p.publish("r", "e", format!("m{i}")).await.unwrap(), i);
+        let d = next_paused(&mut wd).await;
+        stamps.push(d.message.unwrap().timestamp_ms);
+        w.ack_up_to("r", "", i).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let at = stamps[7];
+
+    failures.failures.store(1, Ordering::SeqCst);
+    let (m, mut md) = Client::connect(opts("late")).await.unwrap();
+    let join_at = || pb::Join {
+        start_time_ms: at,
+        ..join("r", pb::StartPosition::Time, 100, 3_600_000)
+    };
+    assert_eq!(
+        code(m.join_with(join_at()).await),
+        roomq_client::ErrorCode::Internal
+    );
+    assert_quiet(&mut md, Duration::from_secs(10)).await;
+
+    m.join_with(join_at()).await.unwrap();
+    for want in 8..=20u64 {
+        assert_eq!(seq(&next_paused(&mut md).await), want);
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// A [`FlakyReads`] the test keeps a handle on, to fail reads later.
+struct SharedFlaky(Arc<FlakyReads>);
+
+impl BlockingStore for SharedFlaky {
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        self.0.recover()
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<Flushed, StoreError> {
+        self.0.commit(batch)
+    }
+
+    fn read(
+        &self,
+        room: RoomId,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<StoredMessage>>, StoreError> {
+        self.0.read(room, from, max, max_bytes)
+    }
+
+    fn flush(&self) -> Result<Flushed, StoreError> {
+        self.0.flush()
+    }
 }

@@ -18,7 +18,7 @@ use super::reply::{Deferred, Reply, Resume};
 use super::room::{Consumer, GroupMode, Member, MemberKey, Room};
 use crate::config::Limits;
 use crate::metrics::Quota;
-use crate::storage::{RoomId, Store};
+use crate::storage::{RoomId, Store, StoreError};
 
 /// Longest ack timeout a member may ask for: one day.
 pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -34,6 +34,10 @@ pub enum Start {
     Time(u64),
     /// A `Time` start, found: this seq (or the end of the log, if past it).
     Found(u64),
+    /// A `Time` start whose search of the stored log could not read it:
+    /// the join is refused (the client may try again) rather than started
+    /// somewhere other than asked.
+    Unfound,
 }
 
 /// A checked join.
@@ -162,12 +166,23 @@ impl Broker {
                     TimeSearch::Store { lo, hi } => {
                         let store = self.outlet.reads.store();
                         return Ok(Reply::AfterRead(Resume::new(async move {
-                            req.start = Start::Found(search_time(store, room_id, ms, lo, hi).await);
+                            req.start = match search_time(store, room_id, ms, lo, hi).await {
+                                Ok(seq) => Start::Found(seq),
+                                Err(e) => {
+                                    tracing::error!(room_id, error = %e, "cannot read the log to find a start time; join refused");
+                                    Start::Unfound
+                                }
+                            };
                             req
                         })));
                     }
                 }
             }
+        }
+        if req.start == Start::Unfound {
+            return Err(BrokerError::Internal(
+                "the stored log could not be read to find the start time; try again".into(),
+            ));
         }
         let Some(entry) = self.outlet.sessions.get(&session) else {
             return Ok(Reply::Gone);
@@ -440,8 +455,9 @@ fn start_position(room: &Room, start: Start) -> u64 {
         Start::Earliest => room.first_seq,
         Start::Seq(s) => s.clamp(room.first_seq, end),
         Start::Found(s) => s.clamp(room.first_seq, end),
-        // The room is new: nothing was stored at any time.
-        Start::Time(_) => end,
+        // The room is new: nothing was stored at any time. (`Unfound` is
+        // refused before a position is taken.)
+        Start::Time(_) | Start::Unfound => end,
     }
 }
 
@@ -526,25 +542,24 @@ enum TimeSearch {
 }
 
 /// The first stored seq of `room` in `lo..hi` accepted at or after wall
-/// time `ms`, or `hi` if none: a binary search over the stored log.
+/// time `ms`, or `hi` if none: a binary search over the stored log. Fails
+/// if a read fails (the join is then refused, not started elsewhere).
 async fn search_time(
     store: Arc<dyn Store>,
     room: RoomId,
     ms: u64,
     mut lo: u64,
     mut hi: u64,
-) -> u64 {
+) -> Result<u64, StoreError> {
     // Invariant: every seq below `lo` is older than `ms`; `hi` is the end
     // of the range or at/after `ms`.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let found = match store.read(room, mid, 1, usize::MAX).await {
-            Ok(v) => v.into_iter().next(),
-            Err(e) => {
-                tracing::error!(room_id = room, error = %e, "cannot read the log to find a start time");
-                return hi;
-            }
-        };
+        let found = store
+            .read(room, mid, 1, usize::MAX)
+            .await?
+            .into_iter()
+            .next();
         match found {
             // `mid` itself may be trimmed: the next stored one stands in.
             Some(m) if m.seq < hi && m.info.timestamp_ms < ms => lo = m.seq + 1,
@@ -552,7 +567,7 @@ async fn search_time(
             _ => hi = mid,
         }
     }
-    lo
+    Ok(lo)
 }
 
 /// A member's name for logs and errors.
