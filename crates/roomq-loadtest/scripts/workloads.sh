@@ -62,9 +62,9 @@ run() {
   ( busy=0; while sleep 0.5; do { pgrep -x rustc || pgrep -f clippy-driver; } >/dev/null && { echo busy > "$OUT/$name.busy"; }; done ) &
   local watcher=$!
   rm -f "$OUT/$name.busy"
-  "$LT" --addr "$TARGET" --no-progress --json "$OUT/$name.json" "$@" > "$OUT/$name.txt" || echo "exit $?" >> "$OUT/$name.txt"
+  "$LT" --addr "$TARGET" --broker-pid "$PID" --no-progress --json "$OUT/$name.json" "$@" > "$OUT/$name.txt" || echo "exit $?" >> "$OUT/$name.txt"
   kill "$watcher" 2>/dev/null || true; wait "$watcher" 2>/dev/null || true
-  echo "$name: $(grep -E 'confirm rate|deliver rate|verify' "$OUT/$name.txt" | tr -s ' ' | tr '\n' ' ')"
+  echo "$name: $(grep -E 'confirm rate|deliver rate|broker CPU|verify' "$OUT/$name.txt" | tr -s ' ' | tr '\n' ' ')"
 }
 
 for w in $WORKLOADS; do
@@ -134,11 +134,15 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
 def fig(vals):
     vals = sorted(vals)
     return f"{statistics.median(vals):,.0f} ({vals[0]:,.0f}–{vals[-1]:,.0f})"
-print(f"\n{'workload':10} {'runs':>4} {'confirm msg/s':>28} {'deliver msg/s':>28} {'confirm p99 µs':>24} {'e2e p99 µs':>24} verify busy")
+def cpu(rs):
+    vals = [r.get('broker_cpu_us_per_msg') for r in rs]
+    vals = sorted(v for v in vals if v is not None)
+    return f"{statistics.median(vals):.2f} ({vals[0]:.2f}–{vals[-1]:.2f})" if vals else "–"
+print(f"\n{'workload':10} {'runs':>4} {'confirm msg/s':>28} {'deliver msg/s':>28} {'confirm p99 µs':>24} {'e2e p99 µs':>24} {'broker CPU µs/msg':>20} verify busy")
 for k, runs in groups.items():
     rs = [r for r, _ in runs]
     print(f"{k:10} {len(rs):>4} {fig([r['confirm_rate'] for r in rs]):>28} {fig([r['deliver_rate'] for r in rs]):>28} "
-          f"{fig([r['confirm_latency_us']['p99'] for r in rs]):>24} {fig([r['e2e_latency_us']['p99'] for r in rs]):>24} "
+          f"{fig([r['confirm_latency_us']['p99'] for r in rs]):>24} {fig([r['e2e_latency_us']['p99'] for r in rs]):>24} {cpu(rs):>20} "
           f"{'PASS' if all(r['verify']['passed'] for r in rs) else 'FAIL'} {sum(b for _, b in runs)}")
 for w in ("w7", "w7-ws", "w7-1m"):
     f = os.path.join(out, w + ".json")

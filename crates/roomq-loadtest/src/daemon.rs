@@ -111,6 +111,11 @@ impl Daemon {
 
     /// The address clients connect to: `host:port` for TCP, `ws://host:port`
     /// for WebSocket (falls back to TCP if the HTTP listener is off).
+    /// The roomqd process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn client_addr(&self) -> String {
         match (self.transport, self.http) {
             (Transport::Ws, Some(http)) => format!("ws://{http}"),

@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// Hard bound on the whole run, in seconds.
     #[arg(long, default_value_t = 900.0)]
     pub max_secs: f64,
+    /// The process id of the broker at --addr, to report its CPU time per
+    /// message (Linux). Not needed with --roomqd.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
     /// Event name of the published messages.
     #[arg(long, default_value = "lt")]
     pub event: String,
@@ -902,6 +906,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
             crate::daemon::Daemon::start(bin, dir.path(), None, Duration::from_secs(30)).await?;
         daemon.transport = args.transport;
         args.addr = daemon.client_addr();
+        args.broker_pid = Some(daemon.pid());
         own_broker = Some((daemon, dir));
     }
     let started = std::time::Instant::now();
@@ -970,6 +975,15 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         ctx.measure_end_ns = ctx.warm_end_ns + u64::try_from(m.as_nanos()).unwrap_or(u64::MAX);
     }
     let ctx = Arc::new(ctx);
+    // The broker's CPU time at the end of the warm-up, for its cost per
+    // message over the measured period.
+    let cpu_at_warm_end = args.broker_pid.map(|pid| {
+        let at = clock.instant(ctx.warm_end_ns);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            crate::cpu::process_cpu(pid)
+        })
+    });
     let stop_at = match measured {
         Some(_) => clock.instant(ctx.measure_end_ns).into(),
         None => hard_end,
@@ -1057,6 +1071,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let _ = tokio::task::spawn_blocking(move || p.join()).await;
     }
     let publish_end_ns = clock.now_ns();
+    let cpu_at_publish_end = args.broker_pid.and_then(crate::cpu::process_cpu);
 
     // Drain: tell each room what to wait for. Each target is stored once,
     // as the maximum over all of its room's publishers: subscribers read it
@@ -1144,6 +1159,30 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         }
     };
     let verify = verdict(args.verify, &totals, failed, confirmed, !replay);
+    // What the broker spent per message it confirmed (a replay: per first
+    // delivery) between the end of the warm-up and the end of publishing
+    // (a replay: of delivering).
+    let cpu_start = match cpu_at_warm_end {
+        Some(task) => task.await.ok().flatten(),
+        None => None,
+    };
+    let cpu_end = if replay {
+        args.broker_pid.and_then(crate::cpu::process_cpu)
+    } else {
+        cpu_at_publish_end
+    };
+    let broker_cpu_secs = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) => Some((b.saturating_sub(a).as_secs_f64() * 1000.0).round() / 1000.0),
+        _ => None,
+    };
+    let per_msg = if replay {
+        measured_deliveries
+    } else {
+        measured_confirms
+    };
+    let broker_cpu_us_per_msg = broker_cpu_secs
+        .filter(|_| per_msg > 0)
+        .map(|secs| (secs * 1e8 / per_msg as f64).round() / 100.0);
     let report = Report {
         tool: "roomq-loadtest",
         tool_version: env!("CARGO_PKG_VERSION"),
@@ -1178,6 +1217,8 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         confirm_latency_us: LatencySummary::of(&confirm_latency),
         e2e_latency_us: LatencySummary::of(&e2e_latency),
         send_lag_us: LatencySummary::of(&send_lag),
+        broker_cpu_secs,
+        broker_cpu_us_per_msg,
         verify,
         first_error: ctx.first_error.lock().ok().and_then(|e| e.clone()),
         params: args,

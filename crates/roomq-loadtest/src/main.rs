@@ -24,6 +24,7 @@
 //! - `report`: histograms, live counters, the JSON report and the summary.
 
 mod chaos;
+mod cpu;
 mod daemon;
 mod load;
 mod pacer;

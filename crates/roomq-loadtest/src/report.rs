@@ -320,6 +320,13 @@ pub struct Report {
     /// connection: the generator's own lateness, part of both latencies
     /// above (in a closed loop it is ~0 by definition).
     pub send_lag_us: LatencySummary,
+    /// The broker's CPU time (user + system, all threads) from the end of
+    /// the warm-up to the end of publishing (a replay: of delivering), when
+    /// its process could be read (`--roomqd`, or `--broker-pid`, on Linux).
+    pub broker_cpu_secs: Option<f64>,
+    /// `broker_cpu_secs` per message confirmed in the measured period (a
+    /// replay: per first delivery), in microseconds.
+    pub broker_cpu_us_per_msg: Option<f64>,
     pub verify: Verdict,
     /// The first error a publisher or subscriber saw, if any.
     pub first_error: Option<String>,
@@ -376,6 +383,9 @@ impl Report {
             group(self.deliver_rate as u64),
             self.deliver_secs
         );
+        if let (Some(secs), Some(us)) = (self.broker_cpu_secs, self.broker_cpu_us_per_msg) {
+            println!("  broker CPU    {secs:>12.2} s    {us:.2} µs per message");
+        }
         println!("  confirm latency  {}", self.confirm_latency_us.line());
         println!("  e2e latency      {}", self.e2e_latency_us.line());
         if self.params.rate > 0.0 {
