@@ -71,6 +71,8 @@ pub struct Reads {
     /// Rooms whose read failed, with when to pump them again (which asks
     /// for the read anew), soonest first.
     retries: std::collections::BTreeSet<(tokio::time::Instant, RoomId)>,
+    /// The rooms in `retries`.
+    retrying: HashSet<RoomId>,
 }
 
 impl Reads {
@@ -86,6 +88,7 @@ impl Reads {
             waiting: HashSet::new(),
             max: max.max(1),
             retries: std::collections::BTreeSet::new(),
+            retrying: HashSet::new(),
         }
     }
 
@@ -93,7 +96,7 @@ impl Reads {
     /// `at`, and its members (which waited rather than skip anything) ask
     /// for the read anew. One retry per room is pending at a time.
     pub fn retry_at(&mut self, room: RoomId, at: tokio::time::Instant) {
-        if !self.retries.iter().any(|(_, r)| *r == room) {
+        if self.retrying.insert(room) {
             self.retries.insert((at, room));
         }
     }
@@ -111,6 +114,7 @@ impl Reads {
                 break;
             }
             self.retries.pop_first();
+            self.retrying.remove(&room);
             due.push(room);
         }
         due

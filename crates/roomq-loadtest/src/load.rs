@@ -988,6 +988,15 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         Some(_) => clock.instant(ctx.measure_end_ns).into(),
         None => hard_end,
     };
+    // With a measured duration, also at its end (the confirms counted end
+    // there); otherwise when publishing ends.
+    let cpu_at_measure_end = match (args.broker_pid, measured) {
+        (Some(pid), Some(_)) => Some(tokio::spawn(async move {
+            tokio::time::sleep_until(stop_at).await;
+            crate::cpu::process_cpu(pid)
+        })),
+        _ => None,
+    };
 
     let mut sub_tasks = Vec::new();
     let until = if replay {
@@ -1071,7 +1080,10 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let _ = tokio::task::spawn_blocking(move || p.join()).await;
     }
     let publish_end_ns = clock.now_ns();
-    let cpu_at_publish_end = args.broker_pid.and_then(crate::cpu::process_cpu);
+    let cpu_at_publish_end = match cpu_at_measure_end {
+        Some(task) => task.await.ok().flatten(),
+        None => args.broker_pid.and_then(crate::cpu::process_cpu),
+    };
 
     // Drain: tell each room what to wait for. Each target is stored once,
     // as the maximum over all of its room's publishers: subscribers read it
@@ -1160,8 +1172,8 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     };
     let verify = verdict(args.verify, &totals, failed, confirmed, !replay);
     // What the broker spent per message it confirmed (a replay: per first
-    // delivery) between the end of the warm-up and the end of publishing
-    // (a replay: of delivering).
+    // delivery) between the end of the warm-up and the end of the measured
+    // period or of publishing (a replay: of delivering).
     let cpu_start = match cpu_at_warm_end {
         Some(task) => task.await.ok().flatten(),
         None => None,

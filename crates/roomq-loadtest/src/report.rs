@@ -321,7 +321,8 @@ pub struct Report {
     /// above (in a closed loop it is ~0 by definition).
     pub send_lag_us: LatencySummary,
     /// The broker's CPU time (user + system, all threads) from the end of
-    /// the warm-up to the end of publishing (a replay: of delivering), when
+    /// the warm-up to the end of the measured period (without a duration:
+    /// of publishing; a replay: of delivering), when
     /// its process could be read (`--roomqd`, or `--broker-pid`, on Linux).
     pub broker_cpu_secs: Option<f64>,
     /// `broker_cpu_secs` per message confirmed in the measured period (a
