@@ -24,7 +24,8 @@ use roomq_client::raw::Connection as Client;
 /// sled, whose first `failures` reads fail.
 struct FlakyReads {
     inner: SledStore,
-    failures: AtomicUsize,
+    /// Reads still to fail (the test may add some later).
+    failures: Arc<AtomicUsize>,
     reads: Arc<AtomicUsize>,
 }
 
@@ -70,7 +71,7 @@ async fn a_failed_read_is_tried_again_and_the_member_gets_everything_in_order() 
     let reads = Arc::new(AtomicUsize::new(0));
     let store = FlakyReads {
         inner: SledStore::open(dir.path(), 8 << 20).unwrap(),
-        failures: AtomicUsize::new(3),
+        failures: Arc::new(AtomicUsize::new(3)),
         reads: reads.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -126,19 +127,19 @@ async fn a_join_by_time_whose_search_cannot_read_the_log_is_refused_not_misplace
     let dir = tempfile::tempdir().unwrap();
     let mut config = paused_config(&dir);
     config.storage.room_cache_messages = 4;
+    let failures = Arc::new(AtomicUsize::new(0));
     let store = FlakyReads {
         inner: SledStore::open(dir.path(), 8 << 20).unwrap(),
-        failures: AtomicUsize::new(0),
+        failures: failures.clone(),
         reads: Arc::new(AtomicUsize::new(0)),
     };
-    let failures = Arc::new(store);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(run_with_store(
         listener,
         config,
-        Arc::new(OnBlockingPool::new(SharedFlaky(failures.clone()))),
+        Arc::new(OnBlockingPool::new(store)),
         shutdown.clone(),
     ));
     let opts = |id: &str| roomq_client::ConnectOptions::new(addr.to_string()).client_id(id);
@@ -158,7 +159,7 @@ async fn a_join_by_time_whose_search_cannot_read_the_log_is_refused_not_misplace
     }
     let at = stamps[7];
 
-    failures.failures.store(1, Ordering::SeqCst);
+    failures.store(1, Ordering::SeqCst);
     let (m, mut md) = Client::connect(opts("late")).await.unwrap();
     let join_at = || pb::Join {
         start_time_ms: at,
@@ -176,31 +177,4 @@ async fn a_join_by_time_whose_search_cannot_read_the_log_is_refused_not_misplace
     }
     shutdown.cancel();
     task.await.unwrap().unwrap();
-}
-
-/// A [`FlakyReads`] the test keeps a handle on, to fail reads later.
-struct SharedFlaky(Arc<FlakyReads>);
-
-impl BlockingStore for SharedFlaky {
-    fn recover(&self) -> Result<Recovered, StoreError> {
-        self.0.recover()
-    }
-
-    fn commit(&self, batch: &WriteBatch) -> Result<Flushed, StoreError> {
-        self.0.commit(batch)
-    }
-
-    fn read(
-        &self,
-        room: RoomId,
-        from: u64,
-        max: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Arc<StoredMessage>>, StoreError> {
-        self.0.read(room, from, max, max_bytes)
-    }
-
-    fn flush(&self) -> Result<Flushed, StoreError> {
-        self.0.flush()
-    }
 }

@@ -59,10 +59,7 @@ pub(super) fn ack(
     req: AckReq,
 ) -> Result<Reply, BrokerError> {
     let (room_id, key) = outlet.membership(session, &req.room, &req.label)?;
-    let member = rooms
-        .get_mut(&room_id)
-        .and_then(|r| r.members.get_mut(&key))
-        .ok_or(BrokerError::MembershipGone)?;
+    let member = rooms.member_mut(&room_id, &key)?;
     member
         .ack(session, &req.seqs, req.up_to)
         .map_err(|seq| BrokerError::UnknownSeq {

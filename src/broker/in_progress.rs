@@ -50,10 +50,7 @@ pub(super) fn in_progress(
     req: InProgressReq,
 ) -> Result<Reply, BrokerError> {
     let (room_id, key) = outlet.membership(session, &req.room, &req.label)?;
-    let member = rooms
-        .get(&room_id)
-        .and_then(|r| r.members.get(&key))
-        .ok_or(BrokerError::MembershipGone)?;
+    let member = rooms.member_mut(&room_id, &key)?;
     // A seq never delivered is an error; one that is no longer out with
     // the client (acked, or already due again) is skipped: the client
     // may be a step behind the broker.
@@ -76,13 +73,8 @@ pub(super) fn in_progress(
         .filter(|(_, u)| u.holder == Some(session))
         .map(|(s, u)| (s, now + consumer.timeout(u.attempts)))
         .collect();
-    if let Some(m) = rooms
-        .get_mut(&room_id)
-        .and_then(|r| r.members.get_mut(&key))
-    {
-        for (seq, deadline) in extend {
-            m.extend(seq, session, deadline, room_id, &key, &mut outlet.timers);
-        }
+    for (seq, deadline) in extend {
+        member.extend(seq, session, deadline, room_id, &key, &mut outlet.timers);
     }
     let body = pb::server_frame::Body::InProgressOk(pb::InProgressOk {});
     Ok(Reply::Now(body))

@@ -71,10 +71,7 @@ pub(super) fn nack(
     req: NackReq,
 ) -> Result<Reply, BrokerError> {
     let (room_id, key) = outlet.membership(session, &req.room, &req.label)?;
-    let member = rooms
-        .get(&room_id)
-        .and_then(|r| r.members.get(&key))
-        .ok_or(BrokerError::MembershipGone)?;
+    let member = rooms.member_mut(&room_id, &key)?;
     // Only what was delivered, and is not in flight at another
     // consumer of a group.
     let handed_back = |s: &u64| {
@@ -90,19 +87,15 @@ pub(super) fn nack(
         });
     }
     let deadline = Instant::now() + req.delay;
-    if let Some(room) = rooms.get_mut(&room_id) {
-        if let Some(m) = room.members.get_mut(&key) {
-            for seq in &req.seqs {
-                if req.delay.is_zero() {
-                    m.make_due(*seq, req.reason.clone());
-                } else {
-                    m.wait(*seq, deadline, req.reason.clone());
-                }
-            }
-            if !req.delay.is_zero() {
-                m.schedule(deadline, room_id, &key, &mut outlet.timers);
-            }
+    for seq in &req.seqs {
+        if req.delay.is_zero() {
+            member.make_due(*seq, req.reason.clone());
+        } else {
+            member.wait(*seq, deadline, req.reason.clone());
         }
+    }
+    if !req.delay.is_zero() {
+        member.schedule(deadline, room_id, &key, &mut outlet.timers);
     }
     if !matches!(key, MemberKey::Ephemeral(..)) {
         pipeline.mark_dirty(room_id, key.clone());

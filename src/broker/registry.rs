@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::error::BrokerError;
-use super::room::Room;
+use super::room::{Member, MemberKey, Room};
 use crate::metrics::Quota;
 use crate::storage::{RoomId, WriteBatch};
 use crate::tenancy::Tenant;
@@ -50,6 +50,15 @@ impl Registry {
 
     pub fn get_mut(&mut self, id: &RoomId) -> Option<&mut Room> {
         self.rooms.get_mut(id)
+    }
+
+    /// Member `key` of room `id`, which a session's membership names; gone
+    /// if the room or member went away meanwhile.
+    pub fn member_mut(&mut self, id: &RoomId, key: &MemberKey) -> Result<&mut Member, BrokerError> {
+        self.rooms
+            .get_mut(id)
+            .and_then(|r| r.members.get_mut(key))
+            .ok_or(BrokerError::MembershipGone)
     }
 
     /// How many rooms there are.

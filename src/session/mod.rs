@@ -497,6 +497,39 @@ async fn join_hooks(info: &SessionInfo, req: &broker::join::JoinReq) -> Result<(
     Ok(())
 }
 
+/// Why the writer stopped writing to its socket.
+enum WriteFailure {
+    /// The socket failed or closed.
+    Broken,
+    /// No progress within the write timeout: the client is not reading.
+    Stalled,
+}
+
+/// Writes all of `wire` and flushes it. The deadline `limit` is for
+/// progress: each write must move some bytes within it, however long the
+/// whole buffer takes.
+async fn write_wire<W: AsyncWrite + Unpin>(
+    socket: &mut W,
+    wire: &[u8],
+    limit: std::time::Duration,
+) -> Result<(), WriteFailure> {
+    let mut written = 0;
+    while written < wire.len() {
+        let chunk = wire.get(written..).unwrap_or_default();
+        match timeout(limit, socket.write(chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(WriteFailure::Broken),
+            Ok(Ok(n)) => written += n,
+            Err(_) => return Err(WriteFailure::Stalled),
+        }
+    }
+    // TLS keeps encrypted bytes it could not write yet; TCP has none.
+    match timeout(limit, socket.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteFailure::Broken),
+        Err(_) => Err(WriteFailure::Stalled),
+    }
+}
+
 /// Encodes queued frames in batches and writes them until the queue closes
 /// or the session is killed.
 #[allow(clippy::too_many_arguments)]
@@ -594,50 +627,21 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
         // The deadline is for progress: each write must move some bytes
         // within it, however long the whole buffer takes.
         let wire = framing.wire(&buf);
-        let mut written = 0;
-        while written < wire.len() {
-            let chunk = wire.get(written..).unwrap_or_default();
-            match timeout(limits.write_timeout(), socket.write(chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    debug!(session = %session, "write failed; closing");
-                    writable = false;
-                    kill.cancel();
-                    break 'outer;
-                }
-                Ok(Ok(n)) => written += n,
-                Err(_) => {
+        if let Err(failure) = write_wire(&mut socket, wire, limits.write_timeout()).await {
+            match failure {
+                WriteFailure::Broken => debug!(session = %session, "write failed; closing"),
+                WriteFailure::Stalled => {
                     warn!(
                         session = %session,
                         write_timeout_ms = limits.write_timeout_ms,
                         "client is not reading; disconnecting (slow consumer)"
                     );
                     metrics.slow_consumer_disconnects.inc();
-                    writable = false;
-                    kill.cancel();
-                    break 'outer;
                 }
             }
-        }
-        // TLS keeps encrypted bytes it could not write yet; TCP has none.
-        match timeout(limits.write_timeout(), socket.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                debug!(session = %session, "write failed; closing");
-                writable = false;
-                kill.cancel();
-                break 'outer;
-            }
-            Err(_) => {
-                warn!(
-                    session = %session,
-                    write_timeout_ms = limits.write_timeout_ms,
-                    "client is not reading; disconnecting (slow consumer)"
-                );
-                metrics.slow_consumer_disconnects.inc();
-                writable = false;
-                kill.cancel();
-                break 'outer;
-            }
+            writable = false;
+            kill.cancel();
+            break 'outer;
         }
         if buf.capacity() > 2 * WRITE_BATCH_BYTES {
             buf = BytesMut::new();
