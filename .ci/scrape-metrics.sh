@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a debug roomqd with its HTTP listener, sends a little traffic with
 # the CLI (publishes, a subscriber, a refused handshake), scrapes /metrics
-# and checks the exposition with `promtool check metrics`. Also checks that
+# and checks the exposition with `promtool check metrics`, then asks for
+# OpenMetrics and checks its content type, families and `# EOF`. Also checks that
 # `roomq stats --json` answers. Expects target/debug/{roomqd,roomq}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,13 @@ for name in roomq_messages_published_total roomq_deliveries_total roomq_commit_f
   grep -q "^$name" "$dir/metrics.txt" || { echo "missing $name"; exit 1; }
 done
 echo "/metrics: $(grep -vc '^#' "$dir/metrics.txt") samples, promtool check metrics clean"
+# A scraper that asks for OpenMetrics (as Prometheus does) gets it.
+curl -sf -D "$dir/om.head" -H 'Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5' \
+  "http://$http/metrics" > "$dir/metrics.om"
+grep -qi '^content-type: application/openmetrics-text; version=1.0.0' "$dir/om.head" || { cat "$dir/om.head"; exit 1; }
+[ "$(tail -n 1 "$dir/metrics.om")" = "# EOF" ] || { echo "OpenMetrics exposition without # EOF"; exit 1; }
+grep -q '^# TYPE roomq_messages_published counter$' "$dir/metrics.om" || { echo "OpenMetrics counter family"; exit 1; }
+echo "/metrics as OpenMetrics: ok"
 target/debug/roomq --addr "$tcp" --token "$token" --json stats > "$dir/stats.json"
 grep -q '"rooms_total":1' "$dir/stats.json" || { cat "$dir/stats.json"; exit 1; }
 echo "roomq stats --json: ok"

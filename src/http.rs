@@ -438,7 +438,8 @@ fn metrics_refusal(
     None
 }
 
-/// `/metrics`: the Prometheus text exposition. With `metrics.token` set, a
+/// `/metrics`: the Prometheus text exposition, or OpenMetrics when the
+/// `Accept` header prefers it. With `metrics.token` set, a
 /// request must carry it as a bearer token; without one, only loopback
 /// peers are answered. The broker actor takes a snapshot for the gauges
 /// of its tables; counters and histograms are read from the registry.
@@ -467,8 +468,9 @@ async fn metrics(headers: &HeaderMap, conn: &Conn) -> Response<Body> {
             )
         }
     }
-    match registry.encode() {
-        Ok((body, _)) => bytes_response(StatusCode::OK, prometheus::TEXT_FORMAT, Bytes::from(body)),
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    match registry.encode(crate::metrics::Exposition::negotiate(accept)) {
+        Ok((body, content_type)) => bytes_response(StatusCode::OK, content_type, Bytes::from(body)),
         Err(e) => {
             warn!(error = %e, "metrics not encoded");
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")

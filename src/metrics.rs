@@ -19,6 +19,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+mod openmetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -493,13 +495,78 @@ impl Metrics {
         }
     }
 
-    /// The exposition in Prometheus's text format (version 0.0.4).
-    pub fn encode(&self) -> Result<(Vec<u8>, String), prometheus::Error> {
-        let encoder = TextEncoder::new();
-        let mut buf = Vec::with_capacity(16 * 1024);
-        encoder.encode(&self.registry.gather(), &mut buf)?;
-        Ok((buf, encoder.format_type().to_string()))
+    /// The exposition in the format asked for, and its content type.
+    pub fn encode(&self, format: Exposition) -> Result<(Vec<u8>, &'static str), EncodeError> {
+        let families = self.registry.gather();
+        match format {
+            Exposition::Prometheus => {
+                let mut buf = Vec::with_capacity(16 * 1024);
+                TextEncoder::new().encode(&families, &mut buf)?;
+                Ok((buf, prometheus::TEXT_FORMAT))
+            }
+            Exposition::OpenMetrics => Ok((
+                openmetrics::encode(families)?.into_bytes(),
+                OPENMETRICS_CONTENT_TYPE,
+            )),
+        }
     }
+}
+
+/// The content type of the OpenMetrics text exposition.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The text formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// Prometheus text format 0.0.4: the default.
+    Prometheus,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+impl Exposition {
+    /// The format an `Accept` header prefers: OpenMetrics when it ranks
+    /// `application/openmetrics-text` above every other type it accepts
+    /// (ties go to OpenMetrics, which is what a scraper that lists it at
+    /// all is after); the Prometheus text format otherwise, including when
+    /// there is no header.
+    pub fn negotiate(accept: Option<&str>) -> Exposition {
+        let Some(accept) = accept else {
+            return Exposition::Prometheus;
+        };
+        let mut openmetrics = 0.0_f64;
+        let mut other = 0.0_f64;
+        for entry in accept.split(',') {
+            let mut parts = entry.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f64>().ok())
+                .filter(|q| q.is_finite())
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            if media == "application/openmetrics-text" {
+                openmetrics = openmetrics.max(q);
+            } else if !media.is_empty() {
+                other = other.max(q);
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= other {
+            Exposition::OpenMetrics
+        } else {
+            Exposition::Prometheus
+        }
+    }
+}
+
+/// Why the exposition could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("prometheus text: {0}")]
+    Prometheus(#[from] prometheus::Error),
+    #[error("openmetrics text could not be written")]
+    OpenMetrics(#[from] std::fmt::Error),
 }
 
 /// Broker-wide counter sums for a stats snapshot.
@@ -550,4 +617,42 @@ pub fn dir_bytes(dir: &std::path::Path) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exposition;
+
+    #[test]
+    fn openmetrics_only_when_the_accept_header_ranks_it_first() {
+        let negotiate = Exposition::negotiate;
+        assert_eq!(negotiate(None), Exposition::Prometheus);
+        assert_eq!(negotiate(Some("*/*")), Exposition::Prometheus);
+        assert_eq!(negotiate(Some("text/plain")), Exposition::Prometheus);
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text; version=1.0.0")),
+            Exposition::OpenMetrics
+        );
+        // Prometheus 2.x's default order.
+        assert_eq!(
+            negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )),
+            Exposition::OpenMetrics
+        );
+        // Ranked below the text format, or refused outright.
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text;q=0.2,text/plain;q=0.9")),
+            Exposition::Prometheus
+        );
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text;q=0")),
+            Exposition::Prometheus
+        );
+        // Nonsense q-values are read as the default rather than trusted.
+        assert_eq!(
+            negotiate(Some("APPLICATION/OpenMetrics-Text;q=NaN")),
+            Exposition::OpenMetrics
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! `/metrics` (issue 14): scraped from an in-process broker and parsed with
-//! a Prometheus text-format parser. Counters move with traffic (publishes,
+//! a Prometheus text-format parser (and, when asked for, as OpenMetrics,
+//! parsed by an OpenMetrics parser). Counters move with traffic (publishes,
 //! deliveries, redeliveries after an ack timeout, dead letters, acks,
 //! refused handshakes); the series count stays bounded however many rooms
 //! and namespaces exist; the bearer token is enforced when set; the switch
@@ -167,6 +168,77 @@ async fn counters_move_with_traffic() {
         ),
         0.0
     );
+    broker.stop().await;
+}
+
+/// What Prometheus 2.x sends by default: OpenMetrics first.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scraper_that_asks_for_openmetrics_gets_it_with_the_same_figures() {
+    use openmetrics_parser::{OpenMetricsType, OpenMetricsValue};
+    let broker = TestBroker::start_ws_default().await;
+    let http = broker.http_addr();
+    let (p, _pd) = broker.connect("").await;
+    for i in 0..3 {
+        p.publish("om", "e", format!("m{i}")).await.unwrap();
+    }
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nAccept: {PROMETHEUS_ACCEPT}\r\nConnection: close\r\n\r\n"
+    );
+    let r = exchange(http, req.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text; version=1.0.0")),
+        "{r:?}"
+    );
+    let text = r.body_text();
+    assert!(text.ends_with("# EOF\n"), "no EOF marker");
+    let exposition = openmetrics_parser::openmetrics::parse_openmetrics(&text)
+        .unwrap_or_else(|e| panic!("not valid OpenMetrics: {e:?}\n{text}"));
+    let family = |name: &str| {
+        exposition
+            .families
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    // Counters are families without the suffix their samples carry.
+    let published = family("roomq_messages_published");
+    assert!(matches!(published.family_type, OpenMetricsType::Counter));
+    let total: f64 = published
+        .iter_samples()
+        .map(|s| match &s.value {
+            OpenMetricsValue::Counter(c) => c.value.as_f64(),
+            other => panic!("not a counter: {other:?}"),
+        })
+        .sum();
+    assert_eq!(total, 3.0);
+    // A histogram with its buckets, and the process collector's figures.
+    let flush = family("roomq_commit_flush_seconds");
+    assert!(matches!(flush.family_type, OpenMetricsType::Histogram));
+    let observed: u64 = flush
+        .iter_samples()
+        .map(|s| match &s.value {
+            OpenMetricsValue::Histogram(h) => {
+                assert!(!h.buckets.is_empty());
+                h.count.unwrap_or(0)
+            }
+            other => panic!("not a histogram: {other:?}"),
+        })
+        .sum();
+    assert!(observed >= 1, "no flush observed");
+    assert!(matches!(
+        family("process_cpu_seconds").family_type,
+        OpenMetricsType::Counter
+    ));
+    assert!(matches!(
+        family("process_resident_memory_bytes").family_type,
+        OpenMetricsType::Gauge
+    ));
+    // The same figures in the default format.
+    let s = scrape(http).await;
+    assert_eq!(get(&s, "roomq_messages_published_total", &[]), 3.0);
     broker.stop().await;
 }
 
