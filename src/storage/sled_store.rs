@@ -33,11 +33,17 @@ use super::{
 };
 
 /// Target size of one log value. A commit's messages are split into values
-/// of about this size, so that reading one message (a redelivery, or the
-/// start of a replay) checks and decodes at most this much, however large
-/// the commit was. (A single message larger than this gets a value of its
-/// own.)
-pub const LOG_VALUE_BYTES: usize = 64 * 1024;
+/// of about this size (a single message larger than this gets a value of
+/// its own). The size is set by sled's blob threshold: sled writes a page
+/// larger than a quarter of a segment (128 KiB) to a blob file of its own,
+/// which then needs an `fdatasync` and a directory `fsync` of its own, and a
+/// leaf splits only once it holds more than 16 entries. With values of at
+/// most 6 KiB a full leaf of the log (17 values and their keys) stays near
+/// 105 KiB, below the threshold, so ordinary commits create no blob files.
+/// 64 KiB values left about one blob file per commit (docs/benchmarks.md).
+/// It also bounds what reading one message (a redelivery, the start of a
+/// replay) checks and decodes.
+pub const LOG_VALUE_BYTES: usize = 6 * 1024;
 
 /// Splits consecutive messages into runs of about `target` bytes each.
 fn chunks(messages: &[Arc<StoredMessage>], target: usize) -> Vec<&[Arc<StoredMessage>]> {
@@ -420,6 +426,37 @@ mod tests {
 
     fn msg(seq: u64) -> Arc<StoredMessage> {
         Arc::new(StoredMessage::new(seq, Bytes::from(format!("m{seq}"))))
+    }
+
+    /// The reason for `LOG_VALUE_BYTES`: busy commits of small and 1 KiB
+    /// messages leave no blob files (each would cost the commit an extra
+    /// `fdatasync` and a directory `fsync`). With 64 KiB values this left
+    /// about one blob per commit.
+    #[test]
+    fn busy_commits_of_ordinary_messages_create_no_blob_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let mut seq = 0u64;
+        for (commit, size) in (0..120).map(|c| (c, if c % 2 == 0 { 128 } else { 1024 })) {
+            let mut b = WriteBatch::default();
+            if commit == 0 {
+                b.new_rooms.push((1, "/".into(), "r".into()));
+            }
+            let msgs: Vec<_> = (0..400)
+                .map(|_| {
+                    seq += 1;
+                    Arc::new(StoredMessage::new(seq, Bytes::from(vec![7u8; size])))
+                })
+                .collect();
+            b.appends.push((1, msgs));
+            let _ = s.commit(&b).unwrap();
+        }
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert_eq!(blobs, 0, "blob files after {seq} messages");
+        assert_eq!(
+            s.recover().unwrap().rooms.first().map(|r| r.last_seq),
+            Some(seq)
+        );
     }
 
     #[test]
