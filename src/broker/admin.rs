@@ -440,7 +440,7 @@ impl Broker {
             };
             if s.tx
                 .try_send(Outbound::Reply {
-                    frame,
+                    frame: Box::new(frame),
                     permit: None,
                 })
                 .is_err()

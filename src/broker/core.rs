@@ -87,7 +87,11 @@ impl Broker {
         let Some(s) = self.outlet.sessions.get(&session) else {
             return;
         };
-        if s.tx.try_send(Outbound::Reply { frame, permit }).is_err() {
+        let out = Outbound::Reply {
+            frame: Box::new(frame),
+            permit,
+        };
+        if s.tx.try_send(out).is_err() {
             warn!(session = %session, "outbound queue full for a reply; disconnecting");
             s.kill.cancel();
             self.unregister(session);

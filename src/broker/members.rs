@@ -148,7 +148,7 @@ impl SessionOutlet {
             let _ = self.offer(
                 to,
                 Outbound::Reply {
-                    frame,
+                    frame: Box::new(frame),
                     permit: None,
                 },
             );

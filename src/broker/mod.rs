@@ -524,7 +524,7 @@ impl Broker {
     fn close_all(&mut self, code: ErrorCode, message: &str) {
         for s in self.outlet.sessions.values() {
             let _ = s.tx.try_send(Outbound::Reply {
-                frame: error_frame(0, code, message),
+                frame: Box::new(error_frame(0, code, message)),
                 permit: None,
             });
         }

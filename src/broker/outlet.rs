@@ -196,7 +196,7 @@ impl Outlet for SessionOutlet {
             }))),
         };
         let out = Outbound::Reply {
-            frame,
+            frame: Box::new(frame),
             permit: None,
         };
         self.offer(session, out)

@@ -153,7 +153,7 @@ pub async fn serve<S, W, F>(
         })),
     };
     let _ = tx.try_send(Outbound::Reply {
-        frame: ok,
+        frame: Box::new(ok),
         permit: None,
     });
 
@@ -358,7 +358,7 @@ async fn read_loop<S: FrameSource>(
 ) -> bool {
     let limits = &config.limits;
     let fatal = |code: ErrorCode, msg: String| Outbound::Reply {
-        frame: error_frame(0, code, msg),
+        frame: Box::new(error_frame(0, code, msg)),
         permit: None,
     };
     loop {
@@ -423,7 +423,7 @@ async fn read_loop<S: FrameSource>(
                     body: Some(pb::server_frame::Body::Pong(pb::Pong { nonce: p.nonce })),
                 };
                 let _ = tx.try_send(Outbound::Reply {
-                    frame,
+                    frame: Box::new(frame),
                     permit: Some(permit),
                 });
                 continue;
@@ -472,7 +472,7 @@ async fn read_loop<S: FrameSource>(
                     body: Some(pb::server_frame::Body::Error(error)),
                 };
                 let _ = tx.try_send(Outbound::Reply {
-                    frame,
+                    frame: Box::new(frame),
                     permit: Some(permit),
                 });
             }

@@ -37,8 +37,11 @@ impl RequestSlot {
 pub enum Outbound {
     /// A reply (or push). The permit, if any, is the request's slot in the
     /// session's pending-request budget, released once the frame is written.
+    /// Boxed: a `ServerFrame` is several times larger than the other
+    /// variants, and every delivery and confirmation moves through the
+    /// session's queue in a slot of this enum's size.
     Reply {
-        frame: pb::ServerFrame,
+        frame: Box<pb::ServerFrame>,
         permit: Option<RequestSlot>,
     },
     /// A publish confirmation; encoded by the session's writer (which keeps
