@@ -230,9 +230,26 @@ pub fn open<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], StoreError> {
     Ok(body)
 }
 
+/// The bytes `m` takes in a log value written by [`encode_log_batch`]: its
+/// length and checksum, seq, flags, the optional fields, the message.
+pub fn log_entry_len(m: &StoredMessage) -> usize {
+    use prost::Message as _;
+    let mut n = 4 + 4 + 8 + 1 + m.encoded.len();
+    if m.except_session.is_some() {
+        n += 16;
+    }
+    if let Some(c) = &m.except_client {
+        n += 1 + c.len().min(255);
+    }
+    if let Some(x) = &m.extra {
+        n += 4 + x.encoded_len();
+    }
+    n
+}
+
 /// Encodes consecutive messages of one room as one log value.
 pub fn encode_log_batch(messages: &[Arc<StoredMessage>]) -> Vec<u8> {
-    let data: usize = messages.iter().map(|m| m.encoded.len() + 48).sum();
+    let data: usize = messages.iter().map(|m| log_entry_len(m)).sum();
     let mut body = BytesMut::with_capacity(8 + data);
     body.put_u8(LOG_VERSION);
     body.put_u32(u32::try_from(messages.len()).unwrap_or(u32::MAX));
@@ -437,6 +454,11 @@ pub fn decode_cursor(key: &[u8], value: &[u8]) -> Result<CursorRecord, StoreErro
 
 /// A dedup record with its namespace and id.
 pub type DedupEntry = (Arc<str>, [u8; 16], DedupRecord);
+
+/// The bytes one record takes in a value written by [`encode_dedup_group`].
+pub fn dedup_entry_len((ns, _, rec): &DedupEntry) -> usize {
+    1 + ns.len().min(255) + 16 + 8 + 4 + 16 * rec.seqs.len()
+}
 
 /// Encodes the dedup records of one commit as one value.
 pub fn encode_dedup_group(records: &[DedupEntry]) -> Vec<u8> {

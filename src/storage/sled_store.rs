@@ -23,8 +23,8 @@ use bytes::Bytes;
 
 use super::record::{
     decode_cursor, decode_dedup_group, decode_log_batch, decode_room, decode_room_stats,
-    decode_u64, encode_cursor, encode_dedup_group, encode_log_batch, encode_room,
-    encode_room_stats, encode_u64, log_batch_count, open as open_record, seal,
+    decode_u64, dedup_entry_len, encode_cursor, encode_dedup_group, encode_log_batch, encode_room,
+    encode_room_stats, encode_u64, log_batch_count, log_entry_len, open as open_record, seal,
 };
 use super::sync::DiskSync;
 use super::{
@@ -37,31 +37,39 @@ use super::{
 /// its own). The size is set by sled's blob threshold: sled writes a page
 /// larger than a quarter of a segment (128 KiB) to a blob file of its own,
 /// which then needs an `fdatasync` and a directory `fsync` of its own, and a
-/// leaf splits only once it holds more than 16 entries. With values of at
-/// most 6 KiB a full leaf of the log (17 values and their keys) stays near
-/// 105 KiB, below the threshold, so ordinary commits create no blob files.
+/// leaf splits only once it holds more than 16 entries (and a merge can
+/// leave 20). With values of at most 6 KiB, as [`log_entry_len`] measures
+/// them, the largest leaf of the log stays near 123 KiB, below the
+/// threshold (131,020 bytes), so ordinary commits create no blob files.
 /// 64 KiB values left about one blob file per commit (docs/benchmarks.md).
 /// It also bounds what reading one message (a redelivery, the start of a
 /// replay) checks and decodes.
 pub const LOG_VALUE_BYTES: usize = 6 * 1024;
 
-/// Splits consecutive messages into runs of about `target` bytes each.
-fn chunks(messages: &[Arc<StoredMessage>], target: usize) -> Vec<&[Arc<StoredMessage>]> {
+/// Splits consecutive items into runs of about `target` bytes each, as
+/// `size` measures them (an item larger than `target` gets a run of its
+/// own).
+fn chunks<T>(items: &[T], target: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0;
-    for (i, m) in messages.iter().enumerate() {
-        let size = m.encoded.len() + 48;
-        if i > start && bytes + size > target {
-            out.extend(messages.get(start..i));
+    for (i, item) in items.iter().enumerate() {
+        let n = size(item);
+        if i > start && bytes + n > target {
+            out.extend(items.get(start..i));
             start = i;
             bytes = 0;
         }
-        bytes += size;
+        bytes += n;
     }
-    out.extend(messages.get(start..));
+    out.extend(items.get(start..));
     out.retain(|c| !c.is_empty());
     out
+}
+
+/// A room's messages cut into log values.
+fn log_chunks(messages: &[Arc<StoredMessage>]) -> Vec<&[Arc<StoredMessage>]> {
+    chunks(messages, LOG_VALUE_BYTES, |m| log_entry_len(m))
 }
 
 /// sled's log segment size: sled's default, stated so the choice is visible.
@@ -296,7 +304,7 @@ impl BlockingStore for SledStore {
                 }
                 None => messages,
             };
-            for chunk in chunks(messages, LOG_VALUE_BYTES) {
+            for chunk in log_chunks(messages) {
                 if let Some(first) = chunk.first() {
                     b.insert(&log_key(*room, first.seq), encode_log_batch(chunk));
                 }
@@ -350,14 +358,20 @@ impl BlockingStore for SledStore {
                 None => b.remove(key),
             }
         }
-        if let Some((_, _, first)) = batch.dedup_put.first() {
-            let counter = self
-                .dedup_counter
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            b.insert(
-                &dedup_key(first.timestamp_ms, counter),
-                encode_dedup_group(&batch.dedup_put),
-            );
+        // A commit's dedup records, in values of the log's size (a busy
+        // commit's records would otherwise make one value, and a leaf of
+        // such values, large enough to be a blob file), each keyed by the
+        // time of its own first record.
+        for group in chunks(&batch.dedup_put, LOG_VALUE_BYTES, dedup_entry_len) {
+            if let Some((_, _, first)) = group.first() {
+                let counter = self
+                    .dedup_counter
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                b.insert(
+                    &dedup_key(first.timestamp_ms, counter),
+                    encode_dedup_group(group),
+                );
+            }
         }
         if let Some(cutoff) = batch.dedup_expire_before {
             // Groups are keyed by the time their first record was accepted;
@@ -429,9 +443,10 @@ mod tests {
     }
 
     /// The reason for `LOG_VALUE_BYTES`: busy commits of small and 1 KiB
-    /// messages leave no blob files (each would cost the commit an extra
-    /// `fdatasync` and a directory `fsync`). With 64 KiB values this left
-    /// about one blob per commit.
+    /// messages, with dedup records and the optional fields, leave no blob
+    /// files (each would cost the commit an extra `fdatasync` and a
+    /// directory `fsync`). With 64 KiB values this left about one blob per
+    /// commit; with one dedup value per commit, dedup leaves became blobs.
     #[test]
     fn busy_commits_of_ordinary_messages_create_no_blob_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -442,10 +457,33 @@ mod tests {
             if commit == 0 {
                 b.new_rooms.push((1, "/".into(), "r".into()));
             }
+            // As the SDK sends them: a dedup id on every publish; some
+            // with `except_self`, some to several rooms with except rules.
+            let extra = Arc::new(crate::storage::Extra {
+                except_sessions: vec![vec![9u8; 16]; 4],
+                except_rooms: (0..8).map(|i| format!("muted-room-{i}")).collect(),
+                rooms: (0..8).map(|i| format!("room-{i}")).collect(),
+            });
             let msgs: Vec<_> = (0..400)
-                .map(|_| {
+                .map(|i| {
                     seq += 1;
-                    Arc::new(StoredMessage::new(seq, Bytes::from(vec![7u8; size])))
+                    let mut m = StoredMessage::new(seq, Bytes::from(vec![7u8; size]));
+                    if i % 3 == 0 {
+                        m.except_session = Some([1u8; 16]);
+                        m.except_client = Some("a-client-id".into());
+                    }
+                    if i % 5 == 0 {
+                        m.extra = Some(extra.clone());
+                    }
+                    b.dedup_put.push((
+                        "/".into(),
+                        seq.to_be_bytes().repeat(2).try_into().unwrap(),
+                        DedupRecord {
+                            timestamp_ms: 1_000 + seq,
+                            seqs: vec![(1, seq)],
+                        },
+                    ));
+                    Arc::new(m)
                 })
                 .collect();
             b.appends.push((1, msgs));
@@ -463,16 +501,18 @@ mod tests {
     fn large_commits_are_split_below_the_blob_limit() {
         let big = |seq| Arc::new(StoredMessage::new(seq, Bytes::from(vec![7u8; 1000])));
         let msgs: Vec<_> = (1..=300).map(big).collect();
-        let parts = chunks(&msgs, LOG_VALUE_BYTES);
+        let parts = log_chunks(&msgs);
         assert!(parts.len() >= 4);
         assert_eq!(parts.iter().map(|c| c.len()).sum::<usize>(), 300);
-        assert!(parts.iter().all(|c| c.len() * 1048 <= LOG_VALUE_BYTES));
+        assert!(parts
+            .iter()
+            .all(|c| c.iter().map(|m| log_entry_len(m)).sum::<usize>() <= LOG_VALUE_BYTES));
         let one_huge = vec![Arc::new(StoredMessage::new(
             1,
             Bytes::from(vec![0u8; 200_000]),
         ))];
-        assert_eq!(chunks(&one_huge, LOG_VALUE_BYTES).len(), 1);
-        assert!(chunks(&[], LOG_VALUE_BYTES).is_empty());
+        assert_eq!(log_chunks(&one_huge).len(), 1);
+        assert!(log_chunks(&[]).is_empty());
 
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
@@ -499,7 +539,7 @@ mod tests {
         b.new_rooms.push((1, "/".into(), "r".into()));
         b.appends.push((1, vec![msg(1)]));
         let _ = s.commit(&b).unwrap();
-        // The sync lists `blobs/`: without it, the sync fails.
+        // The sync watches `blobs/`: without it, the sync fails.
         std::fs::remove_dir(dir.path().join("blobs")).unwrap();
         let mut b = WriteBatch::default();
         b.appends.push((1, vec![msg(2)]));

@@ -12,20 +12,34 @@
 //! covers an inode, not a descriptor, so it opens sled's files separately
 //! and syncs, in this order:
 //!
-//! 1. every blob file (and any new file beside `db`, such as a snapshot)
-//!    that appeared since the previous sync, with `fdatasync`;
+//! 1. every blob file (and any file beside `db`, such as a snapshot)
+//!    written since the previous sync, with `fdatasync`;
 //! 2. the data file `db`, with `fdatasync` (which includes its length);
 //! 3. the `blobs` directory and the data directory, with `fsync`, if their
 //!    entries changed since the previous sync.
 //!
-//! Which files and entries are new is learnt from inotify on both
+//! "Written" means complete: a file is synced once it has been closed after
+//! writing (or renamed into place), never merely because it was created.
+//! sled creates a blob file, writes it and closes it before the log entry
+//! that points at it is complete, and `Db::flush` waits for that entry; so
+//! by the time a flush has made a pointer durable, its file's close has
+//! been seen. A file created while a sync runs (sled writes pages from
+//! reading threads too, when a read splits or merges a node) is therefore
+//! never synced half-written and then forgotten: it is synced by the sync
+//! after its close.
+//!
+//! Which files and entries changed is learnt from inotify on both
 //! directories (Linux): a sync reads the events queued since the previous
-//! one, so its cost follows what changed, not how many blob files the store
-//! holds (listing a `blobs/` of a thousand files on every commit cost about
-//! 9 % of the broker's CPU in W1). Where inotify is unavailable (another
-//! OS, the per-user instance limit reached) or its queue overflowed, the
-//! directories are listed instead: compared with the previous listing, or,
-//! after an overflow, every file is synced once.
+//! one (closes after writing, renames in, creations and removals), so its
+//! cost follows what changed, not how many blob files the store holds
+//! (listing a `blobs/` of a thousand files on every commit cost about 9 %
+//! of the broker's CPU in W1). The first sync, and any sync after the
+//! kernel dropped events (its queue overflowed), syncs every file. Where
+//! inotify is unavailable (another OS, the per-user instance limit
+//! reached) or a watch ends (a watched directory removed or replaced),
+//! every sync lists both directories with each file's length and
+//! modification time instead, and syncs the files that are new or changed
+//! since the previous listing.
 //!
 //! The order matters for a power cut *during* a sync (nothing of that
 //! commit is confirmed yet, but the store must still open): sled deletes a
@@ -42,7 +56,7 @@
 //! the pages clean after reporting the error, so a second `fsync` could
 //! succeed without the data ever reaching the disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -77,9 +91,10 @@ struct SyncState {
 /// What a sync must do besides the data file.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Pending {
-    /// New files in `blobs/`, to `fdatasync`.
+    /// Files in `blobs/` written since the previous sync, to `fdatasync`.
     blobs: BTreeSet<OsString>,
-    /// New files beside `db` (neither `db` nor `blobs`), to `fdatasync`.
+    /// Files beside `db` (neither `db` nor `blobs`) written since the
+    /// previous sync, to `fdatasync`.
     root: BTreeSet<OsString>,
     /// `blobs/` gained or lost entries: `fsync` it.
     blob_dir: bool,
@@ -87,18 +102,35 @@ struct Pending {
     root_dir: bool,
 }
 
+/// What happened to a name in one of the two directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Created, removed or renamed away: the directory changed; the file,
+    /// if any, is not complete yet (a new file is synced once it is closed
+    /// after writing, [`Change::Written`]).
+    Entry,
+    /// A file was closed after writing: its data is complete; sync it.
+    Written,
+    /// A file was renamed into the directory: both.
+    Arrived,
+}
+
 impl Pending {
-    fn add(&mut self, in_blobs: bool, name: &std::ffi::OsStr, created: bool) {
-        if in_blobs {
-            self.blob_dir = true;
-            if created {
-                self.blobs.insert(name.to_os_string());
-            }
+    fn add(&mut self, in_blobs: bool, name: &std::ffi::OsStr, change: Change) {
+        let (files, dir) = if in_blobs {
+            (&mut self.blobs, &mut self.blob_dir)
+        } else if name == DATA_FILE || name == BLOB_DIR {
+            // `db` is synced on its own; `blobs` is a directory.
+            self.root_dir |= change != Change::Written;
+            return;
         } else {
-            self.root_dir = true;
-            if created && name != DATA_FILE && name != BLOB_DIR {
-                self.root.insert(name.to_os_string());
-            }
+            (&mut self.root, &mut self.root_dir)
+        };
+        if change != Change::Written {
+            *dir = true;
+        }
+        if change != Change::Entry {
+            files.insert(name.to_os_string());
         }
     }
 }
@@ -108,12 +140,16 @@ enum Tracker {
     /// inotify watches on both directories.
     #[cfg(target_os = "linux")]
     Watch(watch::Watcher),
-    /// Listings, compared with the previous ones.
+    /// Listings with each file's length and modification time, compared
+    /// with the previous ones.
     List {
-        root: BTreeSet<OsString>,
-        blobs: BTreeSet<OsString>,
+        root: BTreeMap<OsString, Stamp>,
+        blobs: BTreeMap<OsString, Stamp>,
     },
 }
+
+/// A file's length and modification time, as a listing saw them.
+type Stamp = (u64, Option<std::time::SystemTime>);
 
 impl Tracker {
     /// Starts tracking `dir`. Everything in it counts as new at the first
@@ -122,14 +158,18 @@ impl Tracker {
         #[cfg(target_os = "linux")]
         match watch::Watcher::open(dir, &dir.join(BLOB_DIR)) {
             Ok(w) => return Tracker::Watch(w),
-            Err(e) => tracing::info!(
+            Err(e) => tracing::warn!(
                 error = %e,
-                "no inotify watch on the data directory; syncs list it instead"
+                "no inotify watch on the data directory; every sync lists it instead"
             ),
         }
+        Tracker::listing()
+    }
+
+    fn listing() -> Tracker {
         Tracker::List {
-            root: BTreeSet::new(),
-            blobs: BTreeSet::new(),
+            root: BTreeMap::new(),
+            blobs: BTreeMap::new(),
         }
     }
 
@@ -138,24 +178,44 @@ impl Tracker {
         match self {
             #[cfg(target_os = "linux")]
             Tracker::Watch(w) => match w.drain().map_err(|e| sync_error(dir, e))? {
-                Some(pending) => Ok(pending),
+                watch::Drained::Complete(pending) => Ok(pending),
                 // The first sync, or the kernel dropped events: every
                 // file is synced once.
-                None => everything(dir),
+                watch::Drained::Incomplete => everything(dir),
+                // A watched directory went away or was replaced: the watch
+                // can no longer see it. Listing from now on; this sync
+                // covers every file.
+                watch::Drained::Lost => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        "the inotify watch on the data directory ended; every sync lists it from now on"
+                    );
+                    *self = Tracker::listing();
+                    self.changes(dir)
+                }
             },
             Tracker::List { root, blobs } => {
-                let blob_dir = dir.join(BLOB_DIR);
-                let now_blobs = list(&blob_dir)?;
-                let now_root = list(dir)?;
                 let mut pending = Pending::default();
-                for name in now_blobs.difference(blobs) {
-                    pending.add(true, name, true);
+                let now_blobs = stamped(&dir.join(BLOB_DIR))?;
+                let now_root = stamped(dir)?;
+                for (name, stamp) in &now_blobs {
+                    match blobs.get(name) {
+                        None => pending.add(true, name, Change::Arrived),
+                        Some(before) if before != stamp => pending.add(true, name, Change::Written),
+                        Some(_) => {}
+                    }
                 }
-                for name in now_root.difference(root) {
-                    pending.add(false, name, true);
+                for (name, stamp) in &now_root {
+                    match root.get(name) {
+                        None => pending.add(false, name, Change::Arrived),
+                        Some(before) if before != stamp => {
+                            pending.add(false, name, Change::Written)
+                        }
+                        Some(_) => {}
+                    }
                 }
-                pending.blob_dir = now_blobs != *blobs;
-                pending.root_dir = now_root != *root;
+                pending.blob_dir |= !now_blobs.keys().eq(blobs.keys());
+                pending.root_dir |= !now_root.keys().eq(root.keys());
                 *blobs = now_blobs;
                 *root = now_root;
                 Ok(pending)
@@ -168,14 +228,31 @@ impl Tracker {
 fn everything(dir: &Path) -> Result<Pending, StoreError> {
     let mut pending = Pending::default();
     for name in list(&dir.join(BLOB_DIR))? {
-        pending.add(true, &name, true);
+        pending.add(true, &name, Change::Arrived);
     }
     for name in list(dir)? {
-        pending.add(false, &name, true);
+        pending.add(false, &name, Change::Arrived);
     }
     pending.blob_dir = true;
     pending.root_dir = true;
     Ok(pending)
+}
+
+/// The files in `dir` with their stamps. A file removed while it is listed
+/// is left out.
+fn stamped(dir: &Path) -> Result<BTreeMap<OsString, Stamp>, StoreError> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| sync_error(dir, e))? {
+        let entry = entry.map_err(|e| sync_error(dir, e))?;
+        match entry.metadata() {
+            Ok(m) => {
+                out.insert(entry.file_name(), (m.len(), m.modified().ok()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(sync_error(&entry.path(), e)),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(target_os = "linux")]
@@ -186,7 +263,7 @@ mod watch {
 
     use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-    use super::Pending;
+    use super::{Change, Pending, BLOB_DIR};
 
     pub(super) struct Watcher {
         inotify: Inotify,
@@ -197,19 +274,42 @@ mod watch {
         buffer: Box<[u8]>,
     }
 
+    /// What a drain found.
+    pub(super) enum Drained {
+        /// Every change since the previous drain.
+        Complete(Pending),
+        /// Not everything: the first drain (files made before the watch
+        /// began), or the kernel dropped events (its queue overflowed).
+        Incomplete,
+        /// A watched directory was removed, or `blobs` was renamed or
+        /// replaced: the watch no longer sees what sled writes.
+        Lost,
+    }
+
     impl Watcher {
-        /// Watches both directories. Files created from now on are
+        /// Watches both directories (their real paths, if `dir` is reached
+        /// through a symbolic link). Files created from now on are
         /// reported; the caller deals with what is there already.
         pub(super) fn open(dir: &Path, blob_dir: &Path) -> std::io::Result<Watcher> {
             let inotify = Inotify::init()?;
+            // A file is synced once it is closed after writing (sled writes
+            // a blob file with `create_new`, then its bytes, then closes
+            // it, all before the log entry that points at it is complete),
+            // or once renamed into place; creations and removals change the
+            // directory.
             let mask = WatchMask::CREATE
+                | WatchMask::CLOSE_WRITE
                 | WatchMask::MOVED_TO
                 | WatchMask::DELETE
                 | WatchMask::MOVED_FROM
+                | WatchMask::DELETE_SELF
+                | WatchMask::MOVE_SELF
                 | WatchMask::ONLYDIR
                 | WatchMask::DONT_FOLLOW;
-            inotify.watches().add(dir, mask)?;
-            let blobs = inotify.watches().add(blob_dir, mask)?;
+            inotify.watches().add(std::fs::canonicalize(dir)?, mask)?;
+            let blobs = inotify
+                .watches()
+                .add(std::fs::canonicalize(blob_dir)?, mask)?;
             Ok(Watcher {
                 inotify,
                 blobs,
@@ -218,13 +318,11 @@ mod watch {
             })
         }
 
-        /// The changes queued since the previous call, or `None` if they
-        /// do not tell everything: at the first call (files made before
-        /// the watch began), or when the kernel dropped events (its queue
-        /// overflowed) or a watch ended.
-        pub(super) fn drain(&mut self) -> std::io::Result<Option<Pending>> {
+        /// The changes queued since the previous call.
+        pub(super) fn drain(&mut self) -> std::io::Result<Drained> {
             let mut pending = Pending::default();
             let mut complete = !std::mem::replace(&mut self.fresh, false);
+            let mut lost = false;
             loop {
                 let events = match self.inotify.read_events(&mut self.buffer) {
                     Ok(events) => events,
@@ -232,23 +330,42 @@ mod watch {
                     Err(e) => return Err(e),
                 };
                 for event in events {
-                    if event
-                        .mask
-                        .intersects(EventMask::Q_OVERFLOW | EventMask::IGNORED)
-                    {
+                    let mask = event.mask;
+                    if mask.intersects(
+                        EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF,
+                    ) {
+                        lost = true;
+                        continue;
+                    }
+                    if mask.contains(EventMask::Q_OVERFLOW) {
                         complete = false;
                         continue;
                     }
                     let Some(name) = event.name else {
                         continue;
                     };
-                    let created = event
-                        .mask
-                        .intersects(EventMask::CREATE | EventMask::MOVED_TO);
-                    pending.add(event.wd == self.blobs, name, created);
+                    let in_blobs = event.wd == self.blobs;
+                    // `blobs` itself removed, renamed or made again.
+                    if !in_blobs && name == BLOB_DIR && !mask.contains(EventMask::CLOSE_WRITE) {
+                        lost = true;
+                    }
+                    let change = if mask.contains(EventMask::CLOSE_WRITE) {
+                        Change::Written
+                    } else if mask.contains(EventMask::MOVED_TO) {
+                        Change::Arrived
+                    } else {
+                        Change::Entry
+                    };
+                    pending.add(in_blobs, name, change);
                 }
             }
-            Ok(complete.then_some(pending))
+            Ok(if lost {
+                Drained::Lost
+            } else if complete {
+                Drained::Complete(pending)
+            } else {
+                Drained::Incomplete
+            })
         }
     }
 }
@@ -383,6 +500,10 @@ mod tests {
         dir
     }
 
+    fn listing() -> Tracker {
+        Tracker::listing()
+    }
+
     /// The watch reports what the listing finds, step by step, and the
     /// first call of either counts everything as new.
     #[cfg(target_os = "linux")]
@@ -393,10 +514,7 @@ mod tests {
         let blobs = d.join(BLOB_DIR);
         let mut watch = Tracker::start(d);
         assert!(matches!(watch, Tracker::Watch(_)));
-        let mut listing = Tracker::List {
-            root: BTreeSet::new(),
-            blobs: BTreeSet::new(),
-        };
+        let mut listing = listing();
         // The first call (DiskSync::open's sync) covers every file.
         let first = listing.changes(d).unwrap();
         assert_eq!(first, everything(d).unwrap());
@@ -442,6 +560,60 @@ mod tests {
         };
         assert_eq!(listing.changes(d).unwrap(), expected);
         assert_eq!(watch.changes(d).unwrap(), expected);
+    }
+
+    /// A blob still being written when a sync runs is synced by the sync
+    /// after it is closed, not half-written and then forgotten; the
+    /// listing, which cannot see a close, syncs it again once its length
+    /// or time changed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_still_being_written_is_synced_after_it_is_closed() {
+        use std::io::Write as _;
+        let dir = layout();
+        let d = dir.path();
+        let mut watch = Tracker::start(d);
+        let mut listing = listing();
+        let _ = watch.changes(d).unwrap();
+        let _ = listing.changes(d).unwrap();
+
+        let path = d.join(BLOB_DIR).join("400");
+        let mut file = std::fs::File::create_new(&path).unwrap();
+        file.write_all(b"first half").unwrap();
+        // Seen as a new entry only: nothing to sync yet.
+        let during = watch.changes(d).unwrap();
+        assert!(during.blob_dir);
+        assert!(during.blobs.is_empty(), "{during:?}");
+        assert_eq!(listing.changes(d).unwrap().blobs, names(&["400"]));
+
+        file.write_all(b", second half").unwrap();
+        drop(file);
+        let after = watch.changes(d).unwrap();
+        assert_eq!(after.blobs, names(&["400"]));
+        assert!(!after.blob_dir, "closing changes no entry");
+        assert_eq!(listing.changes(d).unwrap().blobs, names(&["400"]));
+        assert_eq!(watch.changes(d).unwrap(), Pending::default());
+    }
+
+    /// A watched directory made again: the watch no longer sees it, so the
+    /// tracker lists from then on, starting with everything.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_replaced_directory_ends_the_watch_and_listing_takes_over() {
+        let dir = layout();
+        let d = dir.path();
+        let mut tracker = Tracker::start(d);
+        let _ = tracker.changes(d).unwrap();
+        std::fs::remove_dir_all(d.join(BLOB_DIR)).unwrap();
+        std::fs::create_dir(d.join(BLOB_DIR)).unwrap();
+        std::fs::write(d.join(BLOB_DIR).join("500"), b"b").unwrap();
+        let pending = tracker.changes(d).unwrap();
+        assert!(matches!(tracker, Tracker::List { .. }));
+        assert_eq!(pending.blobs, names(&["500"]));
+        assert!(pending.blob_dir && pending.root_dir);
+        // From then on the listing's own comparisons.
+        std::fs::write(d.join(BLOB_DIR).join("600"), b"b").unwrap();
+        assert_eq!(tracker.changes(d).unwrap().blobs, names(&["600"]));
     }
 
     #[test]
