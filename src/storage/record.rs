@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 
 use super::RoomStats;
 use super::StoreError;
@@ -247,16 +247,21 @@ pub fn log_entry_len(m: &StoredMessage) -> usize {
     n
 }
 
-/// Encodes consecutive messages of one room as one log value.
+/// Encodes consecutive messages of one room as one log value: what
+/// [`seal`] would make of the body, built in place (each message is copied
+/// once, straight into the value).
 pub fn encode_log_batch(messages: &[Arc<StoredMessage>]) -> Vec<u8> {
     let data: usize = messages.iter().map(|m| log_entry_len(m)).sum();
-    let mut body = BytesMut::with_capacity(8 + data);
-    body.put_u8(LOG_VERSION);
-    body.put_u32(u32::try_from(messages.len()).unwrap_or(u32::MAX));
-    let mut entry = BytesMut::new();
+    let mut out = Vec::with_capacity(4 + 5 + data);
+    // The value's checksum, filled in at the end.
+    out.put_u32(0);
+    out.put_u8(LOG_VERSION);
+    out.put_u32(u32::try_from(messages.len()).unwrap_or(u32::MAX));
     for m in messages {
-        entry.clear();
-        entry.put_u64(m.seq);
+        let head = out.len();
+        // The entry's length and checksum, filled in once it is written.
+        out.put_u64(0);
+        out.put_u64(m.seq);
         let mut flags = 0;
         if m.except_session.is_some() {
             flags |= FLAG_EXCEPT_SESSION;
@@ -267,26 +272,36 @@ pub fn encode_log_batch(messages: &[Arc<StoredMessage>]) -> Vec<u8> {
         if m.extra.is_some() {
             flags |= FLAG_EXTRA;
         }
-        entry.put_u8(flags);
+        out.put_u8(flags);
         if let Some(s) = &m.except_session {
-            entry.put_slice(s);
+            out.put_slice(s);
         }
         if let Some(c) = &m.except_client {
             // Client ids are validated to at most 255 bytes.
-            entry.put_u8(u8::try_from(c.len()).unwrap_or(u8::MAX));
-            entry.put_slice(c.as_bytes().get(..255).unwrap_or(c.as_bytes()));
+            let c = c.as_bytes().get(..255).unwrap_or(c.as_bytes());
+            out.put_u8(u8::try_from(c.len()).unwrap_or(u8::MAX));
+            out.put_slice(c);
         }
         if let Some(x) = &m.extra {
             use prost::Message as _;
-            entry.put_u32(u32::try_from(x.encoded_len()).unwrap_or(u32::MAX));
-            x.encode_raw(&mut entry);
+            out.put_u32(u32::try_from(x.encoded_len()).unwrap_or(u32::MAX));
+            x.encode_raw(&mut out);
         }
-        entry.put_slice(&m.encoded);
-        body.put_u32(u32::try_from(entry.len()).unwrap_or(u32::MAX));
-        body.put_u32(crc32fast::hash(&entry));
-        body.put_slice(&entry);
+        out.put_slice(&m.encoded);
+        let entry = out.get(head + 8..).unwrap_or_default();
+        let len = u32::try_from(entry.len()).unwrap_or(u32::MAX);
+        let crc = crc32fast::hash(entry);
+        // Big-endian length, then big-endian checksum.
+        let patch = ((u64::from(len) << 32) | u64::from(crc)).to_be_bytes();
+        if let Some(slot) = out.get_mut(head..head + 8) {
+            slot.copy_from_slice(&patch);
+        }
     }
-    seal(&body)
+    let crc = crc32fast::hash(out.get(4..).unwrap_or_default());
+    if let Some(slot) = out.get_mut(..4) {
+        slot.copy_from_slice(&crc.to_be_bytes());
+    }
+    out
 }
 
 /// Number of messages in a log value, after verifying its checksum.
@@ -636,6 +651,61 @@ mod tests {
         let mut out = Vec::new();
         decode_log_batch(b"k", Bytes::from(value), 12, &mut out, 2).unwrap();
         assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![12, 13]);
+    }
+
+    /// The layout written before values were built in place: each entry
+    /// assembled on its own, then the body, then sealed. The in-place
+    /// encoder must write the same bytes (data directories hold both).
+    fn reference_log_batch(messages: &[Arc<StoredMessage>]) -> Vec<u8> {
+        use bytes::BytesMut;
+        let mut body = BytesMut::new();
+        body.put_u8(LOG_VERSION);
+        body.put_u32(messages.len() as u32);
+        for m in messages {
+            let mut entry = BytesMut::new();
+            entry.put_u64(m.seq);
+            let mut flags = 0;
+            if m.except_session.is_some() {
+                flags |= FLAG_EXCEPT_SESSION;
+            }
+            if m.except_client.is_some() {
+                flags |= FLAG_EXCEPT_CLIENT;
+            }
+            if m.extra.is_some() {
+                flags |= FLAG_EXTRA;
+            }
+            entry.put_u8(flags);
+            if let Some(s) = &m.except_session {
+                entry.put_slice(s);
+            }
+            if let Some(c) = &m.except_client {
+                entry.put_u8(c.len() as u8);
+                entry.put_slice(c.as_bytes());
+            }
+            if let Some(x) = &m.extra {
+                use prost::Message as _;
+                entry.put_u32(x.encoded_len() as u32);
+                x.encode_raw(&mut entry);
+            }
+            entry.put_slice(&m.encoded);
+            body.put_u32(entry.len() as u32);
+            body.put_u32(crc32fast::hash(&entry));
+            body.put_slice(&entry);
+        }
+        seal(&body)
+    }
+
+    #[test]
+    fn log_values_are_built_in_place_with_the_same_bytes() {
+        let msgs: Vec<_> = (1..40).map(|s| msg(s, s % 4 == 1)).collect();
+        assert_eq!(encode_log_batch(&msgs), reference_log_batch(&msgs));
+        assert_eq!(encode_log_batch(&[]), reference_log_batch(&[]));
+        let value = encode_log_batch(&msgs);
+        assert_eq!(
+            value.len(),
+            4 + 5 + msgs.iter().map(|m| log_entry_len(m)).sum::<usize>(),
+            "log_entry_len measures what is written"
+        );
     }
 
     #[test]
