@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Publishes in flight per publisher.
     #[arg(long, default_value_t = 256)]
     pub window: u32,
+    /// Give every publish a dedup id, as the SDKs do. Without it (the
+    /// workloads' default) the broker keeps no dedup records.
+    #[arg(long)]
+    pub dedup_ids: bool,
     /// Total messages per second over all publishers; 0 = closed loop (as
     /// fast as confirmations allow). With a rate, latency is measured from
     /// each message's intended send time.
@@ -232,6 +236,8 @@ pub struct Ctx {
     pub drain_deadline_ns: AtomicU64,
     /// The first error seen, for the report.
     pub first_error: std::sync::Mutex<Option<String>>,
+    /// Publishes carry a dedup id (`--dedup-ids`).
+    pub dedup_ids: bool,
 }
 
 impl Ctx {
@@ -248,6 +254,7 @@ impl Ctx {
             targets: (0..rooms).map(|_| AtomicU64::new(u64::MAX)).collect(),
             drain_deadline_ns: AtomicU64::new(u64::MAX),
             first_error: std::sync::Mutex::new(None),
+            dedup_ids: false,
         }
     }
 
@@ -426,10 +433,21 @@ impl Publisher {
             seq,
             intended_ns,
         };
+        let dedup_id = if ctx.dedup_ids {
+            // Unique per run, publisher and sequence.
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&ctx.run_id.to_be_bytes());
+            id[4..8].copy_from_slice(&self.id.to_be_bytes());
+            id[8..].copy_from_slice(&seq.to_be_bytes());
+            bytes::Bytes::copy_from_slice(&id)
+        } else {
+            bytes::Bytes::new()
+        };
         let publish = pb::Publish {
             rooms: vec![self.room.clone()],
             event: ctx.event.clone(),
             payload: stamp.encode(ctx.size),
+            dedup_id,
             ..Default::default()
         };
         let conn = conn.clone();
@@ -968,6 +986,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     // The clock starts.
     let t0 = Instant::now();
     let mut ctx = Ctx::new(clock, run_id, args.size, args.event.clone(), rooms);
+    ctx.dedup_ids = args.dedup_ids;
     ctx.hard_end = hard_end;
     ctx.warm_end_ns = clock.at(t0.into_std()) + (args.warmup * 1e9) as u64;
     let measured = args.measured();

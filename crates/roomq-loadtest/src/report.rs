@@ -337,13 +337,14 @@ impl Report {
     pub fn print_summary(&self) {
         let p = &self.params;
         let shape = format!(
-            "{} room(s) × {} publisher(s) × {} {} subscriber(s), {} B, window {}",
+            "{} room(s) × {} publisher(s) × {} {} subscriber(s), {} B, window {}{}",
             p.rooms,
             p.publishers,
             p.subscribers,
             if p.ephemeral { "ephemeral" } else { "durable" },
             p.size,
-            p.window
+            p.window,
+            if p.dedup_ids { ", dedup ids" } else { "" }
         );
         println!();
         println!(
