@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use roomq::config::{DurabilityMode, NamespaceConfig};
-use roomq::server::run_with_store;
 use roomq::storage::{
-    BlockingStore, Flushed, OnBlockingPool, Recovered, RoomId, SledStore, StoreError,
-    StoredMessage, WriteBatch,
+    BlockingStore, Flushed, Recovered, RoomId, SledStore, StoreError, StoredMessage, WriteBatch,
 };
 use roomq_client::proto as pb;
 use roomq_client::raw::{ConnectOptions, Connection};
@@ -115,15 +113,7 @@ async fn batched_writes_are_synced_within_the_interval_and_retries_wait_for_a_sy
         inner: SledStore::open(dir.path(), 8 << 20).unwrap(),
         calls: calls.clone(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(run_with_store(
-        listener,
-        config,
-        Arc::new(OnBlockingPool::new(store)),
-        shutdown.clone(),
-    ));
+    let (addr, shutdown, task) = start_on_store(config, store).await;
 
     let mut opts = ConnectOptions::new(addr.to_string());
     opts = opts.namespace("/b");

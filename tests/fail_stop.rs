@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use roomq::server::{run_with_store, ServerError};
+use roomq::server::ServerError;
 use roomq::storage::{
-    BlockingStore, Flushed, OnBlockingPool, Recovered, RoomId, SledStore, StoreError,
-    StoredMessage, WriteBatch,
+    BlockingStore, Flushed, Recovered, RoomId, SledStore, StoreError, StoredMessage, WriteBatch,
 };
 use roomq_client::raw::Connection;
 
@@ -94,15 +93,7 @@ async fn start(
         fault,
         gate: Mutex::new(gate),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(run_with_store(
-        listener,
-        config,
-        Arc::new(OnBlockingPool::new(store)),
-        shutdown,
-    ));
+    let (addr, _shutdown, task) = start_on_store(config, store).await;
     (addr, task)
 }
 

@@ -13,10 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use roomq::server::run_with_store;
 use roomq::storage::{
-    BlockingStore, Flushed, OnBlockingPool, Recovered, RoomId, SledStore, StoreError,
-    StoredMessage, WriteBatch,
+    BlockingStore, Flushed, Recovered, RoomId, SledStore, StoreError, StoredMessage, WriteBatch,
 };
 use roomq_client::proto as pb;
 use roomq_client::raw::Connection as Client;
@@ -74,15 +72,7 @@ async fn a_failed_read_is_tried_again_and_the_member_gets_everything_in_order() 
         failures: Arc::new(AtomicUsize::new(3)),
         reads: reads.clone(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(run_with_store(
-        listener,
-        config,
-        Arc::new(OnBlockingPool::new(store)),
-        shutdown.clone(),
-    ));
+    let (addr, shutdown, task) = start_on_store(config, store).await;
     let opts = |id: &str| roomq_client::ConnectOptions::new(addr.to_string()).client_id(id);
 
     let (p, _pd) = Client::connect(opts("publisher")).await.unwrap();
@@ -133,15 +123,7 @@ async fn a_join_by_time_whose_search_cannot_read_the_log_is_refused_not_misplace
         failures: failures.clone(),
         reads: Arc::new(AtomicUsize::new(0)),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(run_with_store(
-        listener,
-        config,
-        Arc::new(OnBlockingPool::new(store)),
-        shutdown.clone(),
-    ));
+    let (addr, shutdown, task) = start_on_store(config, store).await;
     let opts = |id: &str| roomq_client::ConnectOptions::new(addr.to_string()).client_id(id);
     let (p, _pd) = Client::connect(opts("publisher")).await.unwrap();
     // Seqs 1..=20 a second apart; the start time is seq 8's.

@@ -772,3 +772,29 @@ pub fn dir_size(dir: &std::path::Path) -> u64 {
     }
     total
 }
+
+/// A broker on `store` (a wrapper that injects faults or records calls),
+/// run on the blocking pool as the sled store is, on `127.0.0.1:0`: its
+/// address, its shutdown token and its task.
+pub async fn start_on_store<S>(
+    config: Config,
+    store: S,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    JoinHandle<Result<(), ServerError>>,
+)
+where
+    S: roomq::storage::BlockingStore + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server::run_with_store(
+        listener,
+        config,
+        Arc::new(roomq::storage::OnBlockingPool::new(store)),
+        shutdown.clone(),
+    ));
+    (addr, shutdown, task)
+}
