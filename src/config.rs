@@ -37,6 +37,9 @@ pub struct Config {
     pub tls: TlsConfig,
     pub http: HttpConfig,
     pub metrics: MetricsConfig,
+    /// The NATS JetStream engine's connection and layout, used when
+    /// `storage.engine = "jetstream"`.
+    pub jetstream: JetStreamConfig,
 }
 
 /// One tenant (`[namespaces."/orders"]`).
@@ -365,6 +368,131 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Where and how the JetStream engine stores rooms (`[jetstream]`, read
+/// only with `storage.engine = "jetstream"`; docs/cluster.md). Empty
+/// strings mean "not set", as in `[tls]`, so that every key has its
+/// `ROOMQ_JETSTREAM_*` variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    /// The NATS servers, comma-separated (`nats://host:port` or
+    /// `tls://host:port`). List every server of the NATS cluster.
+    pub urls: String,
+    /// Prefix of every stream, bucket and subject roomq uses, so that two
+    /// brokers can share one NATS account: `[a-z][a-z0-9_]{0,15}`.
+    pub prefix: String,
+    /// Replicas of every stream and bucket roomq creates: 1, 3 or 5. An
+    /// existing stream keeps the replicas it was created with.
+    pub replicas: u32,
+    /// A NATS `.creds` file (JWT and nkey seed).
+    pub credentials_file: PathBuf,
+    /// A NATS token.
+    pub token: String,
+    /// A NATS user; needs `password`.
+    pub user: String,
+    pub password: String,
+    /// A CA certificate (PEM) to verify the NATS servers with, for `tls://`.
+    pub tls_ca_file: PathBuf,
+    /// How long a connection attempt, and any one JetStream request, may
+    /// take before it counts as failed (ms).
+    pub request_timeout_ms: u64,
+    /// Largest record: the bytes of one room's messages written in one
+    /// commit. Must stay below the servers' `max_payload` minus 64 KiB of
+    /// headers; checked at connect.
+    pub record_max_bytes: u32,
+    /// Most messages in one record.
+    pub record_max_messages: u32,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            urls: "nats://127.0.0.1:4222".to_string(),
+            prefix: "roomq".to_string(),
+            replicas: 3,
+            credentials_file: PathBuf::new(),
+            token: String::new(),
+            user: String::new(),
+            password: String::new(),
+            tls_ca_file: PathBuf::new(),
+            request_timeout_ms: 5_000,
+            record_max_bytes: 256 * 1024,
+            record_max_messages: 1024,
+        }
+    }
+}
+
+impl JetStreamConfig {
+    /// The server URLs, trimmed, empty entries dropped.
+    pub fn url_list(&self) -> Vec<&str> {
+        self.urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// Checks the section (only when the engine uses it).
+    fn validate(&self) -> Result<(), String> {
+        let urls = self.url_list();
+        if urls.is_empty() {
+            return Err("jetstream.urls must list at least one NATS server".into());
+        }
+        for url in &urls {
+            let rest = url
+                .strip_prefix("nats://")
+                .or_else(|| url.strip_prefix("tls://"))
+                .ok_or_else(|| {
+                    format!("jetstream.urls: {url:?} must start with nats:// or tls://")
+                })?;
+            let host_port = rest.rsplit('@').next().unwrap_or(rest);
+            let port_ok = host_port
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return Err(format!("jetstream.urls: {url:?} needs a host and a port"));
+            }
+        }
+        let mut chars = self.prefix.chars();
+        let prefix_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && self.prefix.len() <= 16
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !prefix_ok {
+            return Err(
+                "jetstream.prefix must be a lowercase letter then up to 15 of a-z, 0-9 and _"
+                    .into(),
+            );
+        }
+        if ![1, 3, 5].contains(&self.replicas) {
+            return Err("jetstream.replicas must be 1, 3 or 5".into());
+        }
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        let ways = [
+            set(&self.credentials_file),
+            !self.token.is_empty(),
+            !self.user.is_empty(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(
+                "jetstream: set at most one of credentials_file, token and user/password".into(),
+            );
+        }
+        if self.user.is_empty() != self.password.is_empty() {
+            return Err("jetstream.user and jetstream.password must be set together".into());
+        }
+        if !(100..=MAX_DURATION_MS).contains(&self.request_timeout_ms) {
+            return Err("jetstream.request_timeout_ms must be at least 100".into());
+        }
+        if !(64 * 1024..=16 * 1024 * 1024).contains(&self.record_max_bytes) {
+            return Err("jetstream.record_max_bytes must be between 65536 and 16777216".into());
+        }
+        if !(1..=2048).contains(&self.record_max_messages) {
+            return Err("jetstream.record_max_messages must be between 1 and 2048".into());
+        }
+        Ok(())
+    }
+}
+
 impl HttpConfig {
     /// The listener's address, or `None` when it is off. Checked by
     /// [`Config::validate`].
@@ -386,6 +514,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
             metrics: MetricsConfig::default(),
+            jetstream: JetStreamConfig::default(),
         }
     }
 }
@@ -602,6 +731,14 @@ impl Config {
         }
         crate::tenancy::validate_admin(&self.admin.tokens)
             .map_err(|e| ConfigError::Invalid(format!("[admin]: {e}")))?;
+        if s.engine == crate::storage::Engine::Jetstream {
+            if !cfg!(feature = "cluster") {
+                return Err(ConfigError::Invalid(
+                    "storage.engine = \"jetstream\" needs a roomqd built with the cluster feature (cargo build --features cluster)".into(),
+                ));
+            }
+            self.jetstream.validate().map_err(ConfigError::Invalid)?;
+        }
         if let Some((name, _)) = durations.iter().find(|(_, ms)| *ms > MAX_DURATION_MS) {
             return Err(ConfigError::Invalid(format!(
                 "{name} must be at most {MAX_DURATION_MS} (ten years)"

@@ -57,8 +57,32 @@ pub enum ServerError {
     Task(String),
 }
 
-/// Opens the configured storage engine in the data directory. Blocks.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+/// Opens the configured storage engine: sled in the data directory (on the
+/// blocking pool), or a connection to NATS JetStream.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    match config.storage.engine {
+        storage::Engine::Sled => {
+            let c = config.clone();
+            tokio::task::spawn_blocking(move || open_data_dir(&c))
+                .await
+                .unwrap_or_else(|e| Err(ServerError::Task(e.to_string())))
+        }
+        #[cfg(feature = "cluster")]
+        storage::Engine::Jetstream => Ok(Arc::new(
+            storage::jetstream::JetStreamStore::connect(&config.jetstream).await?,
+        )),
+        // Refused by `Config::validate` before it gets here.
+        #[cfg(not(feature = "cluster"))]
+        storage::Engine::Jetstream => {
+            Err(ServerError::Config(crate::config::ConfigError::Invalid(
+                "storage.engine = \"jetstream\" needs the cluster feature".into(),
+            )))
+        }
+    }
+}
+
+/// Opens sled in the data directory, creating it. Blocks.
+fn open_data_dir(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -231,12 +255,7 @@ impl Server {
         });
         let store = match self.store {
             Some(s) => Ok(s),
-            None => {
-                let c = config.clone();
-                tokio::task::spawn_blocking(move || open_store(&c))
-                    .await
-                    .unwrap_or_else(|e| Err(ServerError::Task(e.to_string())))
-            }
+            None => open_store(&config).await,
         };
         let opened = match store {
             Ok(store) => Broker::open(config.clone(), store, tenants.clone())

@@ -38,6 +38,8 @@
 //!   data file, new blob files and the directories that name them).
 
 pub mod blocking;
+#[cfg(feature = "cluster")]
+pub mod jetstream;
 pub mod record;
 pub mod sled_store;
 mod sync;
@@ -223,15 +225,22 @@ pub enum Engine {
     /// sled 0.34 in the data directory.
     #[default]
     Sled,
+    /// NATS JetStream (`[jetstream]`; needs the `cluster` cargo feature).
+    Jetstream,
 }
 
-/// Opens the configured engine in `dir` (which exists). Blocks: call it
-/// from a blocking context.
+/// Opens a local engine in `dir` (which exists). Blocks: call it from a
+/// blocking context. JetStream is not local: it is opened with
+/// `jetstream::JetStreamStore::connect` (the server does so in
+/// `server::open_store`).
 pub fn open(engine: Engine, dir: &Path, cache_bytes: u64) -> Result<Arc<dyn Store>, StoreError> {
     match engine {
         Engine::Sled => Ok(Arc::new(OnBlockingPool::new(SledStore::open(
             dir,
             cache_bytes,
         )?))),
+        Engine::Jetstream => Err(StoreError::Engine(
+            "the jetstream engine is not opened from a data directory".into(),
+        )),
     }
 }

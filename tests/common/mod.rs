@@ -513,6 +513,8 @@ impl TestBroker {
     }
 }
 
+#[cfg(feature = "cluster")]
+pub mod nats;
 pub mod ws;
 
 /// Helpers for tests that speak the wire protocol on a raw socket: frames
