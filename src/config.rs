@@ -976,4 +976,53 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_jetstream_engine_is_checked_only_when_chosen() {
+        let var = |key: &str, value: &str| (format!("ROOMQ_JETSTREAM_{key}"), value.to_string());
+        let engine = ("ROOMQ_STORAGE_ENGINE".to_string(), "jetstream".to_string());
+        // With sled, a bad [jetstream] section is not read.
+        assert!(Config::load(None, vec![var("REPLICAS", "2")]).is_ok());
+        let load = |extra: Vec<(String, String)>| {
+            let mut env = vec![engine.clone()];
+            env.extend(extra);
+            Config::load(None, env)
+        };
+        if !cfg!(feature = "cluster") {
+            match load(vec![]) {
+                Err(ConfigError::Invalid(why)) => assert!(why.contains("cluster feature"), "{why}"),
+                other => panic!("jetstream without the feature: {other:?}"),
+            }
+            return;
+        }
+        let c = load(vec![var("URLS", "nats://a:4222, tls://b:4223")]).unwrap();
+        assert_eq!(
+            c.jetstream.url_list(),
+            vec!["nats://a:4222", "tls://b:4223"]
+        );
+        let bad = [
+            (vec![var("URLS", " , ")], "at least one"),
+            (vec![var("URLS", "http://a:4222")], "nats://"),
+            (vec![var("URLS", "nats://a")], "host and a port"),
+            (vec![var("URLS", "nats://:4222")], "host and a port"),
+            (vec![var("PREFIX", "Roomq")], "prefix"),
+            (vec![var("PREFIX", "a.b")], "prefix"),
+            (vec![var("PREFIX", "abcdefghijklmnopq")], "prefix"),
+            (vec![var("REPLICAS", "2")], "replicas"),
+            (
+                vec![var("TOKEN", "t"), var("USER", "u"), var("PASSWORD", "p")],
+                "at most one",
+            ),
+            (vec![var("USER", "u")], "together"),
+            (vec![var("REQUEST_TIMEOUT_MS", "10")], "request_timeout_ms"),
+            (vec![var("RECORD_MAX_BYTES", "1000")], "record_max_bytes"),
+            (vec![var("RECORD_MAX_MESSAGES", "0")], "record_max_messages"),
+        ];
+        for (env, want) in bad {
+            match load(env.clone()) {
+                Err(ConfigError::Invalid(why)) => assert!(why.contains(want), "{env:?}: {why}"),
+                other => panic!("{env:?} accepted: {other:?}"),
+            }
+        }
+    }
 }
