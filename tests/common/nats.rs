@@ -121,15 +121,21 @@ impl Nats {
         }
     }
 
+    /// Starts server `i` under a small shell that holds the test process's
+    /// pipe: when the pipe closes (`kill9`, or the test process ending in
+    /// any way, a panic or a static that is never dropped included), the
+    /// shell kills the server with SIGKILL. No server outlives its test.
     fn spawn(&mut self, i: usize) {
         let s = &mut self.servers[i];
-        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", s.name)))
-            .expect("create nats-server log");
-        let child = Command::new(&self.binary)
+        let log = self.dir.path().join(format!("{}.log", s.name));
+        let child = Command::new("bash")
             .arg("-c")
+            .arg(r#""$0" -c "$1" 2>>"$2" & pid=$!; read -r _; kill -9 "$pid"; wait "$pid""#)
+            .arg(&self.binary)
             .arg(&s.config)
+            .arg(log)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .expect("start nats-server");
         s.child = Some(child);
@@ -157,10 +163,11 @@ impl Nats {
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
-    /// `kill -9` of server `i`; its store directory stays.
+    /// `kill -9` of server `i` (closing its shell's pipe); its store
+    /// directory stays.
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut child) = self.servers[i].child.take() {
-            let _ = child.kill();
+            drop(child.stdin.take());
             let _ = child.wait();
         }
     }
@@ -186,9 +193,8 @@ impl Nats {
         let deadline = Instant::now() + limit;
         for i in 0..self.servers.len() {
             while !self.healthy(i) {
-                if let Some(Ok(Some(status))) = self.servers[i].child.as_mut().map(|c| c.try_wait())
-                {
-                    return Err(format!("server {i} exited ({status}): {}", self.log(i)));
+                if self.log(i).contains("[FTL]") {
+                    return Err(format!("server {i} failed: {}", self.log(i)));
                 }
                 if Instant::now() >= deadline {
                     return Err(format!("server {i} not healthy: {}", self.log(i)));
