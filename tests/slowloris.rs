@@ -233,7 +233,7 @@ async fn a_trickle_of_bytes_does_not_hold_a_connection_open() {
 
 /// Requests of the flood: 99 pings, then a publish, over and over.
 fn flood_request(id: u64) -> pb::ClientFrame {
-    if id % 100 == 0 {
+    if id.is_multiple_of(100) {
         request(
             id,
             Req::Publish(pb::Publish {

@@ -604,7 +604,7 @@ mod tests {
         let mut m = StoredMessage::new(seq, Bytes::from(format!("message {seq}")));
         m.except_session = except.then_some([9; 16]);
         m.except_client = except.then(|| Arc::from("alice"));
-        if seq % 3 == 0 {
+        if seq.is_multiple_of(3) {
             m.extra = Some(Arc::new(Extra {
                 except_sessions: vec![vec![1; 16]],
                 except_rooms: vec!["x".into()],

@@ -178,13 +178,13 @@ fn message(room: RoomId, seq: u64) -> Arc<StoredMessage> {
         .map(|i| u8::try_from((i as u64 + seq * 31 + room * 17) % 251).unwrap())
         .collect();
     let mut m = StoredMessage::new(seq, encoded(&body, 1_000 + seq));
-    if seq % 3 == 0 {
+    if seq.is_multiple_of(3) {
         m.except_session = Some([u8::try_from(seq % 256).unwrap(); 16]);
     }
-    if seq % 4 == 0 {
+    if seq.is_multiple_of(4) {
         m.except_client = Some(Arc::from(format!("client-{seq}")));
     }
-    if seq % 5 == 0 {
+    if seq.is_multiple_of(5) {
         m.extra = Some(Arc::new(Extra {
             except_sessions: vec![vec![7; 16]],
             except_rooms: vec![format!("elsewhere-{room}")],
@@ -894,7 +894,7 @@ async fn crash_child<E: Engine>(engine: &E, dir: &Path) {
     let mut out = std::io::stdout().lock();
     while Instant::now() < deadline {
         let batch = Arc::new(crash_batch(b));
-        let kind = if b % 2 == 0 {
+        let kind = if b.is_multiple_of(2) {
             store.commit(batch).await.map(|_flushed| "synced")
         } else {
             store.write(batch).await.map(|()| "written")

@@ -21,11 +21,14 @@
 //! - `daemon`: a `roomqd` child process.
 //! - `chaos`: kill -9 cycles.
 //! - `power_loss`: `chaos --power-loss`, a power cut with every kill.
+//! - `jetstream` (feature `jetstream`): the direct-JetStream baseline.
 //! - `report`: histograms, live counters, the JSON report and the summary.
 
 mod chaos;
 mod cpu;
 mod daemon;
+#[cfg(feature = "jetstream")]
+mod jetstream;
 mod load;
 mod pacer;
 mod payload;
@@ -63,6 +66,10 @@ enum Cmd {
     /// moments under load (with --power-loss: and cut the power), checking
     /// that no confirmed message is lost.
     Chaos(chaos::ChaosArgs),
+    /// Publish the same load straight to a JetStream stream with async-nats:
+    /// the baseline of roomq's JetStream engine (docs/benchmarks.md).
+    #[cfg(feature = "jetstream")]
+    Jetstream(jetstream::JetStreamArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +94,11 @@ fn main() -> ExitCode {
                     report::write_json(&path, &r)?;
                 }
                 Ok::<bool, anyhow::Error>(r.passed)
+            }
+            #[cfg(feature = "jetstream")]
+            Some(Cmd::Jetstream(args)) => {
+                jetstream::run(args).await?.print_summary();
+                Ok(true)
             }
             None => {
                 let json = cli.run.json.clone();
