@@ -69,7 +69,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> 
         }
         #[cfg(feature = "cluster")]
         storage::Engine::Jetstream => Ok(Arc::new(
-            storage::jetstream::JetStreamStore::connect(&config.jetstream).await?,
+            storage::jetstream::JetStreamStore::connect(config).await?,
         )),
         // Refused by `Config::validate` before it gets here.
         #[cfg(not(feature = "cluster"))]
