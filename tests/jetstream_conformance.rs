@@ -503,3 +503,58 @@ async fn an_unreachable_server_is_named() {
     }
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A commit whose dedup records do not fit in one record's headers (2,000
+/// publishes with dedup ids to one room, about 90 KiB of dedup parts)
+/// spreads them over more records; all of them are recovered.
+#[tokio::test]
+async fn many_dedup_records_in_one_commit_are_all_recovered() {
+    use conformance::Engine as _;
+    use roomq::storage::DedupRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ONE.open(dir.path()).await.unwrap();
+    let mut batch = appends(1, 1..=2000);
+    batch.new_rooms = vec![(1, Arc::from("/"), Arc::from("r"))];
+    batch.dedup_put = (1..=2000u64)
+        .map(|seq| {
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&seq.to_be_bytes());
+            let record = DedupRecord {
+                timestamp_ms: 1_000_000 + seq,
+                seqs: vec![(1, seq)],
+            };
+            (Arc::from("/"), id, record)
+        })
+        .collect();
+    let _ = store.commit(Arc::new(batch)).await.unwrap();
+    drop(store);
+    let store = ONE.open(dir.path()).await.unwrap();
+    let r = store.recover().await.unwrap();
+    assert_eq!(r.rooms[0].last_seq, 2000);
+    let mut got: Vec<(u64, u64)> = r
+        .dedup
+        .iter()
+        .map(|(_, id, d)| {
+            assert_eq!(d.seqs.len(), 1);
+            let seq = u64::from_be_bytes(id[8..].try_into().unwrap());
+            assert_eq!(d.timestamp_ms, 1_000_000 + seq);
+            d.seqs[0]
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (1..=2000).map(|seq| (1, seq)).collect::<Vec<_>>());
+}
+
+/// Servers whose `max_payload` leaves no room for a record and its
+/// headers are refused at connect, saying which setting to change.
+#[tokio::test]
+async fn a_record_larger_than_max_payload_is_refused_at_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ONE.config(dir.path());
+    // The harness's servers accept 2 MB.
+    config.jetstream.record_max_bytes = 2 * 1024 * 1024;
+    match JetStreamStore::connect(&config).await {
+        Err(e) => assert!(e.to_string().contains("max_payload"), "{e}"),
+        Ok(_) => panic!("connected with records larger than max_payload"),
+    }
+}
