@@ -175,15 +175,15 @@ async fn a_created_namespace_and_token_work_and_persist_but_the_token_is_not_sto
     let (dir, config) = s.broker.stop().await;
     let hash = roomq::tenancy::token::TokenHash::of(&token).to_text();
     assert!(
-        dir_contains(dir.path(), hash.as_bytes()),
+        storage_contains(&config, dir.path(), hash.as_bytes()),
         "the token's hash is stored"
     );
     assert!(
-        !dir_contains(dir.path(), token.as_bytes()),
+        !storage_contains(&config, dir.path(), token.as_bytes()),
         "the token is stored"
     );
     assert!(
-        !dir_contains(dir.path(), &token.as_bytes()[3..]),
+        !storage_contains(&config, dir.path(), &token.as_bytes()[3..]),
         "the token's digits are stored"
     );
 

@@ -112,8 +112,10 @@ async fn publish_until_refused(addr: std::net::SocketAddr) -> Vec<u64> {
 }
 
 async fn stored_after_restart(dir: &tempfile::TempDir) -> u64 {
-    let broker =
-        TestBroker::start_with(test_config(dir), Arc::new(tempfile::tempdir().unwrap())).await;
+    // The failing store wrapped sled in `dir`: read it back with sled.
+    let mut config = test_config(dir);
+    config.storage.engine = roomq::storage::Engine::Sled;
+    let broker = TestBroker::start_with(config, Arc::new(tempfile::tempdir().unwrap())).await;
     let (c, _d) = broker.connect("check").await;
     let rooms = c.list_rooms().await.unwrap();
     let last = rooms

@@ -36,6 +36,7 @@ pub fn test_config(dir: &TempDir) -> Config {
         ..Config::default()
     };
     c.storage.cache_bytes = 16 * 1024 * 1024;
+    engine_from_env(&mut c, dir);
     // Open namespaces the tests use besides `/`.
     for ns in [
         "/a",
@@ -52,6 +53,72 @@ pub fn test_config(dir: &TempDir) -> Config {
     c
 }
 
+/// `ROOMQ_TEST_ENGINE=jetstream` (with the cluster feature): brokers made
+/// from [`test_config`] store their rooms in JetStream, on one nats-server
+/// shared by the test process, each data directory under a prefix of its
+/// own (so a restart on the same directory finds its rooms again). CI runs
+/// the real-time test files this way; see `.ci/run`.
+#[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
+fn engine_from_env(c: &mut Config, dir: &TempDir) {
+    match std::env::var("ROOMQ_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("") | Ok("sled") => {}
+        #[cfg(feature = "cluster")]
+        Ok("jetstream") => {
+            use std::hash::{Hash, Hasher};
+            let nats = shared_nats();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            dir.path().hash(&mut h);
+            c.storage.engine = roomq::storage::Engine::Jetstream;
+            c.jetstream.urls = nats.url(0);
+            c.jetstream.replicas = 1;
+            c.jetstream.prefix = format!("t{:015x}", h.finish() >> 4);
+        }
+        Ok(other) => {
+            panic!("ROOMQ_TEST_ENGINE={other:?}: sled, or jetstream with --features cluster")
+        }
+    }
+}
+
+/// The nats-server of `ROOMQ_TEST_ENGINE=jetstream`, started on first use.
+#[cfg(feature = "cluster")]
+fn shared_nats() -> &'static nats::Nats {
+    static NATS: std::sync::OnceLock<nats::Nats> = std::sync::OnceLock::new();
+    NATS.get_or_init(|| nats::Nats::start(1))
+}
+
+/// Whether what the broker of `config` stored, in `dir` or wherever its
+/// engine keeps it, contains `needle` anywhere (for checks that a secret
+/// is never stored). For JetStream: the shared server's store directory.
+pub fn storage_contains(config: &Config, dir: &std::path::Path, needle: &[u8]) -> bool {
+    match config.storage.engine {
+        roomq::storage::Engine::Sled => dir_contains(dir, needle),
+        #[cfg(feature = "cluster")]
+        roomq::storage::Engine::Jetstream => dir_contains(shared_nats().dir.path(), needle),
+        #[cfg(not(feature = "cluster"))]
+        roomq::storage::Engine::Jetstream => {
+            panic!("the jetstream engine needs the cluster feature")
+        }
+    }
+}
+
+/// Paused time and a store on the network do not mix (a JetStream
+/// request's timeout would pass in no real time): with time paused, a test
+/// of timers keeps sled whatever `ROOMQ_TEST_ENGINE` says.
+pub fn sled_if_paused(config: &mut Config) {
+    if config.storage.engine != roomq::storage::Engine::Sled && time_is_paused() {
+        config.storage.engine = roomq::storage::Engine::Sled;
+    }
+}
+
+/// Whether the test runs on tokio's paused clock: the real clock moves
+/// while tokio's stands still (nothing is awaited in between, so paused
+/// time cannot auto-advance).
+fn time_is_paused() -> bool {
+    let (tokio_then, real_then) = (tokio::time::Instant::now(), std::time::Instant::now());
+    std::thread::sleep(Duration::from_millis(2));
+    tokio::time::Instant::now() == tokio_then && real_then.elapsed() >= Duration::from_millis(2)
+}
+
 impl TestBroker {
     pub async fn start() -> TestBroker {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
@@ -64,7 +131,8 @@ impl TestBroker {
     }
 
     /// Starts on a given address (to come back on the same port).
-    pub async fn start_on(addr: SocketAddr, config: Config, dir: Arc<TempDir>) -> TestBroker {
+    pub async fn start_on(addr: SocketAddr, mut config: Config, dir: Arc<TempDir>) -> TestBroker {
+        sled_if_paused(&mut config);
         let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();

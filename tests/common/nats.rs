@@ -136,6 +136,8 @@ impl Nats {
             .arg(log)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
+            // The shell's own notice of the server it killed.
+            .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
         s.child = Some(child);

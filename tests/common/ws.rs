@@ -90,10 +90,11 @@ impl TestBroker {
     pub async fn start_ws_unready(
         tcp: SocketAddr,
         http: SocketAddr,
-        config: Config,
+        mut config: Config,
         dir: Arc<TempDir>,
         build: impl FnOnce(Server) -> Server,
     ) -> TestBroker {
+        super::sled_if_paused(&mut config);
         let listener = TcpListener::bind(tcp).await.expect("bind the TCP listener");
         let http_listener = TcpListener::bind(http)
             .await
