@@ -274,11 +274,15 @@ impl Server {
             }
         };
         let broker_task = tokio::spawn(broker.run(rx, shutdown.clone()));
-        tokio::spawn(measure_disk(
-            tenants.metrics.clone(),
-            config.data_dir.clone(),
-            shutdown.clone(),
-        ));
+        // JetStream keeps nothing in the data directory: its space is
+        // NATS's to report (`/jsz`).
+        if config.storage.engine == storage::Engine::Sled {
+            tokio::spawn(measure_disk(
+                tenants.metrics.clone(),
+                config.data_dir.clone(),
+                shutdown.clone(),
+            ));
+        }
         readiness.set(READY);
         let lifecycle = Lifecycle {
             http_addr,

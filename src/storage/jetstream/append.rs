@@ -14,9 +14,10 @@
 //!   duplicate window; the subject's last record, read from the stream
 //!   leader, says whether it carries this record's message id.
 //! - Timed out, connection lost, 10158 (the first attempt is still being
-//!   proposed), 10164 on a retry, or any other error: sent again, the same
-//!   record with the same headers, up to [`super::APPEND_ATTEMPTS`] times
-//!   after the first.
+//!   proposed), 10164 on a retry, or any other error (no responders while
+//!   NATS elects a leader): sent again, the same record with the same
+//!   headers, backing off up to [`super::MAX_RETRY_DELAY`], for up to
+//!   `Inner::retry_for`.
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use async_nats::jetstream::{stream, ErrorCode};
 use bytes::Bytes;
 
 use super::head::Head;
-use super::{engine, record_key, Inner, APPEND_ATTEMPTS};
+use super::{engine, record_key, Inner, MAX_RETRY_DELAY};
 use crate::storage::{RoomId, StoreError};
 
 /// What to do after a failed attempt.
@@ -83,6 +84,8 @@ impl Inner {
             expected.to_string(),
         );
         let mut attempt = 0u32;
+        let start = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(50);
         loop {
             let sent = self
                 .js
@@ -117,12 +120,12 @@ impl Inner {
                     };
                 }
                 Next::Fail => return Err(engine(format!("append to {subject}"), e)),
-                Next::Retry if attempt >= APPEND_ATTEMPTS => {
+                Next::Retry if start.elapsed() + delay >= self.retry_for => {
                     return Err(engine(
                         format!(
-                            "append to {subject} unconfirmed after {} attempts of {:?}",
+                            "append to {subject} unconfirmed after {} attempts in {:?}",
                             attempt + 1,
-                            self.request_timeout
+                            start.elapsed()
                         ),
                         e,
                     ))
@@ -130,7 +133,8 @@ impl Inner {
                 Next::Retry => {
                     attempt += 1;
                     tracing::warn!(subject, attempt, error = %e, "append unconfirmed, sending again");
-                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
             }
         }

@@ -21,13 +21,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 
 use super::head::{DedupPart, Head, Kind, DEDUP_BYTES_PER_RECORD};
 use super::layout::{self, CURSOR_VERSION};
-use super::{engine, lock, Inner, RoomView, CONCURRENCY};
+use super::{engine, lock, retrying, Inner, RoomView, CONCURRENCY};
 use crate::storage::record::{
     encode_cursor, encode_log_batch, encode_room, encode_u64, log_entry_len, seal,
 };
@@ -90,8 +91,9 @@ impl Inner {
             puts.push((layout::NEXT_ROOM_ID.to_string(), Some(encode_u64(next))));
         }
         let meta = &self.meta;
+        let retry_for = self.retry_for;
         futures::stream::iter(puts)
-            .map(|(key, value)| async move { kv_write(meta, &key, value).await })
+            .map(|(key, value)| async move { kv_write(meta, &key, value, retry_for).await })
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
@@ -366,12 +368,15 @@ impl Inner {
                 .sequence
                 .min(view.tip)
         };
-        view.stream
-            .purge()
-            .filter(view.subject.to_string())
-            .sequence(keep)
-            .await
-            .map_err(|e| engine(format!("purge {} below {keep}", view.subject), e))?;
+        let what = format!("purge {} below {keep}", view.subject);
+        retrying(self.retry_for, &what, || async {
+            view.stream
+                .purge()
+                .filter(view.subject.to_string())
+                .sequence(keep)
+                .await
+        })
+        .await?;
         if let Some(state) = lock(&self.rooms).get_mut(&room) {
             state.index.retain(|_, e| e.stream_seq >= keep);
         }
@@ -388,23 +393,23 @@ impl Inner {
         view: &RoomView,
         tip: u64,
     ) -> Result<(), StoreError> {
-        let purge = |sequence: Option<u64>| async move {
-            let request = view.stream.purge().filter(view.subject.to_string());
-            let result = match sequence {
-                Some(s) => request.sequence(s).await,
-                None => request.await,
-            };
-            result.map_err(|e| engine(format!("purge {}", view.subject), e))
+        let what = format!("purge {}", view.subject);
+        let purge = |sequence: Option<u64>| {
+            retrying(self.retry_for, &what, move || async move {
+                let request = view.stream.purge().filter(view.subject.to_string());
+                match sequence {
+                    Some(s) => request.sequence(s).await,
+                    None => request.await,
+                }
+            })
         };
         purge(Some(tip)).await?;
         let cursors = format!("{}c.{room}.>", self.cursors.prefix);
-        self.cursors
-            .stream
-            .purge()
-            .filter(cursors.clone())
-            .await
-            .map_err(|e| engine(format!("purge {cursors}"), e))?;
-        kv_write(&self.meta, &layout::room_key(room), None).await?;
+        retrying(self.retry_for, &format!("purge {cursors}"), || async {
+            self.cursors.stream.purge().filter(cursors.clone()).await
+        })
+        .await?;
+        kv_write(&self.meta, &layout::room_key(room), None, self.retry_for).await?;
         lock(&self.rooms).remove(&room);
         purge(None).await?;
         Ok(())
@@ -426,14 +431,21 @@ impl Inner {
             latest.insert(layout::cursor_key(*room, name), value);
         }
         let cursors = &self.cursors;
+        let retry_for = self.retry_for;
         futures::stream::iter(latest)
-            .map(|(key, value)| async move { kv_write(cursors, &key, value).await })
+            .map(|(key, value)| async move { kv_write(cursors, &key, value, retry_for).await })
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
         if let Some(cutoff) = batch.dedup_expire_before {
             if cutoff > self.dedup_cutoff.load(Ordering::Acquire) {
-                kv_write(&self.meta, layout::DEDUP_CUTOFF, Some(encode_u64(cutoff))).await?;
+                kv_write(
+                    &self.meta,
+                    layout::DEDUP_CUTOFF,
+                    Some(encode_u64(cutoff)),
+                    self.retry_for,
+                )
+                .await?;
                 self.dedup_cutoff.fetch_max(cutoff, Ordering::AcqRel);
             }
         }
@@ -441,21 +453,25 @@ impl Inner {
     }
 }
 
-/// Puts `value` under `key`, or deletes the key for `None`.
+/// Puts `value` under `key`, or deletes the key for `None`, trying again
+/// for up to `retry_for` (both are safe to repeat).
 async fn kv_write(
     store: &async_nats::jetstream::kv::Store,
     key: &str,
     value: Option<Vec<u8>>,
+    retry_for: Duration,
 ) -> Result<(), StoreError> {
     match value {
-        Some(value) => store
-            .put(key, Bytes::from(value))
-            .await
-            .map(|_| ())
-            .map_err(|e| engine(format!("put {}{key}", store.prefix), e)),
-        None => store
-            .delete(key)
-            .await
-            .map_err(|e| engine(format!("delete {}{key}", store.prefix), e)),
+        Some(value) => {
+            let value = Bytes::from(value);
+            let what = format!("put {}{key}", store.prefix);
+            retrying(retry_for, &what, || store.put(key, value.clone()))
+                .await
+                .map(|_| ())
+        }
+        None => {
+            let what = format!("delete {}{key}", store.prefix);
+            retrying(retry_for, &what, || store.delete(key)).await
+        }
     }
 }

@@ -69,9 +69,8 @@ const HEADER_ROOM: usize = 64 * 1024;
 /// Most publish acknowledgements one connection waits for at once.
 const MAX_ACK_INFLIGHT: usize = 4096;
 
-/// How many retries of an append, each bounded by `request_timeout_ms`,
-/// before the commit fails.
-const APPEND_ATTEMPTS: u32 = 4;
+/// Longest back-off between two tries of a failed JetStream write.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Rooms read or written at once by recovery and by one commit's
 /// preparation.
@@ -154,6 +153,12 @@ struct Inner {
     record_max_messages: usize,
     dedup_window: Duration,
     request_timeout: Duration,
+    /// How long a failed write (an append, a KV put or delete, a purge) is
+    /// tried again before the commit fails: two thirds of
+    /// `storage.commit_timeout_ms`, so that a NATS leader election (seconds)
+    /// passes without stopping the broker, and the commit still fails
+    /// before the broker's own watchdog would call it stuck.
+    retry_for: Duration,
     /// Distinguishes this process's `Nats-Msg-Id`s from any other's.
     incarnation: String,
     /// Held by a commit for its whole length.
@@ -169,6 +174,35 @@ struct Inner {
 /// An engine error with its context.
 fn engine(what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(format!("{what}: {e}").into())
+}
+
+/// Runs `op` until it succeeds or `retry_for` has passed, backing off from
+/// 50 ms to [`MAX_RETRY_DELAY`]. For writes that are safe to repeat: a KV
+/// put or delete, a purge.
+async fn retrying<T, E, F, Fut>(retry_for: Duration, what: &str, mut op: F) -> Result<T, StoreError>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() + delay < retry_for => {
+                tracing::warn!(what, error = %e, "JetStream write failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+            Err(e) => {
+                return Err(engine(
+                    format!("{what} (tried for {:?})", start.elapsed()),
+                    e,
+                ))
+            }
+        }
+    }
 }
 
 /// Locks a map; a panic elsewhere while it was held leaves data that is
@@ -256,6 +290,7 @@ impl JetStreamStore {
                     .max(1),
                 dedup_window: Duration::from_millis(config.limits.dedup_window_ms),
                 request_timeout: timeout,
+                retry_for: Duration::from_millis(config.storage.commit_timeout_ms / 3 * 2),
                 incarnation: uuid::Uuid::new_v4().simple().to_string(),
                 writing: tokio::sync::Mutex::new(()),
                 poisoned: AtomicBool::new(false),
