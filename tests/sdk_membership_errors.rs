@@ -90,6 +90,8 @@ async fn a_taken_over_subscription_ends_and_is_not_joined_again_on_reconnect() {
     a.publish("r", "e", "before").await.unwrap();
     let d = timeout(WAIT, a_sub.next()).await.unwrap().unwrap();
     d.ack().await.unwrap();
+    // Acks are coalesced: make sure the broker has it before B takes over.
+    a_sub.flush_acks().await.unwrap();
 
     // B, with the same client id, joins the same durable membership.
     let b = sdk(&broker, "x").await;
@@ -180,6 +182,7 @@ async fn a_subscription_to_a_deleted_room_ends_and_is_not_joined_again() {
     c.publish("r", "e", "1").await.unwrap();
     let d = timeout(WAIT, gone.next()).await.unwrap().unwrap();
     d.ack().await.unwrap();
+    gone.flush_acks().await.unwrap();
 
     assert_eq!(admin::delete_room(&admin, "/", "r").await.unwrap().count, 1);
     let rest = until_ended(&mut gone, "r").await;

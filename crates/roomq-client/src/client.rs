@@ -72,6 +72,11 @@ impl ReconnectPolicy {
     }
 }
 
+/// The default of [`ClientBuilder::ack_flush`]: short next to any ack
+/// timeout, long enough to gather the acks of a busy subscription into
+/// one frame.
+pub const DEFAULT_ACK_FLUSH: Duration = Duration::from_millis(5);
+
 /// Something that happened to the client's connection.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -97,7 +102,9 @@ pub enum Event {
     ResumeFailed { room: String, error: String },
     /// The broker pushed an error not tied to a request. Also emitted for
     /// a `MEMBERSHIP_TAKEN_OVER` or deleted-room `NOT_FOUND` that ended a
-    /// subscription (see [`Subscription::ended`]).
+    /// subscription (see [`Subscription::ended`]), and when the broker
+    /// refused a frame of coalesced acks that nobody awaited (see
+    /// [`crate::Delivery::ack`]).
     BrokerError {
         code: u32,
         name: String,
@@ -115,6 +122,7 @@ pub struct ClientBuilder {
     pub(crate) publish_window: usize,
     pub(crate) operation_timeout: Duration,
     pub(crate) max_hold: Duration,
+    pub(crate) ack_flush: Duration,
 }
 
 impl ClientBuilder {
@@ -126,6 +134,7 @@ impl ClientBuilder {
             publish_window: 1024,
             operation_timeout: Duration::from_secs(60),
             max_hold: Duration::from_secs(300),
+            ack_flush: DEFAULT_ACK_FLUSH,
         }
     }
 
@@ -190,6 +199,18 @@ impl ClientBuilder {
     /// redelivered (by signalling "in progress"). Default 5 minutes.
     pub fn max_hold(mut self, hold: Duration) -> Self {
         self.max_hold = hold;
+        self
+    }
+
+    /// The longest an acknowledgement waits before it is sent (default
+    /// [`DEFAULT_ACK_FLUSH`], 5 ms). [`crate::Delivery::ack`] queues the
+    /// ack and returns; each subscription sends the acks of that interval
+    /// together, in one frame, or earlier when a quarter of its
+    /// `max_in_flight` is waiting. `Duration::ZERO` sends each at once (one
+    /// frame per ack, except those that gather while a frame is on its
+    /// way).
+    pub fn ack_flush(mut self, flush: Duration) -> Self {
+        self.ack_flush = flush;
         self
     }
 
@@ -421,8 +442,15 @@ impl Client {
         conn.members(room).await.map(Members::from)
     }
 
-    /// Closes the client: no reconnects, subscriptions end.
+    /// Closes the client: no reconnects, subscriptions end. The
+    /// acknowledgements made before are sent first and answered (within
+    /// the operation timeout), if the connection is up.
     pub async fn close(&self) {
+        let flushes = snapshot(&self.inner)
+            .into_iter()
+            .map(|sub| async move { sub.flush_acks().await });
+        let all = futures::future::join_all(flushes);
+        let _ = tokio::time::timeout(self.inner.settings.operation_timeout, all).await;
         self.inner.closed.cancel();
         self.inner.link.send_replace(Link::Closed);
     }

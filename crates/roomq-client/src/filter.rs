@@ -213,6 +213,19 @@ impl Filter {
         self.held.keys().copied().collect()
     }
 
+    /// The lowest seq a cumulative ack must not cover: one handed over and
+    /// not yet acknowledged (held by the application, or still in the
+    /// subscription's queue), or one given back or held too long, which
+    /// the broker will redeliver. `None` if there is none.
+    pub fn lowest_outstanding(&self) -> Option<u64> {
+        let held = self.held.keys().next().copied();
+        let released = self.released.first().copied();
+        match (held, released) {
+            (Some(h), Some(r)) => Some(h.min(r)),
+            (h, r) => h.or(r),
+        }
+    }
+
     /// Moves the floor past acked seqs that are contiguous with it.
     fn compact(&mut self) {
         while self.acked.first() == Some(&self.acked_floor) {
@@ -335,6 +348,32 @@ mod tests {
         assert_eq!(f.acked.len(), SHARED_ACKED_CAP);
         assert_eq!(f.offer(2, now), Verdict::Hand, "forgotten: handed again");
         assert_eq!(f.offer(last, now), Verdict::Reack);
+    }
+
+    #[test]
+    fn the_lowest_outstanding_seq_is_held_or_given_back() {
+        let now = Instant::now();
+        let mut f = Filter::new(true);
+        assert_eq!(f.lowest_outstanding(), None);
+        for s in 1..=6 {
+            f.offer(s, now);
+        }
+        f.acked(1);
+        f.acked(2);
+        assert_eq!(f.lowest_outstanding(), Some(3), "handed, not acked");
+        f.released(4);
+        f.acked(3);
+        assert_eq!(f.lowest_outstanding(), Some(4), "given back");
+        f.acked(5);
+        f.acked(6);
+        assert_eq!(
+            f.lowest_outstanding(),
+            Some(4),
+            "until redelivered and acked"
+        );
+        assert_eq!(f.offer(4, now), Verdict::Hand);
+        f.acked(4);
+        assert_eq!(f.lowest_outstanding(), None);
     }
 
     #[test]

@@ -30,7 +30,11 @@
 //!   subscriptions are *ordered*: the application sees messages in seq
 //!   order, never one it has already acknowledged, and never a second copy
 //!   of one it still holds. A group's consumers share the work instead
-//!   ([`JoinOptions::group`]). [`Subscription::next_event`] also yields
+//!   ([`JoinOptions::group`]). [`Delivery::ack`] queues the ack and
+//!   returns; the subscription sends the acks of a few ms in one frame
+//!   ([`ClientBuilder::ack_flush`]), and `leave`, `close` and
+//!   [`Subscription::flush_acks`] send them at once and wait for the
+//!   broker. [`Subscription::next_event`] also yields
 //!   [`Gap`] notices and [`PresenceChange`]s. A subscription the broker
 //!   ends (another session took the durable membership over, or the room
 //!   was deleted) ends its stream, says why in [`Subscription::ended`], and
@@ -41,11 +45,13 @@
 //! - [`subscription`]: `Subscription`, `Delivery`, `JoinOptions`, gap notices.
 //! - [`presence`]: who is in a room (`Client::members`, presence changes).
 //! - [`filter`]: the ordered-mode state machine (no I/O).
+//! - `acks`: how acknowledgements are coalesced into few frames (no I/O).
 //! - [`raw`]: the protocol-level connection the SDK is built on.
 //! - [`tls`]: TLS options for the connection (trusted roots, server name).
 //! - [`transport`]: TCP or WebSocket: `host:port` or `ws://host:port` (and
 //!   `wss://`), the same protocol and semantics either way.
 
+mod acks;
 pub mod client;
 mod error;
 pub mod filter;
@@ -57,6 +63,7 @@ pub mod transport;
 
 pub use client::{
     Client, ClientBuilder, Confirmation, Event, PublishBuilder, ReconnectPolicy, Stored, Volatile,
+    DEFAULT_ACK_FLUSH,
 };
 pub use error::{ClientError, ErrorDetail};
 pub use presence::{Member, Members, PresenceChange, PresenceKind};

@@ -367,7 +367,9 @@ impl Connection {
         self.ack_with(room, subscription, &[], up_to).await
     }
 
-    async fn ack_with(
+    /// Acknowledges `seqs` and, cumulatively, every delivered seq up to
+    /// `up_to` (0 = none), in one frame; returns the member's new cursor.
+    pub async fn ack_with(
         &self,
         room: &str,
         subscription: &str,

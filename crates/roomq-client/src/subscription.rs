@@ -4,11 +4,15 @@
 //! about the membership: [`Gap`]s and [`PresenceChange`]s.
 //!
 //! Each subscription owns a [`Filter`] (ordered mode by default for durable
-//! members, shared mode for a group's consumers) and a small task that
-//! keeps the ack deadline of deliveries the application holds from
-//! expiring, up to the client's `max_hold`. The filter sits behind a short
-//! `std::sync::Mutex`, never held across an `.await`: the supervisor offers
-//! deliveries, the application's acks and the keep-alive task update it.
+//! members, shared mode for a group's consumers), a small task that keeps
+//! the ack deadline of deliveries the application holds from expiring, up
+//! to the client's `max_hold`, and a small task that sends the
+//! application's acks, coalesced (see the `acks` module and
+//! [`Delivery::ack`]). The filter and the queue of acks each sit behind a
+//! short `std::sync::Mutex`, never held across an `.await`: the supervisor
+//! offers deliveries, the application's acks and the two tasks update
+//! them. Flushes of the ack queue take turns on an async mutex, so a
+//! `leave()` sends its `Leave` only after every ack made before it.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -19,11 +23,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use roomq_wire::pb;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::acks::{plan_acks, AckQueue, MAX_SEQS_PER_ACK};
 use crate::client::{Client, Event, Inner, SubKey};
 use crate::filter::{Filter, Mode, Verdict};
 use crate::presence::PresenceChange;
@@ -345,6 +350,18 @@ pub(crate) struct SubShared {
     join: pb::Join,
     auto_ack: bool,
     filter: Mutex<Filter>,
+    /// Acks waiting for the next flush.
+    acks: Mutex<AckQueue<Connection>>,
+    /// Wakes the flusher: the first ack was queued, or the queue is full.
+    ack_wake: Notify,
+    /// Flushes take turns (the flusher, `leave`, `close`, `flush_acks`).
+    flushing: tokio::sync::Mutex<()>,
+    /// The client's `ack_flush`: the longest an ack waits in the queue.
+    ack_flush: Duration,
+    /// Acks that are flushed at once, without waiting for `ack_flush`: a
+    /// quarter of the membership's `max_in_flight`, so that acks waiting
+    /// for the timer never hold the broker's in-flight window shut.
+    ack_batch: usize,
     tx: Mutex<Option<mpsc::Sender<SubscriptionEvent>>>,
     /// Volatile deliveries and notices in the queue now (at most
     /// [`EXTRA_QUEUE`]).
@@ -367,13 +384,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SubShared {
     /// A delivery arrived on `conn` for this subscription.
-    pub(crate) fn offer(self: &Arc<Self>, d: pb::Delivery, conn: &Connection) {
-        let Some(m) = d.message else { return };
+    pub(crate) fn offer(self: &Arc<Self>, mut d: pb::Delivery, conn: &Connection) {
+        let Some(m) = d.message.take() else { return };
+        let session = conn.session_id();
         if d.volatile {
             // Never stored, never redelivered, not to be acked: nothing for
             // the filter to order or remember. If the application is not
             // keeping up, it is lost, as a volatile message may be.
-            let delivery = self.delivery(d.room, d.subscription, d.attempt, d.redelivered, true, m);
+            let delivery = self.delivery(d, session, true, m);
             self.send_extra(SubscriptionEvent::Message(delivery));
             return;
         }
@@ -381,14 +399,13 @@ impl SubShared {
         let verdict = lock(&self.filter).offer(seq, Instant::now());
         match verdict {
             Verdict::Drop => {}
-            Verdict::Reack => self.spawn_ack(conn, seq),
+            Verdict::Reack => self.queue_ack(seq, session, conn),
             Verdict::Hand => {
                 if self.auto_ack {
                     lock(&self.filter).acked(seq);
-                    self.spawn_ack(conn, seq);
+                    self.queue_ack(seq, session, conn);
                 }
-                let delivery =
-                    self.delivery(d.room, d.subscription, d.attempt, d.redelivered, false, m);
+                let delivery = self.delivery(d, session, false, m);
                 let sent = lock(&self.tx)
                     .as_ref()
                     .map(|tx| tx.try_send(SubscriptionEvent::Message(delivery)).is_ok());
@@ -403,28 +420,27 @@ impl SubShared {
 
     fn delivery(
         self: &Arc<Self>,
-        room: String,
-        subscription: String,
-        attempt: u32,
-        redelivered: bool,
+        d: pb::Delivery,
+        session: Uuid,
         volatile: bool,
         m: pb::Message,
     ) -> Delivery {
         Delivery {
-            room,
-            subscription,
+            room: d.room,
+            subscription: d.subscription,
             seq: m.seq,
             event: m.event,
             payload: m.payload,
             headers: m.headers,
             publisher_session: Uuid::from_slice(&m.publisher_session).ok(),
             timestamp_ms: m.timestamp_ms,
-            attempt,
-            redelivered,
+            attempt: d.attempt,
+            redelivered: d.redelivered,
             key: m.key,
             expires_at_ms: m.expires_at_ms,
             deliver_at_ms: m.deliver_at_ms,
             volatile,
+            session,
             sub: self.clone(),
         }
     }
@@ -469,11 +485,72 @@ impl SubShared {
         }
     }
 
-    fn spawn_ack(&self, conn: &Connection, seq: u64) {
-        let (conn, room, label) = (conn.clone(), self.room.clone(), self.label.clone());
-        tokio::spawn(async move {
-            let _ = conn.ack(&room, &label, &[seq]).await;
-        });
+    /// Queues an ack of `seq`, made on `session` (`conn`), for the next
+    /// flush.
+    fn queue_ack(&self, seq: u64, session: Uuid, conn: &Connection) {
+        let wake = lock(&self.acks).push(seq, session, conn, Instant::now(), self.ack_batch);
+        if wake {
+            self.ack_wake.notify_one();
+        }
+    }
+
+    /// Sends the queued acks now, in as few frames as [`plan_acks`] allows,
+    /// on the connection they were made on, and waits for the broker's
+    /// answers. If that connection has broken, they are dropped: the
+    /// broker redelivers those messages after the reconnect, and the
+    /// filter acks them again. A refusal is also reported as
+    /// [`Event::BrokerError`].
+    pub(crate) async fn flush_acks(&self) -> Result<(), ClientError> {
+        let _turn = self.flushing.lock().await;
+        let Some((conn, seqs)) = lock(&self.acks).take() else {
+            return Ok(());
+        };
+        let plans = {
+            let filter = lock(&self.filter);
+            let cumulative = filter.mode() != Mode::Shared;
+            plan_acks(
+                seqs,
+                filter.lowest_outstanding(),
+                cumulative,
+                MAX_SEQS_PER_ACK,
+            )
+        };
+        for plan in plans {
+            match conn
+                .ack_with(&self.room, &self.label, &plan.seqs, plan.up_to)
+                .await
+            {
+                Ok(next_seq) => lock(&self.filter).advance_floor(next_seq),
+                Err(e) if e.is_connection_loss() => return Ok(()),
+                Err(e) => {
+                    self.report_refused_ack(&e);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A coalesced ack was refused: nobody awaits it, so the client's
+    /// events say so.
+    fn report_refused_ack(&self, e: &ClientError) {
+        tracing::warn!(room = %self.room, subscription = %self.label, error = %e, "ack refused");
+        if let (
+            Some(inner),
+            ClientError::Broker {
+                code,
+                name,
+                message,
+                ..
+            },
+        ) = (self.inner.upgrade(), e)
+        {
+            inner.emit(Event::BrokerError {
+                code: *code,
+                name: name.clone(),
+                message: message.clone(),
+            });
+        }
     }
 
     /// Joins again on a new connection, from the stored cursor. Not if it
@@ -532,7 +609,7 @@ impl SubShared {
         lock(&self.tx).take();
     }
 
-    async fn connection(&self) -> Option<Connection> {
+    fn connection_now(&self) -> Option<Connection> {
         self.inner.upgrade()?.connection_now()
     }
 }
@@ -571,6 +648,8 @@ pub struct Delivery {
     /// [`Delivery::ack`] and [`Delivery::in_progress`] do nothing for it,
     /// and [`Delivery::nack`] is refused.
     pub volatile: bool,
+    /// The session (connection) it arrived on.
+    session: Uuid,
     sub: Arc<SubShared>,
 }
 
@@ -590,9 +669,32 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
-    /// Acknowledges it: it will not be delivered to this member again. If
-    /// the connection is down, the acknowledgement is completed when the
-    /// broker redelivers it after the reconnect (the SDK acks it silently).
+    /// Acknowledges it: it will not be handed to this subscription again,
+    /// and the broker will not deliver it to this member again once the
+    /// ack reaches it.
+    ///
+    /// Acks are coalesced: this returns as soon as the ack is **queued**,
+    /// without a round trip to the broker. The subscription sends the acks
+    /// of the moment together, in one `Ack` frame (cumulative where
+    /// nothing held or given back lies below them), within the client's
+    /// [`ack_flush`](crate::ClientBuilder::ack_flush) (default 5 ms), at
+    /// once when a quarter of the membership's `max_in_flight` is waiting,
+    /// and on [`Subscription::leave`], [`Subscription::flush_acks`] and
+    /// [`Client::close`]. From the moment this returns, the SDK acks any
+    /// redelivery of it silently instead of handing it over. To know that
+    /// the broker has them, await [`Subscription::flush_acks`]; a refusal
+    /// of a frame sent by the SDK's timer is reported as
+    /// [`Event::BrokerError`]. An ack still queued when the process exits
+    /// without `close()` or `leave()` is lost, and the message is
+    /// redelivered (at least once).
+    ///
+    /// If the connection is down (or drops before the flush), the
+    /// acknowledgement is completed when the broker redelivers it after
+    /// the reconnect (the SDK acks it silently). A delivery that arrived
+    /// on an earlier connection, or of a subscription that has been left
+    /// or has ended, is acknowledged on its own and awaited, as the broker
+    /// answers it: acknowledging a delivery of an ended subscription fails
+    /// with `NOT_JOINED` (see [`Subscription::ended`]).
     ///
     /// A volatile delivery needs no acknowledgement: this does nothing.
     pub async fn ack(self) -> Result<(), ClientError> {
@@ -600,9 +702,16 @@ impl Delivery {
             return Ok(());
         }
         lock(&self.sub.filter).acked(self.seq);
-        let Some(conn) = self.sub.connection().await else {
+        let Some(conn) = self.sub.connection_now() else {
             return Ok(());
         };
+        if !self.sub.closed.is_cancelled() && conn.session_id() == self.session {
+            self.sub.queue_ack(self.seq, self.session, &conn);
+            return Ok(());
+        }
+        // No flush will come (left, dropped, ended), or the broker may not
+        // have redelivered it on this connection yet: on its own, so that
+        // a refusal concerns it alone.
         match conn.ack(&self.room, &self.subscription, &[self.seq]).await {
             Ok(next_seq) => {
                 lock(&self.sub.filter).advance_floor(next_seq);
@@ -630,7 +739,7 @@ impl Delivery {
             ));
         }
         lock(&self.sub.filter).released(self.seq);
-        let Some(conn) = self.sub.connection().await else {
+        let Some(conn) = self.sub.connection_now() else {
             return Ok(());
         };
         match conn
@@ -650,7 +759,7 @@ impl Delivery {
         if self.volatile {
             return Ok(());
         }
-        match self.sub.connection().await {
+        match self.sub.connection_now() {
             Some(conn) => {
                 conn.in_progress(&self.room, &self.subscription, &[self.seq])
                     .await
@@ -724,6 +833,18 @@ impl Subscription {
         self.shared.ended.get()
     }
 
+    /// Sends the acknowledgements made so far ([`Delivery::ack`],
+    /// auto-acks, the SDK's own re-acks) now, without waiting for the
+    /// client's `ack_flush`, and waits until the broker has answered them:
+    /// after `Ok`, the membership's cursor covers every delivery acked
+    /// before the call (a frame the SDK's timer was sending is waited for
+    /// too). `Ok` also when there was nothing to send, or the connection
+    /// is down (those acks are completed when the broker redelivers after
+    /// the reconnect). `Err` if the broker refused them.
+    pub async fn flush_acks(&self) -> Result<(), ClientError> {
+        self.shared.flush_acks().await
+    }
+
     /// The group this subscription consumes for, if any.
     pub fn group(&self) -> Option<&str> {
         Some(self.shared.join.group.as_str()).filter(|g| !g.is_empty())
@@ -773,12 +894,15 @@ impl Subscription {
         self.joined.last_seq
     }
 
-    /// Leaves the room; a durable membership keeps its cursor.
+    /// Leaves the room; a durable membership keeps its cursor. The acks
+    /// made before are sent first (see [`Subscription::flush_acks`]); an
+    /// error says the broker refused them or the leave.
     pub async fn leave(mut self) -> Result<(), ClientError> {
         self.leave_inner(false).await
     }
 
-    /// Leaves the room and deletes the durable membership's cursor.
+    /// Leaves the room and deletes the durable membership's cursor (after
+    /// sending the acks made before, like [`Subscription::leave`]).
     pub async fn forget(mut self) -> Result<(), ClientError> {
         self.leave_inner(true).await
     }
@@ -790,9 +914,14 @@ impl Subscription {
             // The membership is no longer this session's.
             return Ok(());
         }
+        // Unregistered first, so that acks made from now on are sent on
+        // their own; these were made before.
+        let flushed = self.shared.flush_acks().await;
         let (conn, _) = self.client.inner.connection().await?;
-        conn.leave(&self.shared.room, &self.shared.label, forget)
-            .await
+        let left = conn
+            .leave(&self.shared.room, &self.shared.label, forget)
+            .await;
+        left.and(flushed)
     }
 
     fn unregister(&self) {
@@ -812,14 +941,16 @@ impl Drop for Subscription {
         if self.ended().is_some() {
             return;
         }
-        // Best effort: tell the broker, so it stops sending.
+        // Best effort: send the acks made so far, then tell the broker, so
+        // it stops sending.
         if let (Ok(handle), Some(conn)) = (
             tokio::runtime::Handle::try_current(),
             self.client.inner.connection_now(),
         ) {
-            let (room, label) = (self.shared.room.clone(), self.shared.label.clone());
+            let shared = self.shared.clone();
             handle.spawn(async move {
-                let _ = conn.leave(&room, &label, false).await;
+                let _ = shared.flush_acks().await;
+                let _ = conn.leave(&shared.room, &shared.label, false).await;
             });
         }
     }
@@ -860,6 +991,11 @@ pub(crate) async fn join(
         join: request.clone(),
         auto_ack: options.auto_ack,
         filter: Mutex::new(Filter::with_mode(filter_mode)),
+        acks: Mutex::new(AckQueue::default()),
+        ack_wake: Notify::new(),
+        flushing: tokio::sync::Mutex::new(()),
+        ack_flush: inner.settings.ack_flush,
+        ack_batch: (in_flight as usize / 4).clamp(1, 1000),
         tx: Mutex::new(Some(tx)),
         extras: AtomicUsize::new(0),
         dropped: AtomicU64::new(0),
@@ -889,6 +1025,7 @@ pub(crate) async fn join(
         ack_timeout,
         inner.settings.max_hold,
     ));
+    tokio::spawn(flush_acks_in_time(shared.clone()));
     Ok(Subscription {
         rx,
         shared,
@@ -918,11 +1055,34 @@ async fn keep_alive(shared: Arc<SubShared>, ack_timeout: Duration, max_hold: Dur
         if held.is_empty() {
             continue;
         }
-        if let Some(conn) = shared.connection().await {
+        if let Some(conn) = shared.connection_now() {
             for chunk in held.chunks(1000) {
                 let _ = conn.in_progress(&shared.room, &shared.label, chunk).await;
             }
         }
+    }
+}
+
+/// Sends the queued acks when they are due: `ack_flush` after the oldest,
+/// or at once when `ack_batch` are waiting. Ends with the subscription
+/// (leave, drop, end and close flush for themselves).
+async fn flush_acks_in_time(shared: Arc<SubShared>) {
+    loop {
+        let due = lock(&shared.acks).due(shared.ack_flush, shared.ack_batch);
+        let sleep = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shared.closed.cancelled() => return,
+            _ = shared.ack_wake.notified() => continue,
+            _ = sleep => {}
+        }
+        // A refusal has been reported as an event.
+        let _ = shared.flush_acks().await;
     }
 }
 

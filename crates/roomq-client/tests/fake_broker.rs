@@ -10,8 +10,8 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use roomq_client::proto as pb;
 use roomq_client::{
-    Client, ClientError, EndReason, ErrorCode, Event, JoinOptions, PresenceKind, ReconnectPolicy,
-    SubscriptionEvent,
+    Client, ClientBuilder, ClientError, Delivery, EndReason, ErrorCode, Event, JoinOptions,
+    PresenceKind, ReconnectPolicy, SubscriptionEvent,
 };
 use roomq_wire::codec::{decode_client, encode_frame};
 use roomq_wire::{FrameCodec, DEFAULT_MAX_FRAME};
@@ -89,12 +89,36 @@ impl FakeBroker {
     }
 
     async fn client(&self) -> Client {
-        Client::builder(self.addr.clone())
+        self.client_with(|b| b).await
+    }
+
+    /// A client with more settings.
+    async fn client_with(&self, settings: impl FnOnce(ClientBuilder) -> ClientBuilder) -> Client {
+        let builder = Client::builder(self.addr.clone())
             .client_id("tester")
-            .reconnect(ReconnectPolicy::never())
-            .connect()
-            .await
-            .unwrap()
+            .reconnect(ReconnectPolicy::never());
+        settings(builder).connect().await.unwrap()
+    }
+
+    /// Asserts that the SDK sends nothing but in-progress signals for
+    /// `quiet`.
+    async fn assert_no_request(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            match tokio::time::timeout_at(deadline, self.requests.recv()).await {
+                Err(_) => return,
+                Ok(Some(Req::InProgress(_))) => continue,
+                Ok(other) => panic!("expected no request, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next request, which must be an `Ack`: (up_to, seqs).
+    async fn ack(&mut self) -> (u64, Vec<u64>) {
+        match self.request().await {
+            Req::Ack(a) => (a.up_to, a.seqs),
+            other => panic!("expected an ack, got {other:?}"),
+        }
     }
 
     /// The next request the SDK sent, skipping in-progress signals.
@@ -133,8 +157,18 @@ fn answer(body: &Req) -> Reply {
             last_seq: 0,
             ..Default::default()
         }),
+        // Refused, to test how the SDK reports a refusal nobody awaits.
+        Req::Ack(a) if a.seqs.contains(&REFUSED_SEQ) => Reply::Error(pb::Error {
+            code: ErrorCode::UnknownSeq as u32,
+            name: ErrorCode::UnknownSeq.name().into(),
+            message: "refused by the test".into(),
+            fatal: false,
+            ..Default::default()
+        }),
+        // The cursor moves past a cumulative ack only: listed seqs may
+        // leave holes below them.
         Req::Ack(a) => Reply::AckOk(pb::AckOk {
-            next_seq: a.seqs.iter().copied().max().unwrap_or(0) + 1,
+            next_seq: a.up_to + 1,
         }),
         Req::Nack(_) => Reply::NackOk(pb::NackOk {}),
         Req::Leave(_) => Reply::LeaveOk(pb::LeaveOk {}),
@@ -177,6 +211,9 @@ fn answer(body: &Req) -> Reply {
         }),
     }
 }
+
+/// An ack listing this seq is refused with `UNKNOWN_SEQ`.
+const REFUSED_SEQ: u64 = 999;
 
 fn delivery(room: &str, seq: u64, volatile: bool) -> Reply {
     Reply::Delivery(pb::Delivery {
@@ -519,4 +556,209 @@ async fn a_membership_error_ends_only_its_subscription_after_what_was_queued() {
         assert!(timeout(WAIT, s.next_event()).await.unwrap().is_none());
         assert_eq!(s.ended().map(|e| e.reason), Some(EndReason::Deleted));
     }
+}
+
+/// Pushes deliveries of `seqs` to `room` and takes them from `sub`.
+async fn deliver(
+    broker: &FakeBroker,
+    sub: &mut roomq_client::Subscription,
+    room: &str,
+    seqs: impl IntoIterator<Item = u64>,
+) -> Vec<Delivery> {
+    let mut taken = Vec::new();
+    for seq in seqs {
+        broker.push(delivery(room, seq, false));
+        let d = timeout(WAIT, sub.next()).await.unwrap().unwrap();
+        assert_eq!(d.seq, seq);
+        taken.push(d);
+    }
+    taken
+}
+
+#[tokio::test]
+async fn acks_made_together_go_out_as_one_cumulative_frame_within_ack_flush() {
+    // Real time over real sockets (paused time would jump while frames
+    // cross them): a bound long enough to tell "at once" from "after it".
+    let flush = Duration::from_millis(200);
+    let mut broker = FakeBroker::start().await;
+    let client = broker.client_with(|b| b.ack_flush(flush)).await;
+    let mut sub = client.join("general", JoinOptions::new()).await.unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+    let taken = deliver(&broker, &mut sub, "general", 1..=5).await;
+    let t0 = tokio::time::Instant::now();
+    for d in taken {
+        d.ack().await.unwrap();
+    }
+    assert!(
+        t0.elapsed() < flush,
+        "ack() returns without waiting for the broker"
+    );
+    // Not before the flush bound, then one frame.
+    assert_eq!(broker.ack().await, (5, vec![]));
+    assert!(t0.elapsed() >= flush);
+    broker.assert_no_request(2 * flush).await;
+
+    // The SDK's own acks (of a redelivery of something acked) take the
+    // same way.
+    for seq in [2, 4] {
+        broker.push(delivery("general", seq, false));
+    }
+    assert_eq!(broker.ack().await, (4, vec![]));
+}
+
+#[tokio::test]
+async fn a_held_or_nacked_seq_below_an_acked_one_is_not_covered() {
+    let mut broker = FakeBroker::start().await;
+    let client = broker.client().await;
+    let mut sub = client.join("general", JoinOptions::new()).await.unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+    let mut taken = deliver(&broker, &mut sub, "general", 1..=8).await;
+    let held = taken.remove(3);
+    let nacked = taken.remove(4);
+    assert_eq!((held.seq, nacked.seq), (4, 6));
+    nacked.nack(Duration::from_secs(60)).await.unwrap();
+    assert!(matches!(broker.request().await, Req::Nack(n) if n.seqs == [6]));
+    for d in taken {
+        d.ack().await.unwrap();
+    }
+    // up_to stops below 4 (held); 5, 7 and 8 are listed, 6 is not acked.
+    assert_eq!(broker.ack().await, (3, vec![5, 7, 8]));
+    held.ack().await.unwrap();
+    assert_eq!(broker.ack().await, (0, vec![4]));
+    // Still outstanding: 6, given back. The acks above it are listed.
+    let more = deliver(&broker, &mut sub, "general", 9..=10).await;
+    for d in more {
+        d.ack().await.unwrap();
+    }
+    assert_eq!(broker.ack().await, (0, vec![9, 10]));
+}
+
+#[tokio::test]
+async fn a_group_consumer_never_acks_cumulatively() {
+    let mut broker = FakeBroker::start().await;
+    let client = broker.client().await;
+    let mut sub = client
+        .join("jobs", JoinOptions::new().group("workers"))
+        .await
+        .unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+    let taken = deliver(&broker, &mut sub, "jobs", [1, 2, 3, 7]).await;
+    for d in taken {
+        d.ack().await.unwrap();
+    }
+    assert_eq!(broker.ack().await, (0, vec![1, 2, 3, 7]));
+}
+
+#[tokio::test]
+async fn auto_acks_are_coalesced() {
+    let mut broker = FakeBroker::start().await;
+    let client = broker
+        .client_with(|b| b.ack_flush(Duration::from_secs(3600)))
+        .await;
+    // max_in_flight 16: a frame as soon as 4 acks are waiting.
+    let mut sub = client
+        .join("general", JoinOptions::new().auto_ack().max_in_flight(16))
+        .await
+        .unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+    let taken = deliver(&broker, &mut sub, "general", 1..=4).await;
+    assert_eq!(broker.ack().await, (4, vec![]));
+    drop(taken);
+}
+
+#[tokio::test]
+async fn a_full_queue_is_sent_without_waiting_for_the_timer() {
+    let mut broker = FakeBroker::start().await;
+    // A flush bound no test would wait for.
+    let client = broker
+        .client_with(|b| b.ack_flush(Duration::from_secs(3600)))
+        .await;
+    // max_in_flight 8: a frame as soon as 2 acks are waiting.
+    let mut sub = client
+        .join("general", JoinOptions::new().max_in_flight(8))
+        .await
+        .unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+    let taken = deliver(&broker, &mut sub, "general", 1..=3).await;
+    let mut taken = taken.into_iter();
+    for d in taken.by_ref().take(2) {
+        d.ack().await.unwrap();
+    }
+    assert_eq!(broker.ack().await, (2, vec![]));
+    taken.next().unwrap().ack().await.unwrap();
+    broker.assert_no_request(Duration::from_millis(200)).await;
+    // flush_acks sends it now and returns once the broker answered.
+    sub.flush_acks().await.unwrap();
+    assert_eq!(broker.ack().await, (0, vec![3]));
+    sub.flush_acks().await.unwrap();
+    broker.assert_no_request(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn leave_and_close_send_the_acks_made_before() {
+    let mut broker = FakeBroker::start().await;
+    let client = broker
+        .client_with(|b| b.ack_flush(Duration::from_secs(3600)))
+        .await;
+    let mut first = client.join("a", JoinOptions::new()).await.unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+    let mut second = client.join("b", JoinOptions::new()).await.unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+    for d in deliver(&broker, &mut first, "a", 1..=2).await {
+        d.ack().await.unwrap();
+    }
+    first.leave().await.unwrap();
+    assert_eq!(broker.ack().await, (2, vec![]));
+    assert!(matches!(broker.request().await, Req::Leave(l) if l.room == "a"));
+
+    let d = deliver(&broker, &mut second, "b", [5]).await;
+    for d in d {
+        d.ack().await.unwrap();
+    }
+    broker.assert_no_request(Duration::from_millis(100)).await;
+    client.close().await;
+    match broker.request().await {
+        Req::Ack(a) => assert_eq!((a.room.as_str(), a.seqs), ("b", vec![5])),
+        other => panic!("expected the ack, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_refused_ack_nobody_awaits_is_reported_as_an_event() {
+    let mut broker = FakeBroker::start().await;
+    let client = broker.client().await;
+    let mut events = client.events();
+    let mut sub = client.join("general", JoinOptions::new()).await.unwrap();
+    let Req::Join(_) = broker.request().await else {
+        panic!("expected a join")
+    };
+    let taken = deliver(&broker, &mut sub, "general", [REFUSED_SEQ]).await;
+    for d in taken {
+        d.ack().await.unwrap();
+    }
+    assert_eq!(broker.ack().await, (0, vec![REFUSED_SEQ]));
+    let code = timeout(WAIT, async {
+        loop {
+            if let Event::BrokerError { code, .. } = events.recv().await.unwrap() {
+                return code;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, ErrorCode::UnknownSeq as u32);
 }

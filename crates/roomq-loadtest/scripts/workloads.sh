@@ -7,7 +7,9 @@
 #
 # Workloads: w1-128 w1-1k w1s-128 w3 w4 w5 w7 w7-1m (default: all but w7-1m),
 # and over WebSocket (the HTTP listener's /ws): w1-128-ws w1-1k-ws w3-ws w4-ws
-# w7-ws; w1-pair alternates w1-128 and w1-128-ws run by run, for their ratio.
+# w7-ws; w1-pair alternates w1-128 and w1-128-ws run by run, for their ratio;
+# w4-sdk and w5-sdk are w4 and w5 with subscribers on the Rust SDK, acking
+# each delivery with Delivery::ack() (--sdk-acks).
 # Needs release builds:
 #   cargo build --release -p roomq-loadtest --bin roomq-loadtest
 #   cargo build --release --bin roomqd
@@ -91,16 +93,20 @@ for w in $WORKLOADS; do
         start_broker
         run "$w-$i" --rooms 1 --publishers 1 --subscribers 1 --size 128 --rate 10000 --duration 20 --warmup 2 --verify
       done ;;
-    w4|w4-ws)
+    w4|w4-ws|w4-sdk)
+      sdk=()
+      [ "$w" = w4-sdk ] && sdk=(--sdk-acks)
       for i in $(seq 1 "$RUNS"); do
         start_broker
-        run "$w-$i" --rooms 1 --publishers 1 --subscribers 100 --size 256 --rate 2000 --duration 20 --warmup 2 --verify
+        run "$w-$i" --rooms 1 --publishers 1 --subscribers 100 --size 256 --rate 2000 --duration 20 --warmup 2 --verify "${sdk[@]}"
       done ;;
-    w5)
+    w5|w5-sdk)
+      sdk=()
+      [ "$w" = w5-sdk ] && sdk=(--sdk-acks)
       start_broker
-      run "w5-fill" --rooms 1 --publishers 4 --subscribers 0 --window 256 --size 128 --room-prefix backlog --messages 1000000 --warmup 0
+      run "$w-fill" --rooms 1 --publishers 4 --subscribers 0 --window 256 --size 128 --room-prefix backlog --messages 1000000 --warmup 0
       for i in $(seq 1 "$RUNS"); do
-        run "w5-$i" --publishers 0 --subscribers 1 --room-prefix backlog --start earliest --warmup 0 --verify
+        run "$w-$i" --publishers 0 --subscribers 1 --room-prefix backlog --start earliest --warmup 0 --verify "${sdk[@]}"
       done ;;
     w7)
       stop_broker; wait_quiet

@@ -354,6 +354,7 @@ fn spawn_subscribers(
         start: StartAt::Earliest,
         max_in_flight: 0,
         ack_every,
+        sdk_acks: false,
     };
     let drain = matches!(until, Until::StoredAtJoin);
     subscribers

@@ -3,7 +3,10 @@
 //! Each publisher is one connection that keeps up to `--window` publishes in
 //! flight (pipelined on the connection). Each subscriber is one connection
 //! holding one membership; it records every delivery in a
-//! [`Tracker`](crate::verify::Tracker) and acknowledges cumulatively. The
+//! [`Tracker`](crate::verify::Tracker) and acknowledges cumulatively
+//! (protocol-level connection), or, with `--sdk-acks`, through the SDK's
+//! everyday API: a `Client`, a `Subscription` and `Delivery::ack()` per
+//! message, awaited before the next one is taken. The
 //! [`chaos`](crate::chaos) mode reuses the same publisher and subscriber
 //! states across broker restarts.
 //!
@@ -21,7 +24,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use roomq_client::proto as pb;
 use roomq_client::raw::{ConnectOptions, Connection, Deliveries};
-use roomq_client::ClientError;
+use roomq_client::{Client, ClientError, JoinOptions, ReconnectPolicy, Start, Subscription};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -49,6 +52,14 @@ impl StartAt {
             StartAt::New => pb::StartPosition::New,
             StartAt::Earliest => pb::StartPosition::Earliest,
             StartAt::Resume => pb::StartPosition::Resume,
+        }
+    }
+
+    fn sdk(self) -> Start {
+        match self {
+            StartAt::New => Start::New,
+            StartAt::Earliest => Start::Earliest,
+            StartAt::Resume => Start::Resume,
         }
     }
 }
@@ -131,6 +142,12 @@ pub struct RunArgs {
     /// every 50 ms when any are unacknowledged).
     #[arg(long, default_value_t = 100)]
     pub ack_every: u32,
+    /// Subscribers use the Rust SDK (`roomq_client::Client`) and
+    /// acknowledge each delivery with `Delivery::ack().await`, the
+    /// everyday API, instead of cumulative acks on a protocol-level
+    /// connection (`--ack-every` does not apply).
+    #[arg(long)]
+    pub sdk_acks: bool,
     /// Seconds to wait, after publishing stops, for confirmations and
     /// deliveries.
     #[arg(long, default_value_t = 30.0)]
@@ -535,6 +552,8 @@ pub struct JoinPlan {
     pub start: StartAt,
     pub max_in_flight: u32,
     pub ack_every: u64,
+    /// Through the SDK, one `Delivery::ack()` per message (`--sdk-acks`).
+    pub sdk_acks: bool,
 }
 
 /// One member: its identity and its record of deliveries. Survives
@@ -557,10 +576,15 @@ pub struct Subscriber {
 }
 
 /// A subscriber's live session.
-pub struct Session {
-    conn: Connection,
-    deliveries: Deliveries,
-    subscription: String,
+pub enum Session {
+    /// A protocol-level connection, acknowledging cumulatively.
+    Raw {
+        conn: Connection,
+        deliveries: Deliveries,
+        subscription: String,
+    },
+    /// The SDK, acknowledging each delivery (`--sdk-acks`).
+    Sdk { client: Client, sub: Subscription },
 }
 
 impl Subscriber {
@@ -584,6 +608,9 @@ impl Subscriber {
     /// Connects and joins. The first join starts at `plan.start`; later ones
     /// resume from the stored cursor.
     pub async fn join(&mut self, plan: &JoinPlan) -> anyhow::Result<Session> {
+        if plan.sdk_acks {
+            return self.join_sdk(plan).await;
+        }
         let mut opts = ConnectOptions::new(plan.addr.clone())
             .namespace(plan.namespace.clone())
             .client_name("roomq-loadtest");
@@ -619,7 +646,7 @@ impl Subscriber {
         }
         self.sessions += 1;
         self.last_seq_at_join = ok.last_seq;
-        Ok(Session {
+        Ok(Session::Raw {
             conn,
             deliveries,
             // Acks name the membership by the label it was joined with (""
@@ -628,6 +655,44 @@ impl Subscriber {
             // in an ack.
             subscription: String::new(),
         })
+    }
+
+    /// [`Subscriber::join`] through the SDK: a client that does not
+    /// reconnect (a lost connection ends the session, as on the raw path).
+    async fn join_sdk(&mut self, plan: &JoinPlan) -> anyhow::Result<Session> {
+        let mut builder = Client::builder(plan.addr.clone())
+            .namespace(plan.namespace.clone())
+            .client_name("roomq-loadtest")
+            .reconnect(ReconnectPolicy::never());
+        if !plan.ephemeral {
+            builder = builder.client_id(self.client_id.clone());
+        }
+        let client = builder
+            .connect()
+            .await
+            .with_context(|| format!("subscriber {} connecting", self.client_id))?;
+        let start = if self.sessions == 0 {
+            plan.start
+        } else {
+            StartAt::Resume
+        };
+        let mut opts = JoinOptions::new()
+            .start(start.sdk())
+            .max_in_flight(plan.max_in_flight);
+        if plan.ephemeral {
+            opts = opts.ephemeral();
+        }
+        let sub = client
+            .join(&self.room, opts)
+            .await
+            .with_context(|| format!("subscriber {} joining {}", self.client_id, self.room))?;
+        match &mut self.tracker {
+            None => self.tracker = Some(Tracker::new(sub.next_seq_at_join())),
+            Some(t) => t.new_session(),
+        }
+        self.sessions += 1;
+        self.last_seq_at_join = sub.last_seq_at_join();
+        Ok(Session::Sdk { client, sub })
     }
 
     fn target(&self, ctx: &Ctx, until: Until) -> u64 {
@@ -659,11 +724,14 @@ impl Subscriber {
         until: Until,
         ack_every: u64,
     ) -> Ended {
-        let Session {
-            conn,
-            mut deliveries,
-            subscription,
-        } = session;
+        let (conn, mut deliveries, subscription) = match session {
+            Session::Raw {
+                conn,
+                deliveries,
+                subscription,
+            } => (conn, deliveries, subscription),
+            Session::Sdk { client, sub } => return self.consume_sdk(client, sub, ctx, until).await,
+        };
         let (ack_tx, ack_rx) = watch::channel(0u64);
         let acker = tokio::spawn(acker(
             conn.clone(),
@@ -689,7 +757,7 @@ impl Subscriber {
                 d = deliveries.next_delivery() => match d {
                     None => break Ended::ConnectionLost,
                     Some(d) => {
-                        if let Some(seq) = self.on_delivery(ctx, &d) {
+                        if let Some(seq) = self.on_wire_delivery(ctx, &d) {
                             high = high.max(seq);
                             unacked += 1;
                             if unacked >= ack_every {
@@ -715,18 +783,73 @@ impl Subscriber {
         ended
     }
 
-    /// Records one delivery; returns its seq.
-    fn on_delivery(&mut self, ctx: &Ctx, d: &pb::Delivery) -> Option<u64> {
-        let now = ctx.clock.now_ns();
+    /// [`Subscriber::consume`] through the SDK: each delivery is recorded,
+    /// then acknowledged with `Delivery::ack().await` before the next one
+    /// is taken, as an application's loop would. The client is closed at
+    /// the end (which sends the acks it still holds).
+    async fn consume_sdk(
+        &mut self,
+        client: Client,
+        mut sub: Subscription,
+        ctx: &Arc<Ctx>,
+        until: Until,
+    ) -> Ended {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ended = loop {
+            if self.done(ctx, until) {
+                break Ended::Done;
+            }
+            let drain_deadline = ctx.drain_deadline_ns.load(Ordering::Relaxed);
+            if Instant::now() >= ctx.hard_end || ctx.clock.now_ns() >= drain_deadline {
+                break Ended::Deadline;
+            }
+            tokio::select! {
+                d = sub.next() => match d {
+                    None => break Ended::ConnectionLost,
+                    Some(d) => {
+                        let flagged = d.redelivered || d.attempt > 1;
+                        self.on_delivery(ctx, d.seq, &d.payload, flagged);
+                        match d.ack().await {
+                            Ok(()) => {}
+                            Err(ClientError::Closed | ClientError::Io(_)) => break Ended::ConnectionLost,
+                            Err(e) => {
+                                if self.ack_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                                    ctx.note_error(|| format!("ack failed: {e}"));
+                                }
+                            }
+                        }
+                    }
+                },
+                _ = tick.tick() => {}
+            }
+        };
+        drop(sub);
+        client.close().await;
+        ended
+    }
+
+    /// Records one delivery of the protocol-level connection; returns its seq.
+    fn on_wire_delivery(&mut self, ctx: &Ctx, d: &pb::Delivery) -> Option<u64> {
         let msg = d.message.as_ref()?;
-        let stamp = Stamp::decode(&msg.payload);
+        let flagged = d.redelivered || d.attempt > 1;
+        self.on_delivery(ctx, msg.seq, &msg.payload, flagged);
+        Some(msg.seq)
+    }
+
+    /// Records one delivery: `flagged` if the broker marked it as a
+    /// redelivery.
+    fn on_delivery(&mut self, ctx: &Ctx, seq: u64, payload: &[u8], flagged: bool) {
+        let now = ctx.clock.now_ns();
+        let stamp = Stamp::decode(payload);
         let key = stamp.map_or(FOREIGN, |s| s.key());
         if stamp.is_none() {
             self.foreign += 1;
         }
-        let flagged = d.redelivered || d.attempt > 1;
-        let tracker = self.tracker.as_mut()?;
-        match tracker.on_delivery(msg.seq, key, flagged) {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return;
+        };
+        match tracker.on_delivery(seq, key, flagged) {
             verify::Outcome::First => {
                 bump(&ctx.live.delivered);
                 if let Some(s) = stamp {
@@ -749,7 +872,6 @@ impl Subscriber {
             }
             verify::Outcome::Ignored => {}
         }
-        Some(msg.seq)
     }
 }
 
@@ -957,6 +1079,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         start: args.start,
         max_in_flight: args.max_in_flight,
         ack_every: u64::from(args.ack_every),
+        sdk_acks: args.sdk_acks,
     };
     let mut subscribers = Vec::new();
     let mut sessions = Vec::new();
