@@ -224,6 +224,9 @@ pub struct Limits {
     pub ack_timeout_ms: u64,
     /// How long a dedup id is remembered.
     pub dedup_window_ms: u64,
+    /// Most dedup ids remembered at once (0 = no limit); beyond it the
+    /// oldest are forgotten before their window ends.
+    pub max_dedup_ids: u64,
     /// Rooms named by one publish.
     pub max_rooms_per_publish: u32,
     /// Headers on one message.
@@ -534,6 +537,7 @@ impl Default for Limits {
             max_in_flight: 1_000,
             ack_timeout_ms: 30_000,
             dedup_window_ms: 120_000,
+            max_dedup_ids: 10_000_000,
             max_rooms_per_publish: 64,
             max_headers: 64,
             max_memberships_per_session: 1_024,

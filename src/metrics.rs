@@ -200,6 +200,9 @@ pub struct Metrics {
     errors: IntCounterVec,
     quota_refusals: IntCounterVec,
     pub slow_consumer_disconnects: IntCounter,
+    /// Counted by the dedup table itself, which holds a clone.
+    pub dedup_evicted: IntCounter,
+    dedup_ids: IntGauge,
     pub storage_bytes: IntGauge,
     pub commit_batch: Histogram,
     pub commit_flush: Histogram,
@@ -318,6 +321,16 @@ impl Metrics {
             "Sessions disconnected because they did not read their deliveries in time.",
         )?;
         r.register(Box::new(slow_consumer_disconnects.clone()))?;
+        let dedup_evicted = IntCounter::new(
+            "roomq_dedup_evicted_total",
+            "Dedup ids forgotten before their window ended, because limits.max_dedup_ids were held.",
+        )?;
+        r.register(Box::new(dedup_evicted.clone()))?;
+        let dedup_ids = IntGauge::new(
+            "roomq_dedup_ids",
+            "Dedup ids remembered (pending and stored).",
+        )?;
+        r.register(Box::new(dedup_ids.clone()))?;
         let storage_bytes = IntGauge::new(
             "roomq_storage_bytes",
             "Bytes of the data directory on disk.",
@@ -372,6 +385,8 @@ impl Metrics {
             errors,
             quota_refusals,
             slow_consumer_disconnects,
+            dedup_evicted,
+            dedup_ids,
             storage_bytes,
             commit_batch,
             commit_flush,
@@ -459,6 +474,8 @@ impl Metrics {
             .set(to_i64(stats.connections_ws));
         self.storage_bytes
             .set(i64::try_from(stats.storage_bytes).unwrap_or(i64::MAX));
+        self.dedup_ids
+            .set(i64::try_from(stats.dedup_ids).unwrap_or(i64::MAX));
         // Rebuilt from scratch: a namespace or room that is gone (or has
         // left the top of the backlog) loses its series.
         self.sessions.reset();

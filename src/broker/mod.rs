@@ -190,6 +190,11 @@ impl Broker {
         tenants.restore(stored_namespaces);
         let metrics = tenants.metrics.clone();
         let lag = metrics.enabled.then(|| metrics.delivery_lag.clone());
+        let dedup = DedupTable::new(
+            config.limits.dedup_window(),
+            config.limits.max_dedup_ids,
+            metrics.dedup_evicted.clone(),
+        );
         let mut broker = Broker {
             metrics,
             started: Instant::now(),
@@ -201,7 +206,7 @@ impl Broker {
             ),
             tenants,
             rooms: Registry::new(1),
-            dedup: DedupTable::new(config.limits.dedup_window()),
+            dedup,
             pipeline: WritePipeline::new(
                 store,
                 Duration::from_millis(config.storage.cursor_sync_interval_ms),
@@ -260,7 +265,7 @@ impl Broker {
                 }
             }
             let expires = Instant::now() + Duration::from_millis(window - age);
-            broker.dedup.restore((ns, id), seqs.into(), expires);
+            broker.dedup.restore(&ns, id, seqs.into(), expires);
         }
         info!(
             rooms = broker.rooms.len(),

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::clock::now_ms;
 use super::core::Broker;
-use super::dedup::DedupState;
+use super::dedup::Known;
 use super::error::BrokerError;
 use super::reply::{Deferred, Reply};
 use crate::config::Limits;
@@ -329,12 +329,11 @@ impl Broker {
         }
         let policy = tenant.policy();
         let durability = pb::Durability::from(policy.durability);
-        if let Some(id) = req.dedup {
-            let key = (namespace.clone(), id);
+        let dedup_key = req.dedup.map(|id| self.dedup.key(&namespace, id));
+        if let Some(key) = dedup_key {
             match self.dedup.get(&key) {
-                Some(DedupState::Stored { seqs }) => {
+                Some(Known::Stored(seqs)) => {
                     tenant.metrics.duplicates.inc();
-                    let seqs = seqs.clone();
                     if self.pipeline.unsynced() {
                         // The original may be written but not yet synced
                         // (a `batched` namespace): a duplicate says SYNC,
@@ -351,7 +350,7 @@ impl Broker {
                         durability: pb::Durability::Sync,
                     });
                 }
-                Some(DedupState::Pending { .. }) => {
+                Some(Known::Pending) => {
                     tenant.metrics.duplicates.inc();
                     return Ok(Reply::WithOriginal(key));
                 }
@@ -409,17 +408,16 @@ impl Broker {
             tenant.metrics.stored_bytes.inc_by(bytes);
         }
         let seqs: crate::session::Seqs = seqs.into();
-        if let Some(id) = req.dedup {
-            let key = (namespace.clone(), id);
+        if let Some(key) = dedup_key {
             self.pipeline.batch().dedup_put.push((
                 namespace,
-                id,
+                key.id(),
                 crate::storage::DedupRecord {
                     timestamp_ms: now_ms(),
                     seqs: stored,
                 },
             ));
-            self.dedup.pending(key.clone(), seqs.clone());
+            self.dedup.pending(key, seqs.clone());
             self.pipeline.stores_dedup(key);
         }
         if durability == pb::Durability::Batched {

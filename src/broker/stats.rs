@@ -143,6 +143,8 @@ impl Broker {
             handshakes_refused: totals.handshakes_refused,
             slow_consumer_disconnects: metrics.slow_consumer_disconnects.get(),
             quota_refusals: totals.quota_refusals,
+            dedup_ids: self.dedup.len() as u64,
+            dedup_evicted: metrics.dedup_evicted.get(),
         }
     }
 }

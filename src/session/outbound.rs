@@ -84,6 +84,6 @@ pub struct SessionInfo {
     pub attributes: std::collections::BTreeMap<String, String>,
 }
 
-/// (room, seq) per room of one publish, shared by its confirmation and its
-/// dedup record.
+/// (room, seq) per room of one publish, shared by its confirmation and,
+/// when it names several rooms, its dedup record.
 pub type Seqs = Arc<[(Arc<str>, u64)]>;

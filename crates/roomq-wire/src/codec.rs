@@ -355,6 +355,8 @@ mod tests {
             handshakes_refused: 2,
             slow_consumer_disconnects: 0,
             quota_refusals: 3,
+            dedup_ids: 1_200_000,
+            dedup_evicted: 4,
         };
         let frame = pb::ServerFrame {
             request_id: 9,
