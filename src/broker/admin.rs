@@ -230,7 +230,7 @@ impl Broker {
                     .tenants
                     .list()
                     .iter()
-                    .map(|t| namespace_info(t, self.rooms.count(&t.name)))
+                    .map(|t| namespace_info(t, t.usage.rooms() as usize))
                     .collect();
                 let body = pb::AdminOk {
                     namespaces,
@@ -242,10 +242,14 @@ impl Broker {
             AdminReq::Kick(id) => self.kick(id),
             AdminReq::CreateNamespace(name, settings) => self.create_namespace(&name, settings),
             AdminReq::DeleteNamespace(name) => self.delete_namespace(&name),
-            AdminReq::CreateRoom(ns, name) => self.tenant(&ns).map(|_| {
+            AdminReq::CreateRoom(ns, name) => self.tenant(&ns).map(|tenant| {
                 let existed = self.rooms.find(&ns, &name).is_some();
-                self.rooms
-                    .create(&Arc::from(ns.as_str()), &name, self.pipeline.batch());
+                self.rooms.create_counted(
+                    Some(&tenant),
+                    &Arc::from(ns.as_str()),
+                    &name,
+                    self.pipeline.batch(),
+                );
                 pb::AdminOk {
                     count: u64::from(!existed),
                     ..Default::default()
@@ -483,6 +487,7 @@ impl Broker {
         self.pipeline.batch().deleted_rooms.push(id);
         if let Some(t) = self.tenants.get(&room.namespace) {
             t.usage.remove_stored(room.stored_bytes);
+            t.usage.remove_rooms(1);
         }
         info!(namespace = %room.namespace, room = %room.name, "room deleted");
     }

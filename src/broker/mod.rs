@@ -43,6 +43,7 @@ pub mod members;
 pub mod nack;
 mod outlet;
 mod pipeline;
+pub mod placement;
 pub mod publish;
 pub mod reads;
 mod registry;
@@ -75,6 +76,7 @@ use dedup::DedupTable;
 pub use error::{BrokerError, BrokerGone};
 use outlet::{SessionEntry, SessionOutlet};
 use pipeline::{Committed, InFlightBatch, PendingConfirm, PendingReply, WritePipeline};
+pub use placement::shard_of;
 use reads::{Reads, StoreEvent};
 use registry::Registry;
 use retention::RetentionState;
@@ -205,7 +207,7 @@ impl Broker {
                 lag,
             ),
             tenants,
-            rooms: Registry::new(1),
+            rooms: Registry::new(registry::room_ids(recovered.next_room_id)),
             dedup,
             pipeline: WritePipeline::new(
                 store,
@@ -215,13 +217,13 @@ impl Broker {
             retention: RetentionState::default(),
         };
         broker.refresh_retention();
-        broker.rooms = Registry::new(recovered.next_room_id);
         for r in recovered.rooms {
             let mut room = Room::new(r.id, r.namespace.clone(), r.name, r.last_seq);
             room.first_seq = r.stats.first_seq.max(1);
             room.stored_bytes = r.stats.stored_bytes;
             if let Some(t) = broker.tenants.get(&r.namespace) {
                 t.usage.add_stored(r.stats.stored_bytes, 0);
+                t.usage.add_rooms(1);
             }
             broker.rooms.restore(room);
         }

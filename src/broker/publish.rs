@@ -371,7 +371,10 @@ impl Broker {
                 });
             }
         }
-        self.rooms
+        // Reserves the rooms it will create (given back if the publish is
+        // refused below).
+        let reserved = self
+            .rooms
             .check(&tenant, req.rooms.iter().map(String::as_str))?;
         // Checked here, not by the quota middleware: only the actor knows
         // what the publishes accepted before this one add.
@@ -384,6 +387,7 @@ impl Broker {
                 tenant.name
             );
             tenant.metrics.quota_refused(Quota::StoredBytes);
+            tenant.usage.remove_rooms(reserved);
             return Err(BrokerError::QuotaExceeded {
                 quota: Quota::StoredBytes,
                 detail,

@@ -101,6 +101,9 @@ pub struct Usage {
     connections: Arc<AtomicU32>,
     stored_bytes: AtomicU64,
     published: AtomicU64,
+    /// Rooms of the namespace, on every shard: reserved before a room is
+    /// created (`reserve_rooms`), so the room quota holds across shards.
+    rooms: AtomicU64,
 }
 
 /// A connection counted against its namespace until dropped.
@@ -139,6 +142,30 @@ impl Usage {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 Some(n.saturating_sub(bytes))
             });
+    }
+    /// Counts `n` more rooms unless that would make more than `max`.
+    pub fn reserve_rooms(&self, n: u64, max: u64) -> bool {
+        self.rooms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |have| {
+                have.checked_add(n).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+    /// Counts `n` more rooms, whatever the quota (rooms found on disk, dead
+    /// letter rooms, rooms made through `/admin`).
+    pub fn add_rooms(&self, n: u64) {
+        self.rooms.fetch_add(n, Ordering::AcqRel);
+    }
+    pub fn remove_rooms(&self, n: u64) {
+        let _ = self
+            .rooms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |have| {
+                Some(have.saturating_sub(n))
+            });
+    }
+    /// Rooms the namespace has, on every shard.
+    pub fn rooms(&self) -> u64 {
+        self.rooms.load(Ordering::Acquire)
     }
     /// Messages stored since the broker started.
     pub fn published(&self) -> u64 {
