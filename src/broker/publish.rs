@@ -42,6 +42,22 @@ pub struct PublishReq {
 }
 
 impl PublishReq {
+    /// The part of this publish for `rooms`, some of its rooms that share
+    /// a shard: the same message (its `Extra` still names every room, so
+    /// a session in several of them is served once) and the same dedup id.
+    pub fn part(&self, rooms: Vec<String>) -> PublishReq {
+        PublishReq {
+            rooms,
+            dedup: self.dedup,
+            except_self: self.except_self,
+            volatile: self.volatile,
+            extra: self.extra.clone(),
+            info: self.info,
+            expected_last_seq: self.expected_last_seq,
+            encoded: self.encoded.clone(),
+        }
+    }
+
     /// The message to store (seq 0 until it is appended) for `session`,
     /// whose client id is `client_id`.
     fn message(&self, session: Uuid, client_id: Option<Arc<str>>) -> StoredMessage {

@@ -321,6 +321,9 @@ pub struct Tenants {
     /// The config file's namespaces, which `/admin` may not delete.
     declared: HashMap<String, NamespaceConfig>,
     hooks: Hooks,
+    /// Bumped whenever a namespace is added, restored or removed, so that
+    /// each shard notices (retention) without asking every turn.
+    generation: AtomicU64,
 }
 
 fn policy_of(settings: &NamespaceConfig, extra: &[TokenConfig]) -> Result<Policy, String> {
@@ -384,6 +387,7 @@ impl Tenants {
             metrics: Arc::new(metrics),
             declared: config.namespaces.clone().into_iter().collect(),
             hooks,
+            generation: AtomicU64::new(1),
         };
         for (name, settings) in &config.namespaces {
             let policy = policy_of(settings, &[])
@@ -443,6 +447,7 @@ impl Tenants {
     /// stored namespace of the same name; its stored tokens still apply.
     /// A stored namespace that no longer parses is skipped with a warning.
     pub fn restore(&self, stored: Vec<StoredNamespace>) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         for s in stored {
             let settings = match (self.declared.get(&s.name), &s.settings) {
                 (Some(declared), _) => declared.clone(),
@@ -470,7 +475,14 @@ impl Tenants {
             return Err(format!("namespace {name} exists"));
         }
         let policy = policy_of(&settings, &[])?;
-        Ok(self.insert(name, policy, false))
+        let tenant = self.insert(name, policy, false);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(tenant)
+    }
+
+    /// Changes with every namespace added or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Removes a namespace created through `/admin`.
@@ -484,8 +496,11 @@ impl Tenants {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.remove(name)
-            .ok_or_else(|| format!("no namespace {name}"))
+        let removed = map
+            .remove(name)
+            .ok_or_else(|| format!("no namespace {name}"));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        removed
     }
 
     /// Adds a token to `tenant`; returns what must be stored.
