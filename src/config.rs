@@ -28,6 +28,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub limits: Limits,
     pub storage: StorageConfig,
+    /// How the broker's rooms are spread over actors.
+    pub broker: BrokerConfig,
     /// Tenants, by namespace path. `/` is declared open by default; a
     /// namespace not declared here (nor created through `/admin`) is
     /// refused at the handshake.
@@ -241,6 +243,29 @@ pub struct Limits {
     pub max_schedule_ms: u64,
     /// Entries in a join's `backoff_ms` list.
     pub max_backoff_steps: u32,
+}
+
+/// The broker's actors. The default, `shards = 0`, is one per core.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Shards: actors that each own a part of the rooms (placed by a hash
+    /// of the namespace and the room's base name). 0 = one per available
+    /// core.
+    pub shards: u32,
+}
+
+/// Most shards a broker may be configured with.
+pub const MAX_SHARDS: u32 = 1024;
+
+impl BrokerConfig {
+    /// How many shards to run: `shards`, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        }
+    }
 }
 
 /// Storage tuning.
@@ -512,6 +537,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./roomq-data"),
             limits: Limits::default(),
             storage: StorageConfig::default(),
+            broker: BrokerConfig::default(),
             namespaces: BTreeMap::from([("/".to_string(), NamespaceConfig::open_default())]),
             admin: AdminConfig::default(),
             tls: TlsConfig::default(),
@@ -628,7 +654,11 @@ impl Config {
         let t = &self.tls;
         let h = &self.http;
         let m = &self.metrics;
-        let checks: [(bool, &str); 26] = [
+        let checks: [(bool, &str); 27] = [
+            (
+                self.broker.shards <= MAX_SHARDS,
+                "broker.shards must be at most 1024 (0 = one per available core)",
+            ),
             (
                 m.max_room_series <= 10_000,
                 "metrics.max_room_series must be at most 10000",

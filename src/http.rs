@@ -452,15 +452,12 @@ async fn metrics(headers: &HeaderMap, conn: &Conn) -> Response<Body> {
         return refusal;
     }
     let registry = &shared.tenants.metrics;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let cmd = crate::broker::Command::Stats {
-        max_rooms: registry.max_room_series(),
-        order: roomq_wire::pb::StatsOrder::Backlog,
-        reply: tx,
-    };
-    let asked = shared.broker.send(cmd).await.is_ok();
-    match tokio::time::timeout(Duration::from_secs(5), rx).await {
-        Ok(Ok(stats)) if asked => registry.update(&stats),
+    let stats = shared.broker.stats(
+        registry.max_room_series(),
+        roomq_wire::pb::StatsOrder::Backlog,
+    );
+    match tokio::time::timeout(Duration::from_secs(5), stats).await {
+        Ok(Ok(stats)) => registry.update(&stats),
         _ => {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -231,8 +231,14 @@ impl Server {
         let origins = http::validate(&self.config.http)?;
         let tenants = Arc::new(Tenants::new(&self.config, self.hooks)?);
         let config = Arc::new(self.config);
-        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let handle = BrokerHandle::new(tx);
+        let mut queues = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..config.broker.shard_count().max(1) {
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+            queues.push(tx);
+            receivers.push(rx);
+        }
+        let handle = BrokerHandle::new(queues);
         let readiness = Arc::new(Readiness::default());
         let tracker = TaskTracker::new();
         let connections = Arc::new(Semaphore::new(config.limits.max_connections as usize));
@@ -263,7 +269,7 @@ impl Server {
                 .map_err(ServerError::from),
             Err(e) => Err(e),
         };
-        let broker = match opened {
+        let shards = match opened {
             Ok(b) => b,
             Err(e) => {
                 http_stop.cancel();
@@ -273,7 +279,26 @@ impl Server {
                 return Err(e);
             }
         };
-        let broker_task = tokio::spawn(broker.run(rx, shutdown.clone()));
+        // One task per shard; the broker has stopped when every shard has,
+        // with the first storage failure, if any.
+        let shard_tasks: Vec<_> = shards
+            .into_iter()
+            .zip(receivers)
+            .map(|(shard, rx)| tokio::spawn(shard.run(rx, shutdown.clone())))
+            .collect();
+        let broker_task = tokio::spawn(async move {
+            let mut result = Ok(());
+            for task in shard_tasks {
+                let outcome = match task.await {
+                    Ok(r) => r,
+                    Err(e) => Err(StoreError::Task(format!("a shard's task failed: {e}"))),
+                };
+                if result.is_ok() {
+                    result = outcome;
+                }
+            }
+            result
+        });
         // JetStream keeps nothing in the data directory: its space is
         // NATS's to report (`/jsz`).
         if config.storage.engine == storage::Engine::Sled {

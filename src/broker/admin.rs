@@ -14,12 +14,14 @@ use uuid::Uuid;
 use super::core::Broker;
 use super::dead_letter;
 use super::error::BrokerError;
+use super::pipeline::{PendingConfirm, PendingReply};
 use super::reply::{Deferred, Reply, Resume};
 use super::room::MemberKey;
 use crate::config::{DurabilityMode, NamespaceConfig, Quotas, RetentionRule, TokenConfig};
-use crate::session::Outbound;
+use crate::session::{Outbound, RequestSlot};
 use crate::storage::{RoomId, StoreError, StoredMessage};
 use crate::tenancy::{token, Tenant};
+use tokio::sync::oneshot;
 
 /// A checked admin request.
 #[derive(Debug)]
@@ -40,6 +42,28 @@ pub enum AdminReq {
     Redriven(String, String, u32, ReadBack),
     /// The broker's figures: at most this many rooms, in this order.
     Stats(u32, pb::StatsOrder),
+}
+
+impl AdminReq {
+    /// The (namespace, room) the request is about, whose shard handles
+    /// it; `None` for the namespace-wide ones.
+    pub fn room(&self) -> Option<(&str, &str)> {
+        match self {
+            AdminReq::CreateRoom(ns, room)
+            | AdminReq::DeleteRoom(ns, room)
+            | AdminReq::PurgeRoom(ns, room)
+            | AdminReq::Redrive(ns, room, _)
+            | AdminReq::Redriven(ns, room, ..) => Some((ns, room)),
+            AdminReq::ListNamespaces
+            | AdminReq::ListRooms(_)
+            | AdminReq::CreateNamespace(..)
+            | AdminReq::DeleteNamespace(_)
+            | AdminReq::CreateToken(..)
+            | AdminReq::DeleteToken(..)
+            | AdminReq::Kick(_)
+            | AdminReq::Stats(..) => None,
+        }
+    }
 }
 
 /// Messages read from the store for a request that waited for them.
@@ -214,23 +238,24 @@ impl Broker {
             info!(session = %session, request = ?req, "admin request");
         }
         let result = match req {
-            AdminReq::Stats(max_rooms, order) => {
-                let max_rooms = match max_rooms {
-                    0 => self.metrics.max_room_series(),
-                    n => n as usize,
-                };
-                let body = pb::AdminOk {
-                    stats: Some(self.stats(max_rooms, order)),
-                    ..Default::default()
-                };
-                return Ok(Reply::Now(ok(body)));
+            // What every shard answers for its own rooms is gathered by
+            // the session (`BrokerHandle`), which sends each shard its own
+            // command (`Command::Stats`, `AdminRooms`, `Kick`,
+            // `DeleteNamespace`), never these.
+            AdminReq::Stats(..)
+            | AdminReq::ListRooms(_)
+            | AdminReq::Kick(_)
+            | AdminReq::DeleteNamespace(_) => {
+                return Err(BrokerError::Internal(
+                    "this admin request is gathered from every shard".into(),
+                ))
             }
             AdminReq::ListNamespaces => {
                 let namespaces = self
                     .tenants
                     .list()
                     .iter()
-                    .map(|t| namespace_info(t, self.rooms.count(&t.name)))
+                    .map(|t| namespace_info(t, t.usage.rooms() as usize))
                     .collect();
                 let body = pb::AdminOk {
                     namespaces,
@@ -238,14 +263,15 @@ impl Broker {
                 };
                 return Ok(Reply::Now(ok(body)));
             }
-            AdminReq::ListRooms(ns) => return Ok(Reply::Now(ok(self.room_infos(ns.as_deref())))),
-            AdminReq::Kick(id) => self.kick(id),
             AdminReq::CreateNamespace(name, settings) => self.create_namespace(&name, settings),
-            AdminReq::DeleteNamespace(name) => self.delete_namespace(&name),
-            AdminReq::CreateRoom(ns, name) => self.tenant(&ns).map(|_| {
+            AdminReq::CreateRoom(ns, name) => self.tenant(&ns).map(|tenant| {
                 let existed = self.rooms.find(&ns, &name).is_some();
-                self.rooms
-                    .create(&Arc::from(ns.as_str()), &name, self.pipeline.batch());
+                self.rooms.create_counted(
+                    Some(&tenant),
+                    &Arc::from(ns.as_str()),
+                    &name,
+                    self.pipeline.batch(),
+                );
                 pb::AdminOk {
                     count: u64::from(!existed),
                     ..Default::default()
@@ -393,11 +419,54 @@ impl Broker {
         })
     }
 
-    fn delete_namespace(&mut self, name: &str) -> Result<pb::AdminOk, BrokerError> {
-        let tenant = self.tenant(name)?;
-        self.tenants
-            .remove(name)
-            .map_err(BrokerError::InvalidRequest)?;
+    /// Deletes namespace `name` on this shard (see
+    /// `Command::DeleteNamespace`): on the primary shard the checks, the
+    /// tenant's removal and its record first; then, on every shard, its
+    /// sessions there are closed and its rooms deleted. `reply` gets how
+    /// many rooms went, once that is on disk.
+    pub(super) fn delete_namespace(
+        &mut self,
+        name: &str,
+        primary: bool,
+        reply: oneshot::Sender<Result<u64, BrokerError>>,
+    ) {
+        if primary {
+            let removed = self.tenant(name).and_then(|tenant| {
+                self.tenants
+                    .remove(name)
+                    .map_err(BrokerError::InvalidRequest)?;
+                Ok(tenant)
+            });
+            let tenant = match removed {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            self.pipeline
+                .batch()
+                .namespaces
+                .push((name.to_string(), None));
+            info!(namespace = %tenant.name, rooms = tenant.usage.rooms(), "namespace deleted");
+        }
+        let count = self.delete_namespace_here(name);
+        if self.pipeline.batch_is_empty() {
+            let _ = reply.send(Ok(count));
+            return;
+        }
+        self.pipeline.after_sync(PendingConfirm {
+            session: Uuid::nil(),
+            reply: PendingReply::Notify(reply, count),
+            permit: RequestSlot::none(),
+            then_pump: None,
+            received: None,
+        });
+    }
+
+    /// Closes this shard's sessions of namespace `name` and deletes its
+    /// rooms of it; returns how many rooms.
+    fn delete_namespace_here(&mut self, name: &str) -> u64 {
         let sessions: Vec<Uuid> = self
             .outlet
             .sessions
@@ -418,16 +487,8 @@ impl Broker {
         }
         self.rooms.forget_namespace(name);
         self.dedup.forget_namespace(name);
-        self.pipeline
-            .batch()
-            .namespaces
-            .push((name.to_string(), None));
         self.refresh_retention();
-        info!(namespace = %tenant.name, rooms = rooms.len(), "namespace deleted");
-        Ok(pb::AdminOk {
-            count: rooms.len() as u64,
-            ..Default::default()
-        })
+        rooms.len() as u64
     }
 
     /// Sends `error` (fatal) to a session and forgets it; its writer closes
@@ -451,11 +512,14 @@ impl Broker {
         self.unregister(id);
     }
 
-    fn kick(&mut self, id: Uuid) -> Result<pb::AdminOk, BrokerError> {
+    /// Closes session `id` on this shard (every shard is asked).
+    pub(super) fn kick(&mut self, id: Uuid) -> Result<pb::AdminOk, BrokerError> {
         if !self.outlet.sessions.contains_key(&id) {
             return Err(BrokerError::SessionNotFound(id));
         }
-        info!(session = %id, "session kicked");
+        if self.shard == 0 {
+            info!(session = %id, "session kicked");
+        }
         self.close_session(id, BrokerError::Kicked);
         Ok(pb::AdminOk {
             count: 1,
@@ -471,7 +535,7 @@ impl Broker {
         };
         for c in room.members.values().flat_map(|m| m.consumers.iter()) {
             if let Some(s) = self.outlet.sessions.get_mut(&c.session) {
-                s.memberships.remove(&(room.name.clone(), c.label.clone()));
+                s.remove_membership(&room.name, &c.label);
             }
             let deleted = BrokerError::RoomDeleted {
                 room: room.name.clone(),
@@ -483,6 +547,7 @@ impl Broker {
         self.pipeline.batch().deleted_rooms.push(id);
         if let Some(t) = self.tenants.get(&room.namespace) {
             t.usage.remove_stored(room.stored_bytes);
+            t.usage.remove_rooms(1);
         }
         info!(namespace = %room.namespace, room = %room.name, "room deleted");
     }
@@ -500,7 +565,9 @@ impl Broker {
         purged
     }
 
-    fn room_infos(&mut self, namespace: Option<&str>) -> pb::AdminOk {
+    /// This shard's rooms (of `namespace`, or all), by (namespace, name),
+    /// as many as fit in `budget` encoded bytes.
+    pub(super) fn room_infos(&mut self, namespace: Option<&str>, budget: usize) -> pb::AdminOk {
         let now = Instant::now();
         let mut ids: Vec<RoomId> = match namespace {
             Some(ns) => self
@@ -515,7 +582,6 @@ impl Broker {
                 .get(id)
                 .map(|r| (r.namespace.clone(), r.name.clone()))
         });
-        let budget = self.config.limits.max_frame().saturating_sub(256);
         let mut used = 0;
         let mut rooms = Vec::new();
         let mut truncated = false;

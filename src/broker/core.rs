@@ -25,8 +25,11 @@ use crate::session::{Outbound, RequestSlot, Seqs};
 use crate::storage::RoomId;
 use crate::tenancy::Tenants;
 
-/// The actor.
+/// The actor: one shard of the broker, owning its rooms outright.
 pub struct Broker {
+    /// Which shard this is (0 writes the namespace records and logs what
+    /// every shard sees, such as a session leaving).
+    pub(super) shard: usize,
     pub(super) config: Arc<Config>,
     pub(super) tenants: Arc<Tenants>,
     pub(super) rooms: Registry,
@@ -46,16 +49,19 @@ impl Broker {
         let Some(entry) = self.outlet.sessions.get_mut(&session) else {
             return;
         };
-        info!(
-            namespace = %entry.info.namespace,
-            session = %session,
-            peer = %entry.info.peer,
-            "client disconnected"
-        );
-        let memberships = std::mem::take(&mut entry.memberships);
+        // Every shard has the session; one says so.
+        if self.shard == 0 {
+            info!(
+                namespace = %entry.info.namespace,
+                session = %session,
+                peer = %entry.info.peer,
+                "client disconnected"
+            );
+        }
+        let memberships = entry.take_memberships();
         // Released while the session is still known, so that the presence
         // events name who left.
-        for (room_id, key) in memberships.into_values() {
+        for (room_id, key) in memberships {
             self.release_member(room_id, &key, session);
         }
         self.outlet.sessions.remove(&session);

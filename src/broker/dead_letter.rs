@@ -102,11 +102,15 @@ impl Broker {
         }
         let encoded = Bytes::from(message.encode_to_vec());
         let size = encoded.len() as u64;
-        let target_id = self
-            .rooms
-            .create(&namespace, &target, self.pipeline.batch());
+        let tenant = self.tenants.get(&namespace);
+        let target_id = self.rooms.create_counted(
+            tenant.as_deref(),
+            &namespace,
+            &target,
+            self.pipeline.batch(),
+        );
         let seq = self.append(target_id, StoredMessage::new(0, encoded));
-        if let Some(t) = self.tenants.get(&namespace) {
+        if let Some(t) = tenant {
             t.usage.add_stored(size, 1);
             let why = crate::metrics::DeadReason::of(dead.reason.as_deref());
             t.metrics.dead_lettered(why);
@@ -174,9 +178,13 @@ impl Broker {
                 .filter(|(k, _)| !HEADERS.contains(&k.as_str()))
                 .collect::<BTreeMap<_, _>>();
             let encoded = Bytes::from(message.encode_to_vec());
-            let target = self
-                .rooms
-                .create(&namespace, &origin, self.pipeline.batch());
+            let tenant = self.tenants.get(&namespace);
+            let target = self.rooms.create_counted(
+                tenant.as_deref(),
+                &namespace,
+                &origin,
+                self.pipeline.batch(),
+            );
             added += encoded.len() as u64;
             self.append(target, StoredMessage::new(0, encoded));
             moved += 1;

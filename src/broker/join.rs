@@ -189,6 +189,23 @@ impl Broker {
         };
         admit(entry, &req, &self.config.limits)?;
         let info = entry.info.clone();
+        let joined = self.join_admitted(session, req, &info);
+        if !matches!(joined, Ok(Reply::NowThenPump(..) | Reply::AfterSync(_))) {
+            // The membership reserved by `admit` was not made.
+            info.rooms.release();
+        }
+        joined
+    }
+
+    /// The join of `session` (`info`) once `admit` reserved its
+    /// membership: the member is named, the room checked (and created),
+    /// taken over, attached, recorded and announced.
+    fn join_admitted(
+        &mut self,
+        session: Uuid,
+        req: JoinReq,
+        info: &Arc<crate::session::SessionInfo>,
+    ) -> Result<Reply, BrokerError> {
         let group_name = req.group.as_ref().map(|(name, _)| name);
         let (key, durable_name) = member_key(
             req.mode,
@@ -208,9 +225,11 @@ impl Broker {
             return Ok(Reply::Gone);
         };
         if let Some(entry) = self.outlet.sessions.get_mut(&session) {
-            entry.memberships.insert(
-                (joined.room_name.clone(), req.label.clone()),
-                (room_id, key.clone()),
+            entry.add_membership(
+                joined.room_name.clone(),
+                req.label.clone(),
+                room_id,
+                key.clone(),
             );
         }
         info!(
@@ -271,7 +290,7 @@ impl Broker {
             member: key_name(key).to_string(),
         };
         if let Some(other) = self.outlet.sessions.get_mut(&prev) {
-            other.memberships.remove(&(Arc::from(room), prev_label));
+            other.remove_membership(&Arc::from(room), &prev_label);
         }
         if let Some(m) = self
             .rooms
@@ -384,7 +403,8 @@ impl Broker {
 /// Whether the session may take one more membership: not if it is in the
 /// room under this label already (`AlreadyJoined`), nor if it holds as
 /// many memberships as a session may (`QuotaExceeded`, counted in the
-/// namespace's metrics), checked in that order.
+/// namespace's metrics), checked in that order. Reserves the membership
+/// (`SessionRooms::reserve`).
 fn admit(entry: &SessionEntry, req: &JoinReq, limits: &Limits) -> Result<(), BrokerError> {
     if entry
         .memberships
@@ -395,7 +415,9 @@ fn admit(entry: &SessionEntry, req: &JoinReq, limits: &Limits) -> Result<(), Bro
             subscription: req.label.clone(),
         });
     }
-    if entry.memberships.len() >= limits.max_memberships_per_session as usize {
+    // Counted on every shard (the session's other rooms may be elsewhere),
+    // and reserved here.
+    if !entry.info.rooms.reserve(limits.max_memberships_per_session) {
         let detail = format!(
             "a session may hold {} memberships",
             limits.max_memberships_per_session

@@ -49,7 +49,7 @@ pub(super) fn leave(
     let removed = outlet
         .sessions
         .get_mut(&session)
-        .and_then(|s| s.memberships.remove(&(req.room.clone(), req.label.clone())));
+        .and_then(|s| s.remove_membership(&req.room, &req.label));
     let Some((room_id, key)) = removed else {
         return Err(BrokerError::NotJoined {
             room: req.room,

@@ -1,31 +1,23 @@
 //! `ListRooms`: the rooms of the session's own namespace, with their last
 //! seq and member counts. Nothing of another namespace is visible (G5).
+//! Every shard lists its own rooms ([`list_rooms`], for
+//! `Command::ListRooms`); the session merges them
+//! (`BrokerHandle::list_rooms`) and answers with as many as fit in a
+//! frame ([`answer`]).
+
+use std::sync::Arc;
 
 use roomq_wire::pb;
-use uuid::Uuid;
 
-use super::error::BrokerError;
-use super::outlet::SessionOutlet;
 use super::registry::Registry;
-use super::reply::Reply;
 use crate::config::Config;
 
 use prost::Message as _;
 
-/// Answers a `ListRooms` request of `session`: the rooms in `rooms` of the
-/// session's namespace (looked up in `outlet`), by name, as many as fit in
-/// a frame (`config`'s frame limit).
-pub(super) fn list_rooms(
-    rooms: &Registry,
-    outlet: &SessionOutlet,
-    config: &Config,
-    session: Uuid,
-) -> Result<Reply, BrokerError> {
-    let Some(entry) = outlet.sessions.get(&session) else {
-        return Ok(Reply::Gone);
-    };
-    let mut infos: Vec<pb::RoomInfo> = rooms
-        .in_namespace(&entry.info.namespace)
+/// The rooms of `namespace` in `rooms` (one shard's).
+pub(super) fn list_rooms(rooms: &Registry, namespace: &Arc<str>) -> Vec<pb::RoomInfo> {
+    rooms
+        .in_namespace(namespace)
         .map(|names| {
             names
                 .values()
@@ -41,9 +33,12 @@ pub(super) fn list_rooms(
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    infos.sort_by(|a, b| a.name.cmp(&b.name));
-    // Keep the reply within the frame limit.
+        .unwrap_or_default()
+}
+
+/// The reply to `ListRooms`: `infos` (every shard's, sorted by name), as
+/// many as fit in a frame (`config`'s frame limit).
+pub fn answer(mut infos: Vec<pb::RoomInfo>, config: &Config) -> pb::server_frame::Body {
     let budget = config.limits.max_frame().saturating_sub(64);
     let mut used = 0;
     let mut fit = infos.len();
@@ -56,9 +51,8 @@ pub(super) fn list_rooms(
     }
     let truncated = fit < infos.len();
     infos.truncate(fit);
-    let body = pb::server_frame::Body::ListRoomsOk(pb::ListRoomsOk {
+    pb::server_frame::Body::ListRoomsOk(pb::ListRoomsOk {
         rooms: infos,
         truncated,
-    });
-    Ok(Reply::Now(body))
+    })
 }

@@ -1,14 +1,19 @@
-//! The broker core: one actor task that owns every room, member, session
-//! entry, timer and dedup record. Sessions talk to it through a bounded
-//! command channel; it answers through each session's bounded outbound
-//! channel, never awaiting a session (it uses `try_send` and a documented
-//! back-off when a session's queue is full). Storage calls run beside the
-//! actor and report back as events: writes one batch at a time
-//! ([`commit`]), reads of messages that are not in a room's cache
-//! ([`reads`]). No locks guard the broker's tables: the
-//! actor is their only owner.
+//! The broker core: `broker.shards` actor tasks (shards), each owning its
+//! rooms (placed by [`shard_of`]) with their members, timers and dedup
+//! records, and an entry for every session. Sessions talk to them through
+//! [`BrokerHandle`], one bounded command queue per shard; a shard answers
+//! through each session's bounded outbound channel, never awaiting a
+//! session (it uses `try_send` and a documented back-off when a session's
+//! queue is full). Storage calls run beside each shard and report back as
+//! events: writes one batch at a time per shard ([`commit`]), reads of
+//! messages that are not in a room's cache ([`reads`]). No locks guard the
+//! broker's tables: each shard is the only owner of its own. Shared between
+//! shards are only the room id allocator, the tenants (with their atomic
+//! counters) and each session's room set (`session::SessionRooms`).
 //!
 //! Layout:
+//! - [`placement`]: which shard owns a room; [`handle`]: the handle over
+//!   the shards' queues, and the merging of what every shard answers.
 //! - [`room`]: rooms and members, the delivery rules (no I/O).
 //! - [`error`](mod@error): [`BrokerError`], why a request is refused, turned into the
 //!   wire's error in one place; `reply`: what a request is answered with
@@ -35,6 +40,7 @@ mod core;
 pub mod dead_letter;
 mod dedup;
 pub mod error;
+pub mod handle;
 pub mod in_progress;
 pub mod join;
 pub mod leave;
@@ -43,6 +49,7 @@ pub mod members;
 pub mod nack;
 mod outlet;
 mod pipeline;
+pub mod placement;
 pub mod publish;
 pub mod reads;
 mod registry;
@@ -73,8 +80,10 @@ pub use clock::now_ms;
 use commit::CommitOutcome;
 use dedup::DedupTable;
 pub use error::{BrokerError, BrokerGone};
+pub use handle::BrokerHandle;
 use outlet::{SessionEntry, SessionOutlet};
 use pipeline::{Committed, InFlightBatch, PendingConfirm, PendingReply, WritePipeline};
+pub use placement::shard_of;
 use reads::{Reads, StoreEvent};
 use registry::Registry;
 use retention::RetentionState;
@@ -89,9 +98,25 @@ pub enum Request {
     Ack(ack::AckReq),
     Nack(nack::NackReq),
     InProgress(in_progress::InProgressReq),
-    ListRooms,
     Members(members::MembersReq),
     Admin(admin::AdminReq),
+}
+
+impl Request {
+    /// The room whose shard handles the request: `None` for a publish
+    /// (the session splits it by its rooms) and for `/admin` (routed by
+    /// operation, [`admin::AdminReq::room`]).
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            Request::Join(r) => Some(&r.room),
+            Request::Leave(r) => Some(&r.room),
+            Request::Ack(r) => Some(&r.room),
+            Request::Nack(r) => Some(&r.room),
+            Request::InProgress(r) => Some(&r.room),
+            Request::Members(r) => Some(&r.room),
+            Request::Publish(_) | Request::Admin(_) => None,
+        }
+    }
 }
 
 /// A request resumed after a read (`Reply::AfterRead`) becomes a
@@ -108,11 +133,11 @@ impl From<admin::AdminReq> for Request {
     }
 }
 
-/// Messages to the broker actor.
+/// Messages to a shard.
 #[derive(Debug)]
 pub enum Command {
-    /// A session finished its handshake. The reply says whether it resumes
-    /// durable memberships.
+    /// A session finished its handshake (sent to every shard). The reply
+    /// says whether it resumes durable memberships on this shard.
     Register {
         info: Arc<SessionInfo>,
         tx: mpsc::Sender<Outbound>,
@@ -132,31 +157,38 @@ pub enum Command {
     },
     /// A session whose queue was full has drained.
     Writable { session: Uuid },
-    /// A snapshot of the broker's figures (for `/metrics`).
+    /// A snapshot of this shard's figures (for `/metrics` and the admin
+    /// `Stats` op, merged by [`BrokerHandle::stats`]).
     Stats {
         max_rooms: usize,
         order: pb::StatsOrder,
         reply: oneshot::Sender<pb::BrokerStats>,
     },
-}
-
-/// A cheap, cloneable way to reach the broker.
-#[derive(Debug, Clone)]
-pub struct BrokerHandle {
-    tx: mpsc::Sender<Command>,
-}
-
-impl BrokerHandle {
-    /// A handle over the broker's command queue.
-    pub fn new(tx: mpsc::Sender<Command>) -> Self {
-        BrokerHandle { tx }
-    }
-
-    /// Sends a command, waiting for room in the broker's queue. Fails only
-    /// when the broker has stopped.
-    pub async fn send(&self, cmd: Command) -> Result<(), BrokerGone> {
-        self.tx.send(cmd).await.map_err(|_| BrokerGone)
-    }
+    /// This shard's rooms of `namespace`, for a session's `ListRooms`.
+    ListRooms {
+        namespace: Arc<str>,
+        reply: oneshot::Sender<Vec<pb::RoomInfo>>,
+    },
+    /// This shard's rooms (of `namespace`, or of all) for `/admin`, sorted
+    /// and cut at `budget` encoded bytes.
+    AdminRooms {
+        namespace: Option<String>,
+        budget: usize,
+        reply: oneshot::Sender<pb::AdminOk>,
+    },
+    /// `/admin` kick: closes the session here; whether it was here.
+    Kick {
+        session: Uuid,
+        reply: oneshot::Sender<bool>,
+    },
+    /// `/admin` namespace deletion. On the `primary` shard (0): the
+    /// checks, the tenant's removal and its record, then its rooms; on the
+    /// others, their rooms. Answered with the rooms deleted once synced.
+    DeleteNamespace {
+        name: String,
+        primary: bool,
+        reply: oneshot::Sender<Result<u64, BrokerError>>,
+    },
 }
 
 /// An error frame answering `request_id`.
@@ -173,12 +205,15 @@ pub fn error_frame(
 
 impl Broker {
     /// Opens the broker on `store`: recovers rooms, cursors, dedup records
-    /// and the namespaces created through `/admin` (into `tenants`).
+    /// and the namespaces created through `/admin` (into `tenants`) once,
+    /// and builds `broker.shards` shards, each from its part of what was
+    /// recovered: the rooms [`shard_of`] places on it, their cursors, and
+    /// the dedup records of publishes to them. Shard 0 first.
     pub async fn open(
         config: Arc<Config>,
         store: Arc<dyn Store>,
         tenants: Arc<Tenants>,
-    ) -> Result<Broker, StoreError> {
+    ) -> Result<Vec<Broker>, StoreError> {
         let recovered = store.recover().await?;
         let mut stored_namespaces = Vec::new();
         for raw in &recovered.namespaces {
@@ -188,46 +223,34 @@ impl Broker {
             }
         }
         tenants.restore(stored_namespaces);
-        let metrics = tenants.metrics.clone();
-        let lag = metrics.enabled.then(|| metrics.delivery_lag.clone());
-        let dedup = DedupTable::new(
-            config.limits.dedup_window(),
-            config.limits.max_dedup_ids,
-            metrics.dedup_evicted.clone(),
-        );
-        let mut broker = Broker {
-            metrics,
-            started: Instant::now(),
-            config: config.clone(),
-            outlet: SessionOutlet::new(
-                Reads::new(store.clone(), config.storage.max_reads_in_flight as usize),
-                config.limits.max_pending_requests as usize + 8,
-                lag,
-            ),
-            tenants,
-            rooms: Registry::new(1),
-            dedup,
-            pipeline: WritePipeline::new(
-                store,
-                Duration::from_millis(config.storage.cursor_sync_interval_ms),
-                Duration::from_millis(config.storage.commit_timeout_ms),
-            ),
-            retention: RetentionState::default(),
-        };
-        broker.refresh_retention();
-        broker.rooms = Registry::new(recovered.next_room_id);
+        let shards = config.broker.shard_count().max(1);
+        let ids = registry::room_ids(recovered.next_room_id);
+        let mut brokers: Vec<Broker> = (0..shards)
+            .map(|shard| Broker::shard(shard, shards, &config, &store, &tenants, ids.clone()))
+            .collect();
+        // Where each stored room went.
+        let mut placed: HashMap<RoomId, usize> = HashMap::new();
         for r in recovered.rooms {
+            let shard = shard_of(&r.namespace, &r.name, shards);
             let mut room = Room::new(r.id, r.namespace.clone(), r.name, r.last_seq);
             room.first_seq = r.stats.first_seq.max(1);
             room.stored_bytes = r.stats.stored_bytes;
-            if let Some(t) = broker.tenants.get(&r.namespace) {
+            if let Some(t) = tenants.get(&r.namespace) {
                 t.usage.add_stored(r.stats.stored_bytes, 0);
+                t.usage.add_rooms(1);
             }
-            broker.rooms.restore(room);
+            if let Some(b) = brokers.get_mut(shard) {
+                placed.insert(r.id, shard);
+                b.rooms.restore(room);
+            }
         }
         let limits = &config.limits;
         for (room_id, name, rec) in recovered.cursors {
-            match broker.rooms.get_mut(&room_id) {
+            let room = placed
+                .get(&room_id)
+                .and_then(|shard| brokers.get_mut(*shard))
+                .and_then(|b| b.rooms.get_mut(&room_id));
+            match room {
                 Some(room) => {
                     let mut m = room::Member::from_record(&rec, limits.max_deliveries);
                     // A cursor never moves past the log.
@@ -255,24 +278,86 @@ impl Broker {
         for (ns, id, rec) in dedup_records {
             let age = wall.saturating_sub(rec.timestamp_ms);
             if age >= window {
-                broker.pipeline.batch().dedup_expire_before = Some(wall.saturating_sub(window));
+                if let Some(b) = brokers.first_mut() {
+                    b.pipeline.batch().dedup_expire_before = Some(wall.saturating_sub(window));
+                }
                 continue;
             }
-            let mut seqs = Vec::with_capacity(rec.seqs.len());
+            // Each shard remembers the id with the seqs of its own rooms.
+            let mut parts: Vec<Vec<(Arc<str>, u64)>> = vec![Vec::new(); shards];
             for (room_id, seq) in rec.seqs {
-                if let Some(room) = broker.rooms.get(&room_id) {
-                    seqs.push((room.name.clone(), seq));
+                let Some(shard) = placed.get(&room_id).copied() else {
+                    continue;
+                };
+                let name = brokers
+                    .get(shard)
+                    .and_then(|b| b.rooms.get(&room_id))
+                    .map(|room| room.name.clone());
+                if let (Some(name), Some(part)) = (name, parts.get_mut(shard)) {
+                    part.push((name, seq));
                 }
             }
+            // Rooms all gone: every shard answers a retry (with no seqs).
+            let everywhere = parts.iter().all(Vec::is_empty);
             let expires = Instant::now() + Duration::from_millis(window - age);
-            broker.dedup.restore(&ns, id, seqs.into(), expires);
+            for (b, seqs) in brokers.iter_mut().zip(parts) {
+                if everywhere || !seqs.is_empty() {
+                    b.dedup.restore(&ns, id, seqs.into(), expires);
+                }
+            }
         }
         info!(
-            rooms = broker.rooms.len(),
-            dedup_ids = broker.dedup.len(),
+            rooms = placed.len(),
+            dedup_ids = brokers.iter().map(|b| b.dedup.len()).sum::<usize>(),
+            shards,
             "storage recovered"
         );
-        Ok(broker)
+        Ok(brokers)
+    }
+
+    /// Shard `shard` of `shards`, empty.
+    fn shard(
+        shard: usize,
+        shards: usize,
+        config: &Arc<Config>,
+        store: &Arc<dyn Store>,
+        tenants: &Arc<Tenants>,
+        ids: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Broker {
+        let metrics = tenants.metrics.clone();
+        let lag = metrics.enabled.then(|| metrics.delivery_lag.clone());
+        // The limit is the broker's: each shard holds its share.
+        let max_ids = match config.limits.max_dedup_ids {
+            0 => 0,
+            n => n.div_ceil(shards as u64),
+        };
+        let dedup = DedupTable::new(
+            config.limits.dedup_window(),
+            max_ids,
+            metrics.dedup_evicted.clone(),
+        );
+        let mut broker = Broker {
+            shard,
+            metrics,
+            started: Instant::now(),
+            config: config.clone(),
+            outlet: SessionOutlet::new(
+                Reads::new(store.clone(), config.storage.max_reads_in_flight as usize),
+                crate::session::reply_slots(&config.limits, shards),
+                lag,
+            ),
+            tenants: tenants.clone(),
+            rooms: Registry::new(ids),
+            dedup,
+            pipeline: WritePipeline::new(
+                store.clone(),
+                Duration::from_millis(config.storage.cursor_sync_interval_ms),
+                Duration::from_millis(config.storage.commit_timeout_ms),
+            ),
+            retention: RetentionState::default(),
+        };
+        broker.refresh_retention();
+        broker
     }
 
     /// Runs the actor until `shutdown` is cancelled (then drains: writes
@@ -358,6 +443,11 @@ impl Broker {
             }
             self.pipeline.start(false, &self.rooms);
             self.compact_timers();
+            // A namespace made or deleted (through another shard, maybe)
+            // may change whether retention sweeps.
+            if self.retention.generation != self.tenants.generation() {
+                self.refresh_retention();
+            }
         }
     }
 
@@ -411,17 +501,8 @@ impl Broker {
                     let _ = reply.send(None);
                     return;
                 }
+                // (Logged by the session, with every shard's answer.)
                 let resumed = self.has_durable_state(&info);
-                info!(
-                    namespace = %info.namespace,
-                    session = %info.id,
-                    peer = %info.peer,
-                    transport = info.transport.as_str(),
-                    client_id = info.client_id.as_deref().unwrap_or(""),
-                    client_name = %info.client_name,
-                    resumed,
-                    "client connected"
-                );
                 self.outlet.sessions.insert(
                     info.id,
                     SessionEntry {
@@ -474,9 +555,6 @@ impl Broker {
                     Request::InProgress(r) => {
                         in_progress::in_progress(&mut self.rooms, &mut self.outlet, session, r)
                     }
-                    Request::ListRooms => {
-                        list_rooms::list_rooms(&self.rooms, &self.outlet, &self.config, session)
-                    }
                     Request::Members(r) => {
                         members::members(&self.rooms, &self.outlet, &self.config, session, r)
                     }
@@ -495,6 +573,24 @@ impl Broker {
             } => {
                 let _ = reply.send(self.stats(max_rooms, order));
             }
+            Command::ListRooms { namespace, reply } => {
+                let _ = reply.send(list_rooms::list_rooms(&self.rooms, &namespace));
+            }
+            Command::AdminRooms {
+                namespace,
+                budget,
+                reply,
+            } => {
+                let _ = reply.send(self.room_infos(namespace.as_deref(), budget));
+            }
+            Command::Kick { session, reply } => {
+                let _ = reply.send(self.kick(session).is_ok());
+            }
+            Command::DeleteNamespace {
+                name,
+                primary,
+                reply,
+            } => self.delete_namespace(&name, primary, reply),
             Command::Writable { session } => {
                 let members: Vec<(RoomId, MemberKey)> = match self.outlet.sessions.get(&session) {
                     Some(s) => s.memberships.values().cloned().collect(),
@@ -740,6 +836,9 @@ impl Broker {
             }
             match c.reply {
                 PendingReply::Frame(frame) => self.reply(c.session, frame, Some(c.permit)),
+                PendingReply::Notify(tx, count) => {
+                    let _ = tx.send(Ok(count));
+                }
                 PendingReply::Confirm {
                     request_id,
                     seqs,

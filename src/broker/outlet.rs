@@ -32,8 +32,50 @@ pub struct SessionEntry {
     /// sends [`Command::Writable`] once it has drained.
     pub blocked: Arc<AtomicBool>,
     pub kill: CancellationToken,
-    /// Memberships by (room, label).
+    /// Memberships by (room, label), in this shard's rooms. Changed only
+    /// through the methods below, which keep the session's shared room set
+    /// (`SessionInfo::rooms`) in step.
     pub memberships: HashMap<(Arc<str>, Arc<str>), (RoomId, MemberKey)>,
+}
+
+impl SessionEntry {
+    /// Records a membership whose join reserved it
+    /// (`SessionRooms::reserve`).
+    pub fn add_membership(&mut self, room: Arc<str>, label: Arc<str>, id: RoomId, key: MemberKey) {
+        if self
+            .memberships
+            .insert((room.clone(), label), (id, key))
+            .is_none()
+        {
+            self.info.rooms.joined(room);
+        } else {
+            self.info.rooms.release();
+        }
+    }
+
+    /// Forgets membership (room, label), if the session has it.
+    pub fn remove_membership(
+        &mut self,
+        room: &Arc<str>,
+        label: &Arc<str>,
+    ) -> Option<(RoomId, MemberKey)> {
+        let gone = self.memberships.remove(&(room.clone(), label.clone()));
+        if gone.is_some() {
+            self.info.rooms.left(room);
+        }
+        gone
+    }
+
+    /// Forgets every membership (the session is going).
+    pub fn take_memberships(&mut self) -> Vec<(RoomId, MemberKey)> {
+        let all = std::mem::take(&mut self.memberships);
+        all.into_iter()
+            .map(|((room, _), m)| {
+                self.info.rooms.left(&room);
+                m
+            })
+            .collect()
+    }
 }
 
 /// Deliveries handed out since [`SessionOutlet::begin`], counted into the
@@ -203,9 +245,10 @@ impl Outlet for SessionOutlet {
     }
 
     fn in_room(&self, session: Uuid, room: &str) -> bool {
+        // The shared set: the room may be on another shard.
         self.sessions
             .get(&session)
-            .is_some_and(|s| s.memberships.keys().any(|(r, _)| &**r == room))
+            .is_some_and(|s| s.info.rooms.contains(room))
     }
 
     fn read(&mut self, room: RoomId, from: u64) {

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::commit::{self, CommitOutcome};
 use super::dedup::DedupKey;
+use super::error::BrokerError;
 use super::registry::Registry;
 use super::room::MemberKey;
 use crate::session::{RequestSlot, Seqs};
@@ -37,6 +38,9 @@ pub enum PendingReply {
         seqs: Seqs,
         duplicate: bool,
     },
+    /// An answer to another task (a namespace's deletion on this shard,
+    /// which the session gathers from every shard): the rooms deleted.
+    Notify(tokio::sync::oneshot::Sender<Result<u64, BrokerError>>, u64),
 }
 
 /// A reply that may only be sent once its batch is synced to disk: a publish

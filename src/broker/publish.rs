@@ -42,6 +42,22 @@ pub struct PublishReq {
 }
 
 impl PublishReq {
+    /// The part of this publish for `rooms`, some of its rooms that share
+    /// a shard: the same message (its `Extra` still names every room, so
+    /// a session in several of them is served once) and the same dedup id.
+    pub fn part(&self, rooms: Vec<String>) -> PublishReq {
+        PublishReq {
+            rooms,
+            dedup: self.dedup,
+            except_self: self.except_self,
+            volatile: self.volatile,
+            extra: self.extra.clone(),
+            info: self.info,
+            expected_last_seq: self.expected_last_seq,
+            encoded: self.encoded.clone(),
+        }
+    }
+
     /// The message to store (seq 0 until it is appended) for `session`,
     /// whose client id is `client_id`.
     fn message(&self, session: Uuid, client_id: Option<Arc<str>>) -> StoredMessage {
@@ -371,7 +387,10 @@ impl Broker {
                 });
             }
         }
-        self.rooms
+        // Reserves the rooms it will create (given back if the publish is
+        // refused below).
+        let reserved = self
+            .rooms
             .check(&tenant, req.rooms.iter().map(String::as_str))?;
         // Checked here, not by the quota middleware: only the actor knows
         // what the publishes accepted before this one add.
@@ -384,6 +403,7 @@ impl Broker {
                 tenant.name
             );
             tenant.metrics.quota_refused(Quota::StoredBytes);
+            tenant.usage.remove_rooms(reserved);
             return Err(BrokerError::QuotaExceeded {
                 quota: Quota::StoredBytes,
                 detail,

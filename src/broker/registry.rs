@@ -1,9 +1,13 @@
-//! The room registry: the rooms one actor owns, by id and by (namespace,
-//! name), and the ids given to new rooms. A room is created on first use
-//! (where its namespace allows it, within its room quota) and written with
-//! the next batch; ids are never reused, even after a room is deleted.
+//! The room registry: the rooms one shard owns, by id and by (namespace,
+//! name). A room is created on first use (where its namespace allows it,
+//! within its room quota, counted per namespace across shards in
+//! `tenancy::Usage`) and written with the next batch. Ids come from one
+//! allocator shared by the shards; an id is not given twice while the
+//! broker runs (after a restart, the id of a room that was created and
+//! deleted may come back: all its keys went with the deleting batch).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tracing::info;
@@ -20,23 +24,30 @@ pub struct Registry {
     rooms: HashMap<RoomId, Room>,
     /// namespace → room name → id.
     names: HashMap<Arc<str>, HashMap<Arc<str>, RoomId>>,
-    /// The lowest id never given to a room.
-    next_id: RoomId,
+    /// The lowest id never given to a room, shared by every shard.
+    next_id: Arc<AtomicU64>,
+}
+
+/// The room id allocator the shards share; its first id is `next_id` (at
+/// least 1).
+pub fn room_ids(next_id: RoomId) -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(next_id.max(1)))
 }
 
 impl Registry {
-    /// An empty registry whose first new room gets id `next_id` (at least 1).
-    pub fn new(next_id: RoomId) -> Self {
+    /// An empty registry whose new rooms take their ids from `next_id`
+    /// (see [`room_ids`]).
+    pub fn new(next_id: Arc<AtomicU64>) -> Self {
         Registry {
             rooms: HashMap::new(),
             names: HashMap::new(),
-            next_id: next_id.max(1),
+            next_id,
         }
     }
 
     /// Adds a room found on disk.
     pub fn restore(&mut self, room: Room) {
-        self.next_id = self.next_id.max(room.id + 1);
+        self.next_id.fetch_max(room.id + 1, Ordering::AcqRel);
         self.names
             .entry(room.namespace.clone())
             .or_default()
@@ -86,7 +97,7 @@ impl Registry {
         self.names.get(namespace)
     }
 
-    /// How many rooms `namespace` has.
+    /// How many rooms `namespace` has on this shard.
     pub fn count(&self, namespace: &str) -> usize {
         self.names.get(namespace).map_or(0, |r| r.len())
     }
@@ -97,18 +108,22 @@ impl Registry {
     }
 
     /// Checks that a session of `tenant` may use `names`: rooms that do not
-    /// exist must be creatable on first use and within the room quota.
+    /// exist must be creatable on first use and within the room quota. The
+    /// rooms missing are reserved in the namespace's count (every shard's
+    /// rooms), so the caller then creates them all ([`Registry::create`])
+    /// or gives them back (`Usage::remove_rooms`). Returns how many it
+    /// reserved.
     pub fn check<'a>(
         &self,
         tenant: &Tenant,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<u64, BrokerError> {
         let missing: Vec<&str> = names
             .into_iter()
             .filter(|n| self.find(&tenant.name, n).is_none())
             .collect();
         let Some(first) = missing.first() else {
-            return Ok(());
+            return Ok(0);
         };
         let policy = tenant.policy();
         if !policy.create_rooms {
@@ -117,27 +132,28 @@ impl Registry {
                 room: first.to_string(),
             });
         }
-        let rooms = self.count(&tenant.name);
-        let max = policy.quotas.max_rooms as usize;
-        if rooms + missing.len() > max {
+        let max = u64::from(policy.quotas.max_rooms);
+        if !tenant.usage.reserve_rooms(missing.len() as u64, max) {
             tenant.metrics.quota_refused(Quota::Rooms);
             return Err(BrokerError::QuotaExceeded {
                 quota: Quota::Rooms,
                 detail: format!("namespace {} has its maximum of {max} rooms", tenant.name),
             });
         }
-        Ok(())
+        Ok(missing.len() as u64)
     }
 
     /// The room `name` of `namespace`, created (and added to `batch`) if it
-    /// is new; callers [`Registry::check`] first.
+    /// is new; callers [`Registry::check`] first, which counts it.
     pub fn create(&mut self, namespace: &Arc<str>, name: &str, batch: &mut WriteBatch) -> RoomId {
         if let Some(id) = self.find(namespace, name) {
             return id;
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        batch.next_room_id = Some(self.next_id);
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        // The allocator's value now; another shard may write a larger one
+        // first, and recovery takes the larger of this and the highest
+        // stored id + 1.
+        batch.next_room_id = Some(self.next_id.load(Ordering::Acquire));
         let name: Arc<str> = Arc::from(name);
         self.names
             .entry(namespace.clone())
@@ -148,6 +164,25 @@ impl Registry {
         batch.new_rooms.push((id, namespace.clone(), name.clone()));
         info!(namespace = %namespace, room = %name, "room created");
         id
+    }
+
+    /// The room `name` of `namespace`, created if it is new and counted in
+    /// `tenant`'s rooms without a quota check: a dead-letter room, a
+    /// redrive's target, a room made through `/admin`.
+    pub fn create_counted(
+        &mut self,
+        tenant: Option<&Tenant>,
+        namespace: &Arc<str>,
+        name: &str,
+        batch: &mut WriteBatch,
+    ) -> RoomId {
+        if let Some(id) = self.find(namespace, name) {
+            return id;
+        }
+        if let Some(t) = tenant {
+            t.usage.add_rooms(1);
+        }
+        self.create(namespace, name, batch)
     }
 
     /// Takes room `id` out (it is being deleted).

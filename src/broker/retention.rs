@@ -38,6 +38,8 @@ pub struct RetentionState {
     next: Instant,
     /// Rooms whose scan of the stored log is running.
     scans: HashSet<RoomId>,
+    /// `Tenants::generation` when `active` was last worked out.
+    pub generation: u64,
 }
 
 impl Default for RetentionState {
@@ -46,6 +48,7 @@ impl Default for RetentionState {
             active: false,
             next: Instant::now(),
             scans: HashSet::new(),
+            generation: 0,
         }
     }
 }
@@ -61,6 +64,7 @@ impl Broker {
     /// Whether any namespace has retention rules (then the actor wakes
     /// for its sweeps).
     pub(super) fn refresh_retention(&mut self) {
+        self.retention.generation = self.tenants.generation();
         self.retention.active = self
             .tenants
             .list()

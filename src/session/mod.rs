@@ -19,8 +19,10 @@
 //! gets the session killed; its durable memberships keep everything.
 
 mod outbound;
+mod route;
+mod split;
 
-pub use outbound::{Outbound, RequestSlot, Seqs, SessionInfo};
+pub use outbound::{Outbound, RequestSlot, Seqs, SessionInfo, SessionRooms};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,13 +33,13 @@ use roomq_wire::codec::{decode_client, encode_delivery_frame, encode_frame, Deli
 use roomq_wire::names::{check_name, check_namespace};
 use roomq_wire::{pb, ErrorCode, FrameError, PROTOCOL_VERSION};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::broker::{self, error_frame, BrokerError, BrokerHandle, Command, Request};
+use crate::broker::{self, error_frame, BrokerError, BrokerHandle, Request};
 use crate::config::Config;
 use crate::tenancy::middleware::{ConnectCtx, JoinCtx, SessionSetup};
 use crate::tenancy::Tenants;
@@ -47,6 +49,15 @@ use crate::transport::{CloseReason, FrameSource, Framing, Transport};
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Queue slots beyond the request and delivery budgets, for pushes.
 const PUSH_SLOTS: usize = 8;
+
+/// Slots of a session's outbound queue kept for replies (the broker hands
+/// out deliveries only beyond them): one per pending request, plus, with
+/// several shards, one per part of a split publish and its
+/// `Outbound::Expect`; plus the push slots.
+pub fn reply_slots(limits: &crate::config::Limits, shards: usize) -> usize {
+    let per_request = if shards > 1 { shards + 1 } else { 1 };
+    (limits.max_pending_requests as usize).saturating_mul(per_request) + PUSH_SLOTS
+}
 
 /// Serves one accepted connection, given as the source of its frames, the
 /// write half of its stream and that transport's framing, until it closes,
@@ -168,6 +179,7 @@ pub async fn serve<S, W, F>(
         &broker,
         &info,
         &config,
+        &tenants.metrics,
         &kill,
         &shutdown,
     )
@@ -175,7 +187,7 @@ pub async fn serve<S, W, F>(
     if !stopped_by_shutdown {
         // On shutdown the broker drains and confirms first; it drops the
         // session itself.
-        let _ = broker.send(Command::Unregister { session: info.id }).await;
+        let _ = broker.unregister(info.id).await;
     }
 }
 
@@ -298,33 +310,33 @@ async fn admit<S: FrameSource>(
         tenant,
         grant: setup.grant.unwrap_or_default(),
         attributes: setup.attributes,
+        rooms: SessionRooms::default(),
     });
-    let queue =
-        limits.max_pending_requests as usize + limits.max_queued_deliveries as usize + PUSH_SLOTS;
+    let queue = reply_slots(limits, broker.shards()) + limits.max_queued_deliveries as usize;
     let (tx, rx) = mpsc::channel(queue);
     let blocked = Arc::new(AtomicBool::new(false));
     let kill = CancellationToken::new();
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let registered = broker
-        .send(Command::Register {
-            info: info.clone(),
-            tx: tx.clone(),
-            blocked: blocked.clone(),
-            kill: kill.clone(),
-            reply: reply_tx,
-        })
-        .await;
-    let resumed = match (registered, reply_rx.await) {
-        (Ok(()), Ok(Some(resumed))) => resumed,
-        (Ok(()), Ok(None)) => {
+    let resumed = match broker.register(&info, &tx, &blocked, &kill).await {
+        Ok(Some(resumed)) => resumed,
+        Ok(None) => {
             let msg = format!("namespace {} was deleted", info.namespace);
             return Err(refuse(ErrorCode::NotFound, msg));
         }
-        _ => {
+        Err(_) => {
             let msg = "the broker is shutting down".to_string();
             return Err(refuse(ErrorCode::ShuttingDown, msg));
         }
     };
+    info!(
+        namespace = %info.namespace,
+        session = %info.id,
+        peer = %info.peer,
+        transport = info.transport.as_str(),
+        client_id = info.client_id.as_deref().unwrap_or(""),
+        client_name = %info.client_name,
+        resumed,
+        "client connected"
+    );
     Ok(Admitted {
         request_id,
         info,
@@ -353,6 +365,7 @@ async fn read_loop<S: FrameSource>(
     broker: &BrokerHandle,
     info: &Arc<SessionInfo>,
     config: &Config,
+    metrics: &crate::metrics::Metrics,
     kill: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -442,18 +455,33 @@ async fn read_loop<S: FrameSource>(
             Some(Body::Ack(a)) => broker::ack::check(a).map(Request::Ack),
             Some(Body::Nack(n)) => broker::nack::check(n).map(Request::Nack),
             Some(Body::InProgress(p)) => broker::in_progress::check(p).map(Request::InProgress),
-            Some(Body::ListRooms(_)) => Ok(Request::ListRooms),
+            Some(Body::ListRooms(_)) => {
+                // Every shard lists its own rooms.
+                let Ok(rooms) = broker.list_rooms(&info.namespace).await else {
+                    return true;
+                };
+                let frame = pb::ServerFrame {
+                    request_id,
+                    body: Some(broker::list_rooms::answer(rooms, config)),
+                };
+                let _ = tx.try_send(Outbound::Reply {
+                    frame: Box::new(frame),
+                    permit: Some(permit),
+                });
+                continue;
+            }
             Some(Body::Members(m)) => broker::members::check(m, info).map(Request::Members),
         };
         match checked {
             Ok(request) => {
-                let cmd = Command::Request {
-                    session: info.id,
-                    request_id,
-                    permit,
-                    request,
+                let to = route::To {
+                    broker,
+                    tx,
+                    info,
+                    config,
+                    metrics,
                 };
-                if broker.send(cmd).await.is_err() {
+                if to.send(request_id, permit, request).await.is_err() {
                     return true;
                 }
             }
@@ -550,6 +578,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
     // holds no write buffer.
     let mut buf = BytesMut::new();
     let mut permits = Vec::new();
+    let mut splits = split::Splits::default();
     let mut closing = false;
     // The fatal error sent, if any: the transport may say it when closing.
     let mut close_reason = CloseReason::Normal;
@@ -568,8 +597,70 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
         };
         let mut next = first;
         while let Some(out) = next.take() {
+            // The parts of a split publish are answered as one.
+            let out = match out {
+                Outbound::Expect {
+                    request_id,
+                    parts,
+                    rooms,
+                    permit,
+                } => {
+                    splits.expect(request_id, parts, rooms, permit);
+                    None
+                }
+                Outbound::Reply {
+                    frame,
+                    permit: Some(_),
+                } if splits.waits_for(frame.request_id)
+                    && matches!(frame.body, Some(pb::server_frame::Body::Error(_))) =>
+                {
+                    match splits.take(frame.request_id, split::Answer::Error(frame)) {
+                        split::Taken::Done(frame, slot) => Some(Outbound::Reply {
+                            frame,
+                            permit: Some(slot),
+                        }),
+                        split::Taken::Held | split::Taken::NotSplit => None,
+                    }
+                }
+                Outbound::Confirm {
+                    request_id,
+                    seqs,
+                    duplicate,
+                    durability,
+                    permit,
+                } if splits.waits_for(request_id) => {
+                    let answer = split::Answer::Confirm {
+                        seqs: &seqs,
+                        duplicate,
+                        durability,
+                    };
+                    match splits.take(request_id, answer) {
+                        split::Taken::Done(frame, slot) => {
+                            permits.push(permit);
+                            Some(Outbound::Reply {
+                                frame,
+                                permit: Some(slot),
+                            })
+                        }
+                        split::Taken::Held => {
+                            permits.push(permit);
+                            None
+                        }
+                        split::Taken::NotSplit => Some(Outbound::Confirm {
+                            request_id,
+                            seqs,
+                            duplicate,
+                            durability,
+                            permit,
+                        }),
+                    }
+                }
+                other => Some(other),
+            };
             match out {
-                Outbound::Reply { frame, permit } => {
+                None => {}
+                Some(Outbound::Expect { .. }) => {}
+                Some(Outbound::Reply { frame, permit }) => {
                     if let Some(pb::server_frame::Body::Error(e)) = &frame.body {
                         metrics.error_sent(e.code);
                         if e.fatal {
@@ -584,27 +675,27 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
                     }
                     permits.extend(permit);
                 }
-                Outbound::Confirm {
+                Some(Outbound::Confirm {
                     request_id,
                     seqs,
                     duplicate,
                     durability,
                     permit,
-                } => {
+                }) => {
                     let frame = broker::publish::ok_frame(request_id, &seqs, duplicate, durability);
                     if let Err(e) = encode_frame(&frame, max_frame, &mut buf) {
                         warn!(session = %session, error = %e, "confirmation not sent");
                     }
                     permits.push(permit);
                 }
-                Outbound::Delivery {
+                Some(Outbound::Delivery {
                     room,
                     label,
                     attempt,
                     redelivered,
                     volatile,
                     msg,
-                } => {
+                }) => {
                     let head = DeliveryHead {
                         room: &room,
                         subscription: &label,
@@ -654,7 +745,7 @@ async fn write_loop<W: AsyncWrite + Unpin, F: Framing>(
             break;
         }
         if blocked.swap(false, Ordering::SeqCst) {
-            let _ = broker.send(Command::Writable { session }).await;
+            let _ = broker.writable(session).await;
         }
     }
     if writable {

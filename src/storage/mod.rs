@@ -179,9 +179,11 @@ pub type StoreFuture<T> = futures::future::BoxFuture<'static, Result<T, StoreErr
 
 /// A durable store of rooms, messages, cursors and dedup records, as the
 /// broker sees it: engine-neutral and asynchronous. No call blocks the
-/// caller; the futures may run concurrently with each other, except that
-/// the broker never has two writes (`commit`, `write`, `flush`) in flight
-/// at once.
+/// caller; the futures may run concurrently with each other. Each shard
+/// of the broker has at most one write (`commit`, `write`, `flush`) in
+/// flight, so with several shards writes run concurrently, each on its own
+/// rooms (the namespace records only from shard 0): an engine must apply
+/// each batch atomically and may not assume the writes come one at a time.
 pub trait Store: Send + Sync + 'static {
     /// Reads everything needed to resume serving.
     fn recover(&self) -> StoreFuture<Recovered>;

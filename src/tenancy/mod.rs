@@ -101,6 +101,9 @@ pub struct Usage {
     connections: Arc<AtomicU32>,
     stored_bytes: AtomicU64,
     published: AtomicU64,
+    /// Rooms of the namespace, on every shard: reserved before a room is
+    /// created (`reserve_rooms`), so the room quota holds across shards.
+    rooms: AtomicU64,
 }
 
 /// A connection counted against its namespace until dropped.
@@ -139,6 +142,30 @@ impl Usage {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 Some(n.saturating_sub(bytes))
             });
+    }
+    /// Counts `n` more rooms unless that would make more than `max`.
+    pub fn reserve_rooms(&self, n: u64, max: u64) -> bool {
+        self.rooms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |have| {
+                have.checked_add(n).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+    /// Counts `n` more rooms, whatever the quota (rooms found on disk, dead
+    /// letter rooms, rooms made through `/admin`).
+    pub fn add_rooms(&self, n: u64) {
+        self.rooms.fetch_add(n, Ordering::AcqRel);
+    }
+    pub fn remove_rooms(&self, n: u64) {
+        let _ = self
+            .rooms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |have| {
+                Some(have.saturating_sub(n))
+            });
+    }
+    /// Rooms the namespace has, on every shard.
+    pub fn rooms(&self) -> u64 {
+        self.rooms.load(Ordering::Acquire)
     }
     /// Messages stored since the broker started.
     pub fn published(&self) -> u64 {
@@ -294,6 +321,9 @@ pub struct Tenants {
     /// The config file's namespaces, which `/admin` may not delete.
     declared: HashMap<String, NamespaceConfig>,
     hooks: Hooks,
+    /// Bumped whenever a namespace is added, restored or removed, so that
+    /// each shard notices (retention) without asking every turn.
+    generation: AtomicU64,
 }
 
 fn policy_of(settings: &NamespaceConfig, extra: &[TokenConfig]) -> Result<Policy, String> {
@@ -357,6 +387,7 @@ impl Tenants {
             metrics: Arc::new(metrics),
             declared: config.namespaces.clone().into_iter().collect(),
             hooks,
+            generation: AtomicU64::new(1),
         };
         for (name, settings) in &config.namespaces {
             let policy = policy_of(settings, &[])
@@ -416,6 +447,7 @@ impl Tenants {
     /// stored namespace of the same name; its stored tokens still apply.
     /// A stored namespace that no longer parses is skipped with a warning.
     pub fn restore(&self, stored: Vec<StoredNamespace>) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         for s in stored {
             let settings = match (self.declared.get(&s.name), &s.settings) {
                 (Some(declared), _) => declared.clone(),
@@ -443,7 +475,14 @@ impl Tenants {
             return Err(format!("namespace {name} exists"));
         }
         let policy = policy_of(&settings, &[])?;
-        Ok(self.insert(name, policy, false))
+        let tenant = self.insert(name, policy, false);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(tenant)
+    }
+
+    /// Changes with every namespace added or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Removes a namespace created through `/admin`.
@@ -457,8 +496,11 @@ impl Tenants {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.remove(name)
-            .ok_or_else(|| format!("no namespace {name}"))
+        let removed = map
+            .remove(name)
+            .ok_or_else(|| format!("no namespace {name}"));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        removed
     }
 
     /// Adds a token to `tenant`; returns what must be stored.

@@ -37,6 +37,11 @@ pub fn test_config(dir: &TempDir) -> Config {
     };
     c.storage.cache_bytes = 16 * 1024 * 1024;
     engine_from_env(&mut c, dir);
+    // `ROOMQ_BROKER_SHARDS=1 cargo nextest run` runs the suite on one
+    // shard; by default it runs on one per core, as roomqd does.
+    if let Ok(n) = std::env::var("ROOMQ_BROKER_SHARDS") {
+        c.broker.shards = n.parse().expect("ROOMQ_BROKER_SHARDS is a number");
+    }
     // Open namespaces the tests use besides `/`.
     for ns in [
         "/a",
