@@ -37,10 +37,14 @@ use crate::storage::{DedupRecord, Recovered, RecoveredRoom, RoomId, RoomStats, S
 /// Margin of the dedup scan for clocks that disagree.
 const CLOCK_MARGIN: Duration = Duration::from_secs(30);
 
-/// A dedup record being put back together from its parts.
+/// A dedup record being put back together from its parts, keyed by each
+/// part's index among its record's seqs *and* its room: one id may have
+/// several records (a publish split over the broker's shards stores one
+/// per shard, each with its own rooms, each indexed from 0), and all of
+/// their seqs belong to the id.
 struct Assembly {
     timestamp_ms: u64,
-    pairs: BTreeMap<u32, (RoomId, u64)>,
+    pairs: BTreeMap<(u32, RoomId), (RoomId, u64)>,
 }
 
 impl Inner {
@@ -165,7 +169,7 @@ impl Inner {
                                 pairs: BTreeMap::new(),
                             });
                     assembly.timestamp_ms = part.timestamp_ms;
-                    assembly.pairs.insert(part.index, (room, part.seq));
+                    assembly.pairs.insert((part.index, room), (room, part.seq));
                 }
             }
         }
