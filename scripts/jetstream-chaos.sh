@@ -14,8 +14,9 @@ work=$(mktemp -d)
 pid=
 cleanup() {
   if [ -n "$pid" ]; then
-    kill -9 "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
+    # Under set -e a failing command here would replace the exit status.
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   fi
   rm -rf "$work"
 }
